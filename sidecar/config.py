@@ -119,9 +119,76 @@ class SpoolSettings(_Section):
 class ReviewSettings(_Section):
     """Routing rules and the review store."""
 
+    enabled: bool = True
+    """Route decisions to human review at all."""
+    mode: Literal["flag", "hold"] = "flag"
+    """flag: the model's answer goes back with `x-review-status: queued`; hold: the client gets 202 and a ticket."""
+    confidence_below: float | None = Field(default=0.6, ge=0, le=1)
+    """Decisions with confidence below this go to review (null turns the rule off)."""
+    band: tuple[float, float] | None = None
+    """[lo, hi]: decisions whose score (positive-class probability) lies inside go to review."""
+    group_rules: dict[str, bool | float] = {}
+    """"attr=value" -> true (always review) or a rate in [0, 1] (deterministic sample by decision id)."""
+    header: str = "x-review"
+    """Request header that asks for review of every row of the call (any value but 0/false/no)."""
+    audit_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of decisions no other rule routed that go to review as a random audit sample."""
+    db_path: Path = Path("var/review.db")
+    """SQLite file (WAL mode) holding the queue and the audit chain."""
+    lease_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    """How long a claim lasts before the item goes back to pending."""
+    max_page_size: int = Field(default=100, ge=1, le=1000)
+    """Largest page the review API returns."""
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request body the review API accepts (413 past it)."""
+    max_reason_chars: int = Field(default=2000, ge=1)
+    """Longest reason a reviewer may give."""
+    explanation_cache_size: int = Field(default=10_000, ge=0)
+    """On-demand explanations kept for decision lookups (least recently used dropped first)."""
+
+    @field_validator("band")
+    @classmethod
+    def _check_band(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError("must be [lo, hi] with 0 <= lo <= hi <= 1")
+        return v
+
+    @field_validator("group_rules")
+    @classmethod
+    def _check_group_rules(cls, v: dict[str, bool | float]) -> dict[str, bool | float]:
+        for key, rule in v.items():
+            attr, sep, value = key.partition("=")
+            if not sep or not attr.strip() or not value.strip():
+                raise ValueError(f"rule key {key!r} must be 'attribute=value'")
+            if not isinstance(rule, bool) and not 0.0 <= rule <= 1.0:
+                raise ValueError(f"rule {key!r}: rate must be true, false or in [0, 1]")
+        return v
+
+    @field_validator("header")
+    @classmethod
+    def _check_header(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v):
+            raise ValueError("must be an HTTP header name")
+        return v.lower()
+
 
 class AuthSettings(_Section):
     """Control plane tokens and roles."""
+
+    class Token(_Section):
+        name: str = Field(min_length=1, max_length=128)
+        """Who holds the token (recorded as the reviewer in the audit trail)."""
+        role: Literal["reviewer", "auditor", "admin"]
+        """What the token may do."""
+
+    tokens: dict[str, Token] = {}
+    """Bearer token (or "sha256:<hex digest>" of one) -> {name, role}."""
+    tokens_file: Path | None = None
+    """A TOML or JSON file with a `tokens` table of the same shape, read at start."""
+    group_attribute_roles: list[Literal["reviewer", "auditor", "admin"]] = ["auditor", "admin"]
+    """Roles that see decisions' group (protected) attributes."""
 
 
 class Settings(BaseSettings):
