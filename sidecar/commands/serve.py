@@ -1,0 +1,39 @@
+"""`sidecar serve [--config FILE]`: run the data plane and the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sidecar.config import ConfigError, load_settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the proxy (data plane) and the control plane")
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML settings file; SIDECAR_* variables override it"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sidecar.service import Service, new_event_loop
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"sidecar: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    loop = new_event_loop()
+    try:
+        service = Service(settings)
+    except OSError as exc:
+        print(f"sidecar: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    print(f"proxy: {service.proxy_url} -> {settings.proxy.upstream}", flush=True)
+    print(f"control: {service.control_url}", flush=True)
+    try:
+        loop.run_until_complete(service.run())
+    finally:
+        loop.close()
+    return 0

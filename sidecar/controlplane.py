@@ -1,0 +1,67 @@
+"""The control plane: health, readiness, metrics, and the routers other parts contribute."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from sidecar import __version__
+from sidecar.metrics import Registry
+
+ReadyCheck = tuple[str, Callable[[], Awaitable[bool]]]
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def create_control_app(
+    *,
+    registry: Registry,
+    ready_checks: Sequence[ReadyCheck],
+    routers: Sequence[APIRouter] = (),
+    guard: Callable[..., Any] | None = None,
+    open_health: bool = True,
+    open_metrics: bool = True,
+) -> FastAPI:
+    """Build the control plane app. `guard` is the auth dependency used when health or metrics are closed."""
+    app = FastAPI(
+        title="sidecar control plane",
+        version=__version__,
+        description="Decision lookup, human review, metrics and health of the explaining sidecar.",
+    )
+    health_deps = [] if open_health or guard is None else [Depends(guard)]
+    metrics_deps = [] if open_metrics or guard is None else [Depends(guard)]
+
+    @app.get("/healthz", dependencies=health_deps, tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and serving."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        dependencies=health_deps,
+        tags=["health"],
+        responses={503: {"description": "A dependency is not ready"}},
+    )
+    async def readyz() -> JSONResponse:
+        """Ready when every check passes (the upstream is reachable, the sink accepts events)."""
+        results = await asyncio.gather(*(check() for _, check in ready_checks))
+        checks = {name: ok for (name, _), ok in zip(ready_checks, results, strict=True)}
+        ok = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get(
+        "/metrics", dependencies=metrics_deps, tags=["health"], response_class=PlainTextResponse
+    )
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text format."""
+        return PlainTextResponse(registry.render(), media_type=PROMETHEUS_TEXT)
+
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,113 @@
+"""The bounded hand-off between the hot path and everything that happens after the response.
+
+The data plane calls `submit` (a non-blocking put; a full queue sheds the
+batch and counts it). One background thread drains the queue and runs the
+configured stages in order: record, publish, sample and explain, route to
+review. A failing stage is logged and counted; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sidecar.decisions import Decision
+from sidecar.metrics import Registry
+
+log = logging.getLogger("sidecar.pipeline")
+
+
+@dataclass(slots=True)
+class Held:
+    """The model's answer kept back from the client while a held decision awaits review."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Batch:
+    """The decisions of one inference call, and what the request asked for."""
+
+    decisions: list[Decision]
+    explain_requested: bool = False
+    held: Held | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+Stage = Callable[[Batch], None]
+_STOP = object()
+
+
+class Pipeline:
+    def __init__(self, queue_size: int, registry: Registry, stages: Sequence[tuple[str, Stage]]):
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._limit = queue_size
+        self._stages = list(stages)
+        self._thread: threading.Thread | None = None
+        self._submitted = registry.counter(
+            "sidecar_decisions_total", "Decisions made (one per row of a recognised call)"
+        )
+        self._shed = registry.counter(
+            "sidecar_decisions_shed_total",
+            "Decisions dropped because the background queue was full",
+        )
+        registry.gauge(
+            "sidecar_decision_queue_depth",
+            "Batches waiting for the background stages",
+            fn=lambda: float(self._queue.qsize()),
+        )
+        self._failures = {
+            name: registry.counter(
+                "sidecar_stage_failures_total", "Stage errors (logged)", {"stage": name}
+            )
+            for name, _ in self._stages
+        }
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def submit(self, batch: Batch) -> bool:
+        """Hot path: hand the batch over without waiting. False when it was shed."""
+        n = len(batch.decisions)
+        if self._queue.qsize() >= self._limit:
+            self._shed.inc(n)
+            return False
+        self._submitted.inc(n)
+        self._idle.clear()
+        self._queue.put(batch)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="decision-pipeline", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            item = q.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, Batch)
+            for name, stage in self._stages:
+                try:
+                    stage(item)
+                except Exception:
+                    self._failures[name].inc()
+                    log.exception("pipeline stage %s failed", name)
+            if q.empty():
+                self._idle.set()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until everything submitted so far has been through the stages (tests, shutdown)."""
+        return self._idle.wait(timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout_s)
+        self._thread = None

@@ -1,0 +1,105 @@
+"""What every protocol adapter produces: rows of (features, prediction, probabilities, confidence)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class ParseError(ValueError):
+    """A recognised inference call whose body could not be understood; it is still forwarded."""
+
+
+@dataclass(slots=True)
+class Row:
+    features: list[Any] | None
+    prediction: Any
+    probabilities: list[float] | None
+    confidence: float | None
+
+
+@dataclass(slots=True)
+class Parsed:
+    feature_names: list[str] | None
+    rows: list[Row]
+
+
+def confidence_of(probabilities: list[float] | None) -> float | None:
+    if not probabilities:
+        return None
+    return max(probabilities)
+
+
+def as_probabilities(value: Any) -> list[float] | None:
+    """A list of class probabilities, or a single positive-class probability, as a probability list."""
+    if isinstance(value, list) and value and all(_is_num(v) for v in value):
+        probs = [float(v) for v in value]
+        if len(probs) == 1:
+            p = probs[0]
+            return [1.0 - p, p] if 0.0 <= p <= 1.0 else None
+        if all(0.0 <= p <= 1.0 for p in probs) and abs(sum(probs) - 1.0) < 1e-3:
+            return probs
+        return None
+    if _is_num(value):
+        p = float(value)
+        return [1.0 - p, p] if 0.0 <= p <= 1.0 else None
+    return None
+
+
+def _is_num(v: Any) -> bool:
+    return (
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and not (isinstance(v, float) and math.isnan(v))
+    )
+
+
+def argmax(values: Sequence[float]) -> int:
+    best = 0
+    for i in range(1, len(values)):
+        if values[i] > values[best]:
+            best = i
+    return best
+
+
+def row_from_record(record: dict[str, Any], names: list[str]) -> list[Any]:
+    return [record.get(n) for n in names]
+
+
+def names_for(width: int, configured: Sequence[str]) -> list[str]:
+    if len(configured) == width:
+        return list(configured)
+    return [f"f{i}" for i in range(width)]
+
+
+def interpret_prediction(item: Any, labels: Sequence[str]) -> Row:
+    """One row of a V1/MLflow `predictions` list: a label, a score, class probabilities, or a dict."""
+    if isinstance(item, dict):
+        probs = None
+        for key in ("probabilities", "probability", "predict_proba", "scores", "proba"):
+            if key in item:
+                probs = as_probabilities(item[key])
+                break
+        pred = item.get("label", item.get("prediction", item.get("predicted_label")))
+        if pred is None and probs is not None:
+            idx = argmax(probs)
+            pred = labels[idx] if idx < len(labels) else idx
+        return Row(None, pred, probs, confidence_of(probs))
+    if isinstance(item, list):
+        probs = as_probabilities(item)
+        if probs is not None:
+            idx = argmax(probs)
+            return Row(None, labels[idx] if idx < len(labels) else idx, probs, max(probs))
+        return Row(None, item, None, None)
+    if isinstance(item, float) and 0.0 < item < 1.0:
+        # A fractional score in (0, 1) is read as the positive-class probability.
+        probs = [1.0 - item, item]
+        return Row(None, item, probs, max(probs))
+    return Row(None, item, None, None)
+
+
+def check_rows(rows: int, predictions: int) -> None:
+    if rows != predictions:
+        raise ParseError(f"request has {rows} rows but the response {predictions} predictions")

@@ -1,0 +1,163 @@
+"""Open Inference Protocol V2: `POST /v2/models/{name}[/versions/{v}]/infer`.
+
+Tensors are row-major: a tensor of shape [N, F] is N rows of F features; a
+set of tensors of shape [N] or [N, 1] is one feature per tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sidecar.protocols.base import (
+    Parsed,
+    ParseError,
+    Row,
+    argmax,
+    as_probabilities,
+    check_rows,
+    names_for,
+)
+
+NAME = "v2"
+_DATATYPES = frozenset(
+    {
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BF16",
+        "BYTES",
+    }
+)
+_PROB_HINTS = ("prob", "proba", "score")
+_LABEL_HINTS = ("label", "predict", "class", "output")
+
+
+def _flat(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise ParseError("tensor 'data' must be a list")
+    if data and isinstance(data[0], list):
+        return _flatten_rec(data)
+    return data
+
+
+def _flatten_rec(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in data:
+        if isinstance(v, list):
+            out.extend(_flatten_rec(v))
+        else:
+            out.append(v)
+    return out
+
+
+def tensor(t: Any) -> tuple[str, list[int], list[Any]]:
+    """Validate one tensor; return (name, shape, flat data)."""
+    if not isinstance(t, dict):
+        raise ParseError("each tensor must be a JSON object")
+    name, shape, dtype = t.get("name"), t.get("shape"), t.get("datatype")
+    if not isinstance(name, str):
+        raise ParseError("tensor has no 'name'")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ParseError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
+    if dtype is not None and dtype not in _DATATYPES:
+        raise ParseError(f"tensor {name!r}: unknown datatype {dtype!r}")
+    data = _flat(t.get("data"))
+    size = 1
+    for d in shape:
+        size *= d
+    if size != len(data):
+        raise ParseError(f"tensor {name!r}: shape {shape} needs {size} values, got {len(data)}")
+    return name, shape, data
+
+
+def _rows_of(shape: list[int], data: list[Any]) -> list[list[Any]]:
+    if not shape:
+        return [data]
+    n = shape[0]
+    width = len(data) // n if n else 0
+    return [data[i * width : (i + 1) * width] for i in range(n)]
+
+
+def features_of(inputs: Any, configured: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
+    if not isinstance(inputs, list) or not inputs:
+        raise ParseError("'inputs' must be a non-empty list of tensors")
+    tensors = [tensor(t) for t in inputs]
+    if len(tensors) == 1:
+        _, shape, data = tensors[0]
+        rows = _rows_of(shape, data)
+        width = len(rows[0]) if rows else 0
+        return names_for(width, configured), rows
+    # One tensor per feature, each [N] or [N, 1]: the rows are the zipped columns.
+    n = tensors[0][1][0] if tensors[0][1] else 1
+    for name, shape, data in tensors:
+        if (shape[0] if shape else 1) != n or len(data) != n:
+            raise ParseError(f"tensor {name!r}: per-feature tensors must all be [N] or [N, 1]")
+    names = [t[0] for t in tensors]
+    if configured and set(configured) == set(names):
+        order = {name: i for i, name in enumerate(names)}
+        tensors = [tensors[order[c]] for c in configured]
+        names = list(configured)
+    return names, [list(col) for col in zip(*(t[2] for t in tensors), strict=True)]
+
+
+def _pick(outputs: list[tuple[str, list[int], list[Any]]], hints: tuple[str, ...]) -> int | None:
+    for i, (name, _, _) in enumerate(outputs):
+        low = name.lower()
+        if any(h in low for h in hints):
+            return i
+    return None
+
+
+def predictions_of(response: Any, n: int, labels: Sequence[str]) -> list[Row]:
+    if not isinstance(response, dict) or not isinstance(response.get("outputs"), list):
+        raise ParseError("response has no 'outputs' list")
+    outputs = [tensor(t) for t in response["outputs"]]
+    if not outputs:
+        raise ParseError("response has no output tensors")
+    p_i = _pick(outputs, _PROB_HINTS)
+    l_i = _pick([o for i, o in enumerate(outputs) if i != p_i], _LABEL_HINTS)
+    others = [o for i, o in enumerate(outputs) if i != p_i]
+    label_out = others[l_i] if l_i is not None else (others[0] if others else None)
+    prob_rows = None
+    if p_i is not None:
+        _, shape, data = outputs[p_i]
+        check_rows(n, shape[0] if shape else 1)
+        prob_rows = _rows_of(shape, data)
+    label_rows = None
+    if label_out is not None:
+        _, shape, data = label_out
+        check_rows(n, shape[0] if shape else 1)
+        label_rows = _rows_of(shape, data)
+    rows = []
+    for i in range(n):
+        probs = as_probabilities(prob_rows[i]) if prob_rows is not None else None
+        if label_rows is not None:
+            lab = label_rows[i]
+            pred: Any = lab[0] if len(lab) == 1 else lab
+        elif probs is not None:
+            idx = argmax(probs)
+            pred = labels[idx] if idx < len(labels) else idx
+        else:
+            pred = None
+        rows.append(Row(None, pred, probs, max(probs) if probs else None))
+    return rows
+
+
+def parse(request: Any, response: Any, configured: Sequence[str], labels: Sequence[str]) -> Parsed:
+    if not isinstance(request, dict):
+        raise ParseError("request body is not a JSON object")
+    names, feats = features_of(request.get("inputs"), configured)
+    rows = predictions_of(response, len(feats), labels)
+    for row, f in zip(rows, feats, strict=True):
+        row.features = f
+    return Parsed(names, rows)

@@ -1,0 +1,190 @@
+"""Wiring: builds every part from the settings and runs both planes on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from sidecar.config import Settings
+from sidecar.controlplane import create_control_app
+from sidecar.dataplane import DataPlane
+from sidecar.metrics import Registry
+from sidecar.pipeline import Batch, Pipeline, Stage
+from sidecar.store import DecisionStore
+from sidecar.types import ASGIApp
+from sidecar.upstream import Upstream
+
+log = logging.getLogger("sidecar")
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to the service, which runs two of them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+
+class Service:
+    """The sidecar: data plane, control plane and the background stages between them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry()
+        self._proxy_sock = bind(settings.proxy.host, settings.proxy.port)
+        self._control_sock = bind(settings.control.host, settings.control.port)
+        self.proxy_url = _url(self._proxy_sock)
+        self.control_url = _url(self._control_sock)
+        self.upstream = Upstream(settings.proxy)
+        self.store = DecisionStore(settings.decisions.retention, self.registry)
+        stages: list[tuple[str, Stage]] = [("record", self._record)]
+        self.pipeline = Pipeline(settings.decisions.queue_size, self.registry, stages)
+        m = settings.model
+        self.dataplane = DataPlane(
+            upstream=self.upstream,
+            pipeline=self.pipeline,
+            registry=self.registry,
+            max_body=settings.proxy.max_inference_body_bytes,
+            max_rows=settings.proxy.max_rows_per_request,
+            mlflow_model=m.name or "model",
+            model_version=m.version,
+            feature_names=list(m.feature_names),
+            class_labels=list(m.class_labels),
+            control_url=self.control_url,
+        )
+        self.control_app = create_control_app(
+            registry=self.registry,
+            ready_checks=[("upstream", self.upstream.reachable)],
+            open_health=settings.control.open_health,
+            open_metrics=settings.control.open_metrics,
+        )
+        self._servers: list[_Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = threading.Event()
+
+    def _record(self, batch: Batch) -> None:
+        self.store.add(batch.decisions)
+
+    def _server(self, app: ASGIApp | Any, lifespan: str) -> _Server:
+        config = uvicorn.Config(
+            app,
+            http="httptools",
+            loop="none",
+            lifespan=lifespan,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            log_level="warning",
+            timeout_keep_alive=75,
+            backlog=2048,
+        )
+        return _Server(config)
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        self.pipeline.start()
+        self._servers = [self._server(self.dataplane, "off"), self._server(self.control_app, "on")]
+        socks = [self._proxy_sock, self._control_sock]
+        self._tasks = [
+            asyncio.get_running_loop().create_task(s._serve(sockets=[sock]))
+            for s, sock in zip(self._servers, socks, strict=True)
+        ]
+        while not all(s.started for s in self._servers):
+            for t in self._tasks:
+                if t.done():
+                    t.result()  # surfaces a start failure
+            await asyncio.sleep(0.005)
+        self.started.set()
+
+    def request_stop(self) -> None:
+        for s in self._servers:
+            s.should_exit = True
+
+    async def stop(self) -> None:
+        self.request_stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.pipeline.drain(5.0)
+        self.pipeline.close()
+        await self.upstream.close()
+        for sock in (self._proxy_sock, self._control_sock):
+            sock.close()
+
+    async def run(self) -> None:
+        """Start, serve until SIGINT/SIGTERM, stop cleanly."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stopping.set)
+        waiter = loop.create_task(stopping.wait())
+        await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        await self.stop()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed: measured cheaper per request than the default loop."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+class ServiceThread:
+    """Runs a Service on its own loop in a thread (the demo and the tests use it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.service = Service(settings)
+        self._loop = new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="sidecar", daemon=True)
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self.service.run())
+        except BaseException as exc:
+            self._error = exc
+            self.service.started.set()
+        finally:
+            self._done.set()
+
+    def __enter__(self) -> Service:
+        self._thread.start()
+        self.service.started.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self.service
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self.service.request_stop)
+        self._done.wait(30)
