@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "SIDECAR_"
@@ -103,17 +111,157 @@ class ExplainerSettings(_Section):
 class GroupSettings(_Section):
     """Group (protected) attributes: where they come from and the privacy policy."""
 
+    class Derive(_Section):
+        feature: str = Field(min_length=1)
+        """The feature (by name) the attribute is derived from."""
+        bins: list[float] = []
+        """Ascending edges: value v gets label i when bins[i] <= v < bins[i+1] (the last is open)."""
+        labels: list[str] = []
+        """One label per bin edge; default "lo-hi" ("65+" for the last); values below bins[0] get "<lo"."""
+        map: dict[str, str] = {}
+        """Categorical values (as text) -> label; unmapped values are kept as they are."""
+
+        @field_validator("bins")
+        @classmethod
+        def _check_bins(cls, v: list[float]) -> list[float]:
+            if any(v[i] >= v[i + 1] for i in range(len(v) - 1)):
+                raise ValueError("bins must be strictly ascending")
+            return v
+
+    header: str = "x-group-attributes"
+    """Request header carrying attributes as `name=value; name=value` (stripped before forwarding)."""
+    body_field: str = "parameters.group_attributes"
+    """Dotted path of a V2 request body field holding the attributes (an object or the header format); removed before forwarding. Empty turns it off."""
+    derive: dict[str, Derive] = {}
+    """Attribute name -> {feature, bins, labels, map}: attributes derived from the row's features (e.g. age bands)."""
+    allowed: list[str] = []
+    """Attribute names accepted from requests (empty: any name); others are ignored and counted."""
+    max_attributes: int = Field(default=16, ge=1, le=256)
+    """Attributes kept per request; extra ones are ignored and counted."""
+    max_value_chars: int = Field(default=128, ge=1, le=4096)
+    """Longest attribute value kept; longer ones are ignored and counted."""
+    privacy: dict[str, Literal["keep", "hash", "drop"]] = {}
+    """Attribute name -> keep | hash (keyed HMAC-SHA256) | drop, applied before anything leaves the process."""
+    default_privacy: Literal["keep", "hash", "drop"] = "keep"
+    """Policy for attributes that `privacy` does not name."""
+    hash_key: SecretStr | None = None
+    """Key for the `hash` policy (required when any attribute is hashed); keep it secret and stable."""
+
+    @field_validator("header")
+    @classmethod
+    def _check_group_header(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v):
+            raise ValueError("must be an HTTP header name")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _check_hash_key(self) -> GroupSettings:
+        hashed = self.default_privacy == "hash" or "hash" in self.privacy.values()
+        if hashed and (self.hash_key is None or not self.hash_key.get_secret_value()):
+            raise ValueError("groups.hash_key is required when an attribute's privacy is 'hash'")
+        for name, rule in self.derive.items():
+            if rule.labels and len(rule.labels) != len(rule.bins):
+                raise ValueError(f"derive.{name}: labels needs one entry per bin edge")
+        return self
+
 
 class SinkSettings(_Section):
     """Where events go: local files (default) or Kafka."""
+
+    kind: Literal["files", "kafka", "none"] = "files"
+    """files: rotated JSON Lines files under `directory`; kafka: the spool and the Kafka producer; none: discard (counted)."""
+    directory: Path = Path("var/events")
+    """Where the files sink writes, one subdirectory per topic."""
+    rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    """The files sink starts a new file past this size."""
+    rotate_interval_s: float = Field(default=3600.0, gt=0)
+    """The files sink starts a new file after this long."""
+    keep_files: int = Field(default=48, ge=1)
+    """Files kept per topic by the files sink (the oldest are deleted)."""
+    features: Literal["full", "hash"] = "full"
+    """Decision events carry the feature values (full) or only their SHA-256 (hash)."""
 
 
 class KafkaSettings(_Section):
     """The Kafka producer (used when sink.kind = "kafka")."""
 
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list of the cluster's brokers."""
+    topic_decisions: str = "sidecar.decisions"
+    """Topic of decision events (and of gap records, when the spool dropped events)."""
+    topic_explanations: str = "sidecar.explanations"
+    """Topic of explanation events."""
+    topic_reviews: str = "sidecar.reviews"
+    """Topic of review events."""
+    client_id: str = "explaining-sidecar"
+    """Client id the brokers see (quotas, logs)."""
+    source: str = "/explaining-sidecar"
+    """CloudEvents `ce_source` (a URI reference naming this producer)."""
+    enable_idempotence: bool = True
+    """Idempotent producer: broker-side de-duplication of retries, order kept (acks is always all)."""
+    linger_ms: int = Field(default=5, ge=0, le=60_000)
+    """How long the producer waits to fill a batch."""
+    batch_size: int = Field(default=256 * 1024, ge=1024)
+    """Largest batch per partition, in bytes."""
+    compression_type: Literal["none", "gzip", "lz4", "snappy", "zstd"] = "none"
+    """Batch compression (lz4, snappy and zstd need their Python package installed)."""
+    max_in_flight_events: int = Field(default=20_000, ge=1)
+    """Events handed to the producer and not yet acknowledged; the spool holds the rest."""
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    """How long the producer waits for a broker's answer."""
+    delivery_timeout_ms: int = Field(default=120_000, ge=1000)
+    """How long a record may wait for acknowledgement before it is failed (and replayed from the spool)."""
+    retry_backoff_ms: int = Field(default=200, ge=1)
+    """Pause before the spool replays after a producer error."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to talk to the brokers."""
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
+    ) = None
+    """SASL mechanism for the SASL_* protocols."""
+    sasl_username: str | None = None
+    """SASL user (PLAIN, SCRAM)."""
+    sasl_password: SecretStr | None = None
+    """SASL password (PLAIN, SCRAM); prefer SIDECAR_KAFKA__SASL_PASSWORD over the file."""
+    ssl_cafile: Path | None = None
+    """CA bundle that signs the brokers' certificates."""
+    ssl_certfile: Path | None = None
+    """Client certificate (mutual TLS)."""
+    ssl_keyfile: Path | None = None
+    """Client private key (mutual TLS)."""
+    ssl_password: SecretStr | None = None
+    """Password of the client private key."""
+    ssl_check_hostname: bool = True
+    """Check that the broker's certificate names the host."""
+    extra: dict[str, str | int | float | bool] = {}
+    """Further kafka-python KafkaProducer options, passed through (unknown names are refused at start)."""
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError("kafka.sasl_mechanism is required with a SASL_* security_protocol")
+        if not [s for s in self.bootstrap_servers.split(",") if s.strip()]:
+            raise ValueError("kafka.bootstrap_servers must name at least one host:port")
+        return self
+
 
 class SpoolSettings(_Section):
     """The on-disk spool in front of Kafka."""
+
+    directory: Path = Path("var/spool")
+    """Where the spool's segment files and acknowledgement checkpoint live."""
+    max_bytes: int = Field(default=1024 * 1024 * 1024, ge=64 * 1024)
+    """Bound of the spool on disk; at it `on_full` applies."""
+    segment_bytes: int = Field(default=64 * 1024 * 1024, ge=16 * 1024)
+    """Segment file size; a segment is deleted once all its events are acknowledged (capped at max_bytes/4)."""
+    on_full: Literal["drop_newest", "block"] = "drop_newest"
+    """drop_newest: refuse new events (counted; a gap record follows); block: the publishing background stage waits."""
+    fsync: Literal["never", "interval", "always"] = "interval"
+    """never: the OS writes back; interval: a background fsync every fsync_interval_ms; always: each append (slow)."""
+    fsync_interval_ms: int = Field(default=200, ge=1)
+    """Period of the background fsync under fsync = "interval"."""
 
 
 class ReviewSettings(_Section):
