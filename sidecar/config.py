@@ -39,19 +39,19 @@ class _Section(BaseModel):
 class ProxySettings(_Section):
     host: str = "127.0.0.1"
     """Data plane listen address."""
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)
     """Data plane listen port (0 picks a free one)."""
     upstream: str = "http://127.0.0.1:9000"
     """The model server every request is forwarded to (scheme://host:port)."""
-    connect_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
     """Time allowed to open a connection to the upstream; past it the client gets 502."""
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
     """Time allowed for the upstream to answer; past it the client gets 504."""
-    max_inference_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_inference_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Inference calls are buffered up to this size so they can be parsed; larger ones get 413."""
-    pool_size: int = Field(256, ge=1)
+    pool_size: int = Field(default=256, ge=1)
     """Pooled keep-alive connections to the upstream."""
-    max_rows_per_request: int = Field(10_000, ge=1)
+    max_rows_per_request: int = Field(default=10_000, ge=1)
     """Rows beyond this in one call are forwarded but not recorded as decisions (counted)."""
 
     @field_validator("upstream")
@@ -61,7 +61,9 @@ class ProxySettings(_Section):
 
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000")
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000"
+            )
         if parts.path not in ("", "/") or parts.query:
             raise ValueError("must be scheme://host[:port] only; paths are taken from each request")
         return v.rstrip("/")
@@ -70,7 +72,7 @@ class ProxySettings(_Section):
 class ControlSettings(_Section):
     host: str = "127.0.0.1"
     """Control plane listen address."""
-    port: int = Field(8081, ge=0, le=65535)
+    port: int = Field(default=8081, ge=0, le=65535)
     """Control plane listen port (0 picks a free one)."""
     open_health: bool = True
     """Serve /healthz and /readyz without a token."""
@@ -94,9 +96,9 @@ class ModelSettings(_Section):
 
 
 class DecisionSettings(_Section):
-    queue_size: int = Field(10_000, ge=1)
+    queue_size: int = Field(default=10_000, ge=1)
     """Bound of the queue between the hot path and the background stages; past it decisions are shed and counted."""
-    retention: int = Field(100_000, ge=1)
+    retention: int = Field(default=100_000, ge=1)
     """Decisions kept for lookup by id (oldest forgotten first)."""
 
 
@@ -389,7 +391,11 @@ def _check_env_keys(environ: dict[str, str]) -> None:
         if field:
             model = sections[section].annotation
             name = field.partition(ENV_DELIMITER)[0]
-            if isinstance(model, type) and issubclass(model, BaseModel) and name not in model.model_fields:
+            if (
+                isinstance(model, type)
+                and issubclass(model, BaseModel)
+                and name not in model.model_fields
+            ):
                 raise ConfigError(f"unknown environment variable {raw}: no key {section}.{name}")
 
 
@@ -435,4 +441,3 @@ def load_settings(
         for k in [k for k in os.environ if k.upper().startswith(ENV_PREFIX)]:
             del os.environ[k]
         os.environ.update(saved)
-

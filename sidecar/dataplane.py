@@ -154,16 +154,16 @@ class DataPlane:
                 await send({"type": "websocket.close", "code": 1003})
             return
         qs = scope["query_string"]
-        target = scope.get("raw_path") or scope["path"].encode()
-        path_qs = (target + b"?" + qs if qs else target).decode("latin-1")
+        path = scope.get("raw_path") or scope["path"].encode()
+        target = path + b"?" + qs if qs else path
         call = recognise(scope["method"], scope["path"], self._mlflow_model)
         try:
             if call is None:
                 self._requests["passthrough"].inc()
-                await self._stream(scope, receive, send, path_qs)
+                await self._stream(scope, receive, send, target.decode("latin-1"))
             else:
                 self._requests["inference"].inc()
-                await self._inference(scope, receive, send, path_qs, call)
+                await self._inference(scope, receive, send, target, call)
         except asyncio.CancelledError:
             self._disconnects.inc()
             raise
@@ -187,7 +187,7 @@ class DataPlane:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _inference(
-        self, scope: Scope, receive: Receive, send: Send, path_qs: str, call: Call
+        self, scope: Scope, receive: Receive, send: Send, target: bytes, call: Call
     ) -> None:
         arrived = wall_clock()
         body = await self._read_body(scope, receive)
@@ -204,31 +204,29 @@ class DataPlane:
         body_groups, body = self._take_body_groups(request, body, call)
 
         client = scope.get("client")
-        out_headers = request_headers(
-            headers,
-            client[0] if client else None,
-            scope["scheme"],
-            self._strip,
-            content_length=len(body) if body_groups is not None else None,
-        )
         watcher = asyncio.get_running_loop().create_task(
             _cancel_on_disconnect(receive, asyncio.current_task())  # type: ignore[arg-type]
         )
         t0 = perf_counter()
         try:
-            async with self._upstream.request(scope["method"], path_qs, out_headers, body) as resp:
-                rbody = await resp.read()
-                status = resp.status
-                rheaders = response_headers(resp.raw_headers)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            err = classify(exc)
+            answer = await self._upstream.buffered(
+                scope["method"],
+                target,
+                headers,
+                client[0] if client else None,
+                scope["scheme"],
+                self._strip,
+                body,
+            )
+        except UpstreamError as err:
             self._upstream_errors[err.status].inc()
             await _respond(send, *_error(err.status, err.body()))
             return
         finally:
             watcher.cancel()
+        status = answer.status
+        rbody = answer.body
+        rheaders = response_headers(answer.headers)
         latency = perf_counter() - t0
         self._upstream_latency.observe(latency)
 

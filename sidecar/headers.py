@@ -23,8 +23,6 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
         b"proxy-authorization",
     }
 )
-# Set by the proxy itself from what it knows, never copied from the client.
-_REPLACED_ON_REQUEST: frozenset[bytes] = frozenset({b"x-forwarded-proto", b"content-length"})
 
 
 def _named_by_connection(headers: RawHeaders) -> frozenset[bytes]:
@@ -42,40 +40,72 @@ def _is_hop(name: bytes, named: frozenset[bytes]) -> bool:
     return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
 
 
+def _end_to_end(
+    headers: RawHeaders, peer: str | None, scheme: str, strip: frozenset[bytes]
+) -> tuple[RawHeaders, bytes | None]:
+    """The client's end-to-end headers plus x-forwarded-*, and its Content-Length if any."""
+    named = _named_by_connection(headers)
+    out: RawHeaders = []
+    xff: bytes | None = None
+    clen: bytes | None = None
+    for name, value in headers:
+        if _is_hop(name, named) or name in strip:
+            continue
+        if name == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+        elif name == b"content-length":
+            clen = value
+        elif name != b"x-forwarded-proto":
+            out.append((name, value))
+    if peer:
+        p = peer.encode("latin-1")
+        xff = p if xff is None else xff + b", " + p
+    if xff is not None:
+        out.append((b"x-forwarded-for", xff))
+    out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
+    return out, clen
+
+
 def request_headers(
     headers: RawHeaders,
     peer: str | None,
     scheme: str,
     strip: frozenset[bytes] = frozenset(),
-    content_length: int | None = None,
+    keep_length: bool = True,
 ) -> list[tuple[str, str]]:
-    """Headers to send upstream: end-to-end ones kept, forwarding headers set from the real peer."""
-    named = _named_by_connection(headers)
-    out: list[tuple[str, str]] = []
-    xff: str | None = None
-    clen: str | None = None
-    for name, value in headers:
-        if _is_hop(name, named) or name in strip:
-            continue
-        if name == b"x-forwarded-for":
-            v = value.decode("latin-1")
-            xff = v if xff is None else f"{xff}, {v}"
-            continue
-        if name in _REPLACED_ON_REQUEST:
-            if name == b"content-length":
-                clen = value.decode("latin-1")
-            continue
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
-    if peer:
-        xff = peer if xff is None else f"{xff}, {peer}"
-    if xff is not None:
-        out.append(("x-forwarded-for", xff))
-    out.append(("x-forwarded-proto", scheme))
-    if content_length is not None:
-        out.append(("content-length", str(content_length)))
-    elif clen is not None:
-        out.append(("content-length", clen))
-    return out
+    """Headers for a call through aiohttp (which frames a body it holds whole itself)."""
+    out, clen = _end_to_end(headers, peer, scheme, strip)
+    if clen is not None and keep_length:
+        out.append((b"content-length", clen))
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in out]
+
+
+def request_head(
+    method: str,
+    target: bytes,
+    headers: RawHeaders,
+    peer: str | None,
+    scheme: str,
+    strip: frozenset[bytes],
+    body_length: int,
+    default_host: bytes,
+) -> bytes:
+    """The request line and headers of a buffered call, ready to write (HTTP/1.1)."""
+    out, _ = _end_to_end(headers, peer, scheme, strip | _BUFFERED_DROP)
+    parts = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
+    has_host = False
+    for name, value in out:
+        if name == b"host":
+            has_host = True
+        parts += (name, b": ", value, b"\r\n")
+    if not has_host:
+        parts += (b"host: ", default_host, b"\r\n")
+    parts += (b"content-length: ", str(body_length).encode(), b"\r\n\r\n")
+    return b"".join(parts)
+
+
+# The whole body is sent at once with its length: nothing to wait for.
+_BUFFERED_DROP: frozenset[bytes] = frozenset({b"expect"})
 
 
 def response_headers(raw: tuple[tuple[bytes, bytes], ...] | RawHeaders) -> RawHeaders:

@@ -9,8 +9,9 @@ review. A failing stage is logged and counted; it never stops the others.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,12 +41,15 @@ class Batch:
 
 
 Stage = Callable[[Batch], None]
-_STOP = object()
+# The consumer polls instead of being woken per batch: waking a thread on every
+# put cost ~10 µs of the request's CPU (GIL hand-off); a short poll batches them.
+POLL_S = 0.005
 
 
 class Pipeline:
     def __init__(self, queue_size: int, registry: Registry, stages: Sequence[tuple[str, Stage]]):
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: deque[Batch] = deque()
+        self._stop = threading.Event()
         self._limit = queue_size
         self._stages = list(stages)
         self._thread: threading.Thread | None = None
@@ -59,7 +63,7 @@ class Pipeline:
         registry.gauge(
             "sidecar_decision_queue_depth",
             "Batches waiting for the background stages",
-            fn=lambda: float(self._queue.qsize()),
+            fn=lambda: float(len(self._queue)),
         )
         self._failures = {
             name: registry.counter(
@@ -67,18 +71,16 @@ class Pipeline:
             )
             for name, _ in self._stages
         }
-        self._idle = threading.Event()
-        self._idle.set()
+        self._busy = False
 
     def submit(self, batch: Batch) -> bool:
         """Hot path: hand the batch over without waiting. False when it was shed."""
         n = len(batch.decisions)
-        if self._queue.qsize() >= self._limit:
+        if len(self._queue) >= self._limit:
             self._shed.inc(n)
             return False
         self._submitted.inc(n)
-        self._idle.clear()
-        self._queue.put(batch)
+        self._queue.append(batch)
         return True
 
     def start(self) -> None:
@@ -88,26 +90,33 @@ class Pipeline:
     def _run(self) -> None:
         q = self._queue
         while True:
-            item = q.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, Batch)
-            for name, stage in self._stages:
-                try:
-                    stage(item)
-                except Exception:
-                    self._failures[name].inc()
-                    log.exception("pipeline stage %s failed", name)
-            if q.empty():
-                self._idle.set()
+            if not q:
+                if self._stop.wait(POLL_S) and not q:
+                    return
+                continue
+            self._busy = True
+            while q:
+                item = q.popleft()
+                for name, stage in self._stages:
+                    try:
+                        stage(item)
+                    except Exception:
+                        self._failures[name].inc()
+                        log.exception("pipeline stage %s failed", name)
+            self._busy = False
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until everything submitted so far has been through the stages (tests, shutdown)."""
-        return self._idle.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self._queue or self._busy:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_S / 2)
+        return True
 
     def close(self, timeout_s: float = 5.0) -> None:
         if self._thread is None:
             return
-        self._queue.put(_STOP)
+        self._stop.set()
         self._thread.join(timeout_s)
         self._thread = None

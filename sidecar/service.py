@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -87,7 +87,7 @@ class Service:
     def _record(self, batch: Batch) -> None:
         self.store.add(batch.decisions)
 
-    def _server(self, app: ASGIApp | Any, lifespan: str) -> _Server:
+    def _server(self, app: ASGIApp | Any, lifespan: Literal["on", "off"]) -> _Server:
         config = uvicorn.Config(
             app,
             http="httptools",
@@ -99,6 +99,7 @@ class Service:
             log_level="warning",
             timeout_keep_alive=75,
             backlog=2048,
+            proxy_headers=False,  # x-forwarded-* are set by the proxy itself from the real peer
         )
         return _Server(config)
 

@@ -11,48 +11,19 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from sidecar.config import ProxySettings
+from sidecar.errors import UpstreamError, classify
+from sidecar.headers import request_head, request_headers, response_headers
+from sidecar.http1 import Answer, Pool
+from sidecar.types import RawHeaders
+
+__all__ = ["Answer", "Upstream", "UpstreamError", "classify"]
 
 _NO_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type", "Accept")
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamError(Exception):
-    """The upstream could not be reached (502) or did not answer in time (504)."""
-
-    status: int
-    cause: str
-    detail: str
-
-    def body(self) -> bytes:
-        import orjson
-
-        return orjson.dumps(
-            {
-                "error": "upstream " + ("timeout" if self.status == 504 else "unavailable"),
-                "cause": self.cause,
-                "detail": self.detail,
-            }
-        )
-
-
-def classify(exc: BaseException) -> UpstreamError:
-    """Map a client exception to the error the proxy's client gets."""
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError | TimeoutError):
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return UpstreamError(504, "connect_timeout", str(exc) or "connect timed out")
-        return UpstreamError(504, "timeout", str(exc) or "upstream did not answer in time")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(502, "connect_failed", str(exc))
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError(502, "disconnected", str(exc) or "upstream closed the connection")
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return UpstreamError(502, type(exc).__name__, str(exc))
-    raise exc
 
 
 class Upstream:
@@ -62,6 +33,18 @@ class Upstream:
         self.base = settings.upstream
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        parts = urlsplit(self.base)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._pool: Pool | None = None
+        if parts.scheme == "http":
+            self._pool = Pool(
+                self._host,
+                self._port,
+                settings.pool_size,
+                settings.connect_timeout_s,
+                settings.timeout_s,
+            )
 
     async def start(self) -> None:
         s = self._settings
@@ -84,6 +67,8 @@ class Upstream:
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -112,15 +97,34 @@ class Upstream:
             skip_auto_headers=_NO_AUTO_HEADERS,
         )
 
+    async def buffered(
+        self,
+        method: str,
+        target: bytes,
+        headers: RawHeaders,
+        peer: str | None,
+        scheme: str,
+        strip: frozenset[bytes],
+        body: bytes,
+    ) -> Answer:
+        """Forward a call whose body is in hand and read the whole answer. Raises UpstreamError."""
+        if self._pool is not None:
+            head = request_head(
+                method, target, headers, peer, scheme, strip, len(body), self._pool.host_header
+            )
+            return await self._pool.request(head, body)
+        out = request_headers(headers, peer, scheme, strip, keep_length=False)
+        try:
+            async with self.request(method, target.decode("latin-1"), out, body) as resp:
+                return Answer(resp.status, response_headers(resp.raw_headers), await resp.read())
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise classify(exc) from exc
+
     async def reachable(self, timeout_s: float = 1.0) -> bool:
         """Readiness: can a TCP connection to the upstream be opened?"""
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(self.base)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, port), timeout_s
+                asyncio.open_connection(self._host, self._port), timeout_s
             )
         except (OSError, TimeoutError):
             return False
