@@ -1,0 +1,342 @@
+"""The proxy benchmark: the same load direct and through the sidecar, alternating, in one run.
+
+    python -m loadtests.bench_proxy --scenario fast|model --rate 500 --duration 30
+
+Starts the upstream (`fast`: a fixed-response V2 server that shows the sidecar's own cost;
+`model`: the demo onnxruntime model server) and `sidecar serve` in front of it, warms both
+paths, then runs `--rounds` rounds of `duration / rounds` seconds per path, alternating
+the order (ABBA) so drift in the machine hits both paths alike. Prints requests/s and
+p50/p99/p99.9 for each path, what the sidecar adds, the ratios, and the sidecar's CPU time
+per request (utime + stime from /proc over its rounds). Writes the whole result as JSON
+to loadtests/results/.
+
+With two or more cores the load generator and the upstream share the first core and the
+sidecar gets the second: the direct path is then undisturbed by the sidecar's background
+stages, and the sidecar's cost is what it takes of a core of its own (`--no-pin` to
+turn this off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvloop
+
+from loadtests.loadgen import LoadResult, run_load
+from loadtests.payloads import V2_PATH, v2_requests
+from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds, start_model_server
+from sidecar.demo.model import BACKGROUND_PATH, META_PATH, MODEL_PATH, load_meta
+
+# Counters worth a line in the report: what was recorded, explained, shed or spooled.
+_COUNTED = re.compile(r"decisions_total|shed|explanations?_total|events?_.*total|spool|review")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TARGETS_FAST = {"added_p50_ms": 0.5, "added_p99_ms": 2.0, "sidecar_cpu_us_per_req": 200.0}
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _sidecar_command() -> list[str]:
+    exe = Path(sys.executable).with_name("sidecar")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sidecar.cli"]
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def write_config(path: Path, upstream: str, extra: dict[str, dict[str, Any]]) -> None:
+    """A sidecar config on free ports in front of `upstream`, describing the demo model."""
+    meta = load_meta(META_PATH)
+    sections: dict[str, dict[str, Any]] = {
+        "proxy": {"port": 0, "upstream": upstream},
+        "control": {"port": 0},
+        "model": {
+            "name": meta.name,
+            "version": meta.version,
+            "feature_names": list(meta.feature_names),
+            "class_labels": list(meta.class_labels),
+            "artifact": str(MODEL_PATH),
+            "background": str(BACKGROUND_PATH),
+        },
+    }
+    for section, values in extra.items():
+        sections.setdefault(section, {}).update(values)
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`section.key=value` pairs (value parsed as JSON when it parses, else a string)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise SystemExit(f"--set {item!r}: expected section.key=value")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def _combine(results: list[LoadResult]) -> dict[str, Any]:
+    lat = np.concatenate([np.asarray(r.latencies) for r in results]) * 1000.0
+    elapsed = sum(r.elapsed_s for r in results)
+    p50, p99, p999 = np.percentile(lat, [50, 99, 99.9]) if lat.size else (np.nan,) * 3
+    return {
+        "requests": int(lat.size),
+        "rps": lat.size / elapsed if elapsed else 0.0,
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+        "p999_ms": float(p999),
+        "max_ms": float(lat.max()) if lat.size else None,
+        "non_2xx": sum(n for r in results for s, n in r.statuses.items() if not 200 <= s < 300),
+        "errors": sum(r.errors + r.unanswered for r in results),
+        "backlogged": sum(r.backlogged for r in results),
+        "loadgen_lag_max_ms": max(r.summary()["lag_max_ms"] for r in results),
+        "loadgen_cpu_us_per_req": 1e6
+        * sum(r.cpu_s for r in results)
+        / max(sum(r.sent for r in results), 1),
+        "round_p50_ms": [r.summary().get("p50_ms") for r in results],
+    }
+
+
+def _metrics(control_url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{control_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or "_bucket{" in line or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+async def _rounds(
+    direct_url: str, proxy_url: str, args: argparse.Namespace, sidecar_pid: int
+) -> dict[str, Any]:
+    host_d, port_d = _host_port(direct_url)
+    host_s, port_s = _host_port(proxy_url)
+    direct_reqs = v2_requests(host_d, port_d)
+    proxy_reqs = v2_requests(host_s, port_s)
+    d_url, s_url = direct_url + V2_PATH, proxy_url + V2_PATH
+    warm = min(2.0, args.duration / args.rounds)
+    await run_load(d_url, direct_reqs, args.rate, warm, args.connections)
+    await run_load(s_url, proxy_reqs, args.rate, warm, args.connections)
+
+    per_round = args.duration / args.rounds
+    direct: list[LoadResult] = []
+    through: list[LoadResult] = []
+    cpu_hot = cpu_idle = 0.0
+    for r in range(args.rounds):
+        order = ("direct", "sidecar") if r % 2 == 0 else ("sidecar", "direct")
+        for path in order:
+            before = cpu_seconds(sidecar_pid)
+            if path == "direct":
+                direct.append(
+                    await run_load(d_url, direct_reqs, args.rate, per_round, args.connections)
+                )
+                cpu_idle += cpu_seconds(sidecar_pid) - before
+            else:
+                through.append(
+                    await run_load(s_url, proxy_reqs, args.rate, per_round, args.connections)
+                )
+                cpu_hot += cpu_seconds(sidecar_pid) - before
+    d, s = _combine(direct), _combine(through)
+    n = max(s["requests"], 1)
+    return {
+        "direct": d,
+        "sidecar": s,
+        "added_p50_ms": s["p50_ms"] - d["p50_ms"],
+        "added_p99_ms": s["p99_ms"] - d["p99_ms"],
+        "added_p999_ms": s["p999_ms"] - d["p999_ms"],
+        "ratio_p50": s["p50_ms"] / d["p50_ms"],
+        "ratio_p99": s["p99_ms"] / d["p99_ms"],
+        "ratio_p999": s["p999_ms"] / d["p999_ms"],
+        "ratio_rps": s["rps"] / d["rps"] if d["rps"] else None,
+        "sidecar_cpu_us_per_req": 1e6 * cpu_hot / n,
+        # CPU the sidecar spent while only the direct path was loaded: idle ticks plus
+        # background stages catching up on the previous sidecar round.
+        "sidecar_cpu_between_rounds_us_per_req": 1e6 * cpu_idle / n,
+    }
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    hostport = url.split("://", 1)[1]
+    host, _, port = hostport.rpartition(":")
+    return host, int(port)
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    d, s = result["direct"], result["sidecar"]
+    lines = [
+        f"scenario {result['scenario']}  rate {result['rate']}/s  {result['duration_s']} s per path"
+        f" in {result['rounds']} alternating rounds  pinning: {result['pinning']}",
+        f"{'':10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}",
+    ]
+    for name, row in (("direct", d), ("sidecar", s)):
+        lines.append(
+            f"{name:10}{row['rps']:>10.1f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
+            f"{row['p999_ms']:>10.3f}{row['errors'] + row['non_2xx']:>8}"
+        )
+    lines.append(
+        f"{'added':10}{'':>10}{result['added_p50_ms']:>10.3f}{result['added_p99_ms']:>10.3f}"
+        f"{result['added_p999_ms']:>10.3f}"
+    )
+    lines.append(
+        f"{'ratio':10}{result['ratio_rps'] or 0:>10.3f}{result['ratio_p50']:>10.2f}"
+        f"{result['ratio_p99']:>10.2f}{result['ratio_p999']:>10.2f}"
+    )
+    lines.append(
+        f"sidecar CPU: {result['sidecar_cpu_us_per_req']:.0f} µs per request over its rounds"
+        f" (+{result['sidecar_cpu_between_rounds_us_per_req']:.0f} µs between rounds)"
+    )
+    lines.append(
+        f"load generator: lag max {max(d['loadgen_lag_max_ms'], s['loadgen_lag_max_ms']):.2f} ms,"
+        f" backlogged {d['backlogged']} direct / {s['backlogged']} sidecar,"
+        f" {s['loadgen_cpu_us_per_req']:.0f} µs CPU per request"
+    )
+    counted = {
+        k: int(v) for k, v in result.get("sidecar_metrics", {}).items() if _COUNTED.search(k) and v
+    }
+    if counted:
+        lines.append("sidecar counters: " + ", ".join(f"{k} {v}" for k, v in counted.items()))
+    for key, limit in result.get("targets", {}).items():
+        value = result[key]
+        lines.append(f"target {key} <= {limit}: {value:.3f} {'PASS' if value <= limit else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.bench_proxy", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--scenario", choices=("fast", "model"), default="fast")
+    parser.add_argument("--rate", type=float, default=500.0, help="requests per second (open loop)")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per path")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per path")
+    parser.add_argument(
+        "--connections", type=int, default=32, help="keep-alive connections per path"
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="extra sidecar setting",
+    )
+    parser.add_argument(
+        "--sidecar", default=None, help="sidecar command (default: the venv's `sidecar`)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work dir (config, sidecar log)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.duration <= 0 or args.rate <= 0:
+        parser.error("--rounds, --duration and --rate must be positive")
+    extra = parse_set(args.set)
+
+    cores = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cores) >= 2
+    near: set[int] | None = {cores[0]} if pin else None
+    far: set[int] | None = {cores[1]} if pin else None
+    pinning = f"loadgen+upstream on cpu {cores[0]}, sidecar on cpu {cores[1]}" if pin else "none"
+    if near:
+        os.sched_setaffinity(0, near)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    upstream: Any = FastUpstreamProcess(cpus=near) if args.scenario == "fast" else None
+    sidecar: SidecarProcess | None = None
+    try:
+        if upstream is not None:
+            upstream_url = upstream.start()
+        else:
+            upstream = start_model_server(near)
+            upstream_url = upstream.url
+        config = work / "sidecar.toml"
+        write_config(config, upstream_url, extra)
+        command = shlex.split(args.sidecar) if args.sidecar else _sidecar_command()
+        sidecar = SidecarProcess(command, config, work, work / "sidecar.log", far)
+        urls = sidecar.start()
+        print(
+            f"upstream {upstream_url}, sidecar {urls['proxy']} (control {urls['control']}), work dir {work}"
+        )
+        measured = uvloop.run(_rounds(upstream_url, urls["proxy"], args, sidecar.pid))
+        metrics = _metrics(urls["control"])
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        if upstream is not None:
+            upstream.stop()
+
+    result: dict[str, Any] = {
+        "scenario": args.scenario,
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "connections": args.connections,
+        "pinning": pinning,
+        "sidecar_settings": extra,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m loadtests.bench_proxy "
+        + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "machine": _machine(),
+        **measured,
+        "sidecar_metrics": metrics,
+    }
+    if args.scenario == "fast":
+        result["targets"] = TARGETS_FAST
+    print(report(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"proxy-{args.scenario}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"result: {path.relative_to(_REPO) if path.is_relative_to(_REPO) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

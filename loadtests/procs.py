@@ -1,0 +1,163 @@
+"""Child processes for the benchmarks: upstreams on a socket the parent binds, the sidecar, CPU time."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sidecar.demo.process import ModelServerProcess, wait_ready
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its live descendants (threads included)."""
+    total = 0.0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+        total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    stack = list(children.get(pid, []))
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(children.get(p, []))
+    return out
+
+
+class FastUpstreamProcess:
+    """`python -m loadtests.upstreams` on a parent-bound socket; `start()` returns its URL."""
+
+    def __init__(self, cpus: set[int] | None = None, host: str = "127.0.0.1") -> None:
+        self._cpus = cpus
+        self._host = host
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout_s: float = 30.0) -> str:
+        sock = socket.create_server((self._host, 0), backlog=1024)
+        self.url = f"http://{self._host}:{sock.getsockname()[1]}"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "loadtests.upstreams", "--fd", str(sock.fileno())],
+                pass_fds=(sock.fileno(),),
+                stdout=subprocess.DEVNULL,
+            )
+        finally:
+            sock.close()
+        if self._cpus:
+            os.sched_setaffinity(self.proc.pid, self._cpus)
+        wait_ready(f"{self.url}/v2/health/ready", timeout_s, self.proc)
+        return self.url
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+def start_model_server(cpus: set[int] | None) -> ModelServerProcess:
+    server = ModelServerProcess(cpus=cpus)
+    server.start()
+    return server
+
+
+class SidecarProcess:
+    """`sidecar serve --config FILE` as a child; learns its URLs from the lines it prints.
+
+    Output goes to `log_path` (read by a thread, so a chatty sidecar never blocks on a full pipe).
+    """
+
+    _URL = re.compile(r"^(proxy|control): (http://\S+)")
+
+    def __init__(
+        self, command: list[str], config: Path, cwd: Path, log_path: Path, cpus: set[int] | None
+    ) -> None:
+        self._cmd = [*command, "serve", "--config", str(config)]
+        self._cwd = cwd
+        self._log_path = log_path
+        self._cpus = cpus
+        self.proc: subprocess.Popen[str] | None = None
+        self.urls: dict[str, str] = {}
+        self._seen = threading.Event()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout_s: float = 60.0) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SIDECAR_")}
+        self.proc = subprocess.Popen(
+            self._cmd,
+            cwd=self._cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        if self._cpus:
+            os.sched_setaffinity(self.proc.pid, self._cpus)
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        # The URL lines come once the sockets are bound; readiness is the control plane's call.
+        if not self._seen.wait(timeout_s) or "control" not in self.urls:
+            self.stop()
+            raise RuntimeError(f"sidecar did not report its URLs; see {self._log_path}")
+        try:
+            wait_ready(f"{self.urls['control']}/readyz", deadline - time.monotonic(), self.proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self.urls
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self._log_path, "a", encoding="utf-8") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                m = self._URL.match(line)
+                if m:
+                    self.urls[m.group(1)] = m.group(2)
+                    if {"proxy", "control"} <= self.urls.keys():
+                        self._seen.set()
+        self._seen.set()
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
