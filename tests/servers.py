@@ -1,0 +1,133 @@
+"""Real HTTP servers on 127.0.0.1 for tests: a recording upstream, and the sidecar itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.config import load_settings
+from sidecar.service import Service, ServiceThread
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Seen:
+    method: str
+    path_qs: str
+    raw_headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass
+class RecordingUpstream:
+    """An aiohttp server in its own thread that records every request it receives."""
+
+    routes: dict[str, Handler] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def route(self, path: str) -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            self.routes[path] = fn
+            return fn
+
+        return deco
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        handler = self.routes.get(request.path) or self.routes.get("*")
+        if handler is not None and getattr(handler, "streaming", False):
+            self.seen.append(Seen(request.method, request.path_qs, list(request.raw_headers), b""))
+            return await handler(request)
+        body = await request.read()
+        self.seen.append(Seen(request.method, request.path_qs, list(request.raw_headers), body))
+        if handler is None:
+            return web.Response(status=404, body=b"no route")
+        request["body"] = body
+        return await handler(request)
+
+
+@contextlib.contextmanager
+def recording_upstream() -> Iterator[RecordingUpstream]:
+    up = RecordingUpstream()
+    ready = threading.Event()
+    runner_box: list[web.AppRunner] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        up.loop = loop
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", up._dispatch)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        up.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner_box.append(runner)
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        yield up
+    finally:
+        assert up.loop is not None
+        up.loop.call_soon_threadsafe(up.loop.stop)
+        t.join(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_sidecar(upstream_url: str, **sections: dict[str, Any]) -> Iterator[Service]:
+    overrides: dict[str, dict[str, Any]] = {
+        "proxy": {"port": 0, "upstream": upstream_url},
+        "control": {"port": 0},
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    settings = load_settings(environ={}, overrides=overrides)
+    with ServiceThread(settings) as service:
+        yield service
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    """Poll a condition; fail the test with `what` if it never holds."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
