@@ -9,7 +9,7 @@ import pytest
 # tests/ holds shared helpers (servers.py) imported by every test directory.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import RecordingUpstream, recording_upstream  # noqa: E402
+from servers import RecordingUpstream, recording_upstream
 
 
 @pytest.fixture
