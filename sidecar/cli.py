@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("serve", "demo", "explain", "audit")
+COMMANDS = ("serve", "demo", "explain", "audit", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs, then runs
+# lint, type checks and pytest (a real Kafka broker and a real headless
+# browser included). Slow soak/load checks are left to loadtests/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+
+# System packages: Debian's Chromium for the console's browser test, kcat to
+# read the stream with a client that is not ours, a JRE for Kafka (usually there).
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Kafka jars from Maven Central into .cache/kafka (cached between runs).
+bash scripts/kafka.sh fetch
+
+.venv/bin/ruff check sidecar explainers tests loadtests
+.venv/bin/mypy
+exec .venv/bin/pytest -m "not slow" -p no:cacheprovider "$@"
