@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         app = create_model_server_app(args.model, args.meta, threads=args.threads)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # onnxruntime raises its own types for a bad file
         print(f"model server: cannot load model: {exc}", file=sys.stderr)
         return 2
     if args.fd is not None:
