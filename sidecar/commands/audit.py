@@ -1,0 +1,63 @@
+"""`sidecar audit verify`: check the review audit chain.
+
+Exit 0 when every record holds; 1 with a message naming the first bad record
+(edited, deleted, reordered) or the truncation (against `--head`, a hash the
+operator kept from an earlier `verify` or from GET /review/audit/head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+from sidecar.config import ConfigError, load_settings
+from sidecar.review import audit
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("audit", help="inspect the review audit trail")
+    actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = actions.add_parser("verify", help="check the hash chain of review actions")
+    verify.add_argument("--config", help="TOML config file (for review.db_path)")
+    verify.add_argument("--db", help="the review database (default: review.db_path)")
+    verify.add_argument("--head", help="a head hash kept earlier; catches truncation")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(func=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    if args.db is not None:
+        path = Path(args.db)
+    else:
+        try:
+            path = load_settings(args.config).review.db_path
+        except ConfigError as exc:
+            print(f"sidecar audit verify: {exc}", file=sys.stderr)
+            return 2
+    head = args.head.strip().lower() if args.head else None
+    if head is not None and (len(head) != 64 or any(c not in "0123456789abcdef" for c in head)):
+        print("sidecar audit verify: --head must be a 64-digit hex SHA-256", file=sys.stderr)
+        return 2
+    if not path.is_file():
+        print(f"sidecar audit verify: no review database at {path}", file=sys.stderr)
+        return 2
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            result = audit.verify(conn, head)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        print(f"sidecar audit verify: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    elif result.ok:
+        print(f"ok: {result.count} records, head seq {result.head_seq} hash {result.head_hash}")
+    else:
+        print(f"TAMPERED: {result.error}", file=sys.stderr)
+        print(f"the chain holds up to seq {result.head_seq} (hash {result.head_hash})")
+    return 0 if result.ok else 1

@@ -1,0 +1,1 @@
+"""Human review: routing rules, the review store, the audit chain, the review API and console."""

@@ -1,0 +1,303 @@
+"""The review API, the decision lookup and the reviewer console, as one router.
+
+Roles: a reviewer lists, reads, claims and decides; an auditor reads and
+checks the audit chain; an admin does both and may release anyone's claim.
+Object-level rules live in the store (a reviewer decides only what they
+claimed) and group attributes are shown only to `auth.group_attribute_roles`.
+Handlers that touch SQLite are plain functions, so FastAPI runs them in its
+thread pool and the event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from sidecar.auth import Authenticator, Principal
+from sidecar.config import ReviewSettings
+from sidecar.metrics import Registry
+from sidecar.review import console
+from sidecar.review.lookup import DecisionSource, ExplainFn, Explanations
+from sidecar.review.model import ReviewError, ReviewStore
+from sidecar.review.schemas import (
+    AuditHeadOut,
+    AuditPageOut,
+    DecideIn,
+    ErrorOut,
+    ItemOut,
+    ItemPageOut,
+    LookupOut,
+    MeOut,
+    decision_out,
+    item_out,
+    record_out,
+    summary_out,
+    verify_out,
+)
+
+# The same shape decisions.accept_request_id admits.
+RequestId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,128}$", description="The request id (x-decision-id)")
+]
+Row = Annotated[int, Path(ge=0, le=1_000_000, description="The row within the request")]
+_MAX_SEQ = 2**62
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        401: "Missing or unknown bearer token",
+        403: "The role or the object-level rules forbid this",
+        404: "No such item or decision",
+        409: "The item's state changed: claimed by someone else, lease expired, or decided",
+        413: "Body too large (review.max_body_bytes)",
+        415: "Body must be application/json",
+        422: "Invalid parameters or body",
+    }
+    return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
+
+
+def _refused(exc: ReviewError) -> HTTPException:
+    return HTTPException(exc.status, exc.message)
+
+
+async def _read_json(request: Request, limit: int) -> bytes:
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, "the body must be JSON (Content-Type: application/json)")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the body is larger than {limit} bytes (review.max_body_bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(
+                413, f"the body is larger than {limit} bytes (review.max_body_bytes)"
+            )
+    return bytes(body)
+
+
+def create_review_router(
+    *,
+    settings: ReviewSettings,
+    authenticator: Authenticator,
+    store: ReviewStore,
+    registry: Registry,
+    decisions: DecisionSource | None = None,
+    explain_now: ExplainFn | None = None,
+) -> APIRouter:
+    """Everything under /review/, GET /decisions/{id}, and the console at / and /console/."""
+    router = APIRouter()
+    explanations = Explanations(
+        store=store,
+        decisions=decisions,
+        explain_now=explain_now,
+        cache_size=settings.explanation_cache_size,
+        registry=registry,
+    )
+    anyone = Depends(authenticator.require("reviewer", "auditor", "admin"))
+    deciders = Depends(authenticator.require("reviewer", "admin"))
+    auditors = Depends(authenticator.require("auditor", "admin"))
+    page_size = settings.max_page_size
+    body_limit = settings.max_body_bytes
+    max_reason = settings.max_reason_chars
+    tags: list[str | Any] = ["review"]
+
+    def show(who: Principal) -> bool:
+        return authenticator.sees_group_attributes(who)
+
+    def detail(item_id: str, who: Principal) -> ItemOut:
+        item = store.get(item_id)
+        if item is None:
+            raise HTTPException(404, f"no review item {item_id}")
+        explanation, _, error = explanations.explain(item.decision, item)
+        return item_out(item, show(who), explanation, error)
+
+    @router.get("/review/me", tags=tags, responses=_errors(401))
+    def me(who: Annotated[Principal, anyone]) -> MeOut:
+        """Who the token belongs to (the console's login check)."""
+        return MeOut(name=who.name, role=who.role, sees_group_attributes=show(who))
+
+    @router.get("/review/items", tags=tags, responses=_errors(401, 403, 422))
+    def list_items(
+        who: Annotated[Principal, anyone],
+        status: Literal["pending", "claimed", "decided"] | None = None,
+        reason: Annotated[str | None, Query(max_length=128)] = None,
+        model: Annotated[str | None, Query(max_length=256)] = None,
+        mine: bool = False,
+        after: Annotated[int, Query(ge=0, le=_MAX_SEQ, description="Cursor: next_after")] = 0,
+        limit: Annotated[int, Query(ge=1, le=page_size)] = min(50, page_size),
+    ) -> ItemPageOut:
+        """The queue, oldest first, with filters; `mine` keeps the caller's claims."""
+        items = store.list_items(
+            status=status,
+            reason=reason,
+            model=model,
+            claimed_by=who.name if mine else None,
+            after=after,
+            limit=limit + 1,
+        )
+        more = len(items) > limit
+        items = items[:limit]
+        return ItemPageOut(
+            items=[summary_out(i) for i in items],
+            next_after=items[-1].seq if more else None,
+            counts=store.counts(),
+        )
+
+    @router.get("/review/items/{request_id}", tags=tags, responses=_errors(401, 403, 404, 422))
+    def get_item_first_row(request_id: RequestId, who: Annotated[Principal, anyone]) -> ItemOut:
+        """A review item by its decision id's request part (row 0); also a hold ticket's status."""
+        return detail(f"{request_id}/0", who)
+
+    @router.get(
+        "/review/items/{request_id}/{row}", tags=tags, responses=_errors(401, 403, 404, 422)
+    )
+    def get_item(request_id: RequestId, row: Row, who: Annotated[Principal, anyone]) -> ItemOut:
+        """A review item: the decision, its explanation, its state and, when held, the final outcome."""
+        return detail(f"{request_id}/{row}", who)
+
+    @router.post(
+        "/review/items/{request_id}/{row}/claim",
+        tags=tags,
+        responses=_errors(401, 403, 404, 409, 422),
+    )
+    def claim(request_id: RequestId, row: Row, who: Annotated[Principal, deciders]) -> ItemOut:
+        """Take the item for `review.lease_seconds` (claiming again renews); 409 when someone else holds it."""
+        try:
+            store.claim(f"{request_id}/{row}", who.name)
+        except ReviewError as exc:
+            raise _refused(exc) from None
+        return detail(f"{request_id}/{row}", who)
+
+    @router.post(
+        "/review/items/{request_id}/{row}/release",
+        tags=tags,
+        responses=_errors(401, 403, 404, 409, 422),
+    )
+    def release(request_id: RequestId, row: Row, who: Annotated[Principal, deciders]) -> ItemOut:
+        """Give a claim back to the queue (an admin may release anyone's)."""
+        try:
+            store.release(f"{request_id}/{row}", who.name, force=who.role == "admin")
+        except ReviewError as exc:
+            raise _refused(exc) from None
+        return detail(f"{request_id}/{row}", who)
+
+    @router.post(
+        "/review/items/{request_id}/{row}/decision",
+        tags=tags,
+        responses=_errors(401, 403, 404, 409, 413, 415, 422),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _decide_schema(max_reason)}},
+            }
+        },
+    )
+    async def decide(
+        request_id: RequestId, row: Row, request: Request, who: Annotated[Principal, deciders]
+    ) -> ItemOut:
+        """Approve the model's answer or override it with an outcome; a reason is required."""
+        raw = await _read_json(request, body_limit)
+        try:
+            body = DecideIn.model_validate_json(raw)
+        except ValidationError as exc:
+            raise HTTPException(
+                422, exc.errors(include_url=False, include_context=False, include_input=False)
+            ) from None
+        if len(body.reason) > max_reason:
+            raise HTTPException(
+                422, f"reason is longer than {max_reason} characters (review.max_reason_chars)"
+            )
+        item_id = f"{request_id}/{row}"
+        try:
+            await run_in_threadpool(
+                store.decide, item_id, who.name, body.action, body.outcome, body.reason.strip()
+            )
+        except ReviewError as exc:
+            raise _refused(exc) from None
+        return await run_in_threadpool(detail, item_id, who)
+
+    @router.get(
+        "/review/items/{request_id}/{row}/history",
+        tags=tags,
+        responses=_errors(401, 403, 404, 422),
+    )
+    def history(request_id: RequestId, row: Row, who: Annotated[Principal, anyone]) -> AuditPageOut:
+        """The item's audit records, oldest first."""
+        item_id = f"{request_id}/{row}"
+        if store.get(item_id) is None:
+            raise HTTPException(404, f"no review item {item_id}")
+        return AuditPageOut(
+            records=[record_out(r) for r in store.history(item_id)], next_after=None
+        )
+
+    @router.get("/review/audit", tags=tags, responses=_errors(401, 403, 422))
+    def audit_records(
+        who: Annotated[Principal, auditors],
+        after: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
+        limit: Annotated[int, Query(ge=1, le=page_size)] = min(50, page_size),
+    ) -> AuditPageOut:
+        """The audit chain, from `after` (a seq)."""
+        recs = store.audit_records(after=after, limit=limit + 1)
+        more = len(recs) > limit
+        recs = recs[:limit]
+        return AuditPageOut(
+            records=[record_out(r) for r in recs], next_after=recs[-1].seq if more else None
+        )
+
+    @router.get("/review/audit/head", tags=tags, responses=_errors(401, 403))
+    def audit_head(who: Annotated[Principal, anyone]) -> AuditHeadOut:
+        """The newest record's seq and hash: keep it to detect truncation later."""
+        seq, digest = store.audit_head()
+        return AuditHeadOut(seq=seq, hash=digest)
+
+    @router.get("/review/audit/verify", tags=tags, responses=_errors(401, 403, 422))
+    def audit_verify(
+        who: Annotated[Principal, auditors],
+        head: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    ) -> Any:
+        """Walk the chain; `head` is a hash kept earlier, to catch truncation."""
+        return verify_out(store.verify(head))
+
+    @router.get(
+        "/decisions/{request_id}", tags=["decisions"], responses=_errors(401, 403, 404, 422)
+    )
+    def lookup_first_row(request_id: RequestId, who: Annotated[Principal, anyone]) -> LookupOut:
+        """A decision (row 0 of the request) and why it was made."""
+        return lookup(f"{request_id}/0", who)
+
+    @router.get(
+        "/decisions/{request_id}/{row}", tags=["decisions"], responses=_errors(401, 403, 404, 422)
+    )
+    def lookup_row(request_id: RequestId, row: Row, who: Annotated[Principal, anyone]) -> LookupOut:
+        """A decision and why it was made: its explanation, computed now if it was not sampled."""
+        return lookup(f"{request_id}/{row}", who)
+
+    def lookup(decision_id: str, who: Principal) -> LookupOut:
+        found = explanations.find(decision_id)
+        if found is None:
+            raise HTTPException(
+                404, f"no decision {decision_id} (unknown, or older than decisions.retention)"
+            )
+        decision, item = found
+        explanation, source, error = explanations.explain(decision, item)
+        return LookupOut(
+            decision=decision_out(decision, show(who)),
+            explanation=explanation,
+            explanation_source=source,
+            explanation_error=error,
+            review_item=summary_out(item) if item is not None else None,
+        )
+
+    console.add_routes(router)
+    return router
+
+
+def _decide_schema(max_reason: int) -> dict[str, Any]:
+    schema = DecideIn.model_json_schema()
+    schema["properties"]["reason"]["maxLength"] = max_reason
+    return schema

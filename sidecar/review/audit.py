@@ -1,0 +1,247 @@
+"""The audit trail: an append-only, hash-chained record of review actions.
+
+Record n stores `hash_n = SHA-256(hash_{n-1} || "\\n" || canonical(record_n))`
+where canonical is sorted-key, whitespace-free JSON of the record's fields
+(seq included, so records cannot be reordered without breaking the chain).
+An edit breaks the record's own hash, a deletion or a reorder breaks the
+link to its predecessor, and a truncation is caught against a head hash the
+operator kept. The chain lives in the review store's SQLite database and is
+written in the same transaction as the state change it records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS = "0" * 64
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    item_id TEXT NOT NULL,
+    decision_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_item ON audit(item_id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    time: float
+    item_id: str
+    decision_id: str
+    action: str
+    actor: str
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "item_id": self.item_id,
+            "decision_id": self.decision_id,
+            "action": self.action,
+            "actor": self.actor,
+            "data": self.data,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def canonical(
+    seq: int, time: float, item_id: str, decision_id: str, action: str, actor: str, data_json: str
+) -> bytes:
+    """The bytes a record's hash covers (data is already canonical JSON)."""
+    head = json.dumps(
+        [seq, time, item_id, decision_id, action, actor],
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+    return f"{head[:-1]},{data_json}]".encode()
+
+
+def canonical_data(data: dict[str, Any]) -> str:
+    return json.dumps(
+        data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+
+
+def chain_hash(prev_hash: str, body: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode() + b"\n" + body).hexdigest()
+
+
+def head(conn: sqlite3.Connection) -> tuple[int, str]:
+    """(seq, hash) of the newest record; (0, GENESIS) for an empty chain."""
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+
+
+def append(
+    conn: sqlite3.Connection,
+    *,
+    time: float,
+    item_id: str,
+    decision_id: str,
+    action: str,
+    actor: str,
+    data: dict[str, Any],
+) -> AuditRecord:
+    """Append one record; the caller holds the write transaction."""
+    prev_seq, prev_hash = head(conn)
+    seq = prev_seq + 1
+    data_json = canonical_data(data)
+    digest = chain_hash(
+        prev_hash, canonical(seq, time, item_id, decision_id, action, actor, data_json)
+    )
+    conn.execute(
+        "INSERT INTO audit (seq, time, item_id, decision_id, action, actor, data, prev_hash, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (seq, time, item_id, decision_id, action, actor, data_json, prev_hash, digest),
+    )
+    return AuditRecord(seq, time, item_id, decision_id, action, actor, data, prev_hash, digest)
+
+
+_COLUMNS = "seq, time, item_id, decision_id, action, actor, data, prev_hash, hash"
+
+
+def _record(row: tuple[Any, ...]) -> AuditRecord:
+    return AuditRecord(
+        int(row[0]),
+        float(row[1]),
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        json.loads(row[6]),
+        row[7],
+        row[8],
+    )
+
+
+def records(
+    conn: sqlite3.Connection, *, after: int = 0, limit: int = 100, item_id: str | None = None
+) -> list[AuditRecord]:
+    if item_id is None:
+        cur = conn.execute(
+            f"SELECT {_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+    else:
+        cur = conn.execute(
+            f"SELECT {_COLUMNS} FROM audit WHERE item_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (item_id, after, limit),
+        )
+    return [_record(r) for r in cur.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    count: int
+    head_seq: int
+    head_hash: str
+    error: str | None = None
+    bad_seq: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "count": self.count,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "error": self.error,
+            "bad_seq": self.bad_seq,
+        }
+
+
+def _raw_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+    # seq is the rowid, so this is stored order; seq is inside each hash, so a record moved
+    # to another seq no longer matches its hash.
+    yield from conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq")
+
+
+def verify_rows(rows: Iterable[tuple[Any, ...]], expected_head: str | None = None) -> VerifyResult:
+    """Walk the chain from genesis; report the first record that does not hold."""
+    prev_hash = GENESIS
+    expected_seq = 1
+    count = 0
+    head_seen = expected_head is None or expected_head == GENESIS
+    for row in rows:
+        seq, time, item_id, decision_id, action, actor, data_json, stored_prev, stored_hash = row
+        where = f"record seq={seq} (position {count + 1})"
+        if seq != expected_seq:
+            return VerifyResult(
+                False,
+                count,
+                expected_seq - 1,
+                prev_hash,
+                f"{where}: expected seq {expected_seq}; a record was deleted or moved here",
+                seq,
+            )
+        if stored_prev != prev_hash:
+            return VerifyResult(
+                False,
+                count,
+                seq - 1,
+                prev_hash,
+                f"{where}: its previous-hash does not match record {seq - 1}'s hash;"
+                " a record before it was deleted, edited or reordered",
+                seq,
+            )
+        try:
+            body = canonical(
+                int(seq),
+                float(time),
+                str(item_id),
+                str(decision_id),
+                str(action),
+                str(actor),
+                canonical_data(json.loads(data_json)),
+            )
+        except (TypeError, ValueError) as exc:
+            return VerifyResult(
+                False, count, seq - 1, prev_hash, f"{where}: unreadable ({exc}); it was edited", seq
+            )
+        if chain_hash(prev_hash, body) != stored_hash:
+            return VerifyResult(
+                False,
+                count,
+                seq - 1,
+                prev_hash,
+                f"{where}: its contents do not match its hash; the record was edited",
+                seq,
+            )
+        prev_hash = stored_hash
+        expected_seq += 1
+        count += 1
+        if not head_seen and stored_hash == expected_head:
+            head_seen = True
+    if not head_seen:
+        return VerifyResult(
+            False,
+            count,
+            count,
+            prev_hash,
+            f"the kept head {expected_head} is not in the chain ({count} records, head {prev_hash});"
+            " records after the current head were removed (truncated) or the head is wrong",
+            count + 1,
+        )
+    return VerifyResult(True, count, count, prev_hash)
+
+
+def verify(conn: sqlite3.Connection, expected_head: str | None = None) -> VerifyResult:
+    return verify_rows(_raw_rows(conn), expected_head)

@@ -1,0 +1,112 @@
+"""Finding a decision and its explanation for the control plane.
+
+A decision is looked up in the decision store (recent decisions, bounded by
+`decisions.retention`) and then in the review queue (which keeps its own
+copy). Its explanation is the one the background stage made when it was
+sampled; otherwise it is computed on demand from the recorded features and
+kept in a bounded LRU (`review.explanation_cache_size`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from sidecar.decisions import Decision
+from sidecar.metrics import Registry
+from sidecar.review.model import ReviewItem, ReviewStore, decision_to_dict, normalise_item_id
+
+log = logging.getLogger("sidecar.review")
+
+ExplainFn = Callable[[Decision], dict[str, Any]]
+Source = Literal["sampled", "review_item", "on_demand", "cached"]
+
+
+class DecisionSource(Protocol):
+    """The decision store's read side (sidecar.store.DecisionStore)."""
+
+    def get(self, decision_id: str) -> Decision | None: ...
+
+    def get_explanation(self, decision_id: str) -> dict[str, Any] | None: ...
+
+
+def decision_from_dict(d: dict[str, Any]) -> Decision:
+    fields = {k: v for k, v in d.items() if k in Decision.__dataclass_fields__}
+    return Decision(**fields)
+
+
+class Explanations:
+    """Decision and explanation lookup, with on-demand explanation and its cache."""
+
+    def __init__(
+        self,
+        *,
+        store: ReviewStore,
+        decisions: DecisionSource | None,
+        explain_now: ExplainFn | None,
+        cache_size: int,
+        registry: Registry,
+    ) -> None:
+        self._store = store
+        self._decisions = decisions
+        self._explain_now = explain_now
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._on_demand = registry.counter(
+            "sidecar_explanations_on_demand_total", "Explanations computed for a lookup"
+        )
+        self._failed = registry.counter(
+            "sidecar_explanations_on_demand_failed_total", "On-demand explanations that failed"
+        )
+
+    def find(self, decision_id: str) -> tuple[dict[str, Any], ReviewItem | None] | None:
+        """The decision (as a dict) and its review item, if either store knows it."""
+        key = normalise_item_id(decision_id)
+        item = self._store.get(key)
+        found = self._decisions.get(key) if self._decisions is not None else None
+        if found is not None:
+            return decision_to_dict(found), item
+        if item is not None:
+            return item.decision, item
+        return None
+
+    def explain(
+        self, decision: dict[str, Any], item: ReviewItem | None
+    ) -> tuple[dict[str, Any] | None, Source | None, str | None]:
+        """(explanation, where it came from, why there is none)."""
+        key = f"{decision['request_id']}/{decision['row']}"
+        if self._decisions is not None:
+            sampled = self._decisions.get_explanation(key)
+            if sampled is not None:
+                return sampled, "sampled", None
+        if item is not None and item.explanation is not None:
+            return item.explanation, "review_item", None
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached, "cached", None
+        if self._explain_now is None:
+            return None, None, "no model artifact is configured (model.artifact); cannot explain"
+        if not decision.get("features"):
+            return None, None, "the decision has no recorded features to explain"
+        try:
+            explanation = self._explain_now(decision_from_dict(decision))
+        except Exception as exc:
+            self._failed.inc()
+            log.warning("on-demand explanation of %s failed: %s", key, exc)
+            return None, None, f"explanation failed: {exc}"
+        self._on_demand.inc()
+        if item is not None:
+            self._store.set_explanation(key, explanation)
+        if self._cache_size > 0:
+            with self._lock:
+                self._cache[key] = explanation
+                self._cache.move_to_end(key)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return explanation, "on_demand", None

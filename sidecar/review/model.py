@@ -1,0 +1,169 @@
+"""What the review queue holds, and the interface every review store implements.
+
+Items move pending -> claimed (a lease) -> decided. The item id is the
+decision id (`{request_id}/{row}`). A shared database can implement
+`ReviewStore` later; `SqliteReviewStore` is the embedded default.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sidecar.decisions import Decision, split_decision_id
+from sidecar.review import audit
+
+Status = Literal["pending", "claimed", "decided"]
+Action = Literal["approve", "override"]
+STATUSES: tuple[Status, ...] = ("pending", "claimed", "decided")
+
+
+class ReviewError(Exception):
+    """A refused transition; `status` is the HTTP status the API answers with."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ReviewError):
+    status = 404
+
+
+class Conflict(ReviewError):
+    status = 409
+
+
+class Forbidden(ReviewError):
+    status = 403
+
+
+@dataclass(frozen=True, slots=True)
+class HeldAnswer:
+    """The model's answer kept back from a hold-mode client."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def body_json(self) -> Any:
+        """The body as JSON when it is JSON, else as text (or base64 when not UTF-8)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            try:
+                return self.body.decode()
+            except UnicodeDecodeError:
+                return {"base64": base64.b64encode(self.body).decode()}
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    item_id: str  # the decision id
+    seq: int
+    created: float
+    reason: str
+    mode: str  # "queued" (flag) | "held"
+    status: Status
+    decision: dict[str, Any]
+    explanation: dict[str, Any] | None
+    claimed_by: str | None
+    lease_expires: float | None
+    action: Action | None
+    outcome: Any
+    decided_reason: str | None
+    decided_by: str | None
+    decided_at: float | None
+    held: HeldAnswer | None
+
+    @property
+    def model_name(self) -> str:
+        return str(self.decision.get("model_name", ""))
+
+
+def decision_to_dict(decision: Decision) -> dict[str, Any]:
+    d = dataclasses.asdict(decision)
+    d["decision_id"] = decision.decision_id
+    return d
+
+
+class ReviewStore(abc.ABC):
+    """The queue of decisions awaiting people, and the audit chain of what they did."""
+
+    @abc.abstractmethod
+    def enqueue(
+        self,
+        decision: Decision,
+        explanation: dict[str, Any] | None = None,
+        held_response: bytes | None = None,
+        held_headers: list[tuple[bytes, bytes]] | None = None,
+        held_status: int | None = None,
+    ) -> ReviewItem | None:
+        """Add a routed decision (None when the id is already queued)."""
+
+    @abc.abstractmethod
+    def get(self, item_id: str) -> ReviewItem | None: ...
+
+    @abc.abstractmethod
+    def list_items(
+        self,
+        *,
+        status: Status | None = None,
+        reason: str | None = None,
+        model: str | None = None,
+        claimed_by: str | None = None,
+        after: int = 0,
+        limit: int = 50,
+    ) -> list[ReviewItem]:
+        """Items in queue order (oldest first), after the cursor `after` (an item's seq)."""
+
+    @abc.abstractmethod
+    def claim(self, item_id: str, reviewer: str) -> ReviewItem:
+        """Take (or renew) the lease; Conflict when someone else holds it or it is decided."""
+
+    @abc.abstractmethod
+    def release(self, item_id: str, actor: str, *, force: bool = False) -> ReviewItem:
+        """Give the lease back; Forbidden when it is someone else's (unless force)."""
+
+    @abc.abstractmethod
+    def decide(
+        self, item_id: str, reviewer: str, action: Action, outcome: Any, reason: str
+    ) -> ReviewItem:
+        """Approve or override an item the reviewer holds the lease on."""
+
+    @abc.abstractmethod
+    def set_explanation(self, item_id: str, explanation: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def expire_leases(self) -> int:
+        """Return lapsed claims to pending; the number returned."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    def history(self, item_id: str) -> list[audit.AuditRecord]: ...
+
+    @abc.abstractmethod
+    def audit_records(self, *, after: int = 0, limit: int = 100) -> list[audit.AuditRecord]: ...
+
+    @abc.abstractmethod
+    def audit_head(self) -> tuple[int, str]: ...
+
+    @abc.abstractmethod
+    def verify(self, expected_head: str | None = None) -> audit.VerifyResult: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+def normalise_item_id(item_id: str) -> str:
+    """`R` and `R/0` name the same item."""
+    rid, row = split_decision_id(item_id)
+    return f"{rid}/{row}"

@@ -1,0 +1,471 @@
+"""The embedded review store: SQLite in WAL mode.
+
+Every transition is one write transaction that also appends to the audit
+chain, so state and audit cannot disagree; the review event is published
+after the commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sidecar.decisions import Decision
+from sidecar.metrics import Registry
+from sidecar.review import audit
+from sidecar.review.event_body import SYSTEM_ACTOR, review_event_body
+from sidecar.review.model import (
+    STATUSES,
+    Action,
+    Conflict,
+    Forbidden,
+    HeldAnswer,
+    NotFound,
+    ReviewError,
+    ReviewItem,
+    ReviewStore,
+    Status,
+    decision_to_dict,
+    normalise_item_id,
+)
+from sidecar.sinks.base import EventSink
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "ReviewError",
+    "ReviewItem",
+    "ReviewStore",
+    "SqliteReviewStore",
+]
+
+log = logging.getLogger("sidecar.review")
+
+
+def _dumps(value: Any) -> str:
+    # default=str: numpy scalars and other oddities become text rather than failing the enqueue.
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    reason TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    status TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    explanation TEXT,
+    claimed_by TEXT,
+    lease_expires REAL,
+    action TEXT,
+    outcome TEXT,
+    decided_reason TEXT,
+    decided_by TEXT,
+    decided_at REAL,
+    held_status INTEGER,
+    held_headers TEXT,
+    held_body BLOB
+);
+CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
+CREATE INDEX IF NOT EXISTS items_lease ON items(status, lease_expires);
+"""
+
+_ITEM_COLUMNS = (
+    "item_id, seq, created, reason, mode, status, decision, explanation, claimed_by,"
+    " lease_expires, action, outcome, decided_reason, decided_by, decided_at,"
+    " held_status, held_headers, held_body"
+)
+
+
+def _item(row: tuple[Any, ...]) -> ReviewItem:
+    held = None
+    if row[15] is not None:
+        held = HeldAnswer(int(row[15]), [tuple(h) for h in json.loads(row[16])], bytes(row[17]))
+    return ReviewItem(
+        item_id=row[0],
+        seq=int(row[1]),
+        created=float(row[2]),
+        reason=row[3],
+        mode=row[4],
+        status=row[5],
+        decision=json.loads(row[6]),
+        explanation=json.loads(row[7]) if row[7] is not None else None,
+        claimed_by=row[8],
+        lease_expires=row[9],
+        action=row[10],
+        outcome=json.loads(row[11]) if row[11] is not None else None,
+        decided_reason=row[12],
+        decided_by=row[13],
+        decided_at=row[14],
+        held=held,
+    )
+
+
+class SqliteReviewStore(ReviewStore):
+    """The embedded review store: SQLite in WAL mode, one connection behind a lock."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        sink: EventSink,
+        registry: Registry,
+        lease_seconds: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._path = Path(path)
+        if str(path) != ":memory:":
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash; only a power loss can drop the last commit.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA + audit.SCHEMA)
+        self._lock = threading.Lock()
+        self._sink = sink
+        self._lease = lease_seconds
+        self._clock = clock
+        self._enqueued = registry.counter(
+            "sidecar_review_enqueued_total", "Decisions added to the review queue"
+        )
+        self._duplicates = registry.counter(
+            "sidecar_review_duplicates_total",
+            "Routed decisions not queued because their id was already in the queue",
+        )
+        self._transitions = {
+            a: registry.counter(
+                "sidecar_review_transitions_total", "Review state changes", {"action": a}
+            )
+            for a in ("claimed", "released", "lease_expired", "approved", "overridden")
+        }
+        self._conflicts = registry.counter(
+            "sidecar_review_conflicts_total", "Claims or decisions refused with 409"
+        )
+        self._shed = registry.counter(
+            "sidecar_review_events_shed_total", "Review events the sink refused"
+        )
+        for status in STATUSES:
+            registry.gauge(
+                "sidecar_review_items",
+                "Review items by status",
+                {"status": status},
+                fn=functools.partial(self._count, status),
+            )
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[sqlite3.Connection, list[audit.AuditRecord]]]:
+        """One write transaction; the audit records it appended are published after commit."""
+        appended: list[audit.AuditRecord] = []
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn, appended
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        for rec in appended:
+            self._publish(rec)
+
+    def _publish(self, rec: audit.AuditRecord) -> None:
+        try:
+            ok = self._sink.publish("review", rec.decision_id, review_event_body(rec))
+        except Exception:
+            log.exception("review event for %s could not be published", rec.decision_id)
+            ok = False
+        if not ok:
+            self._shed.inc()
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        appended: list[audit.AuditRecord],
+        item_id: str,
+        action: str,
+        actor: str,
+        data: dict[str, Any],
+        now: float,
+    ) -> None:
+        appended.append(
+            audit.append(
+                conn,
+                time=now,
+                item_id=item_id,
+                decision_id=item_id,
+                action=action,
+                actor=actor,
+                data=data,
+            )
+        )
+
+    def _row(self, conn: sqlite3.Connection, item_id: str) -> ReviewItem | None:
+        row = conn.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ?", (item_id,)
+        ).fetchone()
+        return None if row is None else _item(row)
+
+    def _expire(
+        self, conn: sqlite3.Connection, appended: list[audit.AuditRecord], now: float
+    ) -> int:
+        rows = conn.execute(
+            "SELECT item_id, claimed_by FROM items WHERE status = 'claimed' AND lease_expires <= ?"
+            " ORDER BY seq",
+            (now,),
+        ).fetchall()
+        for item_id, holder in rows:
+            conn.execute(
+                "UPDATE items SET status = 'pending', claimed_by = NULL, lease_expires = NULL"
+                " WHERE item_id = ?",
+                (item_id,),
+            )
+            self._append(
+                conn, appended, item_id, "lease_expired", SYSTEM_ACTOR, {"holder": holder}, now
+            )
+            self._transitions["lease_expired"].inc()
+        return len(rows)
+
+    def _has_expired(self, now: float) -> bool:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM items WHERE status = 'claimed' AND lease_expires <= ? LIMIT 1",
+                (now,),
+            ).fetchone()
+        return row is not None
+
+    # -- the interface -----------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        decision: Decision,
+        explanation: dict[str, Any] | None = None,
+        held_response: bytes | None = None,
+        held_headers: list[tuple[bytes, bytes]] | None = None,
+        held_status: int | None = None,
+    ) -> ReviewItem | None:
+        item_id = decision.decision_id
+        now = self._clock()
+        reason = decision.review_reason or "requested"
+        mode = decision.review or "queued"
+        headers_json = None
+        if held_response is not None:
+            headers_json = _dumps(
+                [[n.decode("latin-1"), v.decode("latin-1")] for n, v in held_headers or []]
+            )
+        with self._write() as (conn, appended):
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO items (item_id, created, reason, mode, status, model_name,"
+                " decision, explanation, held_status, held_headers, held_body)"
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                (
+                    item_id,
+                    now,
+                    reason,
+                    mode,
+                    decision.model_name,
+                    _dumps(decision_to_dict(decision)),
+                    None if explanation is None else _dumps(explanation),
+                    None if held_response is None else (held_status or 200),
+                    headers_json,
+                    held_response,
+                ),
+            )
+            if cur.rowcount == 0:
+                self._duplicates.inc()
+                log.warning("decision %s is already in the review queue; not queued again", item_id)
+                return None
+            self._append(
+                conn,
+                appended,
+                item_id,
+                "requested",
+                SYSTEM_ACTOR,
+                {"reason": reason, "mode": mode},
+                now,
+            )
+            item = self._row(conn, item_id)
+        self._enqueued.inc()
+        return item
+
+    def get(self, item_id: str) -> ReviewItem | None:
+        item_id = normalise_item_id(item_id)
+        self.expire_leases()
+        with self._lock:
+            return self._row(self._conn, item_id)
+
+    def list_items(
+        self,
+        *,
+        status: Status | None = None,
+        reason: str | None = None,
+        model: str | None = None,
+        claimed_by: str | None = None,
+        after: int = 0,
+        limit: int = 50,
+    ) -> list[ReviewItem]:
+        self.expire_leases()
+        where = ["seq > ?"]
+        args: list[Any] = [after]
+        for column, value in (
+            ("status", status),
+            ("reason", reason),
+            ("model_name", model),
+            ("claimed_by", claimed_by),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        args.append(limit)
+        sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        with self._lock:
+            return [_item(r) for r in self._conn.execute(sql, args).fetchall()]
+
+    def claim(self, item_id: str, reviewer: str) -> ReviewItem:
+        item_id = normalise_item_id(item_id)
+        now = self._clock()
+        with self._write() as (conn, appended):
+            self._expire(conn, appended, now)
+            item = self._row(conn, item_id)
+            if item is None:
+                raise NotFound(f"no review item {item_id}")
+            if item.status == "decided":
+                self._conflicts.inc()
+                raise Conflict(f"item {item_id} was already decided by {item.decided_by}")
+            if item.status == "claimed" and item.claimed_by != reviewer:
+                self._conflicts.inc()
+                raise Conflict(f"item {item_id} is claimed by {item.claimed_by}")
+            expires = now + self._lease
+            conn.execute(
+                "UPDATE items SET status = 'claimed', claimed_by = ?, lease_expires = ?"
+                " WHERE item_id = ?",
+                (reviewer, expires, item_id),
+            )
+            action = "renewed" if item.status == "claimed" else "claimed"
+            self._append(conn, appended, item_id, action, reviewer, {"lease_expires": expires}, now)
+            self._transitions["claimed"].inc()
+            claimed = self._row(conn, item_id)
+        assert claimed is not None
+        return claimed
+
+    def release(self, item_id: str, actor: str, *, force: bool = False) -> ReviewItem:
+        item_id = normalise_item_id(item_id)
+        now = self._clock()
+        with self._write() as (conn, appended):
+            self._expire(conn, appended, now)
+            item = self._row(conn, item_id)
+            if item is None:
+                raise NotFound(f"no review item {item_id}")
+            if item.status != "claimed":
+                raise Conflict(f"item {item_id} is {item.status}, not claimed")
+            if item.claimed_by != actor and not force:
+                raise Forbidden(
+                    f"item {item_id} is claimed by someone else; only they may release it"
+                )
+            conn.execute(
+                "UPDATE items SET status = 'pending', claimed_by = NULL, lease_expires = NULL"
+                " WHERE item_id = ?",
+                (item_id,),
+            )
+            self._append(
+                conn, appended, item_id, "released", actor, {"holder": item.claimed_by}, now
+            )
+            self._transitions["released"].inc()
+            released = self._row(conn, item_id)
+        assert released is not None
+        return released
+
+    def decide(
+        self, item_id: str, reviewer: str, action: Action, outcome: Any, reason: str
+    ) -> ReviewItem:
+        item_id = normalise_item_id(item_id)
+        now = self._clock()
+        with self._write() as (conn, appended):
+            self._expire(conn, appended, now)
+            item = self._row(conn, item_id)
+            if item is None:
+                raise NotFound(f"no review item {item_id}")
+            if item.status == "decided":
+                self._conflicts.inc()
+                raise Conflict(f"item {item_id} was already decided by {item.decided_by}")
+            if item.status == "pending":
+                self._conflicts.inc()
+                raise Conflict(
+                    f"item {item_id} is not claimed (or the lease expired); claim it first"
+                )
+            if item.claimed_by != reviewer:
+                raise Forbidden(
+                    f"item {item_id} is claimed by someone else; a reviewer decides only what they claimed"
+                )
+            # Approving keeps the model's answer as the final outcome.
+            final = item.decision.get("prediction") if action == "approve" else outcome
+            conn.execute(
+                "UPDATE items SET status = 'decided', action = ?, outcome = ?, decided_reason = ?,"
+                " decided_by = ?, decided_at = ?, lease_expires = NULL WHERE item_id = ?",
+                (action, _dumps(final), reason, reviewer, now, item_id),
+            )
+            verb = "approved" if action == "approve" else "overridden"
+            self._append(
+                conn, appended, item_id, verb, reviewer, {"reason": reason, "outcome": final}, now
+            )
+            self._transitions[verb].inc()
+            decided = self._row(conn, item_id)
+        assert decided is not None
+        return decided
+
+    def set_explanation(self, item_id: str, explanation: dict[str, Any]) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE items SET explanation = ? WHERE item_id = ? AND explanation IS NULL",
+                (_dumps(explanation), normalise_item_id(item_id)),
+            )
+
+    def expire_leases(self) -> int:
+        now = self._clock()
+        if not self._has_expired(now):
+            return 0
+        with self._write() as (conn, appended):
+            return self._expire(conn, appended, now)
+
+    def _count(self, status: str) -> float:
+        return float(self.counts().get(status, 0))
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT status, COUNT(*) FROM items GROUP BY status")
+            return {str(s): int(n) for s, n in rows.fetchall()}
+
+    def history(self, item_id: str) -> list[audit.AuditRecord]:
+        with self._lock:
+            return audit.records(self._conn, item_id=normalise_item_id(item_id), limit=10_000)
+
+    def audit_records(self, *, after: int = 0, limit: int = 100) -> list[audit.AuditRecord]:
+        with self._lock:
+            return audit.records(self._conn, after=after, limit=limit)
+
+    def audit_head(self) -> tuple[int, str]:
+        with self._lock:
+            return audit.head(self._conn)
+
+    def verify(self, expected_head: str | None = None) -> audit.VerifyResult:
+        with self._lock:
+            return audit.verify(self._conn, expected_head)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
