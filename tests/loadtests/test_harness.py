@@ -1,0 +1,122 @@
+"""Smoke runs of the benchmark pieces against real servers (no timing assertions)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loadtests.bench_proxy import main as bench_main
+from loadtests.bench_proxy import parse_set, write_config
+from loadtests.loadgen import build_request, run_load
+from loadtests.payloads import V2_PATH, v2_requests
+from loadtests.procs import FastUpstreamProcess, cpu_seconds
+from sidecar.config import load_settings
+from sidecar.demo.process import ModelServerProcess
+
+
+@pytest.fixture(scope="module")
+def fast_upstream() -> Iterator[str]:
+    up = FastUpstreamProcess()
+    url = up.start()
+    yield url
+    up.stop()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+async def test_loadgen_against_the_fast_upstream(fast_upstream: str) -> None:
+    host, port = _host_port(fast_upstream)
+    reqs = [build_request(host, port, V2_PATH, b'{"inputs": []}')]
+    result = await run_load(fast_upstream + V2_PATH, reqs, rate=200, duration_s=1.0, connections=4)
+    summary = result.summary()
+    assert summary["sent"] == 200
+    assert summary["completed"] == 200 and summary["ok"] == 200
+    assert summary["errors"] == 0 and summary["unanswered"] == 0
+    assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+
+
+async def test_payloads_are_valid_for_the_model_server() -> None:
+    with ModelServerProcess() as server:
+        host, port = _host_port(server.url)
+        reqs = v2_requests(host, port, n=32)
+        result = await run_load(server.url + V2_PATH, reqs, rate=100, duration_s=0.5, connections=2)
+    assert result.statuses == {200: 50}
+
+
+async def test_a_server_that_hangs_up_counts_as_errors_not_a_hang() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    async with server:
+        reqs = [build_request("127.0.0.1", port, "/", b"{}")]
+        result = await run_load(
+            url + "/", reqs, rate=100, duration_s=0.5, connections=2, drain_timeout_s=1
+        )
+    assert not result.latencies
+    assert result.errors == 2  # one per connection, then none are left
+    assert result.errors + result.unanswered == result.sent == 50
+
+
+def test_cpu_seconds_of_this_process_grows() -> None:
+    import os
+
+    before = cpu_seconds(os.getpid())
+    sum(i * i for i in range(3_000_000))
+    assert cpu_seconds(os.getpid()) > before
+
+
+def test_config_is_accepted_by_the_sidecar(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.toml"
+    write_config(path, "http://127.0.0.1:9", parse_set(["decisions.queue_size=500"]))
+    settings = load_settings(path, environ={})
+    assert settings.proxy.upstream == "http://127.0.0.1:9"
+    assert settings.proxy.port == 0 and settings.control.port == 0
+    assert settings.model.name == "credit" and len(settings.model.feature_names) == 10
+    assert settings.decisions.queue_size == 500
+
+
+def test_parse_set_rejects_a_bare_key() -> None:
+    with pytest.raises(SystemExit, match=r"section\.key=value"):
+        parse_set(["rate=1"])
+
+
+def test_bench_proxy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = bench_main(
+        [
+            "--scenario",
+            "fast",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--no-pin",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "direct" in out and "sidecar CPU" in out
+    [result_file] = tmp_path.glob("proxy-fast-*.json")
+    result = json.loads(result_file.read_text())
+    assert result["direct"]["requests"] == 200 and result["sidecar"]["requests"] == 200
+    assert result["direct"]["errors"] == 0 and result["sidecar"]["errors"] == 0
+    assert result["sidecar"]["non_2xx"] == 0
+    assert result["sidecar_cpu_us_per_req"] > 0
+    # Decision recording was on: every request through the sidecar became a decision.
+    assert result["sidecar_metrics"]["sidecar_decisions_total"] >= 200
+    assert result["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
