@@ -16,8 +16,10 @@ import uvicorn
 from sidecar.config import Settings
 from sidecar.controlplane import create_control_app
 from sidecar.dataplane import DataPlane
+from sidecar.events import decision_event
 from sidecar.metrics import Registry
 from sidecar.pipeline import Batch, Pipeline, Stage
+from sidecar.sinks import EventSink, build_sink
 from sidecar.store import DecisionStore
 from sidecar.types import ASGIApp
 from sidecar.upstream import Upstream
@@ -59,7 +61,9 @@ class Service:
         self.control_url = _url(self._control_sock)
         self.upstream = Upstream(settings.proxy)
         self.store = DecisionStore(settings.decisions.retention, self.registry)
-        stages: list[tuple[str, Stage]] = [("record", self._record)]
+        self.sink: EventSink = build_sink(settings, self.registry)
+        self._features_policy = settings.sink.features
+        stages: list[tuple[str, Stage]] = [("record", self._record), ("publish", self._publish)]
         self.pipeline = Pipeline(settings.decisions.queue_size, self.registry, stages)
         m = settings.model
         self.dataplane = DataPlane(
@@ -76,7 +80,7 @@ class Service:
         )
         self.control_app = create_control_app(
             registry=self.registry,
-            ready_checks=[("upstream", self.upstream.reachable)],
+            ready_checks=[("upstream", self.upstream.reachable), ("sink", self._sink_ready)],
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,
         )
@@ -86,6 +90,14 @@ class Service:
 
     def _record(self, batch: Batch) -> None:
         self.store.add(batch.decisions)
+
+    def _publish(self, batch: Batch) -> None:
+        publish, policy = self.sink.publish, self._features_policy
+        for d in batch.decisions:
+            publish("decision", d.decision_id, decision_event(d, policy))
+
+    async def _sink_ready(self) -> bool:
+        return self.sink.ready()
 
     def _server(self, app: ASGIApp | Any, lifespan: Literal["on", "off"]) -> _Server:
         config = uvicorn.Config(
@@ -105,6 +117,7 @@ class Service:
 
     async def start(self) -> None:
         await self.upstream.start()
+        self.sink.start()
         self.pipeline.start()
         self._servers = [self._server(self.dataplane, "off"), self._server(self.control_app, "on")]
         socks = [self._proxy_sock, self._control_sock]
@@ -128,6 +141,7 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pipeline.drain(5.0)
         self.pipeline.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.sink.close, 5.0)
         await self.upstream.close()
         for sock in (self._proxy_sock, self._control_sock):
             sock.close()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -102,15 +105,22 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_sidecar(upstream_url: str, **sections: dict[str, Any]) -> Iterator[Service]:
+    state = Path(tempfile.mkdtemp(prefix="sidecar-test-"))
     overrides: dict[str, dict[str, Any]] = {
         "proxy": {"port": 0, "upstream": upstream_url},
         "control": {"port": 0},
+        # Everything the service writes goes to a fresh folder, never the checkout.
+        "sink": {"directory": str(state / "events")},
+        "review": {"db_path": str(state / "review.db")},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     settings = load_settings(environ={}, overrides=overrides)
-    with ServiceThread(settings) as service:
-        yield service
+    try:
+        with ServiceThread(settings) as service:
+            yield service
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
