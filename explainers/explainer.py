@@ -1,0 +1,178 @@
+"""The explainer: a loaded, fidelity-checked model with a TreeSHAP backend and a cache.
+
+Built once per model version (``build_explainer``); ``explain`` takes many rows in one
+call, answers cached rows from the cache and computes the rest in one kernel call.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explainers import __version__
+from explainers.background import Background, covers_from, load_background
+from explainers.cache import LRUCache, row_key
+from explainers.ensemble import FloatArray, TreeEnsemble
+from explainers.errors import ExplainerError, ModelLoadError
+from explainers.explanation import Explanation, json_value
+from explainers.fidelity import check_fidelity, margins, probe_rows
+from explainers.loader import LoadedModel, load_model
+from explainers.treeshap import DEFAULT_TABLE_BUDGET_BYTES, Backend, choose_backend
+
+
+@dataclass(frozen=True)
+class ExplainerOptions:
+    algorithm: str = "path_dependent"  # or "interventional"
+    fidelity_rows: int = 256
+    fidelity_tolerance: float = 1e-4
+    cache_entries: int = 100_000
+    top_k: int = 5
+    table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES
+    interventional_rows: int = 200  # background rows interventional SHAP averages over
+
+
+class Explainer:
+    """Explains rows of one model version; thread-safe."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        model_version: str,
+        feature_names: list[str] | None = None,
+        background: Background | None = None,
+        options: ExplainerOptions | None = None,
+    ) -> None:
+        self.options = opts = options or ExplainerOptions()
+        ens = loaded.ensemble
+        self.model_version = model_version
+        self.background_hash = background.sha256 if background is not None else None
+        if feature_names and len(feature_names) != ens.n_features:
+            raise ModelLoadError(
+                f"{len(feature_names)} feature names configured but the model has {ens.n_features} features"
+            )
+        self.feature_names = list(feature_names or [f"f{i}" for i in range(ens.n_features)])
+        if not ens.has_cover and opts.algorithm == "path_dependent":
+            if background is None:
+                raise ModelLoadError(
+                    f"{loaded.format} models carry no node covers: configure background data "
+                    "(model.background) to compute them, or use the interventional algorithm"
+                )
+            ens = covers_from(ens, background.rows)
+        self.fidelity_error = self._check(loaded, ens, background)
+        bg_rows = None
+        if opts.algorithm == "interventional":
+            if background is None:
+                raise ModelLoadError("interventional TreeSHAP needs background data (model.background)")
+            bg_rows = background.rows[: opts.interventional_rows]
+        self.ensemble = ens
+        self.format = loaded.format
+        self._backend: Backend = choose_backend(
+            ens, algorithm=opts.algorithm, background=bg_rows, table_budget_bytes=opts.table_budget_bytes
+        )
+        self.name = self._backend.name
+        self.version = f"{__version__}+{type(self._backend).__name__}"
+        self._base = [float(v) for v in self._backend.expected_value]
+        self.cache: LRUCache[Explanation] = LRUCache(opts.cache_entries)
+
+    def _check(self, loaded: LoadedModel, ens: TreeEnsemble, bg: Background | None) -> float | None:
+        if loaded.reference is None:
+            raise ModelLoadError(
+                f"the {loaded.format} runtime is not installed, so the model cannot be checked "
+                "for fidelity (pip install 'explaining-sidecar[native]')"
+            )
+        n = self.options.fidelity_rows
+        parts = [probe_rows(ens, n)]
+        if bg is not None:
+            parts.append(bg.rows[:n])
+        return check_fidelity(ens, loaded.reference, np.vstack(parts), self.options.fidelity_tolerance,
+                              what=f"{loaded.format} model {self.model_version}")
+
+    @property
+    def n_features(self) -> int:
+        return self.ensemble.n_features
+
+    def explain(self, rows: Any) -> list[Explanation]:
+        """Explain many rows in one call; cached rows come from the cache, the rest fill it."""
+        X = self.ensemble.prepare(rows)
+        keys = [row_key(self.model_version, X[i]) for i in range(X.shape[0])]
+        out: list[Explanation | None] = []
+        todo: list[int] = []
+        for i, key in enumerate(keys):
+            hit = self.cache.get(key)
+            if hit is None:
+                todo.append(i)
+                out.append(None)
+            else:
+                out.append(replace(hit, cache_hit=True))
+        if todo:
+            for i, expl in zip(todo, self._compute(X[todo]), strict=True):
+                self.cache.put(keys[i], expl)
+                out[i] = expl
+        return [e for e in out if e is not None]
+
+    def explain_one(self, row: Any) -> Explanation:
+        return self.explain([row])[0]
+
+    def shap_values(self, X: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Raw arrays for prepared rows: (phi (rows, outputs, features), margins (rows, outputs))."""
+        return self._backend.explain(X), margins(self.ensemble, X)
+
+    def _compute(self, X: FloatArray) -> list[Explanation]:
+        phi, m = self.shap_values(X)
+        base = np.asarray(self._base)
+        err = np.abs(phi.sum(axis=2) + base - m).max(axis=1)
+        k = self.options.top_k
+        res = []
+        for r in range(X.shape[0]):
+            out = int(np.argmax(m[r])) if m.shape[1] > 1 else 0
+            contrib = phi[r]
+            top = [
+                {"feature": self.feature_names[j], "value": json_value(X[r, j]),
+                 "contribution": float(contrib[out, j])}
+                for j in heapq.nlargest(k, range(X.shape[1]), key=lambda j: abs(contrib[out, j]))
+            ]
+            res.append(Explanation(
+                model_version=self.model_version,
+                explainer=self.name,
+                explainer_version=self.version,
+                output_space="margin",
+                feature_names=self.feature_names,
+                base_values=self._base,
+                contributions=contrib.tolist(),
+                additivity_error=float(err[r]) if math.isfinite(err[r]) else float("inf"),
+                cache_hit=False,
+                background_hash=self.background_hash,
+                top=top,
+                margin=m[r].tolist(),
+            ))
+        return res
+
+
+def build_explainer(
+    model_path: str | Path,
+    *,
+    model_version: str,
+    background_path: str | Path | None = None,
+    feature_names: list[str] | None = None,
+    options: ExplainerOptions | None = None,
+    trusted_sha256: frozenset[str] = frozenset(),
+) -> Explainer:
+    """Load, read the background, check fidelity, choose the backend: all errors are
+    ExplainerError subclasses whose message names the file and the problem."""
+    loaded = load_model(model_path, trusted_sha256=trusted_sha256)
+    background = None
+    if background_path is not None:
+        background = load_background(Path(background_path), loaded.ensemble)
+    try:
+        return Explainer(loaded, model_version=model_version, feature_names=feature_names,
+                         background=background, options=options)
+    except ExplainerError:
+        raise
+    except ValueError as exc:
+        raise ModelLoadError(f"{model_path}: {exc}") from None

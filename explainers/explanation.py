@@ -1,0 +1,47 @@
+"""The explanation record shared with the sidecar's sinks, events and review console."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Explanation:
+    """TreeSHAP for one row: contributions (outputs x features) in margin space."""
+
+    model_version: str
+    explainer: str  # e.g. "treeshap.path_dependent"
+    explainer_version: str
+    output_space: str  # "margin" (log-odds for boosted classifiers, probability for forests)
+    feature_names: list[str]
+    base_values: list[float]  # one per model output
+    contributions: list[list[float]]  # outputs x features
+    additivity_error: float  # max over outputs of |sum(contrib) + base - margin|
+    cache_hit: bool
+    background_hash: str | None
+    top: list[dict[str, Any]]  # k largest |contribution| for the output of interest
+    margin: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Exactly the contract's keys, JSON-ready."""
+        return {
+            "model_version": self.model_version,
+            "explainer": self.explainer,
+            "explainer_version": self.explainer_version,
+            "output_space": self.output_space,
+            "feature_names": list(self.feature_names),
+            "base_values": list(self.base_values),
+            "contributions": [list(c) for c in self.contributions],
+            "additivity_error": self.additivity_error,
+            "cache_hit": self.cache_hit,
+            "background_hash": self.background_hash,
+            "top": [dict(t) for t in self.top],
+            "margin": list(self.margin),
+        }
+
+
+def json_value(v: float) -> float | None:
+    """Feature values as JSON: NaN (missing) becomes null."""
+    return None if math.isnan(v) else float(v)

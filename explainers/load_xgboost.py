@@ -1,0 +1,147 @@
+"""XGBoost JSON and UBJ model files -> TreeEnsemble.
+
+JSON is parsed here; UBJ is decoded by XGBoost itself (the native library is
+then needed anyway, as the fidelity reference) and re-read as JSON.
+XGBoost compares ``x < split`` in float32, so thresholds are moved one float32
+ulp down to the ensemble's ``<=`` convention, as shap does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explainers.ensemble import TreeEnsemble, Transform, build, lt_to_le
+from explainers.errors import ModelLoadError
+
+# objective -> (how base_score becomes a margin, transform from margin to prediction)
+_OBJECTIVES: dict[str, tuple[str, Transform]] = {
+    "reg:squarederror": ("identity", "identity"),
+    "reg:linear": ("identity", "identity"),
+    "reg:pseudohubererror": ("identity", "identity"),
+    "reg:absoluteerror": ("identity", "identity"),
+    "reg:quantileerror": ("identity", "identity"),
+    "reg:logistic": ("logit", "logistic"),
+    "binary:logistic": ("logit", "logistic"),
+    "binary:logitraw": ("identity", "identity"),
+    "binary:hinge": ("identity", "identity"),
+    "multi:softprob": ("identity", "softmax"),
+    "multi:softmax": ("identity", "softmax"),
+}
+
+
+def load_xgboost_file(path: Path) -> TreeEnsemble:
+    data = path.read_bytes()
+    if path.suffix.lower() == ".ubj" or not data.lstrip()[:1] == b"{":
+        data = _ubj_to_json(path, data)
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not a valid XGBoost JSON model ({exc})") from None
+    try:
+        return from_xgboost_json(doc)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ModelLoadError(f"{path}: malformed XGBoost model ({type(exc).__name__}: {exc})") from None
+
+
+def _ubj_to_json(path: Path, data: bytes) -> bytes:
+    try:
+        import xgboost
+    except ImportError:
+        raise ModelLoadError(
+            f"{path}: UBJ models need the xgboost package (pip install 'explaining-sidecar[native]')"
+        ) from None
+    try:
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(data))
+        return bytes(booster.save_raw("json"))
+    except xgboost.core.XGBoostError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise ModelLoadError(f"{path}: XGBoost cannot read this model: {first}") from None
+
+
+def from_xgboost_json(doc: dict[str, Any]) -> TreeEnsemble:
+    learner = doc["learner"]
+    booster = learner["gradient_booster"]
+    kind = booster["name"]
+    weights: list[float] | None = None
+    if kind == "dart":
+        weights = [float(w) for w in booster["weight_drop"]]
+        booster = booster["gbtree"]
+    elif kind != "gbtree":
+        raise ModelLoadError(f"booster {kind!r} is not a tree ensemble (only gbtree and dart are)")
+    objective = learner["objective"]["name"]
+    if objective not in _OBJECTIVES:
+        raise ModelLoadError(f"objective {objective!r} is not supported (supported: {sorted(_OBJECTIVES)})")
+    base_kind, transform = _OBJECTIVES[objective]
+    param = learner["learner_model_param"]
+    n_features = int(param["num_feature"])
+    n_class = int(param.get("num_class", "0"))
+    n_target = int(param.get("num_target", "1"))
+    if n_target > 1:
+        raise ModelLoadError("multi-target XGBoost models are not supported")
+    n_outputs = max(n_class, 1)
+    base = _parse_base_score(param["base_score"], n_outputs)
+    if base_kind == "logit":
+        base = [math.log(b / (1.0 - b)) for b in base]
+    model = booster["model"]
+    tree_info = [int(g) for g in model["tree_info"]]
+    trees = []
+    for i, t in enumerate(model["trees"]):
+        if int(t["tree_param"].get("size_leaf_vector", "1")) > 1:
+            raise ModelLoadError("vector-leaf (multi_strategy) XGBoost trees are not supported")
+        if any(int(s) != 0 for s in t.get("split_type", [])):
+            raise ModelLoadError(f"tree {i} has categorical splits, which are not supported")
+        left = np.asarray(t["left_children"], dtype=np.int64)
+        right = np.asarray(t["right_children"], dtype=np.int64)
+        leaf = left == -1
+        cond = np.asarray(t["split_conditions"], dtype=np.float32)
+        value = np.where(leaf, cond.astype(np.float64), 0.0)
+        if weights is not None:
+            value = value * weights[i]
+        default_left = np.asarray(t["default_left"], dtype=np.int64) == 1
+        out = tree_info[i] if n_outputs > 1 else 0
+        trees.append(
+            {
+                "left": left,
+                "right": right,
+                "default": np.where(default_left, left, right),
+                "feature": np.asarray(t["split_indices"], dtype=np.int64),
+                "threshold": lt_to_le(cond, np.float32),
+                "value": _one_column(value, out, n_outputs),
+                "cover": np.asarray(t["sum_hessian"], dtype=np.float64),
+                "output": out,
+            }
+        )
+    return build(
+        trees,
+        n_outputs=n_outputs,
+        base=base,
+        n_features=n_features,
+        transform=transform,
+        input_dtype=np.float32,
+        source="xgboost",
+        has_cover=True,
+    )
+
+
+def _parse_base_score(raw: str, n_outputs: int) -> list[float]:
+    text = raw.strip().strip("[]")
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if len(values) == 1:
+        values = values * n_outputs
+    if len(values) != n_outputs:
+        raise ModelLoadError(f"base_score has {len(values)} values for {n_outputs} outputs")
+    return values
+
+
+def _one_column(value: Any, out: int, n_outputs: int) -> Any:
+    full = np.zeros((len(value), n_outputs))
+    full[:, out] = value
+    return full
