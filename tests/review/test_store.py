@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import ReviewEnv, build_env, make_decision
+from review_helpers import ReviewEnv, build_env, make_decision
 
 from sidecar.review.store import Conflict, Forbidden, NotFound
 
