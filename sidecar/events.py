@@ -1,0 +1,189 @@
+"""Event bodies: what downstream monitors, auditors and reviewers consume.
+
+Every builder returns a JSON-ready dict with `event_type`, `schema_version`,
+a stable `event_id` and an RFC 3339 `time`. The id is a UUIDv5 of what
+identifies the event (the decision id, the kind, and for reviews the audit
+link), so a replayed or rebuilt event keeps its id and consumers can
+de-duplicate on it: delivery is at least once. The JSON Schemas in
+`sidecar/schemas/` describe each type; tests validate produced events
+against them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from sidecar.decisions import Decision
+
+SCHEMA_VERSION = 1
+# CloudEvents `type` per event kind (reverse-DNS, versioned with the schema).
+CE_TYPES: dict[str, str] = {
+    "decision": "org.explaining-sidecar.decision.v1",
+    "explanation": "org.explaining-sidecar.explanation.v1",
+    "review": "org.explaining-sidecar.review.v1",
+    "gap": "org.explaining-sidecar.gap.v1",
+}
+ReviewAction = Literal["requested", "claimed", "released", "decided"]
+FeaturesPolicy = Literal["full", "hash"]
+
+# Fixed namespace so ids agree across processes, restarts and machines.
+_NAMESPACE = uuid.UUID("6b1f4c3e-2a8d-5e7b-9c41-0d3f5a6e7b80")
+_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def event_id(*parts: object) -> str:
+    """A stable id from the parts that identify one event."""
+    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+def rfc3339(ts: float | None = None) -> str:
+    """Unix seconds (default: now) as RFC 3339 UTC with microseconds, e.g. 2026-11-23T10:00:00.000001Z."""
+    dt = datetime.fromtimestamp(ts, UTC) if ts is not None else datetime.now(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def features_hash(features: list[Any] | None) -> str | None:
+    """SHA-256 of the feature vector's canonical JSON, `sha256:<hex>` (None without features)."""
+    if features is None:
+        return None
+    return "sha256:" + hashlib.sha256(orjson.dumps(features, option=_JSON_OPTS)).hexdigest()
+
+
+def decision_event(decision: Decision, features: FeaturesPolicy = "full") -> dict[str, Any]:
+    """The `sidecar.decisions` body for one decision.
+
+    `features="hash"` leaves the values out and keeps only their hash (the
+    names stay, so a consumer still knows the schema). Group attributes are
+    taken as they are on the decision: the privacy policy has already been
+    applied when they were extracted.
+    """
+    did = decision.decision_id
+    return {
+        "event_type": "decision",
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event_id(did, "decision"),
+        "time": rfc3339(decision.time),
+        "decision_id": did,
+        "request_id": decision.request_id,
+        "row": decision.row,
+        "model_name": decision.model_name,
+        "model_version": decision.model_version,
+        "protocol": decision.protocol,
+        "feature_names": decision.feature_names,
+        "features": decision.features if features == "full" else None,
+        "features_hash": features_hash(decision.features),
+        "prediction": decision.prediction,
+        "probabilities": decision.probabilities,
+        "confidence": decision.confidence,
+        "group_attributes": dict(decision.group_attributes),
+        "sampled": decision.sampled,
+        "sample_reason": decision.sample_reason,
+        "explain_requested": decision.explain_requested,
+        "review": decision.review,
+        "review_reason": decision.review_reason,
+        "upstream_status": decision.upstream_status,
+        "upstream_latency_ms": decision.upstream_latency_ms,
+    }
+
+
+_EXPLANATION_KEYS = (
+    "model_version",
+    "explainer",
+    "explainer_version",
+    "output_space",
+    "feature_names",
+    "base_values",
+    "contributions",
+    "additivity_error",
+    "cache_hit",
+    "background_hash",
+    "top",
+    "margin",
+)
+
+
+def explanation_event(
+    decision: Decision, explanation: dict[str, Any], time: float | None = None
+) -> dict[str, Any]:
+    """The `sidecar.explanations` body: `explanation` is `Explanation.to_dict()`."""
+    missing = [k for k in _EXPLANATION_KEYS if k not in explanation]
+    if missing:
+        raise ValueError(f"explanation lacks {', '.join(missing)}")
+    did = decision.decision_id
+    body: dict[str, Any] = {
+        "event_type": "explanation",
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event_id(
+            did, "explanation", explanation["explainer"], explanation["model_version"]
+        ),
+        "time": rfc3339(time),
+        "decision_id": did,
+        "model_name": decision.model_name,
+        "group_attributes": dict(decision.group_attributes),
+    }
+    for k in _EXPLANATION_KEYS:
+        body[k] = explanation[k]
+    return body
+
+
+def review_event(
+    *,
+    decision_id: str,
+    action: ReviewAction,
+    reason: str | None,
+    reviewer: str | None,
+    outcome: str | None,
+    previous_audit_hash: str | None,
+    time: float | None = None,
+    audit_hash: str | None = None,
+) -> dict[str, Any]:
+    """The `sidecar.reviews` body for one step of a review.
+
+    The id is derived from the step's place in the audit chain
+    (`previous_audit_hash`), so each step has one id however often it is sent.
+    """
+    if action not in ("requested", "claimed", "released", "decided"):
+        raise ValueError(
+            f"review action must be requested|claimed|released|decided, not {action!r}"
+        )
+    when = rfc3339(time)
+    return {
+        "event_type": "review",
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event_id(decision_id, "review", action, previous_audit_hash or "", when),
+        "time": when,
+        "decision_id": decision_id,
+        "action": action,
+        "reason": reason,
+        "reviewer": reviewer,
+        "outcome": outcome,
+        "previous_audit_hash": previous_audit_hash,
+        "audit_hash": audit_hash,
+    }
+
+
+def gap_event(
+    *, first_seq: int, dropped: int, by_kind: dict[str, int], first_time: float, last_time: float
+) -> dict[str, Any]:
+    """A record that the spool refused `dropped` events (spool full, drop_newest policy)."""
+    return {
+        "event_type": "gap",
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event_id("gap", first_seq, dropped, first_time),
+        "time": rfc3339(last_time),
+        "reason": "spool_full",
+        "dropped": dropped,
+        "by_kind": dict(by_kind),
+        "first_time": rfc3339(first_time),
+        "last_time": rfc3339(last_time),
+    }
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    """Serialise an event body (orjson; numpy values allowed)."""
+    return orjson.dumps(body, option=_JSON_OPTS)

@@ -1,0 +1,197 @@
+"""Group (protected) attributes: read from a request, derived from features, made private.
+
+Sources, later ones overriding earlier ones for the same name: attributes
+derived from the row's features (`groups.derive`), the request body's field
+(`groups.body_field`, V2 `parameters.group_attributes` by default), and the
+`x-group-attributes` header (`gender=F; age_band=30-39`). Malformed parts are
+ignored and counted, never fatal. The privacy policy (keep, keyed hash, drop)
+is applied before the attributes go anywhere: `from_request` returns them
+already private.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sidecar.config import GroupSettings
+from sidecar.metrics import Registry
+
+HASH_PREFIX = "hmac-sha256:"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}\Z")
+
+Headers = Mapping[bytes, bytes] | Sequence[tuple[bytes, bytes]]
+
+
+class _Rule:
+    __slots__ = ("bins", "feature", "labels", "map")
+
+    def __init__(self, rule: GroupSettings.Derive) -> None:
+        self.feature = rule.feature
+        self.bins = list(rule.bins)
+        self.map = dict(rule.map)
+        if rule.labels:
+            self.labels = list(rule.labels)
+        else:
+            self.labels = [
+                f"{_num(lo)}-{_num(hi)}" for lo, hi in zip(self.bins, self.bins[1:], strict=False)
+            ]
+            if self.bins:
+                self.labels.append(f"{_num(self.bins[-1])}+")
+
+    def apply(self, value: Any) -> str | None:
+        if self.bins:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    return None
+            if value != value:  # NaN has no band
+                return None
+            i = bisect.bisect_right(self.bins, value) - 1
+            return f"<{_num(self.bins[0])}" if i < 0 else self.labels[i]
+        text = _text(value)
+        return self.map.get(text, text)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class GroupExtractor:
+    """Built once from `settings.groups`; `from_request` runs on the hot path (a few µs)."""
+
+    def __init__(self, settings: GroupSettings, registry: Registry) -> None:
+        self.header = settings.header.encode()
+        self.body_path = tuple(p for p in settings.body_field.split(".") if p)
+        self._derive = {name: _Rule(rule) for name, rule in settings.derive.items()}
+        self._allowed = frozenset(settings.allowed) or None
+        self._max = settings.max_attributes
+        self._max_value = settings.max_value_chars
+        self._policy = dict(settings.privacy)
+        self._default = settings.default_privacy
+        key = settings.hash_key.get_secret_value().encode() if settings.hash_key else b""
+        self._hmac = hmac.new(key, digestmod=hashlib.sha256) if key else None
+        self._needs_privacy = self._default != "keep" or any(
+            v != "keep" for v in self._policy.values()
+        )
+        self.m_malformed = registry.counter(
+            "sidecar_group_attributes_malformed_total",
+            "Group attribute parts ignored: no '=', bad name, too long, not allowed, too many",
+        )
+        self.m_dropped = registry.counter(
+            "sidecar_group_attributes_dropped_total", "Group attributes removed by the drop policy"
+        )
+
+    @property
+    def derives(self) -> bool:
+        """True when attributes are derived from features (the caller then passes them)."""
+        return bool(self._derive)
+
+    def take_body_field(self, body: dict[str, Any]) -> Any:
+        """Remove the configured body field from `body` and return its value (None when absent)."""
+        path = self.body_path
+        if not path:
+            return None
+        node: Any = body
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                return None
+        if not isinstance(node, dict):
+            return None
+        return node.pop(path[-1], None)
+
+    def from_request(
+        self,
+        headers: Headers,
+        body_obj: Mapping[str, Any] | str | None,
+        features: Mapping[str, Any] | None,
+    ) -> dict[str, str]:
+        """The request's group attributes after the privacy policy.
+
+        `headers` are the raw (lower-case name) request headers; `body_obj` is
+        the value `take_body_field` returned (an object, or a string in the
+        header's format); `features` maps feature names to the row's values.
+        """
+        attrs: dict[str, str] = {}
+        if features and self._derive:
+            for name, rule in self._derive.items():
+                if rule.feature in features:
+                    label = rule.apply(features[rule.feature])
+                    if label is not None:
+                        attrs[name] = label
+        if body_obj is not None:
+            if isinstance(body_obj, str):
+                self._parse_into(body_obj, attrs)
+            elif isinstance(body_obj, Mapping):
+                for k, v in body_obj.items():
+                    self._put(attrs, str(k), _text(v) if v is not None else "")
+            else:
+                self.m_malformed.inc()
+        raw = self._header_value(headers)
+        if raw is not None:
+            self._parse_into(raw.decode("utf-8", "replace"), attrs)
+        return self.apply_privacy(attrs) if self._needs_privacy else attrs
+
+    def _header_value(self, headers: Headers) -> bytes | None:
+        if isinstance(headers, Mapping):
+            return headers.get(self.header)
+        name = self.header
+        found = None
+        for k, v in headers:
+            if k == name:
+                # Repeated headers combine, as RFC 9110 allows for lists.
+                found = v if found is None else found + b";" + v
+        return found
+
+    def _parse_into(self, text: str, attrs: dict[str, str]) -> None:
+        for part in text.split(";"):
+            if not part.strip():
+                continue
+            name, sep, value = part.partition("=")
+            if not sep:
+                self.m_malformed.inc()
+                continue
+            self._put(attrs, name.strip(), value.strip())
+
+    def _put(self, attrs: dict[str, str], name: str, value: str) -> None:
+        if (
+            not _NAME.match(name)
+            or not value
+            or len(value) > self._max_value
+            or (self._allowed is not None and name not in self._allowed)
+            or (name not in attrs and len(attrs) >= self._max)
+        ):
+            self.m_malformed.inc()
+            return
+        attrs[name] = value
+
+    def apply_privacy(self, attrs: Mapping[str, str]) -> dict[str, str]:
+        """keep, hash (`hmac-sha256:<hex>`, keyed) or drop each attribute; idempotent."""
+        out: dict[str, str] = {}
+        for name, value in attrs.items():
+            policy = self._policy.get(name, self._default)
+            if policy == "keep":
+                out[name] = value
+            elif policy == "hash":
+                out[name] = value if value.startswith(HASH_PREFIX) else self._hash(value)
+            else:
+                self.m_dropped.inc()
+        return out
+
+    def _hash(self, value: str) -> str:
+        assert self._hmac is not None  # settings refuse a hash policy without a key
+        h = self._hmac.copy()
+        h.update(value.encode())
+        return HASH_PREFIX + h.hexdigest()[:32]

@@ -1,0 +1,146 @@
+"""The embedded default sink: rotated JSON Lines files, one directory per topic.
+
+JSON Lines rather than Parquet: each event is one `write` of one line, so it
+is on disk (page cache) the moment `publish` returns and a crash can tear at
+most the last line; a Parquet file is unreadable until its footer is written
+at close, so a crash would lose the whole open file, and buffering rows for
+row groups would hold events in memory. JSON Lines also reads with `tail -f`,
+`jq`, or `pyarrow.json.read_json` / DuckDB when columnar analysis is wanted.
+
+Files are named by the UTC time they were opened (`20261123T101500.123456Z.jsonl`),
+so names sort in time order; a new one starts past `rotate_bytes` or
+`rotate_interval_s`, and only the newest `keep_files` per topic are kept.
+A restart always opens a new file, never appends after a possibly torn line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sidecar import events
+from sidecar.metrics import Registry
+from sidecar.sinks.base import EventKind
+from sidecar.sinks.stats import SinkStats
+
+log = logging.getLogger("sidecar.sinks.files")
+
+
+class RotatingFile:
+    """Appends whole lines to the current file of one topic; rotates and prunes."""
+
+    def __init__(self, directory: Path, rotate_bytes: int, rotate_interval_s: float, keep: int):
+        self.directory = directory
+        self._rotate_bytes = rotate_bytes
+        self._rotate_interval_s = rotate_interval_s
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._size = 0
+        self._opened = 0.0
+        self.path: Path | None = None
+
+    def write(self, line: bytes) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if (
+                self._fd < 0
+                or self._size + len(line) > self._rotate_bytes
+                or now - self._opened >= self._rotate_interval_s
+            ):
+                self._open_next(now)
+            n = os.write(self._fd, line)
+            while n < len(line):
+                n += os.write(self._fd, line[n:])
+            self._size += len(line)
+
+    def _open_next(self, now: float) -> None:
+        self._close_fd()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        path = self.directory / f"{stamp}.jsonl"
+        n = 0
+        while path.exists():
+            n += 1
+            path = self.directory / f"{stamp}-{n}.jsonl"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+        self.path, self._size, self._opened = path, 0, now
+        self._prune()
+
+    def _prune(self) -> None:
+        files = sorted(self.directory.glob("*.jsonl"))
+        for old in files[: max(0, len(files) - self._keep)]:
+            old.unlink(missing_ok=True)
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            # Rotation and close are rare: a finished file is made durable whole.
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_fd()
+
+
+class FileSink:
+    """Writes each event as one JSON line under `directory/<topic>/`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        topics: dict[str, str],
+        registry: Registry,
+        *,
+        rotate_bytes: int,
+        rotate_interval_s: float,
+        keep_files: int,
+    ) -> None:
+        self.directory = Path(directory)
+        self._files = {
+            kind: RotatingFile(self.directory / topic, rotate_bytes, rotate_interval_s, keep_files)
+            for kind, topic in topics.items()
+        }
+        self._stats = SinkStats(registry)
+        self._write_errors = self._stats.dropped("write_error")
+        self._invalid = self._stats.dropped("invalid")
+        self._closed = False
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def publish(self, kind: EventKind, key: str, body: dict[str, Any]) -> bool:
+        self._stats.published[kind].inc()
+        if self._closed:
+            self._stats.dropped("closed").inc()
+            return False
+        try:
+            line = events.dumps(body) + b"\n"
+        except (TypeError, orjson.JSONEncodeError):
+            self._invalid.inc()
+            log.warning("files sink: a %s event for %s is not JSON-serialisable", kind, key)
+            return False
+        try:
+            self._files[kind].write(line)
+        except OSError:
+            self._write_errors.inc()
+            log.exception("files sink: could not write a %s event", kind)
+            return False
+        self._stats.acked.inc()
+        return True
+
+    def ready(self) -> bool:
+        return not self._closed
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._closed = True
+        for f in self._files.values():
+            f.close()

@@ -1,0 +1,177 @@
+"""sink.kind = "kafka": the spool in front of a Kafka producer.
+
+`publish` serialises the body and appends it to the spool (one `write`, no
+network, no fsync unless spool.fsync = "always") and returns; the delivery
+thread does the rest. Messages follow the CloudEvents Kafka binding in
+binary mode: the body is the event's JSON, the attributes are `ce_*` headers,
+and the key is the decision id, so one decision's events stay in order on
+one partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sidecar import events
+from sidecar.config import ConfigError, KafkaSettings, SpoolSettings
+from sidecar.metrics import Registry
+from sidecar.sinks.base import EventKind
+from sidecar.sinks.delivery import Delivery, Producer
+from sidecar.sinks.stats import SinkStats
+from sidecar.spool import Record, Spool
+
+log = logging.getLogger("sidecar.sinks.kafka")
+
+_CODECS = {"gzip": "has_gzip", "lz4": "has_lz4", "snappy": "has_snappy", "zstd": "has_zstd"}
+_CONTENT_TYPE = ("content-type", b"application/json")
+_SPECVERSION = ("ce_specversion", b"1.0")
+
+
+def producer_config(k: KafkaSettings) -> dict[str, Any]:
+    """kafka-python KafkaProducer arguments; raises ConfigError naming the key at fault."""
+    from kafka import KafkaProducer, codec
+
+    if k.compression_type != "none" and not getattr(codec, _CODECS[k.compression_type])():
+        raise ConfigError(
+            f"config key 'kafka.compression_type': {k.compression_type} needs its Python "
+            f"package (pip install {'python-snappy' if k.compression_type == 'snappy' else k.compression_type})"
+        )
+    if k.delivery_timeout_ms < k.linger_ms + k.request_timeout_ms:
+        raise ConfigError(
+            "config key 'kafka.delivery_timeout_ms': must be at least linger_ms + request_timeout_ms"
+        )
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in k.bootstrap_servers.split(",") if s.strip()],
+        "client_id": k.client_id,
+        "acks": "all",
+        "enable_idempotence": k.enable_idempotence,
+        "linger_ms": k.linger_ms,
+        "batch_size": k.batch_size,
+        "compression_type": None if k.compression_type == "none" else k.compression_type,
+        "request_timeout_ms": k.request_timeout_ms,
+        "delivery_timeout_ms": k.delivery_timeout_ms,
+        # Metadata waits happen on the delivery thread; keep them short so close() is prompt.
+        "max_block_ms": 2000,
+        "reconnect_backoff_max_ms": 2000,
+        "security_protocol": k.security_protocol,
+        "ssl_check_hostname": k.ssl_check_hostname,
+    }
+    if k.sasl_mechanism is not None:
+        cfg["sasl_mechanism"] = k.sasl_mechanism
+    if k.sasl_username is not None:
+        cfg["sasl_plain_username"] = k.sasl_username
+    if k.sasl_password is not None:
+        cfg["sasl_plain_password"] = k.sasl_password.get_secret_value()
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(k, name)
+        if path is not None:
+            if not path.is_file():
+                raise ConfigError(f"config key 'kafka.{name}': {path} is not a file")
+            cfg[name] = str(path)
+    if k.ssl_password is not None:
+        cfg["ssl_password"] = k.ssl_password.get_secret_value()
+    for name, value in k.extra.items():
+        if name not in KafkaProducer.DEFAULT_CONFIG or name in (
+            "key_serializer",
+            "value_serializer",
+        ):
+            raise ConfigError(f"config key 'kafka.extra.{name}': not a KafkaProducer option")
+        if name == "acks" and value not in ("all", -1):
+            raise ConfigError("config key 'kafka.extra.acks': the sidecar always uses acks=all")
+        cfg[name] = value
+    return cfg
+
+
+class KafkaSink:
+    """Spool first, then Kafka: nothing accepted is lost to a broker outage or a restart."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        spool: SpoolSettings,
+        registry: Registry,
+        *,
+        make_producer: Any = None,
+    ) -> None:
+        cfg = producer_config(kafka)
+        self._stats = SinkStats(registry)
+        self._invalid = self._stats.dropped("invalid")
+        self.spool = Spool(
+            spool.directory,
+            registry,
+            max_bytes=spool.max_bytes,
+            segment_bytes=spool.segment_bytes,
+            on_full=spool.on_full,
+            fsync=spool.fsync,
+            fsync_interval_s=spool.fsync_interval_ms / 1000,
+        )
+        topics = {
+            "decision": kafka.topic_decisions,
+            "explanation": kafka.topic_explanations,
+            "review": kafka.topic_reviews,
+            "gap": kafka.topic_decisions,
+        }
+        source = kafka.source.encode()
+        ce_types = {k: v.encode() for k, v in events.CE_TYPES.items()}
+
+        def headers(rec: Record) -> list[tuple[str, bytes]]:
+            return [
+                _SPECVERSION,
+                ("ce_id", rec.event_id.encode()),
+                ("ce_type", ce_types[rec.kind]),
+                ("ce_source", source),
+                ("ce_time", rec.time.encode()),
+                ("ce_subject", rec.key.encode()),
+                _CONTENT_TYPE,
+            ]
+
+        def default_producer() -> Producer:
+            from kafka import KafkaProducer
+
+            producer: Producer = KafkaProducer(**cfg)
+            return producer
+
+        self.delivery = Delivery(
+            self.spool,
+            make_producer or default_producer,
+            topics,
+            headers,
+            registry,
+            max_in_flight=kafka.max_in_flight_events,
+            retry_backoff_s=kafka.retry_backoff_ms / 1000,
+            resolve_timeout_s=(kafka.delivery_timeout_ms + kafka.request_timeout_ms) / 1000,
+        )
+        self._started = False
+
+    def start(self) -> None:
+        self.spool.open()
+        self.delivery.start()
+        self._started = True
+
+    def publish(self, kind: EventKind, key: str, body: dict[str, Any]) -> bool:
+        self._stats.published[kind].inc()
+        try:
+            data = events.dumps(body)
+            eid, when = body["event_id"], body["time"]
+        except (TypeError, KeyError, ValueError):
+            self._invalid.inc()
+            log.warning(
+                "kafka sink: a %s event for %s lacks event_id/time or is not JSON", kind, key
+            )
+            return False
+        try:
+            return self.spool.append(kind, key, eid, when, data)
+        except ValueError:  # over the record size limit, or an over-long key
+            self._invalid.inc()
+            log.warning("kafka sink: a %s event for %s is too large for the spool", kind, key)
+            return False
+
+    def ready(self) -> bool:
+        return self._started and not self.spool.closed
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if not self._started:
+            return
+        self.delivery.stop(timeout_s)
+        self.spool.close()

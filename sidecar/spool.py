@@ -1,0 +1,599 @@
+"""The on-disk spool: every event is appended here before anything else sees it.
+
+Layout: a directory of segment files named by the sequence number of their
+first record (`00000000000000000042.seg`) and a checkpoint file `acked`
+naming the first record the broker has not acknowledged yet. A segment is
+deleted once every record in it is acknowledged, so what is on disk is what
+may still need sending; the bound (`max_bytes`) is on those files.
+
+Record: an 18-byte header `<HIIQ` (magic, payload length, CRC-32 of
+length+seq+payload, seq) and a payload `<BHBB` (kind, key, event id and time
+lengths) followed by key, event id, time and the JSON body. The append is a
+single `os.write` of the whole record: once it returns the record is in the
+kernel's page cache and survives the process being killed; `fsync` decides
+what survives the machine losing power.
+
+A torn or corrupt stretch (a crash mid-write, a bad disk block) is skipped by
+scanning for the next valid header; it is counted and never stops the
+sidecar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import orjson
+
+from sidecar import events
+from sidecar.metrics import Registry
+
+log = logging.getLogger("sidecar.spool")
+
+MAGIC = 0x5350  # "PS" little-endian; resync looks for these two bytes
+HEADER = struct.Struct("<HIIQ")  # magic, crc32 of everything after it, payload length, seq
+PAYLOAD = struct.Struct("<BHBB")  # kind, key length, event id length, time length
+_TAIL = struct.Struct("<IQBHBB")  # what the crc covers first: length, seq, payload's fixed part
+_FULL = struct.Struct("<HIIQBHBB")
+_CRC_FROM = 6  # the crc covers bytes [6, end) of a record
+MAX_PAYLOAD = 16 * 1024 * 1024
+KINDS = ("decision", "explanation", "review", "gap")
+_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
+_SUFFIX = ".seg"
+_CHECKPOINT = "acked"
+_CHECKPOINT_EVERY_S = 0.05
+_CHUNK = 1024 * 1024  # bytes read at a time: keeps memory flat while replaying a backlog
+_MAGIC_BYTES = struct.pack("<H", MAGIC)
+
+FsyncPolicy = Literal["never", "interval", "always"]
+FullPolicy = Literal["drop_newest", "block"]
+
+
+@dataclass(slots=True, frozen=True)
+class Position:
+    """Where a record starts: segment (its first seq) and byte offset."""
+
+    segment: int
+    offset: int
+
+
+@dataclass(slots=True)
+class Record:
+    seq: int
+    kind: str
+    key: str
+    event_id: str
+    time: str
+    body: bytes
+    pos: Position
+    replay: bool  # written by an earlier run of the process
+    end: int  # where the next record starts, in the buffer it was parsed from
+
+
+_NOWHERE = Position(-1, -1)
+
+
+class SpoolFull(Exception):
+    """Raised internally when an append does not fit and the policy is to drop."""
+
+
+def encode(seq: int, kind: str, key: str, event_id: str, time_: str, body: bytes) -> bytes:
+    k, e, t = key.encode(), event_id.encode(), time_.encode()
+    if len(k) > 0xFFFF or len(e) > 0xFF or len(t) > 0xFF:
+        raise ValueError("key, event id or time too long for a spool record")
+    n = PAYLOAD.size + len(k) + len(e) + len(t) + len(body)
+    if n > MAX_PAYLOAD:
+        raise ValueError(f"event of {n} bytes is larger than the spool's record limit")
+    rest = b"".join((_TAIL.pack(n, seq, _KIND_CODE[kind], len(k), len(e), len(t)), k, e, t, body))
+    return struct.pack("<HI", MAGIC, zlib.crc32(rest)) + rest
+
+
+def _parse_at(buf: bytes, off: int) -> Record | None:
+    """The valid record at `off` in `buf` (position not yet set), else None."""
+    if off + _FULL.size > len(buf):
+        return None
+    magic, crc, n, seq, code, kl, el, tl = _FULL.unpack_from(buf, off)
+    end = off + HEADER.size + n
+    if (
+        magic != MAGIC
+        or n > MAX_PAYLOAD
+        or n < PAYLOAD.size + kl + el + tl
+        or end > len(buf)
+        or code >= len(KINDS)
+        or zlib.crc32(memoryview(buf)[off + _CRC_FROM : end]) != crc
+    ):
+        return None
+    i = off + _FULL.size
+    key = buf[i : i + kl].decode()
+    i += kl
+    eid = buf[i : i + el].decode()
+    i += el
+    t = buf[i : i + tl].decode()
+    return Record(seq, KINDS[code], key, eid, t, buf[i + tl : end], _NOWHERE, False, end)
+
+
+def _needed(buf: bytes, off: int) -> int | None:
+    """Bytes a plausible record at `off` needs when `buf` ends before it does, else None."""
+    if off + HEADER.size > len(buf):
+        return HEADER.size if buf[off : off + 2] == _MAGIC_BYTES[: len(buf) - off] else None
+    magic, _, n, _ = HEADER.unpack_from(buf, off)
+    n = int(n)
+    if magic != MAGIC or n > MAX_PAYLOAD or off + HEADER.size + n <= len(buf):
+        return None
+    return HEADER.size + n
+
+
+def _seg_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{_SUFFIX}"
+
+
+class Spool:
+    """Append from any thread, read and acknowledge from one delivery thread."""
+
+    def __init__(
+        self,
+        directory: Path,
+        registry: Registry,
+        *,
+        max_bytes: int,
+        segment_bytes: int,
+        on_full: FullPolicy = "drop_newest",
+        fsync: FsyncPolicy = "interval",
+        fsync_interval_s: float = 0.2,
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        # Whole segments are freed, so a segment must be small next to the bound.
+        self.segment_bytes = max(4096, min(segment_bytes, max_bytes // 4))
+        self.on_full = on_full
+        self.fsync_policy = fsync
+        self._fsync_interval_s = fsync_interval_s
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)  # writers waiting for room (block policy)
+        self._data = threading.Condition(self._lock)  # the reader waiting for records
+        self._closed = False
+        self._stop = threading.Event()  # wakes the fsync thread at close
+        self._segments: dict[int, int] = {}  # first seq -> size in bytes
+        self._bytes = 0
+        self._fd = -1
+        self._active = 0  # first seq of the segment being written
+        self._end = 0  # bytes in the active segment
+        self._next_seq = 0
+        self._first_new_seq = 0
+        self._acked_seq = 0  # every seq below it is acknowledged
+        self._acked_pos = Position(0, 0)
+        self._checkpoint_at = 0.0
+        self._dirty = False
+        self._gap_dropped = 0
+        self._gap_by_kind: dict[str, int] = {}
+        self._gap_first = self._gap_last = 0.0
+        self._read_pos = Position(0, 0)
+        self._reader: tuple[int, BinaryIO] | None = None
+        self._flusher: threading.Thread | None = None
+        self.waiting = 0  # publishers blocked for room (block policy)
+
+        self.m_spooled = registry.counter(
+            "sidecar_events_spooled_total", "Events appended to the spool"
+        )
+        self.m_dropped_full = registry.counter(
+            "sidecar_events_dropped_total", "Events not kept, by reason", {"reason": "spool_full"}
+        )
+        self.m_dropped_closed = registry.counter(
+            "sidecar_events_dropped_total", "Events not kept, by reason", {"reason": "closed"}
+        )
+        self.m_dropped_error = registry.counter(
+            "sidecar_events_dropped_total", "Events not kept, by reason", {"reason": "spool_error"}
+        )
+        self.m_gaps = registry.counter(
+            "sidecar_spool_gap_records_total", "Gap records written after the spool dropped events"
+        )
+        self.m_corrupt = registry.counter(
+            "sidecar_spool_corrupt_total",
+            "Corrupt or torn stretches of the spool skipped (at start or while reading)",
+        )
+        self.m_corrupt_bytes = registry.counter(
+            "sidecar_spool_corrupt_bytes_total", "Bytes of the spool skipped as corrupt or torn"
+        )
+        self.m_blocked = registry.counter(
+            "sidecar_spool_blocked_seconds_total",
+            "Time publishers spent waiting for room in the spool (block policy)",
+        )
+        registry.gauge(
+            "sidecar_spool_blocked_publishers",
+            "Publishers waiting for room in the spool (block policy)",
+            fn=lambda: float(self.waiting),
+        )
+        registry.gauge("sidecar_spool_bytes", "Bytes of spool segments on disk", fn=self.bytes)
+        registry.gauge(
+            "sidecar_spool_lag_events",
+            "Events in the spool not yet acknowledged by the broker",
+            fn=lambda: float(self.lag()),
+        )
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self) -> None:
+        """Recover what an earlier run left: truncate a torn tail, find the checkpoint."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for tmp in self.directory.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        firsts = sorted(
+            int(p.name[: -len(_SUFFIX)])
+            for p in self.directory.glob("*" + _SUFFIX)
+            if p.name[: -len(_SUFFIX)].isdigit()
+        )
+        ckpt = self._load_checkpoint()
+        for first in firsts:
+            self._segments[first] = (self.directory / _seg_name(first)).stat().st_size
+        if firsts:
+            last = firsts[-1]
+            end, next_seq = self._recover_tail(last)
+            self._active, self._end, self._next_seq = last, end, next_seq
+        else:
+            self._next_seq = ckpt[0] if ckpt else 0
+            self._active, self._end = self._next_seq, 0
+            self._segments[self._active] = 0
+        self._first_new_seq = self._next_seq
+        # A segment is named by its first seq, so its start is a known acknowledgement point.
+        start = Position(min(self._segments), 0)
+        start_seq = start.segment
+        if ckpt is not None:
+            seq, pos = ckpt
+            size = self._segments.get(pos.segment)
+            if size is not None and pos.offset <= size:
+                start, start_seq = pos, seq
+        for first in [f for f in self._segments if f < start.segment]:
+            self._remove_segment(first)
+        self._bytes = sum(self._segments.values())
+        self._acked_seq, self._acked_pos = start_seq, start
+        self._read_pos = start
+        self._fd = os.open(
+            self.directory / _seg_name(self._active), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        if self.fsync_policy == "interval":
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="spool-fsync", daemon=True
+            )
+            self._flusher.start()
+        pending = self._next_seq - self._acked_seq
+        if pending > 0:
+            log.info("spool: %d events from an earlier run to replay", pending)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.set()
+            self._space.notify_all()
+            self._data.notify_all()
+        if self._flusher is not None:
+            self._flusher.join(2.0)
+        with self._lock:
+            if self._fd >= 0:
+                if self._gap_dropped:
+                    # The count of dropped events is in memory only: keep it across the restart.
+                    try:
+                        self._write_gap()
+                    except OSError:
+                        log.exception("spool: could not write the gap record")
+                if self.fsync_policy != "never":
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+            self._write_checkpoint()
+            self._close_reader()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- writing ---------------------------------------------------------
+
+    def append(self, kind: str, key: str, event_id: str, time_: str, body: bytes) -> bool:
+        """Append one event; False when it was dropped (spool full under drop_newest, or closed)."""
+        now = time.time()
+        size = HEADER.size + PAYLOAD.size + len(key) + len(event_id) + len(time_) + len(body)
+        with self._lock:
+            if self._closed:
+                self.m_dropped_closed.inc()
+                return False
+            if self._bytes + size > self.max_bytes:
+                if self.on_full == "drop_newest":
+                    self._note_drop(kind, now)
+                    return False
+                waited = time.perf_counter()
+                self.waiting += 1
+                while self._bytes + size > self.max_bytes and not self._closed:
+                    self._space.wait(0.5)
+                self.waiting -= 1
+                self.m_blocked.inc(time.perf_counter() - waited)
+                if self._closed:
+                    self.m_dropped_closed.inc()
+                    return False
+            try:
+                if self._gap_dropped:
+                    self._write_gap()
+                self._write(encode(self._next_seq, kind, key, event_id, time_, body))
+            except OSError:
+                self.m_dropped_error.inc()
+                log.exception("spool: append failed; the event is dropped")
+                return False
+            self.m_spooled.inc()
+            return True
+
+    def _note_drop(self, kind: str, now: float) -> None:
+        self.m_dropped_full.inc()
+        if not self._gap_dropped:
+            self._gap_first = now
+        self._gap_dropped += 1
+        self._gap_last = now
+        self._gap_by_kind[kind] = self._gap_by_kind.get(kind, 0) + 1
+
+    def _write_gap(self) -> None:
+        # Room for the gap record itself is not checked: it is small and must not be lost.
+        body = events.gap_event(
+            first_seq=self._next_seq,
+            dropped=self._gap_dropped,
+            by_kind=self._gap_by_kind,
+            first_time=self._gap_first,
+            last_time=self._gap_last,
+        )
+        self._write(
+            encode(self._next_seq, "gap", "gap", body["event_id"], body["time"], events.dumps(body))
+        )
+        log.warning("spool: %d events were dropped while the spool was full", self._gap_dropped)
+        self._gap_dropped = 0
+        self._gap_by_kind = {}
+        self.m_gaps.inc()
+
+    def _write(self, rec: bytes) -> None:
+        if self._end and self._end + len(rec) > self.segment_bytes:
+            self._rotate()
+        try:
+            written = os.write(self._fd, rec)
+            while written < len(rec):
+                written += os.write(self._fd, rec[written:])
+        except OSError:
+            # Leave no torn record behind for the reader to trip over.
+            os.ftruncate(self._fd, self._end)
+            raise
+        if self.fsync_policy == "always":
+            os.fsync(self._fd)
+        self._end += len(rec)
+        self._segments[self._active] = self._end
+        self._bytes += len(rec)
+        self._next_seq += 1
+        self._dirty = True
+        self._data.notify()
+
+    def _rotate(self) -> None:
+        if self.fsync_policy != "never":
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._active, self._end = self._next_seq, 0
+        self._segments[self._active] = 0
+        self._fd = os.open(
+            self.directory / _seg_name(self._active), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self._fsync_interval_s):
+            with self._lock:
+                if not self._dirty or self._fd < 0:
+                    continue
+                self._dirty = False
+                # A private descriptor: a rotation may close the shared one meanwhile.
+                fd = os.dup(self._fd)
+            try:
+                # Outside the lock, so appends go on while the disk syncs.
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- reading (one delivery thread) ----------------------------------
+
+    def read(self, max_records: int, timeout_s: float) -> list[Record]:
+        """Up to `max_records` records from the read position; waits up to `timeout_s` for one."""
+        with self._lock:
+            if not self._has_unread() and not self._closed:
+                self._data.wait(timeout_s)
+            pos = self._read_pos
+            limit = self._segments.get(pos.segment)
+            if limit is None:  # its segment was deleted (all acked): go to the next
+                later = [s for s in self._segments if s > pos.segment]
+                if not later:
+                    return []
+                pos = self._read_pos = Position(min(later), 0)
+                limit = self._segments[pos.segment]
+            nxt = min((s for s in self._segments if s > pos.segment), default=None)
+            if pos.offset >= limit:
+                if pos.segment != self._active and nxt is not None:
+                    self._read_pos = Position(nxt, 0)
+                return []
+        buf = self._read_bytes(pos.segment, pos.offset, min(limit - pos.offset, _CHUNK))
+        whole = pos.offset + len(buf) >= limit  # the chunk reaches the end of what is written
+        out: list[Record] = []
+        off = 0
+        seg, base, first_new = pos.segment, pos.offset, self._first_new_seq
+        while off < len(buf) and len(out) < max_records:
+            parsed = _parse_at(buf, off)
+            if parsed is None:
+                need = _needed(buf, off)
+                if need is not None and not whole:
+                    if off == 0:  # one record larger than a chunk
+                        buf = self._read_bytes(pos.segment, pos.offset, need)
+                        whole = pos.offset + len(buf) >= limit
+                        continue
+                    break  # a record straddles the chunk: the next read starts at it
+                skip = self._resync(buf, off)
+                if skip is None:
+                    skip = len(buf) - off
+                self.m_corrupt.inc()
+                self.m_corrupt_bytes.inc(skip)
+                log.warning(
+                    "spool: skipped %d corrupt bytes in segment %d at offset %d",
+                    skip,
+                    pos.segment,
+                    pos.offset + off,
+                )
+                off += skip
+                continue
+            parsed.pos = Position(seg, base + off)
+            parsed.replay = parsed.seq < first_new
+            out.append(parsed)
+            off = parsed.end
+        with self._lock:
+            self._read_pos = Position(pos.segment, pos.offset + off)
+        return out
+
+    def _resync(self, buf: bytes, off: int) -> int | None:
+        """Bytes to skip from `off` to the next valid record; None if none follows."""
+        i = buf.find(_MAGIC_BYTES, off + 1)
+        while i != -1:
+            if _parse_at(buf, i) is not None:
+                return i - off
+            i = buf.find(_MAGIC_BYTES, i + 1)
+        return None
+
+    def _read_bytes(self, segment: int, offset: int, want: int) -> bytes:
+        reader = self._reader
+        if reader is None or reader[0] != segment:
+            self._close_reader()
+            f = open(self.directory / _seg_name(segment), "rb")  # noqa: SIM115
+            self._reader = reader = (segment, f)
+        reader[1].seek(offset)
+        return reader[1].read(want)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader[1].close()
+            self._reader = None
+
+    def _has_unread(self) -> bool:
+        pos = self._read_pos
+        size = self._segments.get(pos.segment)
+        if size is None:
+            return any(s > pos.segment for s in self._segments)
+        return pos.offset < size or pos.segment != self._active
+
+    def unread(self) -> bool:
+        """True while records past the read position wait to be read."""
+        with self._lock:
+            return self._has_unread()
+
+    def rewind(self, pos: Position) -> None:
+        """Read again from `pos` (the first unacknowledged record after a delivery error)."""
+        with self._lock:
+            self._read_pos = pos
+
+    # -- acknowledgement --------------------------------------------------
+
+    def acknowledge(self, next_seq: int, pos: Position | None) -> None:
+        """Everything below `next_seq` is acknowledged; `pos` is where it starts (None: at the end)."""
+        with self._lock:
+            if pos is None:
+                pos = self._read_pos
+            self._acked_seq, self._acked_pos = next_seq, pos
+            freed = False
+            for first in [s for s in self._segments if s < pos.segment and s != self._active]:
+                self._remove_segment(first)
+                freed = True
+            if freed:
+                self._bytes = sum(self._segments.values())
+            self._space.notify_all()
+            now = time.monotonic()
+            if now - self._checkpoint_at >= _CHECKPOINT_EVERY_S:
+                self._checkpoint_at = now
+                self._write_checkpoint()
+
+    def _remove_segment(self, first: int) -> None:
+        if self._reader is not None and self._reader[0] == first:
+            self._close_reader()
+        (self.directory / _seg_name(first)).unlink(missing_ok=True)
+        self._segments.pop(first, None)
+
+    def _write_checkpoint(self) -> None:
+        data = orjson.dumps(
+            {
+                "seq": self._acked_seq,
+                "segment": self._acked_pos.segment,
+                "offset": self._acked_pos.offset,
+            }
+        )
+        tmp = self.directory / (_CHECKPOINT + ".tmp")
+        try:
+            tmp.write_bytes(data)
+            # Losing the checkpoint only means re-sending (at least once), so no fsync here.
+            os.replace(tmp, self.directory / _CHECKPOINT)
+        except OSError:
+            log.exception("spool: could not write the checkpoint")
+
+    def _load_checkpoint(self) -> tuple[int, Position] | None:
+        path = self.directory / _CHECKPOINT
+        try:
+            raw = orjson.loads(path.read_bytes())
+            seq, seg, off = int(raw["seq"]), int(raw["segment"]), int(raw["offset"])
+            if min(seq, seg, off) < 0:
+                raise ValueError("negative")
+            return seq, Position(seg, off)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            self.m_corrupt.inc()
+            log.warning("spool: checkpoint %s unreadable; replaying every segment", path)
+            return None
+
+    def _recover_tail(self, first: int) -> tuple[int, int]:
+        """(valid end, next seq) of the last segment; a torn or corrupt tail is cut off."""
+        path = self.directory / _seg_name(first)
+        buf = path.read_bytes()
+        off, next_seq, good_end = 0, first, 0
+        while off < len(buf):
+            parsed = _parse_at(buf, off)
+            if parsed is None:
+                skip = self._resync(buf, off)
+                if skip is None:
+                    break
+                off += skip  # kept: the reader skips and counts it when it gets there
+                continue
+            next_seq = max(next_seq, parsed.seq + 1)
+            off = good_end = parsed.end
+        if good_end < len(buf):
+            self.m_corrupt.inc()
+            self.m_corrupt_bytes.inc(len(buf) - good_end)
+            log.warning(
+                "spool: cut %d torn bytes from the end of %s", len(buf) - good_end, path.name
+            )
+            with open(path, "r+b") as f:
+                f.truncate(good_end)
+        self._segments[first] = good_end
+        return good_end, next_seq
+
+    # -- state ------------------------------------------------------------
+
+    def bytes(self) -> float:
+        return float(self._bytes)
+
+    def lag(self) -> int:
+        return self._next_seq - self._acked_seq
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def acked_seq(self) -> int:
+        return self._acked_seq
+
+    def wait_acked(self, seq: int, timeout_s: float) -> bool:
+        """Wait until every record below `seq` is acknowledged (tests, shutdown)."""
+        with self._lock:
+            return self._space.wait_for(lambda: self._acked_seq >= seq, timeout_s)

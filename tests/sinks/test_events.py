@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import pytest
+from eventlib import make_decision, validate_event
+
+from sidecar import events
+from sidecar.decisions import Decision
+
+
+def explanation_dict() -> dict[str, Any]:
+    return {
+        "model_version": "3",
+        "explainer": "treeshap.path_dependent",
+        "explainer_version": "1",
+        "output_space": "margin",
+        "feature_names": ["age", "income", "debt_ratio", "n"],
+        "base_values": [-0.4],
+        "contributions": [[0.1, -0.2, 0.7, 0.0]],
+        "additivity_error": 1e-7,
+        "cache_hit": False,
+        "background_hash": None,
+        "top": [{"feature": "debt_ratio", "value": 0.31, "contribution": 0.7}],
+        "margin": [0.2],
+    }
+
+
+def test_decision_event_carries_the_design_fields_and_validates(decision: Decision) -> None:
+    body = events.decision_event(decision)
+    validate_event(body)
+    assert body["decision_id"] == "req000000/0"
+    assert body["features"] == decision.features
+    assert body["features_hash"].startswith("sha256:")
+    assert body["group_attributes"] == {"gender": "F"}
+    assert body["time"] == "2026-11-23T00:00:00.000000Z"
+    assert (body["model_name"], body["model_version"], body["protocol"]) == ("credit", "3", "v2")
+    assert (body["upstream_status"], body["upstream_latency_ms"]) == (200, 1.25)
+
+
+def test_hash_policy_keeps_only_the_hash(decision: Decision) -> None:
+    full = events.decision_event(decision)
+    hashed = events.decision_event(decision, features="hash")
+    validate_event(hashed)
+    assert hashed["features"] is None
+    assert hashed["features_hash"] == full["features_hash"]
+    other = events.decision_event(make_decision(features=[35.0, 52000.0, 0.31, 1]))
+    assert other["features_hash"] != full["features_hash"]
+
+
+def test_event_ids_are_stable_and_distinct() -> None:
+    a1 = events.decision_event(make_decision(1))
+    a2 = events.decision_event(make_decision(1))
+    b = events.decision_event(make_decision(2))
+    assert a1["event_id"] == a2["event_id"] != b["event_id"]
+    e = events.explanation_event(make_decision(1), explanation_dict())
+    assert e["event_id"] not in (a1["event_id"], b["event_id"])
+    assert (
+        e["event_id"] == events.explanation_event(make_decision(1), explanation_dict())["event_id"]
+    )
+
+
+def test_explanation_event_validates_and_names_missing_keys(decision: Decision) -> None:
+    body = events.explanation_event(decision, explanation_dict())
+    validate_event(body)
+    assert body["contributions"] == [[0.1, -0.2, 0.7, 0.0]]
+    bad = explanation_dict()
+    del bad["base_values"]
+    with pytest.raises(ValueError, match="base_values"):
+        events.explanation_event(decision, bad)
+
+
+def test_review_events_validate_and_each_step_has_its_own_id() -> None:
+    common: dict[str, Any] = {"decision_id": "r/0", "reason": "confidence<0.6", "time": 1.0}
+    req = events.review_event(
+        action="requested", reviewer=None, outcome=None, previous_audit_hash=None, **common
+    )
+    dec = events.review_event(
+        action="decided", reviewer="ana", outcome="approve", previous_audit_hash="ab12", **common
+    )
+    for body in (req, dec):
+        validate_event(body)
+    assert req["event_id"] != dec["event_id"]
+    again = events.review_event(
+        action="decided", reviewer="ana", outcome="approve", previous_audit_hash="ab12", **common
+    )
+    assert again["event_id"] == dec["event_id"]
+    with pytest.raises(ValueError, match="review action"):
+        events.review_event(
+            action="nope",  # type: ignore[arg-type]
+            reviewer=None,
+            outcome=None,
+            previous_audit_hash=None,
+            **common,
+        )
+
+
+def test_gap_event_validates() -> None:
+    validate_event(
+        events.gap_event(first_seq=3, dropped=5, by_kind={"decision": 5}, first_time=1, last_time=2)
+    )
+
+
+def test_schema_refuses_a_wrong_event(decision: Decision) -> None:
+    body = events.decision_event(decision)
+    body["confidence"] = "high"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_event(body)
+    body = events.decision_event(decision)
+    body["surprise"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        validate_event(body)
+
+
+def test_numpy_values_serialise() -> None:
+    import numpy as np
+
+    d = make_decision(features=[np.float32(1.5), np.int64(3)], probabilities=None)
+    body = events.decision_event(d)
+    assert events.dumps(body).count(b"1.5") == 1
