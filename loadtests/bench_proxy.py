@@ -203,6 +203,8 @@ def _machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "kernel": platform.release(),
+        # Other work on the box skews every figure: record how busy it was.
+        "loadavg_1m": os.getloadavg()[0],
     }
 
 
@@ -211,6 +213,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"scenario {result['scenario']}  rate {result['rate']}/s  {result['duration_s']} s per path"
         f" in {result['rounds']} alternating rounds  pinning: {result['pinning']}",
+        f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores,"
+        f" load average {result['machine']['loadavg_1m_at_start']:.2f} at start",
         f"{'':10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}",
     ]
     for name, row in (("direct", d), ("sidecar", s)):
@@ -285,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if near:
         os.sched_setaffinity(0, near)
 
+    load_at_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     upstream: Any = FastUpstreamProcess(cpus=near) if args.scenario == "fast" else None
     sidecar: SidecarProcess | None = None
@@ -312,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         if upstream is not None:
             upstream.stop()
 
+    machine = _machine()
+    machine["loadavg_1m_at_start"] = load_at_start
     result: dict[str, Any] = {
         "scenario": args.scenario,
         "rate": args.rate,
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m loadtests.bench_proxy "
         + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "machine": _machine(),
+        "machine": machine,
         **measured,
         "sidecar_metrics": metrics,
     }
