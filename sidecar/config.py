@@ -132,8 +132,8 @@ class GroupSettings(_Section):
 
     header: str = "x-group-attributes"
     """Request header carrying attributes as `name=value; name=value` (stripped before forwarding)."""
-    body_field: str = "parameters.group_attributes"
-    """Dotted path of a V2 request body field holding the attributes (an object or the header format); removed before forwarding. Empty turns it off."""
+    body_field: str = "group_attributes"
+    """V2 request `parameters` field holding the attributes (an object, or the header's format); removed before forwarding. Empty turns it off."""
     derive: dict[str, Derive] = {}
     """Attribute name -> {feature, bins, labels, map}: attributes derived from the row's features (e.g. age bands)."""
     allowed: list[str] = []
