@@ -2,7 +2,7 @@
 
 Sources, later ones overriding earlier ones for the same name: attributes
 derived from the row's features (`groups.derive`), the request body's field
-(`groups.body_field`, V2 `parameters.group_attributes` by default), and the
+(V2 `parameters.<groups.body_field>`, `group_attributes` by default), and the
 `x-group-attributes` header (`gender=F; age_band=30-39`). Malformed parts are
 ignored and counted, never fatal. The privacy policy (keep, keyed hash, drop)
 is applied before the attributes go anywhere: `from_request` returns them
@@ -72,8 +72,8 @@ class GroupExtractor:
     """Built once from `settings.groups`; `from_request` runs on the hot path (a few µs)."""
 
     def __init__(self, settings: GroupSettings, registry: Registry) -> None:
-        self.header = settings.header.encode()
-        self.body_path = tuple(p for p in settings.body_field.split(".") if p)
+        self.header_name = settings.header.encode()
+        self.body_field: str | None = settings.body_field or None
         self._derive = {name: _Rule(rule) for name, rule in settings.derive.items()}
         self._allowed = frozenset(settings.allowed) or None
         self._max = settings.max_attributes
@@ -99,18 +99,11 @@ class GroupExtractor:
         return bool(self._derive)
 
     def take_body_field(self, body: dict[str, Any]) -> Any:
-        """Remove the configured body field from `body` and return its value (None when absent)."""
-        path = self.body_path
-        if not path:
+        """Remove `parameters.<body_field>` from a V2 request body and return it (None when absent)."""
+        params = body.get("parameters")
+        if self.body_field is None or not isinstance(params, dict):
             return None
-        node: Any = body
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                return None
-        if not isinstance(node, dict):
-            return None
-        return node.pop(path[-1], None)
+        return params.pop(self.body_field, None)
 
     def from_request(
         self,
@@ -146,8 +139,8 @@ class GroupExtractor:
 
     def _header_value(self, headers: Headers) -> bytes | None:
         if isinstance(headers, Mapping):
-            return headers.get(self.header)
-        name = self.header
+            return headers.get(self.header_name)
+        name = self.header_name
         found = None
         for k, v in headers:
             if k == name:
