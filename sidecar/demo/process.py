@@ -21,7 +21,9 @@ from sidecar.demo.model import META_PATH, MODEL_PATH
 
 
 def wait_ready(
-    url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+    url: str,
+    timeout_s: float = 30.0,
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None,
 ) -> None:
     """Poll `url` until it answers 200; raise TimeoutError, or RuntimeError if `proc` exits first."""
     deadline = time.monotonic() + timeout_s
