@@ -117,19 +117,19 @@ def create_review_router(
         return item_out(item, show(who), explanation, error)
 
     @router.get("/review/me", tags=tags, responses=_errors(401))
-    def me(who: Annotated[Principal, anyone]) -> MeOut:
+    def me(who: Principal = anyone) -> MeOut:
         """Who the token belongs to (the console's login check)."""
         return MeOut(name=who.name, role=who.role, sees_group_attributes=show(who))
 
     @router.get("/review/items", tags=tags, responses=_errors(401, 403, 422))
     def list_items(
-        who: Annotated[Principal, anyone],
+        who: Principal = anyone,
         status: Literal["pending", "claimed", "decided"] | None = None,
         reason: Annotated[str | None, Query(max_length=128)] = None,
         model: Annotated[str | None, Query(max_length=256)] = None,
         mine: bool = False,
         after: Annotated[int, Query(ge=0, le=_MAX_SEQ, description="Cursor: next_after")] = 0,
-        limit: Annotated[int, Query(ge=1, le=page_size)] = min(50, page_size),
+        limit: int = Query(min(50, page_size), ge=1, le=page_size),
     ) -> ItemPageOut:
         """The queue, oldest first, with filters; `mine` keeps the caller's claims."""
         items = store.list_items(
@@ -149,14 +149,14 @@ def create_review_router(
         )
 
     @router.get("/review/items/{request_id}", tags=tags, responses=_errors(401, 403, 404, 422))
-    def get_item_first_row(request_id: RequestId, who: Annotated[Principal, anyone]) -> ItemOut:
+    def get_item_first_row(request_id: RequestId, who: Principal = anyone) -> ItemOut:
         """A review item by its decision id's request part (row 0); also a hold ticket's status."""
         return detail(f"{request_id}/0", who)
 
     @router.get(
         "/review/items/{request_id}/{row}", tags=tags, responses=_errors(401, 403, 404, 422)
     )
-    def get_item(request_id: RequestId, row: Row, who: Annotated[Principal, anyone]) -> ItemOut:
+    def get_item(request_id: RequestId, row: Row, who: Principal = anyone) -> ItemOut:
         """A review item: the decision, its explanation, its state and, when held, the final outcome."""
         return detail(f"{request_id}/{row}", who)
 
@@ -165,7 +165,7 @@ def create_review_router(
         tags=tags,
         responses=_errors(401, 403, 404, 409, 422),
     )
-    def claim(request_id: RequestId, row: Row, who: Annotated[Principal, deciders]) -> ItemOut:
+    def claim(request_id: RequestId, row: Row, who: Principal = deciders) -> ItemOut:
         """Take the item for `review.lease_seconds` (claiming again renews); 409 when someone else holds it."""
         try:
             store.claim(f"{request_id}/{row}", who.name)
@@ -178,7 +178,7 @@ def create_review_router(
         tags=tags,
         responses=_errors(401, 403, 404, 409, 422),
     )
-    def release(request_id: RequestId, row: Row, who: Annotated[Principal, deciders]) -> ItemOut:
+    def release(request_id: RequestId, row: Row, who: Principal = deciders) -> ItemOut:
         """Give a claim back to the queue (an admin may release anyone's)."""
         try:
             store.release(f"{request_id}/{row}", who.name, force=who.role == "admin")
@@ -198,7 +198,7 @@ def create_review_router(
         },
     )
     async def decide(
-        request_id: RequestId, row: Row, request: Request, who: Annotated[Principal, deciders]
+        request_id: RequestId, row: Row, request: Request, who: Principal = deciders
     ) -> ItemOut:
         """Approve the model's answer or override it with an outcome; a reason is required."""
         raw = await _read_json(request, body_limit)
@@ -226,7 +226,7 @@ def create_review_router(
         tags=tags,
         responses=_errors(401, 403, 404, 422),
     )
-    def history(request_id: RequestId, row: Row, who: Annotated[Principal, anyone]) -> AuditPageOut:
+    def history(request_id: RequestId, row: Row, who: Principal = anyone) -> AuditPageOut:
         """The item's audit records, oldest first."""
         item_id = f"{request_id}/{row}"
         if store.get(item_id) is None:
@@ -237,9 +237,9 @@ def create_review_router(
 
     @router.get("/review/audit", tags=tags, responses=_errors(401, 403, 422))
     def audit_records(
-        who: Annotated[Principal, auditors],
+        who: Principal = auditors,
         after: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
-        limit: Annotated[int, Query(ge=1, le=page_size)] = min(50, page_size),
+        limit: int = Query(min(50, page_size), ge=1, le=page_size),
     ) -> AuditPageOut:
         """The audit chain, from `after` (a seq)."""
         recs = store.audit_records(after=after, limit=limit + 1)
@@ -250,14 +250,14 @@ def create_review_router(
         )
 
     @router.get("/review/audit/head", tags=tags, responses=_errors(401, 403))
-    def audit_head(who: Annotated[Principal, anyone]) -> AuditHeadOut:
+    def audit_head(who: Principal = anyone) -> AuditHeadOut:
         """The newest record's seq and hash: keep it to detect truncation later."""
         seq, digest = store.audit_head()
         return AuditHeadOut(seq=seq, hash=digest)
 
     @router.get("/review/audit/verify", tags=tags, responses=_errors(401, 403, 422))
     def audit_verify(
-        who: Annotated[Principal, auditors],
+        who: Principal = auditors,
         head: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
     ) -> Any:
         """Walk the chain; `head` is a hash kept earlier, to catch truncation."""
@@ -266,14 +266,14 @@ def create_review_router(
     @router.get(
         "/decisions/{request_id}", tags=["decisions"], responses=_errors(401, 403, 404, 422)
     )
-    def lookup_first_row(request_id: RequestId, who: Annotated[Principal, anyone]) -> LookupOut:
+    def lookup_first_row(request_id: RequestId, who: Principal = anyone) -> LookupOut:
         """A decision (row 0 of the request) and why it was made."""
         return lookup(f"{request_id}/0", who)
 
     @router.get(
         "/decisions/{request_id}/{row}", tags=["decisions"], responses=_errors(401, 403, 404, 422)
     )
-    def lookup_row(request_id: RequestId, row: Row, who: Annotated[Principal, anyone]) -> LookupOut:
+    def lookup_row(request_id: RequestId, row: Row, who: Principal = anyone) -> LookupOut:
         """A decision and why it was made: its explanation, computed now if it was not sampled."""
         return lookup(f"{request_id}/{row}", who)
 

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from explainers.loader import load_model
-from explainers.treeshap import FastPathDependent
+from explainers.explainer import build_explainer
 from sidecar.auth import authenticator_from_settings
 from sidecar.config import Settings, load_settings
 from sidecar.controlplane import create_control_app
@@ -89,43 +87,20 @@ def make_decision(
 
 
 class DemoExplainer:
-    """Exact TreeSHAP over the bundled demo model, shaped as the explanation contract."""
+    """The real explainer (exact TreeSHAP) over the bundled demo model, counting its calls."""
 
     def __init__(self) -> None:
-        loaded = load_model(DEMO_ASSETS / "model.onnx")
-        self.backend = FastPathDependent(loaded.ensemble)
+        self.explainer = build_explainer(
+            DEMO_ASSETS / "model.onnx",
+            model_version="1",
+            background_path=DEMO_ASSETS / "background.parquet",
+            feature_names=list(FEATURES),
+        )
         self.calls = 0
 
     def __call__(self, decision: Decision) -> dict[str, Any]:
         self.calls += 1
-        x = np.asarray([decision.features], dtype=np.float64)
-        phi = self.backend.explain(x)[0]  # outputs x features
-        base = [float(v) for v in self.backend.expected_value]
-        out = phi.shape[0] - 1  # the positive class for a binary classifier
-        order = np.argsort(-np.abs(phi[out]))[:5]
-        names = decision.feature_names or [f"f{i}" for i in range(phi.shape[1])]
-        margin = [float(base[k] + phi[k].sum()) for k in range(phi.shape[0])]
-        return {
-            "model_version": decision.model_version or "",
-            "explainer": "treeshap.path_dependent",
-            "explainer_version": "test",
-            "output_space": "margin",
-            "feature_names": list(names),
-            "base_values": base,
-            "contributions": [[float(v) for v in r] for r in phi],
-            "additivity_error": 0.0,
-            "cache_hit": False,
-            "background_hash": None,
-            "top": [
-                {
-                    "feature": names[i],
-                    "value": decision.features[i] if decision.features else None,
-                    "contribution": float(phi[out, i]),
-                }
-                for i in order
-            ],
-            "margin": margin,
-        }
+        return self.explainer.explain_one(decision.features).to_dict()
 
 
 @pytest.fixture(scope="session")
