@@ -53,6 +53,7 @@ def producer_config(k: KafkaSettings) -> dict[str, Any]:
         "delivery_timeout_ms": k.delivery_timeout_ms,
         # Metadata waits happen on the delivery thread; keep them short so close() is prompt.
         "max_block_ms": 2000,
+        "bootstrap_timeout_ms": 2000,
         "reconnect_backoff_max_ms": 2000,
         "security_protocol": k.security_protocol,
         "ssl_check_hostname": k.ssl_check_hostname,
