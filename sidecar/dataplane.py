@@ -1,6 +1,6 @@
-"""The data plane: a raw ASGI app that forwards everything and records inference calls.
+"""The data plane: forwards everything, and records inference calls as decisions.
 
-The request path reads top to bottom in `__call__` and `_inference`:
+The request path reads top to bottom in `handle` and `_inference`:
 receive, forward, parse, decide, enqueue, return. Nothing on it waits for
 explanation, Kafka or disk; those happen behind `Pipeline.submit`.
 """
@@ -10,22 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import orjson
 
 from sidecar.decisions import Decision, accept_request_id
+from sidecar.errors import UpstreamError, classify
 from sidecar.headers import request_headers, response_headers
 from sidecar.metrics import Registry
 from sidecar.pipeline import Batch, Held, Pipeline
 from sidecar.protocols import Call, ParseError, recognise
-from sidecar.types import Receive, Scope, Send
-from sidecar.upstream import Upstream, UpstreamError, classify
+from sidecar.server import ClientGone, Exchange
+from sidecar.types import RawHeaders
+from sidecar.upstream import Upstream
 
 log = logging.getLogger("sidecar.dataplane")
 
-_JSON_HEADERS = [(b"content-type", b"application/json")]
+_JSON = (b"content-type", b"application/json")
 _TRUE = frozenset({b"1", b"true", b"yes", b"on"})
 perf_counter = time.perf_counter
 wall_clock = time.time
@@ -38,7 +39,7 @@ class GroupSource(Protocol):
     body_field: str | None
 
     def from_request(
-        self, headers: list[tuple[bytes, bytes]], body_groups: Any, features: dict[str, Any] | None
+        self, headers: RawHeaders, body_groups: Any, features: dict[str, Any] | None
     ) -> dict[str, str]: ...
 
 
@@ -49,25 +50,6 @@ class Router(Protocol):
     header_name: bytes
 
     def route(self, decision: Decision, review_requested: bool) -> str | None: ...
-
-
-def _error(status: int, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    return status, [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())], body
-
-
-async def _respond(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            task.cancel()
-            return
 
 
 class DataPlane:
@@ -148,119 +130,86 @@ class DataPlane:
             self._parse_failures[key] = c
         c.inc()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1003})
-            return
-        qs = scope["query_string"]
-        path = scope.get("raw_path") or scope["path"].encode()
-        target = path + b"?" + qs if qs else path
-        call = recognise(scope["method"], scope["path"], self._mlflow_model)
+    async def handle(self, ex: Exchange) -> None:
+        call = recognise(ex.method, ex.path, self._mlflow_model)
         try:
             if call is None:
                 self._requests["passthrough"].inc()
-                await self._stream(scope, receive, send, target.decode("latin-1"))
+                await self._stream(ex)
             else:
                 self._requests["inference"].inc()
-                await self._inference(scope, receive, send, target, call)
-        except asyncio.CancelledError:
+                await self._inference(ex, call)
+        except (asyncio.CancelledError, ClientGone):
             self._disconnects.inc()
             raise
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self._max_body:
-                return None
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _error(self, ex: Exchange, err: UpstreamError) -> None:
+        self._upstream_errors[err.status].inc()
+        ex.respond(err.status, [_JSON], err.body())
 
-    async def _inference(
-        self, scope: Scope, receive: Receive, send: Send, target: bytes, call: Call
-    ) -> None:
+    async def _inference(self, ex: Exchange, call: Call) -> None:
         arrived = wall_clock()
-        body = await self._read_body(scope, receive)
+        body = await ex.read_all(self._max_body)
         if body is None:
             self._too_large_count.inc()
-            await _respond(send, *_error(413, self._too_large))
+            ex.keep_alive = False
+            ex.respond(413, [_JSON], self._too_large)
             return
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
         try:
             request: Any = orjson.loads(body)
         except orjson.JSONDecodeError:
             request = None
             self._parse_failed(call.protocol, "request_json")
-        body_groups, body = self._take_body_groups(request, body, call)
+        body_groups, body = self._take_body_groups(request, body)
 
-        client = scope.get("client")
-        watcher = asyncio.get_running_loop().create_task(
-            _cancel_on_disconnect(receive, asyncio.current_task())  # type: ignore[arg-type]
-        )
         t0 = perf_counter()
         try:
             answer = await self._upstream.buffered(
-                scope["method"],
-                target,
-                headers,
-                client[0] if client else None,
-                scope["scheme"],
-                self._strip,
-                body,
+                ex.method, ex.target, ex.headers, ex.peer, "http", self._strip, body
             )
         except UpstreamError as err:
-            self._upstream_errors[err.status].inc()
-            await _respond(send, *_error(err.status, err.body()))
+            self._error(ex, err)
             return
-        finally:
-            watcher.cancel()
-        status = answer.status
-        rbody = answer.body
-        rheaders = response_headers(answer.headers)
         latency = perf_counter() - t0
         self._upstream_latency.observe(latency)
+        status, rbody = answer.status, answer.body
+        rheaders = response_headers(answer.headers)
 
         batch = None
         if request is not None and status == 200:
-            batch = self._decide(scope, call, request, rbody, status, latency, arrived, body_groups)
+            batch = self._decide(ex, call, request, rbody, latency, arrived, body_groups)
         if batch is None:
-            await _respond(send, status, rheaders, rbody)
+            ex.respond(status, rheaders, rbody)
             return
-        rid = batch.decisions[0].request_id if batch.decisions else ""
+        rid = batch.decisions[0].request_id
         reviewed = [d for d in batch.decisions if d.review is not None]
         if reviewed and self._hold:
             batch.held = Held(status, rheaders, rbody)
+            first = reviewed[0]
             ticket = orjson.dumps(
                 {
-                    "review_ticket": reviewed[0].decision_id,
+                    "review_ticket": first.decision_id,
                     "decision_id": rid,
                     "status": "held",
-                    "reason": reviewed[0].review_reason,
-                    "status_url": f"{self._control_url}/review/items/{reviewed[0].decision_id}",
+                    "reason": first.review_reason,
+                    "status_url": f"{self._control_url}/review/items/{first.decision_id}",
                 }
             )
             self._pipeline.submit(batch)
-            status, rheaders, rbody = _error(202, ticket)
-            rheaders.append((b"x-review-status", b"held"))
-        else:
-            self._pipeline.submit(batch)
-            if reviewed:
-                rheaders.append((b"x-review-status", b"queued"))
+            ex.respond(
+                202,
+                [_JSON, (b"x-review-status", b"held"), (b"x-decision-id", rid.encode())],
+                ticket,
+            )
+            return
+        self._pipeline.submit(batch)
+        if reviewed:
+            rheaders.append((b"x-review-status", b"queued"))
         rheaders.append((b"x-decision-id", rid.encode()))
-        await _respond(send, status, rheaders, rbody)
+        ex.respond(status, rheaders, rbody)
 
-    def _take_body_groups(self, request: Any, body: bytes, call: Call) -> tuple[Any, bytes]:
-        """Remove the configured group-attribute field from a V2 call's `parameters` before forwarding."""
+    def _take_body_groups(self, request: Any, body: bytes) -> tuple[Any, bytes]:
+        """Remove the group-attribute field from `parameters` before forwarding (V2's channel)."""
         field = self._groups.body_field if self._groups is not None else None
         if field is None or not isinstance(request, dict):
             return None, body
@@ -274,11 +223,10 @@ class DataPlane:
 
     def _decide(
         self,
-        scope: Scope,
+        ex: Exchange,
         call: Call,
         request: Any,
         rbody: bytes,
-        status: int,
         latency: float,
         arrived: float,
         body_groups: Any,
@@ -295,10 +243,12 @@ class DataPlane:
             log.debug("could not parse %s call: %s", call.protocol, exc)
             return None
         rows = parsed.rows
+        if not rows:
+            return None
         if len(rows) > self._max_rows:
             self._rows_skipped.inc(len(rows) - self._max_rows)
             rows = rows[: self._max_rows]
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        headers = ex.headers
         request_id = None
         explain = review = False
         for name, value in headers:
@@ -313,6 +263,7 @@ class DataPlane:
         version = str(version) if version else (call.model_version or self._model_version)
         names = parsed.feature_names
         groups_fn = self._groups.from_request if self._groups is not None else None
+        router = self._router
         latency_ms = latency * 1000.0
         decisions = []
         for i, row in enumerate(rows):
@@ -325,89 +276,36 @@ class DataPlane:
                 )
                 groups = groups_fn(headers, body_groups, feats)
             d = Decision(
-                rid,
-                i,
-                arrived,
-                call.protocol,
-                call.model_name,
-                version,
-                row.features,
-                names,
-                row.prediction,
-                row.probabilities,
-                row.confidence,
-                status,
-                latency_ms,
-                groups,
-            )
-            if self._router is not None:
-                reason = self._router.route(d, review)
+                rid, i, arrived, call.protocol, call.model_name, version, row.features, names,
+                row.prediction, row.probabilities, row.confidence, 200, latency_ms, groups,
+            )  # fmt: skip
+            if router is not None:
+                reason = router.route(d, review)
                 if reason is not None:
                     d.review = "held" if self._hold else "queued"
                     d.review_reason = reason
             decisions.append(d)
-        if not decisions:
-            return None
         return Batch(decisions, explain_requested=explain)
 
-    async def _stream(self, scope: Scope, receive: Receive, send: Send, path_qs: str) -> None:
+    async def _stream(self, ex: Exchange) -> None:
         """Forward a non-inference call with both bodies streamed, never held whole."""
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        has_body = any(
-            (n == b"content-length" and v != b"0") or n == b"transfer-encoding" for n, v in headers
-        )
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        watchers: list[asyncio.Task[None]] = []
-        data: AsyncIterator[bytes] | None = None
-        if has_body:
-
-            async def body() -> AsyncIterator[bytes]:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        task.cancel()
-                        return
-                    chunk = message.get("body", b"")
-                    if chunk:
-                        yield chunk
-                    if not message.get("more_body", False):
-                        watchers.append(loop.create_task(_cancel_on_disconnect(receive, task)))
-                        return
-
-            data = body()
-        else:
-            await receive()
-            watchers.append(loop.create_task(_cancel_on_disconnect(receive, task)))
-        client = scope.get("client")
-        out_headers = request_headers(headers, client[0] if client else None, scope["scheme"])
-        started = False
+        out_headers = request_headers(ex.headers, ex.peer, "http")
+        data = ex.chunks() if ex.has_body else None
         t0 = perf_counter()
         try:
-            async with self._upstream.request(scope["method"], path_qs, out_headers, data) as resp:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": resp.status,
-                        "headers": response_headers(resp.raw_headers),
-                    }
-                )
-                started = True
+            async with self._upstream.request(
+                ex.method, ex.target.decode("latin-1"), out_headers, data
+            ) as resp:
+                await ex.start(resp.status, response_headers(resp.raw_headers))
                 async for chunk in resp.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                    await ex.write(chunk)
+                ex.end()
             self._upstream_latency.observe(perf_counter() - t0)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientGone):
             raise
         except Exception as exc:
-            if started:
+            if ex.started:
                 # The status line is gone; all that is left is to cut the connection.
-                log.warning("upstream failed mid-response for %s: %r", path_qs, exc)
+                log.warning("upstream failed mid-response for %s: %r", ex.path, exc)
                 raise
-            err: UpstreamError = classify(exc)
-            self._upstream_errors[err.status].inc()
-            await _respond(send, *_error(err.status, err.body()))
-        finally:
-            for w in watchers:
-                w.cancel()
+            self._error(ex, classify(exc))

@@ -19,16 +19,16 @@ from sidecar.dataplane import DataPlane
 from sidecar.events import decision_event
 from sidecar.metrics import Registry
 from sidecar.pipeline import Batch, Pipeline, Stage
+from sidecar.server import serve
 from sidecar.sinks import EventSink, build_sink
 from sidecar.store import DecisionStore
-from sidecar.types import ASGIApp
 from sidecar.upstream import Upstream
 
 log = logging.getLogger("sidecar")
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to the service, which runs two of them."""
+    """A uvicorn server (the control plane's) that leaves signals to the service."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -85,6 +85,7 @@ class Service:
             open_metrics=settings.control.open_metrics,
         )
         self._servers: list[_Server] = []
+        self._data_server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = threading.Event()
 
@@ -99,7 +100,7 @@ class Service:
     async def _sink_ready(self) -> bool:
         return self.sink.ready()
 
-    def _server(self, app: ASGIApp | Any, lifespan: Literal["on", "off"]) -> _Server:
+    def _server(self, app: Any, lifespan: Literal["on", "off"]) -> _Server:
         config = uvicorn.Config(
             app,
             http="httptools",
@@ -111,7 +112,6 @@ class Service:
             log_level="warning",
             timeout_keep_alive=75,
             backlog=2048,
-            proxy_headers=False,  # x-forwarded-* are set by the proxy itself from the real peer
         )
         return _Server(config)
 
@@ -119,11 +119,10 @@ class Service:
         await self.upstream.start()
         self.sink.start()
         self.pipeline.start()
-        self._servers = [self._server(self.dataplane, "off"), self._server(self.control_app, "on")]
-        socks = [self._proxy_sock, self._control_sock]
+        self._data_server = await serve(self.dataplane.handle, self._proxy_sock)
+        self._servers = [self._server(self.control_app, "on")]
         self._tasks = [
-            asyncio.get_running_loop().create_task(s._serve(sockets=[sock]))
-            for s, sock in zip(self._servers, socks, strict=True)
+            asyncio.get_running_loop().create_task(self._servers[0]._serve([self._control_sock]))
         ]
         while not all(s.started for s in self._servers):
             for t in self._tasks:
@@ -138,6 +137,8 @@ class Service:
 
     async def stop(self) -> None:
         self.request_stop()
+        if self._data_server is not None:
+            self._data_server.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pipeline.drain(5.0)
         self.pipeline.close()
