@@ -42,7 +42,7 @@ function el(tag, text, cls) {
 
 function fmtValue(v) {
   if (v === null || v === undefined) return "—";
-  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
   if (typeof v === "object") return JSON.stringify(v);
   return String(v);
 }
