@@ -7,8 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from explainers.errors import ExplainerError, FidelityError, InputError, ModelLoadError  # noqa: E402
-from explainers.explanation import Explanation  # noqa: E402
+from explainers.errors import ExplainerError, FidelityError, InputError, ModelLoadError
+from explainers.explanation import Explanation
 
 __all__ = [
     "ExplainerError",

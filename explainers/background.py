@@ -37,12 +37,20 @@ def read_table(path: Path) -> tuple[FloatArray, list[str]]:
 
             table = pacsv.read_csv(path)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{path}: cannot read as {'Parquet' if path.suffix == '.parquet' else 'CSV'}: {exc}") from None
+        raise InputError(
+            f"{path}: cannot read as {'Parquet' if path.suffix == '.parquet' else 'CSV'}: {exc}"
+        ) from None
     cols = []
     for name, col in zip(table.column_names, table.columns, strict=True):
-        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-                or pa.types.is_boolean(col.type) or pa.types.is_null(col.type)):
-            raise InputError(f"{path}: column {name!r} has type {col.type}; features must be numeric")
+        if not (
+            pa.types.is_integer(col.type)
+            or pa.types.is_floating(col.type)
+            or pa.types.is_boolean(col.type)
+            or pa.types.is_null(col.type)
+        ):
+            raise InputError(
+                f"{path}: column {name!r} has type {col.type}; features must be numeric"
+            )
         cols.append(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False))
     if not cols:
         raise InputError(f"{path}: no columns")
@@ -52,7 +60,9 @@ def read_table(path: Path) -> tuple[FloatArray, list[str]]:
 def load_background(path: Path, ens: TreeEnsemble, max_rows: int = 100_000) -> Background:
     rows, columns = read_table(path)
     if rows.shape[1] != ens.n_features:
-        raise InputError(f"{path}: background has {rows.shape[1]} columns but the model expects {ens.n_features}")
+        raise InputError(
+            f"{path}: background has {rows.shape[1]} columns but the model expects {ens.n_features}"
+        )
     if rows.shape[0] == 0:
         raise InputError(f"{path}: background has no rows")
     rows = ens.prepare(rows[:max_rows])
@@ -62,5 +72,7 @@ def load_background(path: Path, ens: TreeEnsemble, max_rows: int = 100_000) -> B
 
 def covers_from(ens: TreeEnsemble, rows: FloatArray) -> TreeEnsemble:
     """The ensemble with node covers counted by passing ``rows`` through its trees."""
-    counts = kernels.node_counts(rows, ens.left, ens.right, ens.default, ens.feature, ens.threshold, ens.roots)
+    counts = kernels.node_counts(
+        rows, ens.left, ens.right, ens.default, ens.feature, ens.threshold, ens.roots
+    )
     return ens.with_cover(counts)

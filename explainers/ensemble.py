@@ -149,7 +149,9 @@ def build(
         for name, arr in (("left", left), ("right", right), ("default", default)):
             bad = (~leaf) & ((arr < 0) | (arr >= n))
             if bad.any():
-                raise ModelLoadError(f"tree {i}: {name} child of node {int(np.argmax(bad))} is out of range")
+                raise ModelLoadError(
+                    f"tree {i}: {name} child of node {int(np.argmax(bad))} is out of range"
+                )
         if ((~leaf) & ((feat < 0) | (feat >= n_features))).any():
             bad_node = int(np.argmax((~leaf) & ((feat < 0) | (feat >= n_features))))
             raise ModelLoadError(
@@ -210,7 +212,9 @@ def check_covers(e: TreeEnsemble) -> None:
     if (e.cover < 0).any() or not np.isfinite(e.cover).all():
         raise ModelLoadError("node covers must be finite and non-negative")
     if (e.cover[e.roots] <= 0).any():
-        raise ModelLoadError("a tree's root has zero cover (no training or background rows reach it)")
+        raise ModelLoadError(
+            "a tree's root has zero cover (no training or background rows reach it)"
+        )
     child_sum = e.cover[e.left[internal]] + e.cover[e.right[internal]]
     parent = e.cover[internal]
     if not np.allclose(child_sum, parent, rtol=1e-4, atol=1e-6):

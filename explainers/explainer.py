@@ -56,24 +56,36 @@ class Explainer:
             raise ModelLoadError(
                 f"{len(feature_names)} feature names configured but the model has {ens.n_features} features"
             )
+        if (
+            not feature_names
+            and background is not None
+            and len(background.columns) == ens.n_features
+        ):
+            feature_names = background.columns
         self.feature_names = list(feature_names or [f"f{i}" for i in range(ens.n_features)])
+        self.artifact_sha256 = loaded.sha256
         if not ens.has_cover and opts.algorithm == "path_dependent":
             if background is None:
                 raise ModelLoadError(
                     f"{loaded.format} models carry no node covers: configure background data "
-                    "(model.background) to compute them, or use the interventional algorithm"
+                    "(model.background, or --background) to compute them"
                 )
             ens = covers_from(ens, background.rows)
         self.fidelity_error = self._check(loaded, ens, background)
         bg_rows = None
         if opts.algorithm == "interventional":
             if background is None:
-                raise ModelLoadError("interventional TreeSHAP needs background data (model.background)")
+                raise ModelLoadError(
+                    "interventional TreeSHAP needs background data (model.background)"
+                )
             bg_rows = background.rows[: opts.interventional_rows]
         self.ensemble = ens
         self.format = loaded.format
         self._backend: Backend = choose_backend(
-            ens, algorithm=opts.algorithm, background=bg_rows, table_budget_bytes=opts.table_budget_bytes
+            ens,
+            algorithm=opts.algorithm,
+            background=bg_rows,
+            table_budget_bytes=opts.table_budget_bytes,
         )
         self.name = self._backend.name
         self.version = f"{__version__}+{type(self._backend).__name__}"
@@ -90,8 +102,13 @@ class Explainer:
         parts = [probe_rows(ens, n)]
         if bg is not None:
             parts.append(bg.rows[:n])
-        return check_fidelity(ens, loaded.reference, np.vstack(parts), self.options.fidelity_tolerance,
-                              what=f"{loaded.format} model {self.model_version}")
+        return check_fidelity(
+            ens,
+            loaded.reference,
+            np.vstack(parts),
+            self.options.fidelity_tolerance,
+            what=f"{loaded.format} model {self.model_version}",
+        )
 
     @property
     def n_features(self) -> int:
@@ -133,24 +150,29 @@ class Explainer:
             out = int(np.argmax(m[r])) if m.shape[1] > 1 else 0
             contrib = phi[r]
             top = [
-                {"feature": self.feature_names[j], "value": json_value(X[r, j]),
-                 "contribution": float(contrib[out, j])}
+                {
+                    "feature": self.feature_names[j],
+                    "value": json_value(X[r, j]),
+                    "contribution": float(contrib[out, j]),
+                }
                 for j in heapq.nlargest(k, range(X.shape[1]), key=lambda j: abs(contrib[out, j]))
             ]
-            res.append(Explanation(
-                model_version=self.model_version,
-                explainer=self.name,
-                explainer_version=self.version,
-                output_space="margin",
-                feature_names=self.feature_names,
-                base_values=self._base,
-                contributions=contrib.tolist(),
-                additivity_error=float(err[r]) if math.isfinite(err[r]) else float("inf"),
-                cache_hit=False,
-                background_hash=self.background_hash,
-                top=top,
-                margin=m[r].tolist(),
-            ))
+            res.append(
+                Explanation(
+                    model_version=self.model_version,
+                    explainer=self.name,
+                    explainer_version=self.version,
+                    output_space="margin",
+                    feature_names=self.feature_names,
+                    base_values=self._base,
+                    contributions=contrib.tolist(),
+                    additivity_error=float(err[r]) if math.isfinite(err[r]) else float("inf"),
+                    cache_hit=False,
+                    background_hash=self.background_hash,
+                    top=top,
+                    margin=m[r].tolist(),
+                )
+            )
         return res
 
 
@@ -170,8 +192,13 @@ def build_explainer(
     if background_path is not None:
         background = load_background(Path(background_path), loaded.ensemble)
     try:
-        return Explainer(loaded, model_version=model_version, feature_names=feature_names,
-                         background=background, options=options)
+        return Explainer(
+            loaded,
+            model_version=model_version,
+            feature_names=feature_names,
+            background=background,
+            options=options,
+        )
     except ExplainerError:
         raise
     except ValueError as exc:

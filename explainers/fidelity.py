@@ -12,8 +12,16 @@ from explainers.reference import Reference
 
 def margins(ens: TreeEnsemble, X: FloatArray) -> FloatArray:
     out: FloatArray = kernels.predict_margin(
-        X, ens.left, ens.right, ens.default, ens.feature, ens.threshold, ens.value,
-        ens.roots, ens.tree_output, ens.base,
+        X,
+        ens.left,
+        ens.right,
+        ens.default,
+        ens.feature,
+        ens.threshold,
+        ens.value,
+        ens.roots,
+        ens.tree_output,
+        ens.base,
     )
     return out
 
@@ -33,8 +41,11 @@ def probe_rows(ens: TreeEnsemble, n: int, seed: int = 0) -> FloatArray:
             continue
         pick = thr[rng.integers(0, thr.size, size=n)]
         shift = rng.integers(-1, 2, size=n)
-        col = np.where(shift < 0, np.nextafter(pick, dt(-np.inf)),
-                       np.where(shift > 0, np.nextafter(pick, dt(np.inf)), pick))
+        col = np.where(
+            shift < 0,
+            np.nextafter(pick, dt(-np.inf)),
+            np.where(shift > 0, np.nextafter(pick, dt(np.inf)), pick),
+        )
         X[:, f] = col.astype(np.float64)
     X[rng.random(X.shape) < 0.1] = np.nan
     return ens.prepare(X)
@@ -53,7 +64,9 @@ def check_fidelity(
     try:
         theirs = np.asarray(reference(X), dtype=np.float64)
     except Exception as exc:  # the runtime's own errors (shape, type) are reported as a mismatch
-        raise FidelityError(f"{what}: the reference runtime failed on the check rows: {exc}") from None
+        raise FidelityError(
+            f"{what}: the reference runtime failed on the check rows: {exc}"
+        ) from None
     if theirs.shape[1] == 2 and ours.shape[1] == 1:
         theirs = theirs[:, 1:]  # onnxruntime's binary case writes [-score, score]
     if theirs.shape != ours.shape:

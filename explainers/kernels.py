@@ -8,6 +8,9 @@ path feature: O(T·L·D) instead of the original O(T·L·D²) with its
 extend/unwind loops. Exactness is unchanged (the same sums, reordered).
 """
 
+# The kernels' argument types are inferred by numba at compile time; annotating every
+# array argument would only repeat what the callers pass.
+# mypy: allow-untyped-defs
 from __future__ import annotations
 
 from typing import Any
@@ -20,7 +23,7 @@ _pjit = numba.njit(cache=True, nogil=True, parallel=True)
 
 
 @_jit
-def predict_margin(X, left, right, default, feature, threshold, value, roots, tree_output, base):  # type: ignore[no-untyped-def]
+def predict_margin(X, left, right, default, feature, threshold, value, roots, tree_output, base):
     n = X.shape[0]
     n_out = value.shape[1]
     out = np.empty((n, n_out))
@@ -47,7 +50,7 @@ def predict_margin(X, left, right, default, feature, threshold, value, roots, tr
 
 
 @_jit
-def leaf_indices(X, left, right, default, feature, threshold, roots):  # type: ignore[no-untyped-def]
+def leaf_indices(X, left, right, default, feature, threshold, roots):
     """The node each row reaches in each tree: (rows, trees)."""
     n = X.shape[0]
     out = np.empty((n, roots.shape[0]), dtype=np.int32)
@@ -67,7 +70,7 @@ def leaf_indices(X, left, right, default, feature, threshold, roots):  # type: i
 
 
 @_jit
-def tree_depth(left, right, roots):  # type: ignore[no-untyped-def]
+def tree_depth(left, right, roots):
     """The largest number of edges from a root to a leaf."""
     depth = np.zeros(left.shape[0], dtype=np.int32)
     best = 0
@@ -90,7 +93,7 @@ def tree_depth(left, right, roots):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def leaf_paths(left, right, feature, cover, roots, n_leaves, max_depth):  # type: ignore[no-untyped-def]
+def leaf_paths(left, right, feature, cover, roots, n_leaves, max_depth):
     """Per leaf: its path's edges and its unique features with their zero fractions.
 
     Returns leaf_node, leaf_tree, n_edges, edge_node, edge_left, edge_slot, n_unique,
@@ -152,13 +155,20 @@ def leaf_paths(left, right, feature, cover, roots, n_leaves, max_depth):  # type
             path_node[depth] = left[node] if step == 0 else right[node]
             next_child[depth] = 0
     return (
-        leaf_node, leaf_tree, n_edges, edge_node, edge_left, edge_slot,
-        n_unique, unique_feature, zero_fraction,
+        leaf_node,
+        leaf_tree,
+        n_edges,
+        edge_node,
+        edge_left,
+        edge_slot,
+        n_unique,
+        unique_feature,
+        zero_fraction,
     )
 
 
 @_jit
-def fill_weights(n_unique, zero_fraction, offsets, weights):  # type: ignore[no-untyped-def]
+def fill_weights(n_unique, zero_fraction, offsets, weights):
     """weights[off + mask*d + j]: the Shapley weight of path feature j given satisfied set mask.
 
     phi_j = v · (o_j - z_j) · Σ_{S ⊆ A} w(|S|, d) Π_{k ∉ S, k ≠ j} z_k with A the other
@@ -205,9 +215,27 @@ def fill_weights(n_unique, zero_fraction, offsets, weights):  # type: ignore[no-
 
 
 @_jit
-def _shap_row(x, phi, go, left, default, feature, threshold, value, tree_output,
-              leaf_node, leaf_tree, n_edges, edge_node, edge_left, edge_slot,
-              n_unique, unique_feature, offsets, weights):  # type: ignore[no-untyped-def]
+def _shap_row(
+    x,
+    phi,
+    go,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    leaf_node,
+    leaf_tree,
+    n_edges,
+    edge_node,
+    edge_left,
+    edge_slot,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+):
     for n in range(left.shape[0]):
         if left[n] >= 0:
             v = x[feature[n]]
@@ -237,28 +265,98 @@ def _shap_row(x, phi, go, left, default, feature, threshold, value, tree_output,
 
 
 @_jit
-def shap_serial(X, left, default, feature, threshold, value, tree_output, leaf_node, leaf_tree,  # type: ignore[no-untyped-def]
-                n_edges, edge_node, edge_left, edge_slot, n_unique, unique_feature, offsets, weights):
+def shap_serial(
+    X,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    leaf_node,
+    leaf_tree,
+    n_edges,
+    edge_node,
+    edge_left,
+    edge_slot,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+):
     n = X.shape[0]
     phi = np.zeros((n, value.shape[1], X.shape[1]))
     go = np.empty(left.shape[0], dtype=np.bool_)
     for r in range(n):
-        _shap_row(X[r], phi[r], go, left, default, feature, threshold, value, tree_output,
-                  leaf_node, leaf_tree, n_edges, edge_node, edge_left, edge_slot,
-                  n_unique, unique_feature, offsets, weights)
+        _shap_row(
+            X[r],
+            phi[r],
+            go,
+            left,
+            default,
+            feature,
+            threshold,
+            value,
+            tree_output,
+            leaf_node,
+            leaf_tree,
+            n_edges,
+            edge_node,
+            edge_left,
+            edge_slot,
+            n_unique,
+            unique_feature,
+            offsets,
+            weights,
+        )
     return phi
 
 
 @_pjit
-def shap_parallel(X, left, default, feature, threshold, value, tree_output, leaf_node, leaf_tree,  # type: ignore[no-untyped-def]
-                  n_edges, edge_node, edge_left, edge_slot, n_unique, unique_feature, offsets, weights):
+def shap_parallel(
+    X,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    leaf_node,
+    leaf_tree,
+    n_edges,
+    edge_node,
+    edge_left,
+    edge_slot,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+):
     n = X.shape[0]
     phi = np.zeros((n, value.shape[1], X.shape[1]))
     for r in numba.prange(n):
         go = np.empty(left.shape[0], dtype=np.bool_)
-        _shap_row(X[r], phi[r], go, left, default, feature, threshold, value, tree_output,
-                  leaf_node, leaf_tree, n_edges, edge_node, edge_left, edge_slot,
-                  n_unique, unique_feature, offsets, weights)
+        _shap_row(
+            X[r],
+            phi[r],
+            go,
+            left,
+            default,
+            feature,
+            threshold,
+            value,
+            tree_output,
+            leaf_node,
+            leaf_tree,
+            n_edges,
+            edge_node,
+            edge_left,
+            edge_slot,
+            n_unique,
+            unique_feature,
+            offsets,
+            weights,
+        )
     return phi
 
 
@@ -267,7 +365,7 @@ def as_args(*arrays: Any) -> tuple[Any, ...]:
 
 
 @_jit
-def node_counts(X, left, right, default, feature, threshold, roots):  # type: ignore[no-untyped-def]
+def node_counts(X, left, right, default, feature, threshold, roots):
     """How many rows pass through each node: covers from a background sample."""
     counts = np.zeros(left.shape[0])
     for r in range(X.shape[0]):

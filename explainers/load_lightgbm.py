@@ -11,11 +11,20 @@ from typing import Any
 
 import numpy as np
 
-from explainers.ensemble import TreeEnsemble, Transform, build
+from explainers.ensemble import Transform, TreeEnsemble, build
 from explainers.errors import ModelLoadError
 
-_IDENTITY = {"regression", "regression_l1", "huber", "fair", "quantile", "mape", "lambdarank",
-             "rank_xendcg", "custom"}
+_IDENTITY = {
+    "regression",
+    "regression_l1",
+    "huber",
+    "fair",
+    "quantile",
+    "mape",
+    "lambdarank",
+    "rank_xendcg",
+    "custom",
+}
 
 
 def load_lightgbm_file(path: Path) -> TreeEnsemble:
@@ -28,7 +37,9 @@ def load_lightgbm_file(path: Path) -> TreeEnsemble:
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     except (KeyError, ValueError, IndexError) as exc:
-        raise ModelLoadError(f"{path}: malformed LightGBM model ({type(exc).__name__}: {exc})") from None
+        raise ModelLoadError(
+            f"{path}: malformed LightGBM model ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _blocks(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -111,9 +122,21 @@ def _tree(i: int, b: dict[str, str], out: int, n_outputs: int, scale: float) -> 
     cover = np.zeros(n)
     cover[n_int:] = leaf_count
     if n_int == 0:
-        return {"left": [-1], "right": [-1], "default": [-1], "feature": [-1], "threshold": [0.0],
-                "value": value, "cover": cover, "output": out}
-    local = lambda c: np.where(c >= 0, c, n_int + (~c))  # noqa: E731  leaves are written as ~index
+        return {
+            "left": [-1],
+            "right": [-1],
+            "default": [-1],
+            "feature": [-1],
+            "threshold": [0.0],
+            "value": value,
+            "cover": cover,
+            "output": out,
+        }
+
+    def local(c: Any) -> Any:
+        # LightGBM writes leaf children as ~leaf_index.
+        return np.where(c >= 0, c, n_int + (~c))
+
     left = local(_ints(b, "left_child"))
     right = local(_ints(b, "right_child"))
     threshold = _floats(b, "threshold")
@@ -122,8 +145,10 @@ def _tree(i: int, b: dict[str, str], out: int, n_outputs: int, scale: float) -> 
         raise ModelLoadError(f"tree {i} has categorical splits, which are not supported")
     missing = (dtype >> 2) & 3
     if (missing == 1).any():
-        raise ModelLoadError(f"tree {i} treats zero as missing (zero_as_missing), which is not supported")
-    default_left = np.where(missing == 2, (dtype & 2) != 0, 0.0 <= threshold)  # None: NaN -> 0.0
+        raise ModelLoadError(
+            f"tree {i} treats zero as missing (zero_as_missing), which is not supported"
+        )
+    default_left = np.where(missing == 2, (dtype & 2) != 0, threshold >= 0.0)  # None: NaN -> 0.0
     cover[:n_int] = _floats(b, "internal_count") if "internal_count" in b else 0.0
     pad = np.full(n_leaves, -1)
     return {

@@ -19,12 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from explainers.ensemble import TreeEnsemble, Transform, build, lt_to_le
+from explainers.ensemble import Transform, TreeEnsemble, build, lt_to_le
 from explainers.errors import ModelLoadError
 
 _TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
 _PASS_BEFORE = ("Cast", "Identity")
-_TRANSFORMS: dict[str, Transform] = {"NONE": "identity", "LOGISTIC": "logistic", "SOFTMAX": "softmax"}
+_TRANSFORMS: dict[str, Transform] = {
+    "NONE": "identity",
+    "LOGISTIC": "logistic",
+    "SOFTMAX": "softmax",
+}
 
 
 def load_onnx_file(path: Path) -> TreeEnsemble:
@@ -34,7 +38,9 @@ def load_onnx_file(path: Path) -> TreeEnsemble:
     try:
         model = onnx.load_model_from_string(path.read_bytes())
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({exc or 'truncated or corrupt'})") from None
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX model ({exc or 'truncated or corrupt'})"
+        ) from None
     try:
         return from_onnx(model)
     except ModelLoadError as exc:
@@ -49,18 +55,24 @@ def tree_node(model: Any) -> Any:
     trees = [n for n in graph.node if n.op_type in _TREE_OPS]
     if not trees:
         ops = sorted({n.op_type for n in graph.node})
-        raise ModelLoadError(f"no TreeEnsembleClassifier/TreeEnsembleRegressor in the graph (operators: {ops})")
+        raise ModelLoadError(
+            f"no TreeEnsembleClassifier/TreeEnsembleRegressor in the graph (operators: {ops})"
+        )
     if len(trees) > 1:
         raise ModelLoadError("the graph has several tree-ensemble operators; only one is supported")
     node = trees[0]
     if len(graph.input) != 1:
-        raise ModelLoadError(f"the graph has {len(graph.input)} inputs; one feature tensor is expected")
+        raise ModelLoadError(
+            f"the graph has {len(graph.input)} inputs; one feature tensor is expected"
+        )
     produced_by = {o: n for n in graph.node for o in n.output}
     name = node.input[0]
     while name != graph.input[0].name:
         prev = produced_by.get(name)
         if prev is None:
-            raise ModelLoadError(f"the tree ensemble's input {name!r} does not come from the graph input")
+            raise ModelLoadError(
+                f"the tree ensemble's input {name!r} does not come from the graph input"
+            )
         if prev.op_type not in _PASS_BEFORE:
             raise ModelLoadError(
                 f"unsupported operator {prev.op_type} between the input and the tree ensemble: "
@@ -100,12 +112,16 @@ def from_onnx(model: Any) -> TreeEnsemble:
     post = a.get("post_transform", b"NONE")
     post = post.decode() if isinstance(post, bytes) else str(post)
     if post not in _TRANSFORMS:
-        raise ModelLoadError(f"post_transform {post} is not supported (NONE, LOGISTIC, SOFTMAX are)")
+        raise ModelLoadError(
+            f"post_transform {post} is not supported (NONE, LOGISTIC, SOFTMAX are)"
+        )
     prefix = "class" if classifier else "target"
     leaf_tree = list(a[f"{prefix}_treeids"])
     leaf_node = list(a[f"{prefix}_nodeids"])
     leaf_out = list(a[f"{prefix}_ids"])
-    leaf_w = np.asarray(a.get(f"{prefix}_weights_as_tensor", a.get(f"{prefix}_weights")), dtype=np.float64)
+    leaf_w = np.asarray(
+        a.get(f"{prefix}_weights_as_tensor", a.get(f"{prefix}_weights")), dtype=np.float64
+    )
     binary_case = False
     if classifier:
         labels = a.get("classlabels_int64s") or a.get("classlabels_strings") or []
@@ -117,7 +133,9 @@ def from_onnx(model: Any) -> TreeEnsemble:
         n_outputs = int(a.get("n_targets", 1))
     if n_outputs < 1 or (leaf_out and max(leaf_out) >= n_outputs):
         raise ModelLoadError("leaf weights name outputs beyond the declared classes/targets")
-    base = np.asarray(a.get("base_values_as_tensor", a.get("base_values", [0.0] * n_outputs)), dtype=np.float64)
+    base = np.asarray(
+        a.get("base_values_as_tensor", a.get("base_values", [0.0] * n_outputs)), dtype=np.float64
+    )
     if binary_case and base.size == 2:
         base = base[1:]
     if base.size == 0:
@@ -134,9 +152,19 @@ def from_onnx(model: Any) -> TreeEnsemble:
         raise ModelLoadError(f"aggregate_function {aggregate} is not supported (SUM, AVERAGE are)")
     thresholds = a.get("nodes_values_as_tensor", a.get("nodes_values"))
     n_features = _n_features(a, width)
-    trees = _trees(a, thresholds, dtype, n_outputs, (leaf_tree, leaf_node, leaf_out, leaf_w * scale))
-    ens = build(trees, n_outputs=n_outputs, base=base, n_features=n_features,
-                transform=_TRANSFORMS[post], input_dtype=dtype, source="onnx", has_cover=False)
+    trees = _trees(
+        a, thresholds, dtype, n_outputs, (leaf_tree, leaf_node, leaf_out, leaf_w * scale)
+    )
+    ens = build(
+        trees,
+        n_outputs=n_outputs,
+        base=base,
+        n_features=n_features,
+        transform=_TRANSFORMS[post],
+        input_dtype=dtype,
+        source="onnx",
+        has_cover=False,
+    )
     if binary_case and post == "SOFTMAX":
         raise ModelLoadError("SOFTMAX over a single binary score column is not supported")
     return ens
@@ -147,7 +175,9 @@ def _n_features(a: dict[str, Any], width: int | None) -> int:
     if width is None:
         return used
     if used > width:
-        raise ModelLoadError(f"the trees split on feature {used - 1} but the input has {width} features")
+        raise ModelLoadError(
+            f"the trees split on feature {used - 1} but the input has {width} features"
+        )
     return width
 
 
@@ -167,9 +197,15 @@ def _trees(
     n_all = len(tree_ids)
     tracks = list(a.get("nodes_missing_value_tracks_true", [0] * n_all)) or [0] * n_all
     thr = np.asarray(thresholds, dtype=np.float32)
-    for name, arr in (("nodes_nodeids", node_ids), ("nodes_modes", modes), ("nodes_featureids", feats),
-                      ("nodes_truenodeids", true_ids), ("nodes_falsenodeids", false_ids),
-                      ("nodes_values", thr), ("nodes_missing_value_tracks_true", tracks)):
+    for name, arr in (
+        ("nodes_nodeids", node_ids),
+        ("nodes_modes", modes),
+        ("nodes_featureids", feats),
+        ("nodes_truenodeids", true_ids),
+        ("nodes_falsenodeids", false_ids),
+        ("nodes_values", thr),
+        ("nodes_missing_value_tracks_true", tracks),
+    ):
         if len(arr) != n_all:
             raise ModelLoadError(f"attribute {name} has {len(arr)} entries for {n_all} nodes")
     by_tree: dict[int, list[int]] = defaultdict(list)
@@ -200,7 +236,9 @@ def _trees(
             try:
                 tj, fj = local[true_ids[i]], local[false_ids[i]]
             except KeyError:
-                raise ModelLoadError(f"tree {t} node {node_ids[i]} points to a missing node") from None
+                raise ModelLoadError(
+                    f"tree {t} node {node_ids[i]} points to a missing node"
+                ) from None
             feature[j] = feats[i]
             if mode == "BRANCH_LEQ":
                 left[j], right[j], threshold[j] = tj, fj, float(thr[i])
@@ -211,7 +249,9 @@ def _trees(
             elif mode == "BRANCH_GT":  # x > t is not (x <= t)
                 left[j], right[j], threshold[j] = fj, tj, float(thr[i])
             else:
-                raise ModelLoadError(f"tree {t} node {node_ids[i]}: split mode {mode} is not supported")
+                raise ModelLoadError(
+                    f"tree {t} node {node_ids[i]}: split mode {mode} is not supported"
+                )
             # A NaN fails every comparison, so it takes the false branch unless tracked to true.
             default[j] = tj if int(tracks[i]) else fj
         children = set(left[left >= 0].tolist()) | set(right[right >= 0].tolist())
@@ -220,16 +260,28 @@ def _trees(
             raise ModelLoadError(f"tree {t} has {len(roots)} roots")
         if roots[0] != 0:
             order = _preorder(roots[0], left, right)
-            remap = {old: new for new, old in enumerate(order)}
             perm = np.asarray(order)
-            fix = np.vectorize(lambda c: remap[c] if c >= 0 else -1)
-            left, right, default = fix(left[perm]), fix(right[perm]), fix(default[perm])
+            new_index = np.empty(n, dtype=np.int64)
+            new_index[perm] = np.arange(n)
+            left, right, default = (
+                np.where(c >= 0, new_index[np.maximum(c, 0)], -1)
+                for c in (left[perm], right[perm], default[perm])
+            )
             feature, threshold, value = feature[perm], threshold[perm], value[perm]
         # Most multi-class converters give each tree one class: let the kernels skip the rest.
         used = np.flatnonzero(np.abs(value).sum(axis=0) > 0)
         output = int(used[0]) if len(used) == 1 else (0 if n_outputs == 1 else -1)
-        out.append({"left": left, "right": right, "default": default, "feature": feature,
-                    "threshold": threshold, "value": value, "output": output})
+        out.append(
+            {
+                "left": left,
+                "right": right,
+                "default": default,
+                "feature": feature,
+                "threshold": threshold,
+                "value": value,
+                "output": output,
+            }
+        )
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.ensemble import TreeEnsemble, Transform, build
+from explainers.ensemble import Transform, TreeEnsemble, build
 from explainers.errors import ModelLoadError
 
 
@@ -43,8 +43,12 @@ def load_sklearn_file(path: Path, trusted_sha256: frozenset[str]) -> tuple[TreeE
 
 def from_sklearn(model: Any) -> TreeEnsemble:
     name = type(model).__name__
-    if name in ("RandomForestClassifier", "ExtraTreesClassifier", "RandomForestRegressor",
-                "ExtraTreesRegressor"):
+    if name in (
+        "RandomForestClassifier",
+        "ExtraTreesClassifier",
+        "RandomForestRegressor",
+        "ExtraTreesRegressor",
+    ):
         return _forest(model)
     if name in ("GradientBoostingClassifier", "GradientBoostingRegressor"):
         return _gradient_boosting(model)
@@ -88,8 +92,16 @@ def _forest(model: Any) -> TreeEnsemble:
             v = t.value[:, :, 0]
         trees.append(_sk_tree(t, v / n_trees, -1))
     n_outputs = trees[0]["value"].shape[1]
-    return build(trees, n_outputs=n_outputs, base=0.0, n_features=int(model.n_features_in_),
-                 transform="identity", input_dtype=np.float32, source="sklearn", has_cover=True)
+    return build(
+        trees,
+        n_outputs=n_outputs,
+        base=0.0,
+        n_features=int(model.n_features_in_),
+        transform="identity",
+        input_dtype=np.float32,
+        source="sklearn",
+        has_cover=True,
+    )
 
 
 def _gradient_boosting(model: Any) -> TreeEnsemble:
@@ -110,8 +122,16 @@ def _gradient_boosting(model: Any) -> TreeEnsemble:
             v = np.zeros((t.node_count, k_per_stage))
             v[:, k] = t.value[:, 0, 0] * lr
             trees.append(_sk_tree(t, v, k, honours_missing=False))
-    return build(trees, n_outputs=k_per_stage, base=base, n_features=int(model.n_features_in_),
-                 transform=transform, input_dtype=np.float32, source="sklearn", has_cover=True)
+    return build(
+        trees,
+        n_outputs=k_per_stage,
+        base=base,
+        n_features=int(model.n_features_in_),
+        transform=transform,
+        input_dtype=np.float32,
+        source="sklearn",
+        has_cover=True,
+    )
 
 
 def _hist_gradient_boosting(model: Any) -> TreeEnsemble:
@@ -131,15 +151,25 @@ def _hist_gradient_boosting(model: Any) -> TreeEnsemble:
             right = np.where(leaf, -1, nodes["right"].astype(np.int64))
             v = np.zeros((len(nodes), n_outputs))
             v[:, k] = nodes["value"]
-            trees.append({
-                "left": left,
-                "right": right,
-                "default": np.where(nodes["missing_go_to_left"].astype(bool), left, right),
-                "feature": nodes["feature_idx"].astype(np.int64),
-                "threshold": nodes["num_threshold"].astype(np.float64),
-                "value": v,
-                "cover": nodes["count"].astype(np.float64),
-                "output": k,
-            })
-    return build(trees, n_outputs=n_outputs, base=base, n_features=int(model.n_features_in_),
-                 transform=transform, input_dtype=np.float64, source="sklearn", has_cover=True)
+            trees.append(
+                {
+                    "left": left,
+                    "right": right,
+                    "default": np.where(nodes["missing_go_to_left"].astype(bool), left, right),
+                    "feature": nodes["feature_idx"].astype(np.int64),
+                    "threshold": nodes["num_threshold"].astype(np.float64),
+                    "value": v,
+                    "cover": nodes["count"].astype(np.float64),
+                    "output": k,
+                }
+            )
+    return build(
+        trees,
+        n_outputs=n_outputs,
+        base=base,
+        n_features=int(model.n_features_in_),
+        transform=transform,
+        input_dtype=np.float64,
+        source="sklearn",
+        has_cover=True,
+    )

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.ensemble import TreeEnsemble, Transform, build, lt_to_le
+from explainers.ensemble import Transform, TreeEnsemble, build, lt_to_le
 from explainers.errors import ModelLoadError
 
 # objective -> (how base_score becomes a margin, transform from margin to prediction)
@@ -36,7 +36,7 @@ _OBJECTIVES: dict[str, tuple[str, Transform]] = {
 
 def load_xgboost_file(path: Path) -> TreeEnsemble:
     data = path.read_bytes()
-    if path.suffix.lower() == ".ubj" or not data.lstrip()[:1] == b"{":
+    if path.suffix.lower() == ".ubj" or data.lstrip()[:1] != b"{":
         data = _ubj_to_json(path, data)
     try:
         doc = json.loads(data)
@@ -47,7 +47,9 @@ def load_xgboost_file(path: Path) -> TreeEnsemble:
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ModelLoadError(f"{path}: malformed XGBoost model ({type(exc).__name__}: {exc})") from None
+        raise ModelLoadError(
+            f"{path}: malformed XGBoost model ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _ubj_to_json(path: Path, data: bytes) -> bytes:
@@ -78,7 +80,9 @@ def from_xgboost_json(doc: dict[str, Any]) -> TreeEnsemble:
         raise ModelLoadError(f"booster {kind!r} is not a tree ensemble (only gbtree and dart are)")
     objective = learner["objective"]["name"]
     if objective not in _OBJECTIVES:
-        raise ModelLoadError(f"objective {objective!r} is not supported (supported: {sorted(_OBJECTIVES)})")
+        raise ModelLoadError(
+            f"objective {objective!r} is not supported (supported: {sorted(_OBJECTIVES)})"
+        )
     base_kind, transform = _OBJECTIVES[objective]
     param = learner["learner_model_param"]
     n_features = int(param["num_feature"])

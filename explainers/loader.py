@@ -40,8 +40,18 @@ def detect_format(path: Path, head: bytes) -> str:
         return "lightgbm"
     if head[:1] == b"{":
         return "xgboost"
-    if head[:2] in (b"\x08\x01", b"\x08\x02", b"\x08\x03", b"\x08\x04", b"\x08\x05", b"\x08\x06",
-                    b"\x08\x07", b"\x08\x08", b"\x08\x09", b"\x08\x0a"):
+    if head[:2] in (
+        b"\x08\x01",
+        b"\x08\x02",
+        b"\x08\x03",
+        b"\x08\x04",
+        b"\x08\x05",
+        b"\x08\x06",
+        b"\x08\x07",
+        b"\x08\x08",
+        b"\x08\x09",
+        b"\x08\x0a",
+    ):
         return "onnx"  # protobuf field 1 (ir_version), varint
     raise ModelLoadError(
         f"{path}: unknown model format (expected .onnx, XGBoost .json/.ubj, or a LightGBM text model)"
@@ -89,7 +99,9 @@ def from_estimator(model: Any) -> LoadedModel:
         from explainers.load_sklearn import from_sklearn
 
         return LoadedModel(from_sklearn(model), sklearn_reference(model), "sklearn", "")
-    raise ModelLoadError(f"{type(model).__name__}: save XGBoost/LightGBM models to a file and load that")
+    raise ModelLoadError(
+        f"{type(model).__name__}: save XGBoost/LightGBM models to a file and load that"
+    )
 
 
 def _native(make: Any, path: Path) -> Reference | None:
@@ -99,5 +111,7 @@ def _native(make: Any, path: Path) -> Reference | None:
         return None
     except Exception as exc:  # the native library's own error types
         first = (str(exc).strip().splitlines() or ["unreadable"])[0]
-        raise ModelLoadError(f"{path}: the native library cannot read this model: {first}") from None
+        raise ModelLoadError(
+            f"{path}: the native library cannot read this model: {first}"
+        ) from None
     return ref

@@ -64,7 +64,9 @@ def xgboost_reference(path: Path) -> Reference:
     booster = xgboost.Booster(model_file=str(path))
 
     def run(X: FloatArray) -> FloatArray:
-        m = booster.predict(xgboost.DMatrix(X.astype(np.float32), missing=np.nan), output_margin=True)
+        m = booster.predict(
+            xgboost.DMatrix(X.astype(np.float32), missing=np.nan), output_margin=True
+        )
         return np.asarray(m, dtype=np.float64).reshape(X.shape[0], -1)
 
     return run

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from explainers import kernels
-from explainers.ensemble import FloatArray, TreeEnsemble
+from explainers.ensemble import FloatArray, IntArray, TreeEnsemble
 
 DEFAULT_TABLE_BUDGET_BYTES = 512 * 1024 * 1024
 MAX_TABLE_DEPTH = 16
@@ -45,9 +45,20 @@ class FastPathDependent:
         self._ens = ens
         depth = int(kernels.tree_depth(ens.left, ens.right, ens.roots))
         n_leaves = int((ens.left < 0).sum())
-        paths = kernels.leaf_paths(ens.left, ens.right, ens.feature, ens.cover, ens.roots, n_leaves, depth)
-        (self._leaf_node, self._leaf_tree, self._n_edges, self._edge_node, self._edge_left,
-         self._edge_slot, self._n_unique, self._unique_feature, zero_fraction) = paths
+        paths = kernels.leaf_paths(
+            ens.left, ens.right, ens.feature, ens.cover, ens.roots, n_leaves, depth
+        )
+        (
+            self._leaf_node,
+            self._leaf_tree,
+            self._n_edges,
+            self._edge_node,
+            self._edge_left,
+            self._edge_slot,
+            self._n_unique,
+            self._unique_feature,
+            zero_fraction,
+        ) = paths
         sizes = (1 << self._n_unique.astype(np.int64)) * self._n_unique
         self._offsets = np.zeros(n_leaves, dtype=np.int64)
         np.cumsum(sizes[:-1], out=self._offsets[1:])
@@ -82,9 +93,25 @@ class FastPathDependent:
 
     def explain(self, X: FloatArray) -> FloatArray:
         e = self._ens
-        args = (X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output,
-                self._leaf_node, self._leaf_tree, self._n_edges, self._edge_node, self._edge_left,
-                self._edge_slot, self._n_unique, self._unique_feature, self._offsets, self._weights)
+        args = (
+            X,
+            e.left,
+            e.default,
+            e.feature,
+            e.threshold,
+            e.value,
+            e.tree_output,
+            self._leaf_node,
+            self._leaf_tree,
+            self._n_edges,
+            self._edge_node,
+            self._edge_left,
+            self._edge_slot,
+            self._n_unique,
+            self._unique_feature,
+            self._offsets,
+            self._weights,
+        )
         if X.shape[0] >= self._parallel_min_rows and self._parallel_lock.acquire(blocking=False):
             try:
                 out: FloatArray = kernels.shap_parallel(*args)
@@ -106,7 +133,11 @@ class ShapLibrary:
         for t, (start, end) in enumerate(ens.tree_ranges()):
             left = ens.left[start:end]
             leaf = left < 0
-            local = lambda a: np.where(leaf, -1, a - start).astype(np.int32)  # noqa: E731
+
+            def local(a: FloatArray | IntArray, leaf: Any = leaf, start: int = start) -> IntArray:
+                out: IntArray = np.where(leaf, -1, a - start).astype(np.int32)
+                return out
+
             values = ens.value[start:end].copy()
             k = int(ens.tree_output[t])
             if k >= 0:
@@ -141,6 +172,11 @@ class ShapLibrary:
                 model, data=background, feature_perturbation="interventional"
             )
         self._expected = np.atleast_1d(np.asarray(self._explainer.expected_value, dtype=np.float64))
+        if background is not None:
+            # shap's own mean over the background is wrong for per-class trees in dict models.
+            from explainers.fidelity import margins
+
+            self._expected = margins(ens, background).mean(axis=0)
 
     @property
     def expected_value(self) -> FloatArray:

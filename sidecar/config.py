@@ -105,9 +105,52 @@ class DecisionSettings(_Section):
 class SamplingSettings(_Section):
     """Which decisions get explained (owned by the explanation stage)."""
 
+    rate: float = Field(0.1, ge=0.0, le=1.0)
+    """Fraction of decisions explained, chosen by a hash of the decision id (a replay chooses the same)."""
+    low_confidence_below: float | None = Field(0.6, ge=0.0, le=1.0)
+    """Always explain decisions whose confidence is below this (unset: no such rule)."""
+    header: str = "x-explain"
+    """Request header whose value 1/true asks for an explanation of every row of the call."""
+    group_rates: dict[str, float] = {}
+    """Per group attribute rates, e.g. {"gender=F" = 0.5}; the highest matching rate applies."""
+
+    @field_validator("group_rates")
+    @classmethod
+    def _check_group_rates(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, rate in v.items():
+            name, sep, value = key.partition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise ValueError(f"key {key!r} must look like attribute=value")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"rate for {key!r} must be between 0 and 1")
+        return v
+
 
 class ExplainerSettings(_Section):
     """The background TreeSHAP stage."""
+
+    workers: int = Field(1, ge=1, le=64)
+    """Threads explaining batches off the event loop (the kernel releases the GIL)."""
+    batch_size: int = Field(64, ge=1, le=100_000)
+    """Most decisions explained in one kernel call."""
+    queue_size: int = Field(10_000, ge=1)
+    """Decisions waiting to be explained; past it they are shed and counted."""
+    cache_entries: int = Field(100_000, ge=0)
+    """Explanations kept in the LRU cache keyed by (model version, feature-vector hash); 0 disables it."""
+    algorithm: Literal["path_dependent", "interventional"] = "path_dependent"
+    """Exact path-dependent TreeSHAP (node covers) or interventional against the background data."""
+    fidelity_tolerance: float = Field(1e-4, gt=0)
+    """Largest margin difference (relative above 1) from the reference runtime accepted at load."""
+    fidelity_rows: int = Field(256, ge=1)
+    """Probe rows (and background rows) compared with the reference runtime at load."""
+    top_k: int = Field(5, ge=0)
+    """Largest contributions listed per explanation for people (full vectors are always kept)."""
+    interventional_rows: int = Field(200, ge=1)
+    """Background rows interventional TreeSHAP averages over (cost grows linearly)."""
+    table_budget_mb: int = Field(512, ge=1)
+    """Memory for the fast kernel's per-leaf weight tables; deeper models use shap's kernel."""
+    trusted_sha256: list[str] = []
+    """SHA-256 digests of scikit-learn pickle/joblib artifacts you trust; others are never unpickled."""
 
 
 class GroupSettings(_Section):

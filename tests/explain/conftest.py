@@ -29,14 +29,20 @@ def xgb_models(model_dir: Path, data: Any) -> dict[str, Trained]:
 @pytest.fixture(scope="session")
 def lgb_models(model_dir: Path, data: Any) -> dict[str, Trained]:
     X, y = data
-    return {t: train_lightgbm(t, model_dir, X, y[t]) for t in ("binary", "multiclass", "regression")}
+    return {
+        t: train_lightgbm(t, model_dir, X, y[t]) for t in ("binary", "multiclass", "regression")
+    }
 
 
 @pytest.fixture(scope="session")
 def sk_models(model_dir: Path, data: Any) -> dict[str, Trained]:
     X, y = data
-    combos = [("rf", "binary"), ("et", "regression"), ("gb", "multiclass"), ("gb", "binary"),
-              ("hgb", "binary"), ("hgb", "regression")]
+    combos = [
+        ("rf", "binary"),
+        ("et", "regression"),
+        ("gb", "multiclass"),
+        ("gb", "binary"),
+        ("hgb", "binary"),
+        ("hgb", "regression"),
+    ]
     return {f"{k}-{t}": train_sklearn(k, t, model_dir, X, y[t]) for k, t in combos}
-
-

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 N_FEATURES = 6
 
@@ -28,7 +27,9 @@ class Trained:
     X: np.ndarray  # training rows (float32 grid, with NaN)
 
 
-def make_data(seed: int, n: int = 600, missing: float = 0.08) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def make_data(
+    seed: int, n: int = 600, missing: float = 0.08
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     X = np.round(rng.normal(size=(n, N_FEATURES)), 2).astype(np.float32)
     score = X[:, 0] + 0.8 * X[:, 1] * (X[:, 2] > 0) - 0.5 * X[:, 3]
@@ -66,7 +67,9 @@ def train_xgboost(task: str, tmp: Path, X: np.ndarray, y: np.ndarray) -> Trained
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onx = onnxmltools.convert_xgboost(model, initial_types=[("x", oft)], target_opset=15)
-    return Trained(f"xgboost-{task}", task, model, path, _save_onnx(onx, tmp / f"xgb_{task}.onnx"), X)
+    return Trained(
+        f"xgboost-{task}", task, model, path, _save_onnx(onx, tmp / f"xgb_{task}.onnx"), X
+    )
 
 
 def train_lightgbm(task: str, tmp: Path, X: np.ndarray, y: np.ndarray) -> Trained:
@@ -81,8 +84,12 @@ def train_lightgbm(task: str, tmp: Path, X: np.ndarray, y: np.ndarray) -> Traine
     oft, _ = _onnx_types()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onx = onnxmltools.convert_lightgbm(model, initial_types=[("x", oft)], target_opset=15, zipmap=False)
-    return Trained(f"lightgbm-{task}", task, model, path, _save_onnx(onx, tmp / f"lgb_{task}.onnx"), X)
+        onx = onnxmltools.convert_lightgbm(
+            model, initial_types=[("x", oft)], target_opset=15, zipmap=False
+        )
+    return Trained(
+        f"lightgbm-{task}", task, model, path, _save_onnx(onx, tmp / f"lgb_{task}.onnx"), X
+    )
 
 
 def train_sklearn(kind: str, task: str, tmp: Path, X: np.ndarray, y: np.ndarray) -> Trained:
@@ -93,11 +100,21 @@ def train_sklearn(kind: str, task: str, tmp: Path, X: np.ndarray, y: np.ndarray)
         ("rf", "binary"): lambda: ensemble.RandomForestClassifier(
             n_estimators=8, max_depth=5, bootstrap=False, max_features=0.5, random_state=0
         ),
-        ("et", "regression"): lambda: ensemble.ExtraTreesRegressor(n_estimators=8, max_depth=5, random_state=0),
-        ("gb", "multiclass"): lambda: ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3, random_state=0),
-        ("gb", "binary"): lambda: ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3, random_state=0),
-        ("hgb", "binary"): lambda: ensemble.HistGradientBoostingClassifier(max_iter=10, max_depth=4, random_state=0),
-        ("hgb", "regression"): lambda: ensemble.HistGradientBoostingRegressor(max_iter=10, max_depth=4, random_state=0),
+        ("et", "regression"): lambda: ensemble.ExtraTreesRegressor(
+            n_estimators=8, max_depth=5, random_state=0
+        ),
+        ("gb", "multiclass"): lambda: ensemble.GradientBoostingClassifier(
+            n_estimators=10, max_depth=3, random_state=0
+        ),
+        ("gb", "binary"): lambda: ensemble.GradientBoostingClassifier(
+            n_estimators=10, max_depth=3, random_state=0
+        ),
+        ("hgb", "binary"): lambda: ensemble.HistGradientBoostingClassifier(
+            max_iter=10, max_depth=4, random_state=0
+        ),
+        ("hgb", "regression"): lambda: ensemble.HistGradientBoostingRegressor(
+            max_iter=10, max_depth=4, random_state=0
+        ),
     }[(kind, task)]
     # skl2onnx drops scikit-learn's missing-value routing, so the models converted to ONNX
     # are trained and compared without NaN; HistGradientBoosting (native only) keeps them.
@@ -110,16 +127,24 @@ def train_sklearn(kind: str, task: str, tmp: Path, X: np.ndarray, y: np.ndarray)
     _, sft = _onnx_types()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onx = convert_sklearn(model, initial_types=[("x", sft)], target_opset={"": 15, "ai.onnx.ml": 3},
-                              options={id(model): {"zipmap": False}} if task != "regression" else None)
-    return Trained(f"sklearn-{kind}-{task}", task, model, tmp / "unused", _save_onnx(onx, onnx_path), Xf)
+        onx = convert_sklearn(
+            model,
+            initial_types=[("x", sft)],
+            target_opset={"": 15, "ai.onnx.ml": 3},
+            options={id(model): {"zipmap": False}} if task != "regression" else None,
+        )
+    return Trained(
+        f"sklearn-{kind}-{task}", task, model, tmp / "unused", _save_onnx(onx, onnx_path), Xf
+    )
 
 
 def write_parquet(path: Path, X: np.ndarray) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cols = {f"f{i}": pa.array(X[:, i].astype(np.float64), from_pandas=True) for i in range(X.shape[1])}
+    cols = {
+        f"f{i}": pa.array(X[:, i].astype(np.float64), from_pandas=True) for i in range(X.shape[1])
+    }
     pq.write_table(pa.table(cols), path)
     return path
 
@@ -134,7 +159,9 @@ def shap_reference(model: Any, X: np.ndarray, **kwargs: Any) -> tuple[np.ndarray
         sv = np.asarray(ref.shap_values(X, check_additivity=False), dtype=np.float64)
     if sv.ndim == 2:
         sv = sv[:, :, None]
-    return np.transpose(sv, (0, 2, 1)), np.atleast_1d(np.asarray(ref.expected_value, dtype=np.float64))
+    return np.transpose(sv, (0, 2, 1)), np.atleast_1d(
+        np.asarray(ref.expected_value, dtype=np.float64)
+    )
 
 
 def rows_to_explain(X: np.ndarray, n: int = 60) -> np.ndarray:

@@ -52,7 +52,9 @@ def test_lightgbm_text(lgb_models: dict[str, Trained], task: str) -> None:
     _check(build_explainer(m.path, model_version="v1"), rows, *shap_reference(m.native, rows))
 
 
-@pytest.mark.parametrize("name", ["rf-binary", "et-regression", "gb-binary", "hgb-binary", "hgb-regression"])
+@pytest.mark.parametrize(
+    "name", ["rf-binary", "et-regression", "gb-binary", "hgb-binary", "hgb-regression"]
+)
 def test_sklearn_estimators(sk_models: dict[str, Trained], name: str) -> None:
     m = sk_models[name]
     rows = rows_to_explain(m.X)
@@ -77,13 +79,20 @@ def test_sklearn_multiclass_gradient_boosting(sk_models: dict[str, Trained]) -> 
 ONNX_PATH_DEPENDENT = [
     # Models whose native covers are row counts, so covers computed from the training
     # rows as background reproduce them (XGBoost's classifier covers are hessian sums).
-    ("xgb", "regression"), ("lgb", "binary"), ("lgb", "multiclass"), ("lgb", "regression"),
-    ("sk", "rf-binary"), ("sk", "et-regression"), ("sk", "gb-binary"),
+    ("xgb", "regression"),
+    ("lgb", "binary"),
+    ("lgb", "multiclass"),
+    ("lgb", "regression"),
+    ("sk", "rf-binary"),
+    ("sk", "et-regression"),
+    ("sk", "gb-binary"),
 ]
 
 
 @pytest.mark.parametrize(("family", "key"), ONNX_PATH_DEPENDENT)
-def test_onnx_with_background_covers(request: pytest.FixtureRequest, family: str, key: str, tmp_path: Path) -> None:
+def test_onnx_with_background_covers(
+    request: pytest.FixtureRequest, family: str, key: str, tmp_path: Path
+) -> None:
     m: Trained = request.getfixturevalue(f"{family}_models")[key]
     rows = rows_to_explain(m.X)
     bg = write_parquet(tmp_path / "bg.parquet", m.X)
@@ -115,7 +124,9 @@ def test_deep_forest_falls_back_to_shap_kernel(data: Any) -> None:
     X, y = data
     X = np.nan_to_num(X)
     model = RandomForestRegressor(n_estimators=3, random_state=0).fit(X, y["regression"])
-    ex = Explainer(from_estimator(model), model_version="v1", options=ExplainerOptions(table_budget_bytes=1024))
+    ex = Explainer(
+        from_estimator(model), model_version="v1", options=ExplainerOptions(table_budget_bytes=1024)
+    )
     assert isinstance(ex._backend, ShapLibrary)
     rows = np.nan_to_num(rows_to_explain(X, n=20))
     _check(ex, rows, *shap_reference(model, rows))
@@ -136,9 +147,15 @@ def test_onnx_split_modes_are_equivalent(lgb_models: dict[str, Trained], tmp_pat
     leaf = [md == b"LEAF" for md in modes]
     new = {
         "nodes_modes": modes,
-        "nodes_truenodeids": [t if lf else f for t, f, lf in zip(true_ids, false_ids, leaf, strict=True)],
-        "nodes_falsenodeids": [f if lf else t for t, f, lf in zip(true_ids, false_ids, leaf, strict=True)],
-        "nodes_missing_value_tracks_true": [0 if lf else tr for tr, lf in zip(tracks, leaf, strict=True)],
+        "nodes_truenodeids": [
+            t if lf else f for t, f, lf in zip(true_ids, false_ids, leaf, strict=True)
+        ],
+        "nodes_falsenodeids": [
+            f if lf else t for t, f, lf in zip(true_ids, false_ids, leaf, strict=True)
+        ],
+        "nodes_missing_value_tracks_true": [
+            0 if lf else tr for tr, lf in zip(tracks, leaf, strict=True)
+        ],
     }
     for a in node.attribute:
         if a.name in new:
@@ -149,5 +166,7 @@ def test_onnx_split_modes_are_equivalent(lgb_models: dict[str, Trained], tmp_pat
     rows = rows_to_explain(m.X)
     a = build_explainer(m.onnx_path, model_version="v1", background_path=bg).explain(rows)
     b = build_explainer(gt_path, model_version="v1", background_path=bg).explain(rows)
-    np.testing.assert_allclose([e.contributions for e in a], [e.contributions for e in b], atol=1e-12)
+    np.testing.assert_allclose(
+        [e.contributions for e in a], [e.contributions for e in b], atol=1e-12
+    )
     assert load_model(gt_path).ensemble.digest == load_model(m.onnx_path).ensemble.digest

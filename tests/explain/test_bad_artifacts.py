@@ -22,13 +22,18 @@ def _truncate(src: Path, dst: Path, frac: float = 0.5) -> Path:
 
 
 @pytest.mark.parametrize("which", ["xgb-json", "xgb-ubj", "lgb", "onnx"])
-def test_truncated_files(xgb_models: dict[str, Trained], lgb_models: dict[str, Trained], tmp_path: Path, which: str) -> None:
+def test_truncated_files(
+    xgb_models: dict[str, Trained], lgb_models: dict[str, Trained], tmp_path: Path, which: str
+) -> None:
     if which == "xgb-ubj":
         src = tmp_path / "m.ubj"
         xgb_models["binary"].native.get_booster().save_model(str(src))
     else:
-        src = {"xgb-json": xgb_models["binary"].path, "lgb": lgb_models["binary"].path,
-               "onnx": xgb_models["binary"].onnx_path}[which]
+        src = {
+            "xgb-json": xgb_models["binary"].path,
+            "lgb": lgb_models["binary"].path,
+            "onnx": xgb_models["binary"].onnx_path,
+        }[which]
     bad = _truncate(src, tmp_path / f"bad{src.suffix}")
     with pytest.raises(ModelLoadError) as err:
         build_explainer(bad, model_version="v1")
@@ -56,7 +61,9 @@ def test_unsupported_operator_before_trees(tmp_path: Path) -> None:
     from sklearn.preprocessing import StandardScaler
 
     X = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
-    pipe = make_pipeline(StandardScaler(), RandomForestRegressor(n_estimators=2, max_depth=2)).fit(X, X[:, 0])
+    pipe = make_pipeline(StandardScaler(), RandomForestRegressor(n_estimators=2, max_depth=2)).fit(
+        X, X[:, 0]
+    )
     onx = convert_sklearn(pipe, initial_types=[("x", FloatTensorType([None, 3]))])
     path = tmp_path / "scaled.onnx"
     path.write_bytes(onx.SerializeToString())
@@ -70,7 +77,9 @@ def test_onnx_without_trees(tmp_path: Path) -> None:
     from sklearn.linear_model import LinearRegression
 
     X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
-    onx = convert_sklearn(LinearRegression().fit(X, X[:, 0]), initial_types=[("x", FloatTensorType([None, 3]))])
+    onx = convert_sklearn(
+        LinearRegression().fit(X, X[:, 0]), initial_types=[("x", FloatTensorType([None, 3]))]
+    )
     path = tmp_path / "linear.onnx"
     path.write_bytes(onx.SerializeToString())
     with pytest.raises(ModelLoadError, match="no TreeEnsembleClassifier/TreeEnsembleRegressor"):
@@ -85,7 +94,9 @@ def test_onnx_unsupported_split_mode(lgb_models: dict[str, Trained], tmp_path: P
     node = next(n for n in model.graph.node if n.op_type.startswith("TreeEnsemble"))
     for a in node.attribute:
         if a.name == "nodes_modes":
-            modes = [b"BRANCH_EQ" if m == b"BRANCH_LEQ" else m for m in helper.get_attribute_value(a)]
+            modes = [
+                b"BRANCH_EQ" if m == b"BRANCH_LEQ" else m for m in helper.get_attribute_value(a)
+            ]
             a.CopyFrom(helper.make_attribute("nodes_modes", modes))
     path = tmp_path / "eq.onnx"
     onnx.save(model, str(path))
@@ -128,11 +139,15 @@ def test_predictions_differ_from_runtime(xgb_models: dict[str, Trained]) -> None
     a = load_model(xgb_models["binary"].path)
     b = load_model(xgb_models["regression"].path)
     mixed = LoadedModel(a.ensemble, b.reference, "xgboost", a.sha256)
-    with pytest.raises(FidelityError, match=r"disagree with the reference runtime at row \d+, output 0"):
+    with pytest.raises(
+        FidelityError, match=r"disagree with the reference runtime at row \d+, output 0"
+    ):
         Explainer(mixed, model_version="v1")
 
 
-def test_tampered_onnx_leaf_is_caught_by_ort(xgb_models: dict[str, Trained], tmp_path: Path) -> None:
+def test_tampered_onnx_leaf_is_caught_by_ort(
+    xgb_models: dict[str, Trained], tmp_path: Path
+) -> None:
     """Parsed leaves altered after loading (a parser bug in disguise) fail the fidelity check."""
     from dataclasses import replace
 

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import numpy as np
+from explain_models import Trained
+
+from explainers.cache import LRUCache, row_key
+from explainers.explainer import ExplainerOptions, build_explainer
+
+
+def test_lru_evicts_least_recently_used() -> None:
+    c: LRUCache[int] = LRUCache(2)
+    a, b, d = ("v", b"a"), ("v", b"b"), ("v", b"d")
+    c.put(a, 1)
+    c.put(b, 2)
+    assert c.get(a) == 1  # a is now the most recent
+    c.put(d, 3)
+    assert c.get(b) is None and c.get(a) == 1 and c.get(d) == 3
+    assert (c.hits, c.misses, c.evictions, len(c)) == (3, 1, 1, 2)
+
+
+def test_keys_follow_version_and_exact_values() -> None:
+    row = np.array([1.0, np.nan, 2.0])
+    assert row_key("v1", row) == row_key("v1", row.copy())
+    assert row_key("v1", row) != row_key("v2", row)
+    assert row_key("v1", row) != row_key("v1", np.array([1.0, np.nan, 2.0000000001]))
+
+
+def test_batch_fills_and_reads_the_cache(xgb_models: dict[str, Trained]) -> None:
+    m = xgb_models["binary"]
+    ex = build_explainer(m.path, model_version="v1", options=ExplainerOptions(cache_entries=50))
+    X = m.X[:40].astype(np.float64)
+    first = ex.explain(X)
+    assert not any(e.cache_hit for e in first)
+    again = ex.explain(np.vstack([X[:10], m.X[40:45]]))
+    assert [e.cache_hit for e in again] == [True] * 10 + [False] * 5
+    assert again[3].contributions == first[3].contributions
+    ex.explain(m.X[45:60])
+    assert len(ex.cache) == 50 and ex.cache.evictions == 10
