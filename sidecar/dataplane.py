@@ -35,8 +35,10 @@ wall_clock = time.time
 class GroupSource(Protocol):
     """Where group attributes come from (sidecar.groups)."""
 
-    header_name: bytes
-    body_field: str | None
+    @property
+    def header_name(self) -> bytes: ...
+    @property
+    def body_field(self) -> str | None: ...
 
     def from_request(
         self, headers: RawHeaders, body_groups: Any, features: dict[str, Any] | None
@@ -46,8 +48,10 @@ class GroupSource(Protocol):
 class Router(Protocol):
     """Review routing rules (sidecar.review.routing)."""
 
-    mode: str
-    header_name: bytes
+    @property
+    def mode(self) -> str: ...
+    @property
+    def header_name(self) -> bytes: ...
 
     def route(self, decision: Decision, review_requested: bool) -> str | None: ...
 

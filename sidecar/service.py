@@ -13,12 +13,20 @@ from typing import Any, Literal
 
 import uvicorn
 
+from sidecar.auth import Authenticator, TokenTable
 from sidecar.config import Settings
 from sidecar.controlplane import create_control_app
 from sidecar.dataplane import DataPlane
-from sidecar.events import decision_event
+from sidecar.decisions import Decision
+from sidecar.events import decision_event, explanation_event
+from sidecar.explain_stage import ExplainStage, build_explainer
+from sidecar.groups import GroupExtractor
 from sidecar.metrics import Registry
-from sidecar.pipeline import Batch, Pipeline, Stage
+from sidecar.pipeline import Batch, Pipeline
+from sidecar.review.api import create_review_router
+from sidecar.review.routing import ReviewRouter
+from sidecar.review.store import SqliteReviewStore
+from sidecar.sampling import Sampler
 from sidecar.server import serve
 from sidecar.sinks import EventSink, build_sink
 from sidecar.store import DecisionStore
@@ -54,33 +62,73 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = Registry()
+        self.registry = registry = Registry()
+        # The model is loaded and checked before any port is opened: a model that
+        # cannot be explained faithfully stops the start (ExplainerError names why).
+        explainer = build_explainer(settings, registry)
         self._proxy_sock = bind(settings.proxy.host, settings.proxy.port)
         self._control_sock = bind(settings.control.host, settings.control.port)
         self.proxy_url = _url(self._proxy_sock)
         self.control_url = _url(self._control_sock)
         self.upstream = Upstream(settings.proxy)
-        self.store = DecisionStore(settings.decisions.retention, self.registry)
-        self.sink: EventSink = build_sink(settings, self.registry)
+        self.store = DecisionStore(settings.decisions.retention, registry)
+        self.sink: EventSink = build_sink(settings, registry)
         self._features_policy = settings.sink.features
-        stages: list[tuple[str, Stage]] = [("record", self._record), ("publish", self._publish)]
-        self.pipeline = Pipeline(settings.decisions.queue_size, self.registry, stages)
+        self.sampler = Sampler(settings.sampling)
+        self.explain_stage = (
+            ExplainStage(settings, registry, explainer, self._explained)
+            if explainer is not None
+            else None
+        )
+        r = settings.review
+        self.router = ReviewRouter(r) if r.enabled else None
+        self.review_store = SqliteReviewStore(
+            r.db_path, sink=self.sink, registry=registry, lease_seconds=r.lease_seconds
+        )
+        self.groups = GroupExtractor(settings.groups, registry)
+        self.pipeline = Pipeline(
+            settings.decisions.queue_size,
+            registry,
+            [
+                ("record", self._record),
+                ("sample", self._sample),
+                ("publish", self._publish),
+                ("explain", self._explain),
+                ("review", self._review),
+            ],
+        )
         m = settings.model
         self.dataplane = DataPlane(
             upstream=self.upstream,
             pipeline=self.pipeline,
-            registry=self.registry,
+            registry=registry,
             max_body=settings.proxy.max_inference_body_bytes,
             max_rows=settings.proxy.max_rows_per_request,
             mlflow_model=m.name or "model",
             model_version=m.version,
             feature_names=list(m.feature_names),
             class_labels=list(m.class_labels),
+            groups=self.groups,
+            router=self.router,
+            explain_header=settings.sampling.header.lower().encode("latin-1"),
             control_url=self.control_url,
         )
+        auth = Authenticator(
+            TokenTable.from_settings(settings.auth), settings.auth.group_attribute_roles
+        )
+        review_api = create_review_router(
+            settings=r,
+            authenticator=auth,
+            store=self.review_store,
+            registry=registry,
+            decisions=self.store,
+            explain_now=self._explain_now if self.explain_stage is not None else None,
+        )
         self.control_app = create_control_app(
-            registry=self.registry,
+            registry=registry,
             ready_checks=[("upstream", self.upstream.reachable), ("sink", self._sink_ready)],
+            routers=[review_api],
+            guard=auth.require("auditor", "admin"),
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,
         )
@@ -89,13 +137,48 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self.started = threading.Event()
 
+    # -- pipeline stages (the background thread, in this order) --
     def _record(self, batch: Batch) -> None:
         self.store.add(batch.decisions)
+
+    def _sample(self, batch: Batch) -> None:
+        if self.explain_stage is not None:
+            self.sampler.select(batch.decisions, batch.explain_requested)
 
     def _publish(self, batch: Batch) -> None:
         publish, policy = self.sink.publish, self._features_policy
         for d in batch.decisions:
             publish("decision", d.decision_id, decision_event(d, policy))
+
+    def _explain(self, batch: Batch) -> None:
+        if self.explain_stage is not None:
+            chosen = [d for d in batch.decisions if d.sampled]
+            if chosen:
+                self.explain_stage.submit(chosen)
+
+    def _review(self, batch: Batch) -> None:
+        held = batch.held
+        for d in batch.decisions:
+            if d.review is None:
+                continue
+            explanation = self.store.get_explanation(d.decision_id)
+            if held is not None:
+                self.review_store.enqueue(d, explanation, held.body, held.headers, held.status)
+            else:
+                self.review_store.enqueue(d, explanation)
+
+    # -- explanation results (explainer threads) --
+    def _explained(self, decision: Decision, explanation: Any) -> None:
+        body = explanation.to_dict()
+        self.store.set_explanation(decision, body)
+        if decision.review is not None:
+            self.review_store.set_explanation(decision.decision_id, body)
+        self.sink.publish("explanation", decision.decision_id, explanation_event(decision, body))
+
+    def _explain_now(self, decision: Decision) -> dict[str, Any]:
+        assert self.explain_stage is not None
+        body: dict[str, Any] = self.explain_stage.explain_now(decision).to_dict()
+        return body
 
     async def _sink_ready(self) -> bool:
         return self.sink.ready()
@@ -118,6 +201,8 @@ class Service:
     async def start(self) -> None:
         await self.upstream.start()
         self.sink.start()
+        if self.explain_stage is not None:
+            self.explain_stage.start()
         self.pipeline.start()
         self._data_server = await serve(self.dataplane.handle, self._proxy_sock)
         self._servers = [self._server(self.control_app, "on")]
@@ -140,12 +225,19 @@ class Service:
         if self._data_server is not None:
             self._data_server.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.pipeline.drain(5.0)
-        self.pipeline.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.sink.close, 5.0)
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_background)
         await self.upstream.close()
         for sock in (self._proxy_sock, self._control_sock):
             sock.close()
+
+    def _stop_background(self) -> None:
+        # In order: what the hot path handed over is recorded and explained, then flushed.
+        self.pipeline.drain(5.0)
+        self.pipeline.close()
+        if self.explain_stage is not None:
+            self.explain_stage.close(5.0)
+        self.review_store.close()
+        self.sink.close(5.0)
 
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM, stop cleanly."""

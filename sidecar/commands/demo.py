@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from sidecar.config import ConfigError, SamplingSettings, Settings, load_settings
+from sidecar.config import ConfigError, Settings, load_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,7 +63,7 @@ def demo_settings(upstream: str, port: int, control_port: int, state: Path, toke
                     }
                 }
             },
-            **({"sampling": {"rate": 0.25}} if "rate" in SamplingSettings.model_fields else {}),
+            "sampling": {"rate": 0.25},
         }
     )
 
