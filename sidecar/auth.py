@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from sidecar.config import AuthSettings, ConfigError
@@ -99,6 +100,13 @@ class TokenTable:
 
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sidecar"'}
+# auto_error off: the 401 (with its challenge) is ours, and the scheme still shows in OpenAPI.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="A token from auth.tokens or auth.tokens_file; its role decides what it may do.",
+)
+_BEARER_DEP = Security(BEARER)
 
 
 class Authenticator:
@@ -108,25 +116,23 @@ class Authenticator:
         self._tokens = tokens
         self._group_roles = frozenset(group_attribute_roles)
 
-    def principal(self, request: Request) -> Principal:
+    def identify(self, credentials: HTTPAuthorizationCredentials | None) -> Principal:
         """The caller, from `Authorization: Bearer <token>`; 401 otherwise."""
-        header = request.headers.get("authorization")
-        if header is None:
+        if credentials is None:
             raise HTTPException(401, "missing Authorization: Bearer <token>", _CHALLENGE)
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(401, "Authorization must be 'Bearer <token>'", _CHALLENGE)
-        found = self._tokens.lookup(token.strip())
+        found = self._tokens.lookup(credentials.credentials.strip())
         if found is None:
             raise HTTPException(401, "unknown token", _CHALLENGE)
         return found
 
-    def require(self, *roles: Role) -> Callable[[Request], Principal]:
-        """A dependency that admits only the given roles (403 for the others)."""
+    def require(self, *roles: Role) -> Callable[..., Principal]:
+        """A dependency that admits only the given roles (401 without a token, 403 for others)."""
         allowed = frozenset(roles)
 
-        def dependency(request: Request) -> Principal:
-            who = self.principal(request)
+        def dependency(
+            credentials: HTTPAuthorizationCredentials | None = _BEARER_DEP,
+        ) -> Principal:
+            who = self.identify(credentials)
             if who.role not in allowed:
                 raise HTTPException(
                     403,

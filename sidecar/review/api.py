@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from sidecar.auth import Authenticator, Principal
@@ -59,6 +61,34 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """422 for query parameters the route does not take: a typo must not silently widen a filter."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise HTTPException(
+            422,
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ["query", name],
+                    "msg": "unknown query parameter",
+                }
+                for name in unknown
+            ],
+        )
+
+
 def _refused(exc: ReviewError) -> HTTPException:
     return HTTPException(exc.status, exc.message)
 
@@ -90,7 +120,7 @@ def create_review_router(
     explain_now: ExplainFn | None = None,
 ) -> APIRouter:
     """Everything under /review/, GET /decisions/{id}, and the console at / and /console/."""
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(refuse_unknown_query)])
     explanations = Explanations(
         store=store,
         decisions=decisions,

@@ -91,20 +91,25 @@ class ItemPageOut(BaseModel):
 
 
 class DecideIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The schema states the override rule too, so generated clients and fuzzers know it.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"action": {"const": "override"}}},
+            "then": {"required": ["outcome"], "properties": {"outcome": {"not": {"type": "null"}}}},
+        },
+    )
 
     action: Literal["approve", "override"]
     outcome: Any = None
-    """Required to override: the outcome that replaces the model's prediction."""
-    reason: str = Field(min_length=1)
-    """Why; recorded in the audit trail."""
+    """Required to override (not null): the outcome that replaces the model's prediction."""
+    reason: str = Field(min_length=1, pattern=r"\S")
+    """Why; recorded in the audit trail. Must not be blank."""
 
     @model_validator(mode="after")
     def _outcome_for_override(self) -> DecideIn:
         if self.action == "override" and self.outcome is None:
             raise ValueError("an override needs an outcome")
-        if not self.reason.strip():
-            raise ValueError("reason must not be blank")
         return self
 
 
