@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from review_helpers import ADMIN, ReviewEnv, bearer, build_env, control_app, make_decision
 from schemathesis.openapi import from_asgi
 
-EXAMPLES = 30
+EXAMPLES = 20
 
 
 @pytest.fixture(scope="module")
