@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+from explainers.errors import ExplainerError
 from sidecar.config import ConfigError, Settings, load_settings
 
 
@@ -127,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         try:
             runner = ServiceThread(settings)
+        except (ConfigError, ExplainerError) as exc:
+            print(f"sidecar demo: cannot start: {exc}", file=sys.stderr)
+            return 2
         except OSError as exc:
             print(
                 f"sidecar demo: cannot listen ({exc}); choose free ports with --port and --control-port",

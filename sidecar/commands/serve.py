@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from explainers.errors import ExplainerError
 from sidecar.config import ConfigError, load_settings
 
 
@@ -27,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     loop = new_event_loop()
     try:
         service = Service(settings)
+    except (ConfigError, ExplainerError) as exc:
+        print(f"sidecar: cannot start: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"sidecar: cannot listen: {exc}", file=sys.stderr)
         return 1
