@@ -20,6 +20,7 @@ from sidecar.review import audit
 Status = Literal["pending", "claimed", "decided"]
 Action = Literal["approve", "override"]
 STATUSES: tuple[Status, ...] = ("pending", "claimed", "decided")
+_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
 
 
 class ReviewError(Exception):
@@ -88,7 +89,10 @@ class ReviewItem:
 
 
 def decision_to_dict(decision: Decision) -> dict[str, Any]:
-    d = dataclasses.asdict(decision)
+    # A shallow copy by field: dataclasses.asdict deep-copies every feature value, which
+    # took half of an enqueue.
+    d = {name: getattr(decision, name) for name in _DECISION_FIELDS}
+    d["group_attributes"] = dict(decision.group_attributes)
     d["decision_id"] = decision.decision_id
     return d
 

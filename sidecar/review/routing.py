@@ -19,13 +19,20 @@ ReviewMode = Literal["flag", "hold"]
 
 _TRUTHY = frozenset({"1", "true", "yes", "on"})
 _SCALE = float(1 << 64)
-_AUDIT_SALT = b"review.audit_sample"
+_MASK = (1 << 64) - 1
 
 
-def sample_point(salt: bytes, key: str) -> float:
-    """A uniform number in [0, 1) fixed by (salt, key)."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8, key=salt).digest()
-    return int.from_bytes(digest, "big") / _SCALE
+def id_hash(key: str) -> int:
+    """64 bits of BLAKE2b of the decision id: computed once per decision, shared by all samples."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+def sample_point(salt: int, h: int) -> float:
+    """A uniform number in [0, 1) fixed by (salt, id hash): splitmix64's finaliser over both."""
+    z = (h ^ salt) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return (z ^ (z >> 31)) / _SCALE
 
 
 def score_of(decision: Decision) -> float | None:
@@ -70,7 +77,7 @@ class ReviewRouter:
         self._band = settings.band
         self._audit_rate = settings.audit_rate
         always: dict[tuple[str, str], str] = {}
-        rates: dict[tuple[str, str], tuple[float, str, bytes]] = {}
+        rates: dict[tuple[str, str], tuple[float, str, int]] = {}
         for key, rule in settings.group_rules.items():
             attr, _, value = key.partition("=")
             pair = (attr.strip(), value.strip())
@@ -103,6 +110,7 @@ class ReviewRouter:
             score = score_of(decision)
             if score is not None and self._band[0] <= score <= self._band[1]:
                 return "band"
+        h = -1  # the id's hash, computed only if a sample needs it
         groups = decision.group_attributes
         if groups and (self._always_groups or self._rate_groups):
             for pair in groups.items():
@@ -110,15 +118,22 @@ class ReviewRouter:
                 if reason is not None:
                     return reason
                 rated = self._rate_groups.get(pair)
-                if rated is not None and sample_point(rated[2], decision.decision_id) < rated[0]:
-                    return rated[1]
-        if self._audit_rate > 0 and (
-            sample_point(_AUDIT_SALT, decision.decision_id) < self._audit_rate
-        ):
-            return "audit_sample"
+                if rated is not None:
+                    if h < 0:
+                        h = id_hash(decision.decision_id)
+                    if sample_point(rated[2], h) < rated[0]:
+                        return rated[1]
+        if self._audit_rate > 0:
+            if h < 0:
+                h = id_hash(decision.decision_id)
+            if sample_point(_AUDIT_SALT, h) < self._audit_rate:
+                return "audit_sample"
         return None
 
 
-def reason_salt(reason: str) -> bytes:
+def reason_salt(reason: str) -> int:
     # Distinct salts keep a group sample and the audit sample independent of each other.
-    return hashlib.blake2b(reason.encode(), digest_size=16).digest()
+    return int.from_bytes(hashlib.blake2b(reason.encode(), digest_size=8).digest(), "big")
+
+
+_AUDIT_SALT = reason_salt("audit_sample")
