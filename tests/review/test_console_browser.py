@@ -82,6 +82,8 @@ def test_a_reviewer_claims_and_overrides_an_item(
     rows = page.locator("#queue-table tbody tr")
     expect(rows).to_have_count(3)
     expect(page.locator("#counts")).to_have_text("3 pending · 0 claimed · 0 decided")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "queue.png"))
 
     # Filters narrow the queue.
     page.fill("#f-reason", "band")
@@ -116,7 +118,6 @@ def test_a_reviewer_claims_and_overrides_an_item(
     expect(page.locator("#claim-line")).to_contain_text("Claimed by alice")
     expect(page.locator("#override-btn")).to_be_enabled()
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOTS / "decision.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
