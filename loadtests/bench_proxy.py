@@ -118,6 +118,8 @@ def _combine(results: list[LoadResult]) -> dict[str, Any]:
         * sum(r.cpu_s for r in results)
         / max(sum(r.sent for r in results), 1),
         "round_p50_ms": [r.summary().get("p50_ms") for r in results],
+        # Where the tail came from: a stall at a round's start is warm-up, a regular beat a timer.
+        "slowest": [{"round": i, **s} for i, r in enumerate(results) for s in r.slowest(3)],
     }
 
 

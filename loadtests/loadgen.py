@@ -56,6 +56,8 @@ class LoadResult:
     duration_s: float
     sent: int = 0
     latencies: list[float] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+    """When each answered request was sent (or scheduled, if backlogged), seconds into the run."""
     statuses: Counter[int] = field(default_factory=Counter)
     errors: int = 0
     unanswered: int = 0
@@ -63,6 +65,12 @@ class LoadResult:
     lags: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     cpu_s: float = 0.0
+
+    def slowest(self, k: int = 5) -> list[dict[str, float]]:
+        """The `k` slowest requests: when they left (s into the run) and how long they took."""
+        lat = np.asarray(self.latencies)
+        idx = np.argsort(lat)[::-1][:k]
+        return [{"at_s": round(self.starts[i], 3), "ms": round(lat[i] * 1000.0, 3)} for i in idx]
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies) * 1000.0
@@ -128,7 +136,9 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
 
     def on_message_complete(self) -> None:
-        self._gen.completed(self, self._parser.get_status_code(), _perf() - self.started)
+        self._gen.completed(
+            self, self._parser.get_status_code(), self.started, _perf() - self.started
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -147,6 +157,7 @@ class _Generator:
         self.next_request = 0
         self.all_done: asyncio.Event = asyncio.Event()
         self.expected = 0
+        self.t0 = 0.0
 
     def dispatch(self, scheduled: float, now: float) -> None:
         self.result.sent += 1
@@ -163,8 +174,9 @@ class _Generator:
         self.busy.add(conn)
         conn.send(data, started)
 
-    def completed(self, conn: _Connection, status: int, latency: float) -> None:
+    def completed(self, conn: _Connection, status: int, started: float, latency: float) -> None:
         self.result.latencies.append(latency)
+        self.result.starts.append(started - self.t0)
         self.result.statuses[status] += 1
         self.busy.discard(conn)
         if self.backlog:
@@ -215,7 +227,7 @@ async def run_load(
     gen.expected = total
     interval = 1.0 / rate
     cpu0 = time.process_time()
-    t0 = _perf() + 0.005
+    t0 = gen.t0 = _perf() + 0.005
     i = 0
     while i < total:
         now = _perf()
