@@ -215,8 +215,10 @@ def fill_weights(n_unique, zero_fraction, offsets, weights):
 
 
 @_jit
-def _shap_row(
-    x,
+def _shap_rows(
+    X,
+    r0,
+    r1,
     phi,
     go,
     left,
@@ -225,8 +227,9 @@ def _shap_row(
     threshold,
     value,
     tree_output,
+    roots,
+    leaf_start,
     leaf_node,
-    leaf_tree,
     n_edges,
     edge_node,
     edge_left,
@@ -236,32 +239,270 @@ def _shap_row(
     offsets,
     weights,
 ):
-    for n in range(left.shape[0]):
-        if left[n] >= 0:
-            v = x[feature[n]]
-            go[n] = (default[n] == left[n]) if np.isnan(v) else v <= threshold[n]
+    """Rows r0..r1 tree by tree, leaf by leaf: a leaf's weight table (at most a few KB)
+    stays in cache while every row of the block looks up its mask in it, so the tables
+    stream through memory once per block instead of once per row."""
     n_out = value.shape[1]
-    for li in range(leaf_node.shape[0]):
-        d = n_unique[li]
-        if d == 0:
-            continue
-        mask = (1 << d) - 1
-        for e in range(n_edges[li]):
-            if go[edge_node[li, e]] != edge_left[li, e]:
-                mask &= ~(1 << edge_slot[li, e])
-        base = offsets[li] + mask * d
-        node = leaf_node[li]
-        k0 = tree_output[leaf_tree[li]]
-        if k0 >= 0:
-            v = value[node, k0]
+    n_nodes = left.shape[0]
+    for t in range(roots.shape[0]):
+        s = roots[t]
+        e = roots[t + 1] if t + 1 < roots.shape[0] else n_nodes
+        for r in range(r0, r1):
+            for n in range(s, e):
+                if left[n] >= 0:
+                    v = X[r, feature[n]]
+                    go[r - r0, n - s] = (
+                        (default[n] == left[n]) if np.isnan(v) else v <= threshold[n]
+                    )
+        k0 = tree_output[t]
+        for li in range(leaf_start[t], leaf_start[t + 1]):
+            d = n_unique[li]
+            if d == 0:
+                continue
+            node = leaf_node[li]
+            off = offsets[li]
+            ne = n_edges[li]
+            full = (1 << d) - 1
+            for r in range(r0, r1):
+                mask = full
+                for q in range(ne):
+                    if go[r - r0, edge_node[li, q] - s] != edge_left[li, q]:
+                        mask &= ~(1 << edge_slot[li, q])
+                base = off + mask * d
+                if k0 >= 0:
+                    val = value[node, k0]
+                    for j in range(d):
+                        phi[r, k0, unique_feature[li, j]] += weights[base + j] * val
+                else:
+                    for j in range(d):
+                        wj = weights[base + j]
+                        f = unique_feature[li, j]
+                        for k in range(n_out):
+                            phi[r, k, f] += wj * value[node, k]
+
+
+@_jit
+def path_bits(left, roots, leaf_start, n_edges, edge_node, edge_left, edge_slot, n_unique):
+    """Bit form of each leaf's path, for trees with at most 64 internal nodes.
+
+    rank[n] numbers node n among its tree's internal nodes; for leaf l and path feature
+    slot s, need_left[l, s] / need_right[l, s] hold the ranks of the slot's edges that go
+    left / right. A row satisfies slot s iff its go-left bits cover need_left and miss
+    need_right. Returns (rank, need_left, need_right), or a rank of -1s when a tree is
+    too large for 64 bits.
+    """
+    n_nodes = left.shape[0]
+    rank = np.full(n_nodes, -1, dtype=np.int64)
+    n_leaves = n_unique.shape[0]
+    D = edge_slot.shape[1]
+    need_left = np.zeros((n_leaves, D), dtype=np.int64)
+    need_right = np.zeros((n_leaves, D), dtype=np.int64)
+    for t in range(roots.shape[0]):
+        s = roots[t]
+        e = roots[t + 1] if t + 1 < roots.shape[0] else n_nodes
+        k = 0
+        for n in range(s, e):
+            if left[n] >= 0:
+                rank[n] = k
+                k += 1
+        if k > 64:
+            rank[:] = -1
+            return rank, need_left, need_right
+    for li in range(n_leaves):
+        for q in range(n_edges[li]):
+            bit = np.int64(1) << rank[edge_node[li, q]]
+            if edge_left[li, q]:
+                need_left[li, edge_slot[li, q]] |= bit
+            else:
+                need_right[li, edge_slot[li, q]] |= bit
+    return rank, need_left, need_right
+
+
+@_jit
+def _shap_rows_bits(
+    X,
+    r0,
+    r1,
+    phi,
+    gobits,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    rank,
+    need_left,
+    need_right,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+):
+    """As _shap_rows, with each row's go-left decisions in a tree packed into one int64."""
+    n_out = value.shape[1]
+    D = need_left.shape[1]
+    nl = np.empty(D, dtype=np.int64)
+    nr = np.empty(D, dtype=np.int64)
+    uf = np.empty(D, dtype=np.int64)
+    n_nodes = left.shape[0]
+    for t in range(roots.shape[0]):
+        s = roots[t]
+        e = roots[t + 1] if t + 1 < roots.shape[0] else n_nodes
+        for r in range(r0, r1):
+            g = np.int64(0)
+            for n in range(s, e):
+                if left[n] >= 0:
+                    v = X[r, feature[n]]
+                    goes = (default[n] == left[n]) if np.isnan(v) else v <= threshold[n]
+                    if goes:
+                        g |= np.int64(1) << rank[n]
+            gobits[r - r0] = g
+        k0 = tree_output[t]
+        for li in range(leaf_start[t], leaf_start[t + 1]):
+            d = n_unique[li]
+            if d == 0:
+                continue
+            node = leaf_node[li]
+            off = offsets[li]
+            # The leaf's few path features, hoisted out of the row loop.
             for j in range(d):
-                phi[k0, unique_feature[li, j]] += weights[base + j] * v
-        else:
-            for j in range(d):
-                wj = weights[base + j]
-                f = unique_feature[li, j]
-                for k in range(n_out):
-                    phi[k, f] += wj * value[node, k]
+                nl[j] = need_left[li, j]
+                nr[j] = need_right[li, j]
+                uf[j] = unique_feature[li, j]
+            if k0 >= 0:
+                val = value[node, k0]
+                for r in range(r0, r1):
+                    g = gobits[r - r0]
+                    mask = 0
+                    for j in range(d):
+                        if (g & nl[j]) == nl[j] and (g & nr[j]) == 0:
+                            mask |= 1 << j
+                    base = off + mask * d
+                    row = phi[r, k0]
+                    for j in range(d):
+                        row[uf[j]] += weights[base + j] * val
+            else:
+                for r in range(r0, r1):
+                    g = gobits[r - r0]
+                    mask = 0
+                    for j in range(d):
+                        if (g & nl[j]) == nl[j] and (g & nr[j]) == 0:
+                            mask |= 1 << j
+                    base = off + mask * d
+                    for j in range(d):
+                        wj = weights[base + j]
+                        for k in range(n_out):
+                            phi[r, k, uf[j]] += wj * value[node, k]
+
+
+@_jit
+def shap_bits_serial(
+    X,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    rank,
+    need_left,
+    need_right,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+    block,
+):
+    n = X.shape[0]
+    phi = np.zeros((n, value.shape[1], X.shape[1]))
+    gobits = np.empty(block, dtype=np.int64)
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        _shap_rows_bits(
+            X,
+            r0,
+            r1,
+            phi,
+            gobits,
+            left,
+            default,
+            feature,
+            threshold,
+            value,
+            tree_output,
+            roots,
+            leaf_start,
+            leaf_node,
+            rank,
+            need_left,
+            need_right,
+            n_unique,
+            unique_feature,
+            offsets,
+            weights,
+        )
+    return phi
+
+
+@_pjit
+def shap_bits_parallel(
+    X,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    rank,
+    need_left,
+    need_right,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+    block,
+):
+    n = X.shape[0]
+    phi = np.zeros((n, value.shape[1], X.shape[1]))
+    n_blocks = (n + block - 1) // block
+    for b in numba.prange(n_blocks):
+        r0 = b * block
+        r1 = min(r0 + block, n)
+        gobits = np.empty(block, dtype=np.int64)
+        _shap_rows_bits(
+            X,
+            r0,
+            r1,
+            phi,
+            gobits,
+            left,
+            default,
+            feature,
+            threshold,
+            value,
+            tree_output,
+            roots,
+            leaf_start,
+            leaf_node,
+            rank,
+            need_left,
+            need_right,
+            n_unique,
+            unique_feature,
+            offsets,
+            weights,
+        )
+    return phi
 
 
 @_jit
@@ -273,8 +514,9 @@ def shap_serial(
     threshold,
     value,
     tree_output,
+    roots,
+    leaf_start,
     leaf_node,
-    leaf_tree,
     n_edges,
     edge_node,
     edge_left,
@@ -283,14 +525,19 @@ def shap_serial(
     unique_feature,
     offsets,
     weights,
+    max_tree_nodes,
+    block,
 ):
     n = X.shape[0]
     phi = np.zeros((n, value.shape[1], X.shape[1]))
-    go = np.empty(left.shape[0], dtype=np.bool_)
-    for r in range(n):
-        _shap_row(
-            X[r],
-            phi[r],
+    go = np.empty((block, max_tree_nodes), dtype=np.bool_)
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        _shap_rows(
+            X,
+            r0,
+            r1,
+            phi,
             go,
             left,
             default,
@@ -298,8 +545,9 @@ def shap_serial(
             threshold,
             value,
             tree_output,
+            roots,
+            leaf_start,
             leaf_node,
-            leaf_tree,
             n_edges,
             edge_node,
             edge_left,
@@ -321,8 +569,9 @@ def shap_parallel(
     threshold,
     value,
     tree_output,
+    roots,
+    leaf_start,
     leaf_node,
-    leaf_tree,
     n_edges,
     edge_node,
     edge_left,
@@ -331,14 +580,21 @@ def shap_parallel(
     unique_feature,
     offsets,
     weights,
+    max_tree_nodes,
+    block,
 ):
     n = X.shape[0]
     phi = np.zeros((n, value.shape[1], X.shape[1]))
-    for r in numba.prange(n):
-        go = np.empty(left.shape[0], dtype=np.bool_)
-        _shap_row(
-            X[r],
-            phi[r],
+    n_blocks = (n + block - 1) // block
+    for b in numba.prange(n_blocks):
+        r0 = b * block
+        r1 = min(r0 + block, n)
+        go = np.empty((block, max_tree_nodes), dtype=np.bool_)
+        _shap_rows(
+            X,
+            r0,
+            r1,
+            phi,
             go,
             left,
             default,
@@ -346,8 +602,9 @@ def shap_parallel(
             threshold,
             value,
             tree_output,
+            roots,
+            leaf_start,
             leaf_node,
-            leaf_tree,
             n_edges,
             edge_node,
             edge_left,

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import numba
 import numpy as np
 
 from explainers import kernels
@@ -65,6 +67,18 @@ class FastPathDependent:
         self._weights = np.empty(int(sizes.sum()))
         kernels.fill_weights(self._n_unique, zero_fraction, self._offsets, self._weights)
         self._parallel_min_rows = parallel_min_rows
+        self._threads = max(1, numba.get_num_threads())
+        self._leaf_start = np.searchsorted(self._leaf_tree, np.arange(ens.n_trees + 1)).astype(
+            np.int64
+        )
+        sizes_per_tree = np.diff(np.append(ens.roots, ens.n_nodes))
+        self._max_tree_nodes = int(sizes_per_tree.max())
+        self._rank, self._need_left, self._need_right = kernels.path_bits(
+            ens.left, ens.roots, self._leaf_start, self._n_edges, self._edge_node,
+            self._edge_left, self._edge_slot, self._n_unique,
+        )  # fmt: skip
+        # Packed path bits need every tree to have at most 64 internal nodes.
+        self._bits = bool((self._rank[ens.left >= 0] >= 0).all())
         # numba's default threading layer must not be entered by two threads at once.
         self._parallel_lock = threading.Lock()
         root_cover = ens.cover[ens.roots[self._leaf_tree]]
@@ -93,32 +107,33 @@ class FastPathDependent:
 
     def explain(self, X: FloatArray) -> FloatArray:
         e = self._ens
-        args = (
-            X,
-            e.left,
-            e.default,
-            e.feature,
-            e.threshold,
-            e.value,
-            e.tree_output,
-            self._leaf_node,
-            self._leaf_tree,
-            self._n_edges,
-            self._edge_node,
-            self._edge_left,
-            self._edge_slot,
-            self._n_unique,
-            self._unique_feature,
-            self._offsets,
-            self._weights,
-        )
-        if X.shape[0] >= self._parallel_min_rows and self._parallel_lock.acquire(blocking=False):
+        n = X.shape[0]
+        parallel = n >= self._parallel_min_rows and self._threads > 1
+        # Blocks small enough that a block's phi rows and go flags stay in L2.
+        block = max(1, min(128, -(-n // self._threads) if parallel else 128))
+        if self._bits:
+            args: tuple[Any, ...] = (
+                X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output, e.roots,
+                self._leaf_start, self._leaf_node, self._rank, self._need_left, self._need_right,
+                self._n_unique, self._unique_feature, self._offsets, self._weights, block,
+            )  # fmt: skip
+            serial_fn: Callable[..., FloatArray] = kernels.shap_bits_serial
+            parallel_fn: Callable[..., FloatArray] = kernels.shap_bits_parallel
+        else:
+            args = (
+                X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output, e.roots,
+                self._leaf_start, self._leaf_node, self._n_edges, self._edge_node,
+                self._edge_left, self._edge_slot, self._n_unique, self._unique_feature,
+                self._offsets, self._weights, self._max_tree_nodes, block,
+            )  # fmt: skip
+            serial_fn, parallel_fn = kernels.shap_serial, kernels.shap_parallel
+        if parallel and self._parallel_lock.acquire(blocking=False):
             try:
-                out: FloatArray = kernels.shap_parallel(*args)
+                out: FloatArray = parallel_fn(*args)
             finally:
                 self._parallel_lock.release()
             return out
-        serial: FloatArray = kernels.shap_serial(*args)
+        serial: FloatArray = serial_fn(*args)
         return serial
 
 

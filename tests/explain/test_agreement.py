@@ -170,3 +170,20 @@ def test_onnx_split_modes_are_equivalent(lgb_models: dict[str, Trained], tmp_pat
         [e.contributions for e in a], [e.contributions for e in b], atol=1e-12
     )
     assert load_model(gt_path).ensemble.digest == load_model(m.onnx_path).ensemble.digest
+
+
+@pytest.mark.parametrize(("family", "key"), [("xgb", "multiclass"), ("sk", "rf-binary")])
+def test_packed_and_edge_kernels_agree(
+    request: pytest.FixtureRequest, family: str, key: str
+) -> None:
+    """Trees over 64 internal nodes use the per-edge kernel; both must give the same phi."""
+    m: Trained = request.getfixturevalue(f"{family}_models")[key]
+    loaded = from_estimator(m.native) if family == "sk" else load_model(m.path)
+    backend = FastPathDependent(loaded.ensemble, parallel_min_rows=8)
+    X = loaded.ensemble.prepare(rows_to_explain(m.X, n=40))
+    assert backend._bits
+    packed, packed_1 = backend.explain(X), backend.explain(X[:3])
+    backend._bits = False
+    np.testing.assert_allclose(backend.explain(X), packed, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(backend.explain(X[:3]), packed_1, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(packed[:3], packed_1, rtol=0, atol=1e-12)
