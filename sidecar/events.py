@@ -12,8 +12,8 @@ against them.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -32,19 +32,39 @@ ReviewAction = Literal["requested", "claimed", "released", "decided"]
 FeaturesPolicy = Literal["full", "hash"]
 
 # Fixed namespace so ids agree across processes, restarts and machines.
-_NAMESPACE = uuid.UUID("6b1f4c3e-2a8d-5e7b-9c41-0d3f5a6e7b80")
+_NAMESPACE = uuid.UUID("6b1f4c3e-2a8d-5e7b-9c41-0d3f5a6e7b80").bytes
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def event_id(*parts: object) -> str:
-    """A stable id from the parts that identify one event."""
-    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+    """A stable id from the parts that identify one event: a UUIDv5 (RFC 9562)."""
+    # uuid.uuid5 builds UUID objects; hashing and formatting directly is 4x cheaper.
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE + "\x1f".join(map(str, parts)).encode()).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_second: tuple[int, str] = (-1, "")
 
 
 def rfc3339(ts: float | None = None) -> str:
     """Unix seconds (default: now) as RFC 3339 UTC with microseconds, e.g. 2026-11-23T10:00:00.000001Z."""
-    dt = datetime.fromtimestamp(ts, UTC) if ts is not None else datetime.now(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _second
+    if ts is None:
+        ts = time.time()
+    sec = int(ts // 1)
+    micros = round((ts - sec) * 1e6)
+    if micros >= 1_000_000:
+        sec, micros = sec + 1, micros - 1_000_000
+    cached = _second
+    if cached[0] != sec:
+        # Events come in bursts within one second: format the date part once per second.
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def features_hash(features: list[Any] | None) -> str | None:

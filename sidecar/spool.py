@@ -119,6 +119,23 @@ def _parse_at(buf: bytes, off: int) -> Record | None:
     return Record(seq, KINDS[code], key, eid, t, buf[i + tl : end], _NOWHERE, False, end)
 
 
+def scan(directory: Path) -> list[Record]:
+    """Every valid record in a spool directory, oldest first, without opening it (tools, tests)."""
+    out: list[Record] = []
+    for path in sorted(Path(directory).glob("*" + _SUFFIX)):
+        buf, off = path.read_bytes(), 0
+        while off < len(buf):
+            rec = _parse_at(buf, off)
+            if rec is None:
+                i = buf.find(_MAGIC_BYTES, off + 1)
+                off = len(buf) if i == -1 else i
+                continue
+            rec.pos = Position(int(path.name[: -len(_SUFFIX)]), off)
+            out.append(rec)
+            off = rec.end
+    return out
+
+
 def _needed(buf: bytes, off: int) -> int | None:
     """Bytes a plausible record at `off` needs when `buf` ends before it does, else None."""
     if off + HEADER.size > len(buf):

@@ -2,8 +2,11 @@
 
 It keeps at most `max_in_flight` records handed to the producer and not yet
 acknowledged; everything else waits in the spool, on disk, not in memory.
-Producer callbacks only append to a deque; this thread does the
-bookkeeping, so the spool has a single reader and a single acknowledger.
+The in-flight records sit in a queue in spool order next to their futures;
+the thread pops completed ones from the front, so what it acknowledges to
+the spool is always a prefix. Only the last future of each batch gets a
+callback, and all it does is wake this thread: per-record callbacks cost
+more than the whole spool append.
 
 On a delivery error it waits for every outstanding record to resolve,
 rewinds the spool to the first unacknowledged record and sends again from
@@ -16,26 +19,44 @@ import collections
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from sidecar.metrics import Registry
-from sidecar.spool import Position, Record, Spool
+from sidecar.spool import Record, Spool
 
 log = logging.getLogger("sidecar.sinks.delivery")
+
+
+class Future(Protocol):
+    is_done: bool
+    exception: BaseException | None
+
+    def add_both(self, f: Callable[..., Any], *args: Any) -> Any: ...
 
 
 class Producer(Protocol):
     def send(
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
-    ) -> Any: ...
-
-    def flush(self, timeout: float | None = None) -> None: ...
+    ) -> Future: ...
 
     def close(self, timeout: float | None = None) -> None: ...
 
 
 HeaderBuilder = Callable[[Record], list[tuple[str, bytes]]]
+
+
+def crc32_partition(key: bytes, partitions: list[int]) -> int:
+    """The partition for `key`: CRC-32 of the key modulo the partition count.
+
+    The same mapping as librdkafka's `consistent` partitioner, computed in C;
+    kafka-python's default (the Java client's murmur2) is pure Python and
+    cost more per event than the spool. Every sidecar replica maps a key alike.
+    """
+    if len(partitions) == 1:
+        return partitions[0]
+    return partitions[zlib.crc32(key) % len(partitions)]
 
 
 class Delivery:
@@ -59,15 +80,10 @@ class Delivery:
         self._retry_backoff_s = retry_backoff_s
         self._resolve_timeout_s = resolve_timeout_s
         self._producer: Producer | None = None
-        self._inflight: collections.deque[Record] = collections.deque()
-        self._acked: set[int] = set()
-        self._outstanding = 0
+        self._inflight: collections.deque[tuple[Record, Future]] = collections.deque()
         self._failed = False
-        self._unsent: Position | None = None
+        self._unsent: Record | None = None
         self._max_sent = -1
-        # Written by the producer's I/O thread, drained here.
-        self._done: collections.deque[tuple[int, int, BaseException | None]] = collections.deque()
-        self._gen = 0  # bumped when a producer is abandoned: its late callbacks are ignored
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._deadline = 0.0
@@ -92,7 +108,7 @@ class Delivery:
         registry.gauge(
             "sidecar_events_in_flight",
             "Events handed to the producer and not yet acknowledged",
-            fn=lambda: float(self._outstanding),
+            fn=lambda: float(len(self._inflight)),
         )
         registry.gauge(
             "sidecar_producer_connected",
@@ -110,17 +126,11 @@ class Delivery:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout_s + 2.0)
+            self._thread.join(timeout_s + 3.0)
             self._thread = None
 
-    # -- callbacks (producer I/O thread) --------------------------------
-
-    def _on_ack(self, gen: int, seq: int, _metadata: object) -> None:
-        self._done.append((gen, seq, None))
-        self._wake.set()
-
-    def _on_error(self, gen: int, seq: int, exc: BaseException) -> None:
-        self._done.append((gen, seq, exc))
+    def _wake_up(self, *_: object) -> None:
+        # Runs on the producer's I/O thread: do nothing but wake the delivery thread.
         self._wake.set()
 
     # -- the loop ---------------------------------------------------------
@@ -136,27 +146,30 @@ class Delivery:
                 if self._failed:
                     self._recover()
                     continue
-                room = self._max_in_flight - self._outstanding
+                room = self._max_in_flight - len(self._inflight)
                 if room <= 0:
-                    self._wake.wait(0.05)
-                    self._wake.clear()
+                    self._wait()
                     continue
-                records = self._spool.read(min(room, 4096), 0.05)
+                # While records are in flight, poll the spool briefly so acks are seen soon.
+                records = self._spool.read(min(room, 4096), 0.005 if self._inflight else 0.05)
                 if records:
                     self._send(records)
-                elif self._outstanding:
-                    self._wake.wait(0.01)
-                    self._wake.clear()
+                elif self._inflight:
+                    self._wait()
         except Exception:
             log.exception("kafka delivery thread failed; events stay in the spool")
         finally:
             self._shutdown()
 
+    def _wait(self) -> None:
+        self._wake.wait(0.01)
+        self._wake.clear()
+
     def _should_finish(self) -> bool:
         if time.monotonic() >= self._deadline:
             return True
         self._drain()
-        return self._outstanding == 0 and not self._spool.unread()
+        return not self._inflight and not self._spool.unread()
 
     def _connect(self) -> bool:
         try:
@@ -173,10 +186,12 @@ class Delivery:
     def _send(self, records: list[Record]) -> None:
         producer = self._producer
         assert producer is not None
-        topics, headers, gen = self._topics, self._headers, self._gen
-        for i, rec in enumerate(records):
+        topics, headers, inflight = self._topics, self._headers, self._inflight
+        fut = None
+        sent = replayed = 0
+        for rec in records:
             if rec.replay or rec.seq <= self._max_sent:
-                self.m_replayed.inc()
+                replayed += 1
             try:
                 fut = producer.send(
                     topics[rec.kind], value=rec.body, key=rec.key.encode(), headers=headers(rec)
@@ -187,78 +202,66 @@ class Delivery:
                 self.connected = False
                 log.warning("kafka: send failed (%s); events stay in the spool", exc)
                 self._failed = True
-                self._unsent = rec.pos
-                del records[i:]
-                return
-            self._inflight.append(rec)
-            self._outstanding += 1
+                self._unsent = rec
+                break
+            inflight.append((rec, fut))
+            sent += 1
             if rec.seq > self._max_sent:
                 self._max_sent = rec.seq
-            fut.add_callback(self._on_ack, gen, rec.seq)
-            fut.add_errback(self._on_error, gen, rec.seq)
-        self.m_sent.inc(len(records))
+        if sent and fut is not None:
+            fut.add_both(self._wake_up)
+        self.m_sent.inc(sent)
+        self.m_replayed.inc(replayed)
 
     def _drain(self) -> None:
-        done = self._done
-        if not done:
-            return
-        acked = self._acked
-        n_ok = 0
-        gen = self._gen
-        while done:
-            g, seq, exc = done.popleft()
-            if g != gen:
-                continue
-            self._outstanding -= 1
-            if exc is None:
-                acked.add(seq)
-                n_ok += 1
-            elif not self._failed:
-                self.m_errors.inc()
-                self._failed = True
-                self.connected = False
-                log.warning("kafka: delivery failed (%s); will replay from the spool", exc)
-            else:
-                self.m_errors.inc()
-        self.m_acked.inc(n_ok)
+        """Pop acknowledged records off the front; stop at the first failure."""
         inflight = self._inflight
-        moved = False
-        while inflight and inflight[0].seq in acked:
-            acked.discard(inflight.popleft().seq)
-            moved = True
-        if moved and not self._failed:
-            self.connected = True
+        n = 0
+        while inflight:
+            fut = inflight[0][1]
+            if not fut.is_done:
+                break
+            if fut.exception is not None:
+                if not self._failed:
+                    self.m_errors.inc()
+                    self._failed = True
+                    self.connected = False
+                    log.warning(
+                        "kafka: delivery failed (%s); will replay from the spool", fut.exception
+                    )
+                break
+            inflight.popleft()
+            n += 1
+        if n:
+            self.m_acked.inc(n)
+            if not self._failed:
+                self.connected = True
             if inflight:
-                self._spool.acknowledge(inflight[0].seq, inflight[0].pos)
+                self._spool.acknowledge(inflight[0][0].seq, inflight[0][0].pos)
+            elif self._unsent is not None:
+                self._spool.acknowledge(self._unsent.seq, self._unsent.pos)
             else:
                 self._spool.acknowledge(self._max_sent + 1, None)
 
     def _recover(self) -> None:
         """Wait for every outstanding record, rewind to the first unacknowledged, back off."""
         deadline = time.monotonic() + self._resolve_timeout_s
-        while self._outstanding > 0 and time.monotonic() < deadline:
+        inflight = self._inflight
+        while any(not f.is_done for _, f in inflight) and time.monotonic() < deadline:
             self._wake.wait(0.1)
             self._wake.clear()
-            self._drain()
             if self._stop.is_set() and time.monotonic() >= self._deadline:
                 return
-        inflight = self._inflight
-        while inflight and inflight[0].seq in self._acked:
-            self._acked.discard(inflight.popleft().seq)
-        if inflight:
-            first = inflight[0]
+        self._drain()
+        first = inflight[0][0] if inflight else self._unsent
+        if first is not None:
             self._spool.acknowledge(first.seq, first.pos)
             self._spool.rewind(first.pos)
-        elif self._unsent is not None:
-            self._spool.rewind(self._unsent)
-        inflight.clear()
-        self._acked.clear()
-        self._unsent = None
-        if self._outstanding > 0:
+        if any(not f.is_done for _, f in inflight):
             # Futures that never resolved: start over with a fresh producer.
-            self._gen += 1
             self._close_producer(0.0)
-            self._outstanding = 0
+        inflight.clear()
+        self._unsent = None
         self._failed = False
         self._stop.wait(self._retry_backoff_s)
 

@@ -17,7 +17,7 @@ from sidecar import events
 from sidecar.config import ConfigError, KafkaSettings, SpoolSettings
 from sidecar.metrics import Registry
 from sidecar.sinks.base import EventKind
-from sidecar.sinks.delivery import Delivery, Producer
+from sidecar.sinks.delivery import Delivery, Producer, crc32_partition
 from sidecar.sinks.stats import SinkStats
 from sidecar.spool import Record, Spool
 
@@ -58,6 +58,7 @@ def producer_config(k: KafkaSettings) -> dict[str, Any]:
         "security_protocol": k.security_protocol,
         "ssl_check_hostname": k.ssl_check_hostname,
     }
+    cfg["partitioner"] = _crc32_partitioner()
     if k.sasl_mechanism is not None:
         cfg["sasl_mechanism"] = k.sasl_mechanism
     if k.sasl_username is not None:
@@ -82,6 +83,27 @@ def producer_config(k: KafkaSettings) -> dict[str, Any]:
             raise ConfigError("config key 'kafka.extra.acks': the sidecar always uses acks=all")
         cfg[name] = value
     return cfg
+
+
+def _crc32_partitioner() -> Any:
+    from kafka.partitioner import Partitioner
+
+    class Crc32Partitioner(Partitioner):  # type: ignore[misc]
+        def partition(
+            self,
+            topic: str,
+            key: Any,
+            serialized_key: bytes | None,
+            value: Any,
+            serialized_value: Any,
+            cluster: Any,
+        ) -> int:
+            parts = cluster.partitions_for_topic(topic)
+            if not parts:
+                raise ValueError(f"topic {topic} not found in the cluster metadata")
+            return crc32_partition(serialized_key or b"", sorted(parts))
+
+    return Crc32Partitioner()
 
 
 class KafkaSink:
