@@ -95,6 +95,8 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        if value is None:
+            raise SystemExit(f"--set {item!r}: TOML has no null; leave the key out for its default")
         out.setdefault(section, {})[name] = value
     return out
 

@@ -126,7 +126,12 @@ class SidecarProcess:
         # The URL lines come once the sockets are bound; readiness is the control plane's call.
         if not self._seen.wait(timeout_s) or "control" not in self.urls:
             self.stop()
-            raise RuntimeError(f"sidecar did not report its URLs; see {self._log_path}")
+            tail = (
+                self._log_path.read_text(errors="replace")[-2000:]
+                if self._log_path.exists()
+                else ""
+            )
+            raise RuntimeError(f"sidecar did not start; {self._log_path} ends:\n{tail}")
         try:
             wait_ready(f"{self.urls['control']}/readyz", deadline - time.monotonic(), self.proc)
         except BaseException:
