@@ -90,6 +90,12 @@ def test_config_is_accepted_by_the_sidecar(tmp_path: Path) -> None:
 def test_parse_set_rejects_a_bare_key() -> None:
     with pytest.raises(SystemExit, match=r"section\.key=value"):
         parse_set(["rate=1"])
+    with pytest.raises(SystemExit, match="no null"):
+        parse_set(["sampling.low_confidence_below=null"])
+    assert parse_set(["a.b=0.5", "a.c=files", "d.e=[1, 2]"]) == {
+        "a": {"b": 0.5, "c": "files"},
+        "d": {"e": [1, 2]},
+    }
 
 
 def test_bench_proxy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
