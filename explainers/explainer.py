@@ -22,6 +22,7 @@ from explainers.errors import ExplainerError, ModelLoadError
 from explainers.explanation import Explanation, json_value
 from explainers.fidelity import check_fidelity, margins, probe_rows
 from explainers.loader import LoadedModel, load_model
+from explainers.probability import to_probability
 from explainers.treeshap import DEFAULT_TABLE_BUDGET_BYTES, Backend, choose_backend
 
 
@@ -34,6 +35,7 @@ class ExplainerOptions:
     top_k: int = 5
     table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES
     interventional_rows: int = 200  # background rows interventional SHAP averages over
+    output_space: str = "margin"  # or "probability": a documented rescaling (probability.py)
 
 
 class Explainer:
@@ -49,6 +51,8 @@ class Explainer:
         options: ExplainerOptions | None = None,
     ) -> None:
         self.options = opts = options or ExplainerOptions()
+        if opts.output_space not in ("margin", "probability"):
+            raise ModelLoadError(f"output space {opts.output_space!r}: use margin or probability")
         ens = loaded.ensemble
         self.model_version = model_version
         self.background_hash = background.sha256 if background is not None else None
@@ -143,11 +147,15 @@ class Explainer:
     def _compute(self, X: FloatArray) -> list[Explanation]:
         phi, m = self.shap_values(X)
         base = np.asarray(self._base)
-        err = np.abs(phi.sum(axis=2) + base - m).max(axis=1)
+        out_m = m
+        bases = np.broadcast_to(base, m.shape)
+        if self.options.output_space == "probability":
+            phi, m, bases = to_probability(phi, m, base, self.ensemble.transform)
+        err = np.abs(phi.sum(axis=2) + bases - m).max(axis=1)
         k = self.options.top_k
         res = []
         for r in range(X.shape[0]):
-            out = int(np.argmax(m[r])) if m.shape[1] > 1 else 0
+            out = int(np.argmax(out_m[r])) if m.shape[1] > 1 else 0
             contrib = phi[r]
             top = [
                 {
@@ -162,9 +170,9 @@ class Explainer:
                     model_version=self.model_version,
                     explainer=self.name,
                     explainer_version=self.version,
-                    output_space="margin",
+                    output_space=self.options.output_space,
                     feature_names=self.feature_names,
-                    base_values=self._base,
+                    base_values=self._base if out_m is m else bases[r].tolist(),
                     contributions=contrib.tolist(),
                     additivity_error=float(err[r]) if math.isfinite(err[r]) else float("inf"),
                     cache_hit=False,

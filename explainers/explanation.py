@@ -14,7 +14,9 @@ class Explanation:
     model_version: str
     explainer: str  # e.g. "treeshap.path_dependent"
     explainer_version: str
-    output_space: str  # "margin" (log-odds for boosted classifiers, probability for forests)
+    # "margin": exact TreeSHAP of the raw score (log-odds for boosted classifiers, the
+    # averaged probability for forests); "probability": that, rescaled (probability.py).
+    output_space: str
     feature_names: list[str]
     base_values: list[float]  # one per model output
     contributions: list[list[float]]  # outputs x features
@@ -22,7 +24,7 @@ class Explanation:
     cache_hit: bool
     background_hash: str | None
     top: list[dict[str, Any]]  # k largest |contribution| for the output of interest
-    margin: list[float]
+    margin: list[float]  # the model's output per output, in output_space
 
     def to_dict(self) -> dict[str, Any]:
         """Exactly the contract's keys, JSON-ready."""

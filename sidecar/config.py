@@ -151,6 +151,8 @@ class ExplainerSettings(_Section):
     """Memory for the fast kernel's per-leaf weight tables; deeper models use shap's kernel."""
     trusted_sha256: list[str] = []
     """SHA-256 digests of scikit-learn pickle/joblib artifacts you trust; others are never unpickled."""
+    output_space: Literal["margin", "probability"] = "margin"
+    """margin: exact TreeSHAP of the raw score; probability: contributions rescaled to sum to p - p(base)."""
 
 
 class GroupSettings(_Section):

@@ -47,6 +47,7 @@ def build_explainer(settings: Settings, registry: Registry) -> Explainer | None:
         top_k=e.top_k,
         table_budget_bytes=e.table_budget_mb * 1024 * 1024,
         interventional_rows=e.interventional_rows,
+        output_space=e.output_space,
     )
     started = time.perf_counter()
     try:

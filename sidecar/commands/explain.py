@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--algorithm", choices=("path_dependent", "interventional"), default="path_dependent"
     )
+    p.add_argument(
+        "--output-space",
+        choices=("margin", "probability"),
+        default="margin",
+        help="margin: exact TreeSHAP of the raw score; probability: rescaled to sum to p - p(base)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="largest contributions listed per row")
     p.add_argument("--fidelity-tolerance", type=float, default=1e-4)
     p.add_argument(
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             fidelity_tolerance=args.fidelity_tolerance,
             cache_entries=0,
+            output_space=args.output_space,
         )
         explainer = build_explainer(
             args.model,
@@ -99,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         "format": explainer.format,
         "explainer": explainer.name,
         "explainer_version": explainer.version,
-        "output_space": "margin",
+        "output_space": args.output_space,
         "transform": explainer.ensemble.transform,
         "background_hash": explainer.background_hash,
         "feature_names": explainer.feature_names,

@@ -187,3 +187,24 @@ def test_packed_and_edge_kernels_agree(
     np.testing.assert_allclose(backend.explain(X), packed, rtol=0, atol=1e-12)
     np.testing.assert_allclose(backend.explain(X[:3]), packed_1, rtol=0, atol=1e-12)
     np.testing.assert_allclose(packed[:3], packed_1, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_probability_space_is_additive(xgb_models: dict[str, Trained], task: str) -> None:
+    m = xgb_models[task]
+    rows = rows_to_explain(m.X, n=30)
+    margin = build_explainer(m.path, model_version="v1").explain(rows)
+    prob = build_explainer(
+        m.path, model_version="v1", options=ExplainerOptions(output_space="probability")
+    ).explain(rows)
+    p = m.native.predict_proba(rows.astype(np.float32))
+    for a, b, pr in zip(margin, prob, p, strict=True):
+        assert b.output_space == "probability" and b.additivity_error <= TOL
+        got = np.asarray(b.margin)
+        np.testing.assert_allclose(got, pr[1:] if got.size == 1 else pr, atol=1e-5)
+        # Per output, one factor maps the exact margin values to these.
+        ca, cb = np.asarray(a.contributions), np.asarray(b.contributions)
+        factor = cb.sum(axis=1) / ca.sum(axis=1)
+        np.testing.assert_allclose(cb, ca * factor[:, None], atol=1e-9)
+        if task == "binary":
+            assert (factor > 0).all()
