@@ -6,9 +6,8 @@ call, answers cached rows from the cache and computes the rest in one kernel cal
 
 from __future__ import annotations
 
-import heapq
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +93,7 @@ class Explainer:
         self.name = self._backend.name
         self.version = f"{__version__}+{type(self._backend).__name__}"
         self._base = [float(v) for v in self._backend.expected_value]
-        self.cache: LRUCache[Explanation] = LRUCache(opts.cache_entries)
+        self.cache: LRUCache[_Entry] = LRUCache(opts.cache_entries)
 
     def _check(self, loaded: LoadedModel, ens: TreeEnsemble, bg: Background | None) -> float | None:
         if loaded.reference is None:
@@ -130,11 +129,11 @@ class Explainer:
                 todo.append(i)
                 out.append(None)
             else:
-                out.append(replace(hit, cache_hit=True))
+                out.append(self._explanation(X[i], hit, cache_hit=True))
         if todo:
-            for i, expl in zip(todo, self._compute(X[todo]), strict=True):
-                self.cache.put(keys[i], expl)
-                out[i] = expl
+            for i, entry in zip(todo, self._compute(X[todo]), strict=True):
+                self.cache.put(keys[i], entry)
+                out[i] = self._explanation(X[i], entry, cache_hit=False)
         return [e for e in out if e is not None]
 
     def explain_one(self, row: Any) -> Explanation:
@@ -144,44 +143,68 @@ class Explainer:
         """Raw arrays for prepared rows: (phi (rows, outputs, features), margins (rows, outputs))."""
         return self._backend.explain(X), margins(self.ensemble, X)
 
-    def _compute(self, X: FloatArray) -> list[Explanation]:
+    def _compute(self, X: FloatArray) -> list[_Entry]:
         phi, m = self.shap_values(X)
         base = np.asarray(self._base)
-        out_m = m
+        raw_margin = m
         bases = np.broadcast_to(base, m.shape)
         if self.options.output_space == "probability":
             phi, m, bases = to_probability(phi, m, base, self.ensemble.transform)
         err = np.abs(phi.sum(axis=2) + bases - m).max(axis=1)
-        k = self.options.top_k
+        k = min(self.options.top_k, X.shape[1])
         res = []
         for r in range(X.shape[0]):
-            out = int(np.argmax(out_m[r])) if m.shape[1] > 1 else 0
-            contrib = phi[r]
-            top = [
-                {
-                    "feature": self.feature_names[j],
-                    "value": json_value(X[r, j]),
-                    "contribution": float(contrib[out, j]),
-                }
-                for j in heapq.nlargest(k, range(X.shape[1]), key=lambda j: abs(contrib[out, j]))
-            ]
+            # The output of interest: the predicted class (the one output otherwise).
+            out = int(np.argmax(raw_margin[r])) if m.shape[1] > 1 else 0
+            order = np.argsort(-np.abs(phi[r, out]), kind="stable")[:k]
             res.append(
-                Explanation(
-                    model_version=self.model_version,
-                    explainer=self.name,
-                    explainer_version=self.version,
-                    output_space=self.options.output_space,
-                    feature_names=self.feature_names,
-                    base_values=self._base if out_m is m else bases[r].tolist(),
-                    contributions=contrib.tolist(),
-                    additivity_error=float(err[r]) if math.isfinite(err[r]) else float("inf"),
-                    cache_hit=False,
-                    background_hash=self.background_hash,
-                    top=top,
-                    margin=m[r].tolist(),
+                _Entry(
+                    contributions=phi[r].copy(),
+                    margin=m[r].copy(),
+                    base=bases[r].copy(),
+                    additivity_error=float(err[r]) if math.isfinite(err[r]) else math.inf,
+                    out=out,
+                    top=tuple(int(j) for j in order),
                 )
             )
         return res
+
+    def _explanation(self, row: FloatArray, e: _Entry, cache_hit: bool) -> Explanation:
+        contrib = e.contributions[e.out]
+        return Explanation(
+            model_version=self.model_version,
+            explainer=self.name,
+            explainer_version=self.version,
+            output_space=self.options.output_space,
+            feature_names=self.feature_names,
+            base_values=e.base.tolist(),
+            contributions=e.contributions.tolist(),
+            additivity_error=e.additivity_error,
+            cache_hit=cache_hit,
+            background_hash=self.background_hash,
+            top=[
+                {
+                    "feature": self.feature_names[j],
+                    "value": json_value(row[j]),
+                    "contribution": float(contrib[j]),
+                }
+                for j in e.top
+            ],
+            margin=e.margin.tolist(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """What the cache keeps per row: compact arrays (~1 KB for 20 features), not the
+    Python lists of an Explanation (~3 KB); the Explanation is rebuilt on a hit."""
+
+    contributions: FloatArray  # (outputs, features)
+    margin: FloatArray
+    base: FloatArray
+    additivity_error: float
+    out: int
+    top: tuple[int, ...]
 
 
 def build_explainer(
