@@ -44,6 +44,8 @@ class Producer(Protocol):
     def close(self, timeout: float | None = None) -> None: ...
 
 
+_MAX_CONNECT_BACKOFF_S = 5.0
+
 HeaderBuilder = Callable[[Record], list[tuple[str, bytes]]]
 
 
@@ -89,6 +91,7 @@ class Delivery:
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
         self.connected = False
+        self._connect_failures = 0
 
         self.m_acked = registry.counter(
             "sidecar_events_acked_total",
@@ -175,12 +178,21 @@ class Delivery:
         try:
             self._producer = self._make_producer()
             self.connected = True
+            self._connect_failures = 0
             return True
         except Exception as exc:
             self.m_errors.inc()
             self.connected = False
-            log.warning("kafka: cannot build the producer (%s); retrying", exc)
-            self._stop.wait(self._retry_backoff_s)
+            n = self._connect_failures = self._connect_failures + 1
+            # Back off exponentially: a long outage should cost the service next to nothing.
+            delay = min(self._retry_backoff_s * 2 ** min(n, 10), _MAX_CONNECT_BACKOFF_S)
+            if n == 1 or n % 10 == 0:
+                log.warning(
+                    "kafka: cannot reach the brokers (%s), %d tries; events stay in the spool",
+                    exc,
+                    n,
+                )
+            self._stop.wait(delay)
             return False
 
     def _send(self, records: list[Record]) -> None:

@@ -168,6 +168,12 @@ class KafkaSink:
         self._started = False
 
     def start(self) -> None:
+        client_log = logging.getLogger("kafka")
+        if client_log.level == logging.NOTSET:
+            # kafka-python logs an ERROR per failed connection attempt; during an outage
+            # that is a flood. The sink logs outages itself and counts them in
+            # sidecar_producer_errors_total; set the "kafka" logger's level to see the client's.
+            client_log.setLevel(logging.CRITICAL)
         self.spool.open()
         self.delivery.start()
         self._started = True
