@@ -127,3 +127,34 @@ def test_factory(xgb_models: dict[str, Trained], tmp_path: Path) -> None:
     unversioned = load_settings(environ={}, overrides={"model": {"artifact": m.path}})
     ex2 = build_explainer(unversioned, Registry())
     assert ex2 is not None and ex2.model_version.startswith("sha256:")
+
+
+def test_sampling_stage_marks_and_queues(xgb_models: dict[str, Trained]) -> None:
+    from sidecar.explain_stage import sampling_stage
+    from sidecar.pipeline import Batch
+    from sidecar.sampling import Sampler
+
+    m = xgb_models["binary"]
+    settings = load_settings(
+        environ={},
+        overrides={
+            "model": {"artifact": m.path, "version": "v7"},
+            "sampling": {"rate": 0.0, "low_confidence_below": 0.6},
+        },
+    )
+    registry = Registry()
+    explainer = build_explainer(settings, registry)
+    assert explainer is not None
+    got: list[str] = []
+    stage = ExplainStage(settings, registry, explainer, lambda d, e: got.append(d.decision_id))
+    stage.start()
+    decisions = _decisions(m.X[:4].astype(np.float64))
+    decisions[1].confidence = 0.51
+    run = sampling_stage(Sampler(settings.sampling), stage)
+    run(Batch(decisions))
+    run(Batch(_decisions(m.X[4:6].astype(np.float64), rid="asked"), explain_requested=True))
+    assert stage.drain(10.0)
+    stage.close()
+    assert sorted(got) == ["asked/0", "asked/1", "req/1"]
+    assert decisions[1].sampled and decisions[1].sample_reason == "low_confidence"
+    assert not decisions[0].sampled
