@@ -1,6 +1,6 @@
 """TreeSHAP backends over a TreeEnsemble, all in margin space.
 
-- ``FastPathDependent``: our compiled Fast TreeSHAP v2 kernel (kernels.py). Chosen
+- ``FastPathDependent``: our compiled Fast TreeSHAP v2 kernel (kernels_tables.py, kernels_shap.py). Chosen
   when its per-leaf weight tables fit the memory budget (shallow trees: depth 6 needs
   6·64 weights per leaf); measured several times faster than shap's C kernel and
   XGBoost's native pred_contribs (README, loadtests/bench_explain.py).
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numba
 import numpy as np
 
-from explainers import kernels
+from explainers import kernels, kernels_shap, kernels_tables
 from explainers.ensemble import FloatArray, IntArray, TreeEnsemble
 
 DEFAULT_TABLE_BUDGET_BYTES = 512 * 1024 * 1024
@@ -47,7 +47,7 @@ class FastPathDependent:
         self._ens = ens
         depth = int(kernels.tree_depth(ens.left, ens.right, ens.roots))
         n_leaves = int((ens.left < 0).sum())
-        paths = kernels.leaf_paths(
+        paths = kernels_tables.leaf_paths(
             ens.left, ens.right, ens.feature, ens.cover, ens.roots, n_leaves, depth
         )
         (
@@ -65,7 +65,7 @@ class FastPathDependent:
         self._offsets = np.zeros(n_leaves, dtype=np.int64)
         np.cumsum(sizes[:-1], out=self._offsets[1:])
         self._weights = np.empty(int(sizes.sum()))
-        kernels.fill_weights(self._n_unique, zero_fraction, self._offsets, self._weights)
+        kernels_tables.fill_weights(self._n_unique, zero_fraction, self._offsets, self._weights)
         self._parallel_min_rows = parallel_min_rows
         self._threads = max(1, numba.get_num_threads())
         self._leaf_start = np.searchsorted(self._leaf_tree, np.arange(ens.n_trees + 1)).astype(
@@ -73,7 +73,7 @@ class FastPathDependent:
         )
         sizes_per_tree = np.diff(np.append(ens.roots, ens.n_nodes))
         self._max_tree_nodes = int(sizes_per_tree.max())
-        self._rank, self._need_left, self._need_right = kernels.path_bits(
+        self._rank, self._need_left, self._need_right = kernels_tables.path_bits(
             ens.left, ens.roots, self._leaf_start, self._n_edges, self._edge_node,
             self._edge_left, self._edge_slot, self._n_unique,
         )  # fmt: skip
@@ -117,8 +117,8 @@ class FastPathDependent:
                 self._leaf_start, self._leaf_node, self._rank, self._need_left, self._need_right,
                 self._n_unique, self._unique_feature, self._offsets, self._weights, block,
             )  # fmt: skip
-            serial_fn: Callable[..., FloatArray] = kernels.shap_bits_serial
-            parallel_fn: Callable[..., FloatArray] = kernels.shap_bits_parallel
+            serial_fn: Callable[..., FloatArray] = kernels_shap.shap_bits_serial
+            parallel_fn: Callable[..., FloatArray] = kernels_shap.shap_bits_parallel
         else:
             args = (
                 X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output, e.roots,
@@ -126,7 +126,7 @@ class FastPathDependent:
                 self._edge_left, self._edge_slot, self._n_unique, self._unique_feature,
                 self._offsets, self._weights, self._max_tree_nodes, block,
             )  # fmt: skip
-            serial_fn, parallel_fn = kernels.shap_serial, kernels.shap_parallel
+            serial_fn, parallel_fn = kernels_shap.shap_serial, kernels_shap.shap_parallel
         if parallel and self._parallel_lock.acquire(blocking=False):
             try:
                 out: FloatArray = parallel_fn(*args)

@@ -1,0 +1,378 @@
+"""Fast TreeSHAP v2 per-row kernels (numba) over the tables of kernels_tables.py."""
+
+# The kernels' argument types are inferred by numba at compile time; annotating every
+# array argument would only repeat what the callers pass.
+# mypy: allow-untyped-defs
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True)
+_pjit = numba.njit(cache=True, nogil=True, parallel=True)
+
+
+@_jit
+def _shap_rows(
+    X,
+    r0,
+    r1,
+    phi,
+    go,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    n_edges,
+    edge_node,
+    edge_left,
+    edge_slot,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+):
+    """Rows r0..r1 tree by tree, leaf by leaf: a leaf's weight table (at most a few KB)
+    stays in cache while every row of the block looks up its mask in it, so the tables
+    stream through memory once per block instead of once per row."""
+    n_out = value.shape[1]
+    n_nodes = left.shape[0]
+    for t in range(roots.shape[0]):
+        s = roots[t]
+        e = roots[t + 1] if t + 1 < roots.shape[0] else n_nodes
+        for r in range(r0, r1):
+            for n in range(s, e):
+                if left[n] >= 0:
+                    v = X[r, feature[n]]
+                    go[r - r0, n - s] = (
+                        (default[n] == left[n]) if np.isnan(v) else v <= threshold[n]
+                    )
+        k0 = tree_output[t]
+        for li in range(leaf_start[t], leaf_start[t + 1]):
+            d = n_unique[li]
+            if d == 0:
+                continue
+            node = leaf_node[li]
+            off = offsets[li]
+            ne = n_edges[li]
+            full = (1 << d) - 1
+            for r in range(r0, r1):
+                mask = full
+                for q in range(ne):
+                    if go[r - r0, edge_node[li, q] - s] != edge_left[li, q]:
+                        mask &= ~(1 << edge_slot[li, q])
+                base = off + mask * d
+                if k0 >= 0:
+                    val = value[node, k0]
+                    for j in range(d):
+                        phi[r, k0, unique_feature[li, j]] += weights[base + j] * val
+                else:
+                    for j in range(d):
+                        wj = weights[base + j]
+                        f = unique_feature[li, j]
+                        for k in range(n_out):
+                            phi[r, k, f] += wj * value[node, k]
+
+
+@_jit
+def _shap_rows_bits(
+    X,
+    r0,
+    r1,
+    phi,
+    gobits,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    rank,
+    need_left,
+    need_right,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+):
+    """As _shap_rows, with each row's go-left decisions in a tree packed into one int64."""
+    n_out = value.shape[1]
+    D = need_left.shape[1]
+    nl = np.empty(D, dtype=np.int64)
+    nr = np.empty(D, dtype=np.int64)
+    uf = np.empty(D, dtype=np.int64)
+    n_nodes = left.shape[0]
+    for t in range(roots.shape[0]):
+        s = roots[t]
+        e = roots[t + 1] if t + 1 < roots.shape[0] else n_nodes
+        for r in range(r0, r1):
+            g = np.int64(0)
+            for n in range(s, e):
+                if left[n] >= 0:
+                    v = X[r, feature[n]]
+                    goes = (default[n] == left[n]) if np.isnan(v) else v <= threshold[n]
+                    if goes:
+                        g |= np.int64(1) << rank[n]
+            gobits[r - r0] = g
+        k0 = tree_output[t]
+        for li in range(leaf_start[t], leaf_start[t + 1]):
+            d = n_unique[li]
+            if d == 0:
+                continue
+            node = leaf_node[li]
+            off = offsets[li]
+            # The leaf's few path features, hoisted out of the row loop.
+            for j in range(d):
+                nl[j] = need_left[li, j]
+                nr[j] = need_right[li, j]
+                uf[j] = unique_feature[li, j]
+            if k0 >= 0:
+                val = value[node, k0]
+                for r in range(r0, r1):
+                    g = gobits[r - r0]
+                    mask = 0
+                    for j in range(d):
+                        if (g & nl[j]) == nl[j] and (g & nr[j]) == 0:
+                            mask |= 1 << j
+                    base = off + mask * d
+                    row = phi[r, k0]
+                    for j in range(d):
+                        row[uf[j]] += weights[base + j] * val
+            else:
+                for r in range(r0, r1):
+                    g = gobits[r - r0]
+                    mask = 0
+                    for j in range(d):
+                        if (g & nl[j]) == nl[j] and (g & nr[j]) == 0:
+                            mask |= 1 << j
+                    base = off + mask * d
+                    for j in range(d):
+                        wj = weights[base + j]
+                        for k in range(n_out):
+                            phi[r, k, uf[j]] += wj * value[node, k]
+
+
+@_jit
+def shap_bits_serial(
+    X,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    rank,
+    need_left,
+    need_right,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+    block,
+):
+    n = X.shape[0]
+    phi = np.zeros((n, value.shape[1], X.shape[1]))
+    gobits = np.empty(block, dtype=np.int64)
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        _shap_rows_bits(
+            X,
+            r0,
+            r1,
+            phi,
+            gobits,
+            left,
+            default,
+            feature,
+            threshold,
+            value,
+            tree_output,
+            roots,
+            leaf_start,
+            leaf_node,
+            rank,
+            need_left,
+            need_right,
+            n_unique,
+            unique_feature,
+            offsets,
+            weights,
+        )
+    return phi
+
+
+@_pjit
+def shap_bits_parallel(
+    X,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    rank,
+    need_left,
+    need_right,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+    block,
+):
+    n = X.shape[0]
+    phi = np.zeros((n, value.shape[1], X.shape[1]))
+    n_blocks = (n + block - 1) // block
+    for b in numba.prange(n_blocks):
+        r0 = b * block
+        r1 = min(r0 + block, n)
+        gobits = np.empty(block, dtype=np.int64)
+        _shap_rows_bits(
+            X,
+            r0,
+            r1,
+            phi,
+            gobits,
+            left,
+            default,
+            feature,
+            threshold,
+            value,
+            tree_output,
+            roots,
+            leaf_start,
+            leaf_node,
+            rank,
+            need_left,
+            need_right,
+            n_unique,
+            unique_feature,
+            offsets,
+            weights,
+        )
+    return phi
+
+
+@_jit
+def shap_serial(
+    X,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    n_edges,
+    edge_node,
+    edge_left,
+    edge_slot,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+    max_tree_nodes,
+    block,
+):
+    n = X.shape[0]
+    phi = np.zeros((n, value.shape[1], X.shape[1]))
+    go = np.empty((block, max_tree_nodes), dtype=np.bool_)
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        _shap_rows(
+            X,
+            r0,
+            r1,
+            phi,
+            go,
+            left,
+            default,
+            feature,
+            threshold,
+            value,
+            tree_output,
+            roots,
+            leaf_start,
+            leaf_node,
+            n_edges,
+            edge_node,
+            edge_left,
+            edge_slot,
+            n_unique,
+            unique_feature,
+            offsets,
+            weights,
+        )
+    return phi
+
+
+@_pjit
+def shap_parallel(
+    X,
+    left,
+    default,
+    feature,
+    threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    n_edges,
+    edge_node,
+    edge_left,
+    edge_slot,
+    n_unique,
+    unique_feature,
+    offsets,
+    weights,
+    max_tree_nodes,
+    block,
+):
+    n = X.shape[0]
+    phi = np.zeros((n, value.shape[1], X.shape[1]))
+    n_blocks = (n + block - 1) // block
+    for b in numba.prange(n_blocks):
+        r0 = b * block
+        r1 = min(r0 + block, n)
+        go = np.empty((block, max_tree_nodes), dtype=np.bool_)
+        _shap_rows(
+            X,
+            r0,
+            r1,
+            phi,
+            go,
+            left,
+            default,
+            feature,
+            threshold,
+            value,
+            tree_output,
+            roots,
+            leaf_start,
+            leaf_node,
+            n_edges,
+            edge_node,
+            edge_left,
+            edge_slot,
+            n_unique,
+            unique_feature,
+            offsets,
+            weights,
+        )
+    return phi
