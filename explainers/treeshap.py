@@ -1,9 +1,10 @@
 """TreeSHAP backends over a TreeEnsemble, all in margin space.
 
-- ``FastPathDependent``: our compiled Fast TreeSHAP v2 kernel (kernels_tables.py, kernels_shap.py). Chosen
-  when its per-leaf weight tables fit the memory budget (shallow trees: depth 6 needs
-  6·64 weights per leaf); measured several times faster than shap's C kernel and
-  XGBoost's native pred_contribs (README, loadtests/bench_explain.py).
+- ``FastPathDependent``: our compiled Fast TreeSHAP v2 kernel (kernels_tables.py,
+  kernels_shap.py). Chosen when its per-leaf weight tables fit the memory budget
+  (shallow trees: depth 6 needs 6·64 weights per leaf); measured several times faster
+  than XGBoost's native pred_contribs, which shap calls for XGBoost models
+  (loadtests/bench_explain.py).
 - ``ShapLibrary``: shap's own C kernel, fed our flat arrays through shap's documented
   dict model form. Used for deep trees, where 2^depth tables would not fit, and for
   interventional TreeSHAP against a background sample.
