@@ -134,6 +134,7 @@ class Service:
         )
         self._servers: list[_Server] = []
         self._data_server: asyncio.Server | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = threading.Event()
 
@@ -205,6 +206,7 @@ class Service:
             self.explain_stage.start()
         self.pipeline.start()
         self._data_server = await serve(self.dataplane.handle, self._proxy_sock)
+        self._housekeeping = asyncio.get_running_loop().create_task(self._expire_leases())
         self._servers = [self._server(self.control_app, "on")]
         self._tasks = [
             asyncio.get_running_loop().create_task(self._servers[0]._serve([self._control_sock]))
@@ -220,8 +222,21 @@ class Service:
         for s in self._servers:
             s.should_exit = True
 
+    async def _expire_leases(self) -> None:
+        """Return expired review claims to the queue promptly, not only when the store is next touched."""
+        period = min(self.settings.review.lease_seconds / 4, 30.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await loop.run_in_executor(None, self.review_store.expire_leases)
+            except Exception:
+                log.exception("expiring review leases failed")
+
     async def stop(self) -> None:
         self.request_stop()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self._data_server is not None:
             self._data_server.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
