@@ -7,6 +7,7 @@ call, answers cached rows from the cache and computes the rest in one kernel cal
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ class ExplainerOptions:
     table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES
     interventional_rows: int = 200  # background rows interventional SHAP averages over
     output_space: str = "margin"  # or "probability": a documented rescaling (probability.py)
+    threads: int = 0  # kernel threads per call; 0 = all cores
+    # Release the GIL every this many rows of Python-side work (0: never), so an event
+    # loop sharing the process waits microseconds, not the whole batch.
+    gil_yield_rows: int = 0
 
 
 class Explainer:
@@ -89,6 +94,7 @@ class Explainer:
             algorithm=opts.algorithm,
             background=bg_rows,
             table_budget_bytes=opts.table_budget_bytes,
+            threads=opts.threads,
         )
         self.name = self._backend.name
         self.version = f"{__version__}+{type(self._backend).__name__}"
@@ -131,7 +137,10 @@ class Explainer:
             else:
                 out.append(self._explanation(X[i], hit, cache_hit=True))
         if todo:
-            for i, entry in zip(todo, self._compute(X[todo]), strict=True):
+            every = self.options.gil_yield_rows
+            for n, (i, entry) in enumerate(zip(todo, self._compute(X[todo]), strict=True)):
+                if every and n % every == every - 1:
+                    time.sleep(0)
                 self.cache.put(keys[i], entry)
                 out[i] = self._explanation(X[i], entry, cache_hit=False)
         return [e for e in out if e is not None]
@@ -152,11 +161,17 @@ class Explainer:
             phi, m, bases = to_probability(phi, m, base, self.ensemble.transform)
         err = np.abs(phi.sum(axis=2) + bases - m).max(axis=1)
         k = min(self.options.top_k, X.shape[1])
+        n = X.shape[0]
+        # The output of interest: the predicted class (the one output otherwise).
+        outs = raw_margin.argmax(axis=1) if m.shape[1] > 1 else np.zeros(n, dtype=np.int64)
+        orders = np.argsort(-np.abs(phi[np.arange(n), outs]), axis=1, kind="stable")[:, :k]
+        every = self.options.gil_yield_rows
         res = []
-        for r in range(X.shape[0]):
-            # The output of interest: the predicted class (the one output otherwise).
-            out = int(np.argmax(raw_margin[r])) if m.shape[1] > 1 else 0
-            order = np.argsort(-np.abs(phi[r, out]), kind="stable")[:k]
+        for r in range(n):
+            if every and r % every == every - 1:
+                time.sleep(0)
+            out = int(outs[r])
+            order = orders[r]
             res.append(
                 _Entry(
                     contributions=phi[r].copy(),

@@ -42,7 +42,7 @@ class FastPathDependent:
 
     name = "treeshap.path_dependent"
 
-    def __init__(self, ens: TreeEnsemble, *, parallel_min_rows: int = 32) -> None:
+    def __init__(self, ens: TreeEnsemble, *, parallel_min_rows: int = 32, threads: int = 0) -> None:
         if not ens.has_cover:
             raise ValueError("path-dependent TreeSHAP needs node covers")
         self._ens = ens
@@ -68,7 +68,9 @@ class FastPathDependent:
         self._weights = np.empty(int(sizes.sum()))
         kernels_tables.fill_weights(self._n_unique, zero_fraction, self._offsets, self._weights)
         self._parallel_min_rows = parallel_min_rows
-        self._threads = max(1, numba.get_num_threads())
+        # 0: numba's pool (all cores); the sidecar passes 1 so that its worker count
+        # alone bounds the cores explanations take from the proxy.
+        self._threads = max(1, numba.get_num_threads() if threads <= 0 else threads)
         self._leaf_start = np.searchsorted(self._leaf_tree, np.arange(ens.n_trees + 1)).astype(
             np.int64
         )
@@ -212,6 +214,7 @@ def choose_backend(
     algorithm: str = "path_dependent",
     background: FloatArray | None = None,
     table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES,
+    threads: int = 0,
 ) -> Backend:
     """Our kernel where its tables fit, shap's otherwise; interventional always via shap."""
     if algorithm == "interventional":
@@ -222,5 +225,5 @@ def choose_backend(
         raise ValueError(f"unknown algorithm {algorithm!r}: use path_dependent or interventional")
     size, depth = FastPathDependent.table_bytes(ens)
     if depth <= MAX_TABLE_DEPTH and size <= table_budget_bytes:
-        return FastPathDependent(ens)
+        return FastPathDependent(ens, threads=threads)
     return ShapLibrary(ens)
