@@ -19,7 +19,9 @@ turn this off).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
@@ -29,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from sidecar.demo.model import BACKGROUND_PATH, META_PATH, MODEL_PATH, load_meta
 _COUNTED = re.compile(r"decisions_total|shed|explanations?_total|events?_.*total|spool|review")
 # Past this the generator itself was descheduled: other work on the box shows in the tails.
 _LAG_WARN_MS = 10.0
+LOCK_PATH = Path(tempfile.gettempdir()) / "sidecar-bench.lock"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGETS_FAST = {"added_p50_ms": 0.5, "added_p99_ms": 2.0, "sidecar_cpu_us_per_req": 200.0}
 _REPO = Path(__file__).resolve().parent.parent
@@ -263,6 +267,18 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One benchmark at a time: two pinned to the same cores would measure each other."""
+    with open(path, "ab") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another benchmark holds {path}; waiting for it to finish", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.bench_proxy", description=__doc__.splitlines()[0]
@@ -294,6 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds, --duration and --rate must be positive")
     extra = parse_set(args.set)
 
+    cores = os.sched_getaffinity(0)
+    try:
+        with _exclusive(LOCK_PATH):
+            return _run(args, argv, extra)
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict[str, Any]]) -> int:
     cores = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cores) >= 2
     near: set[int] | None = {cores[0]} if pin else None
