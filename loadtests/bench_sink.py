@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from loadtests.bench_proxy import LOCK_PATH, _exclusive
 from sidecar import events
 from sidecar.config import load_settings
 from sidecar.decisions import Decision
@@ -260,18 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
     }
     try:
-        result["spool"] = bench_spool(args.events, work)
-        result["build"] = bench_build(min(args.events, 20_000))
-        if args.bootstrap:
-            result["kafka"] = bench_kafka(
-                args.events, args.bootstrap, work, args.linger_ms, args.batch_size
-            )
-        else:
-            with own_broker(broker_cpus) as bootstrap:
+        with _exclusive(LOCK_PATH):
+            result["spool"] = bench_spool(args.events, work)
+            result["build"] = bench_build(min(args.events, 20_000))
+            if args.bootstrap:
                 result["kafka"] = bench_kafka(
-                    args.events, bootstrap, work, args.linger_ms, args.batch_size
+                    args.events, args.bootstrap, work, args.linger_ms, args.batch_size
                 )
-        result["files"] = bench_files(args.events, work)
+            else:
+                with own_broker(broker_cpus) as bootstrap:
+                    result["kafka"] = bench_kafka(
+                        args.events, bootstrap, work, args.linger_ms, args.batch_size
+                    )
+            result["files"] = bench_files(args.events, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
