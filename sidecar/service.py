@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -90,8 +91,8 @@ class Service:
             settings.decisions.queue_size,
             registry,
             [
-                ("record", self._record),
                 ("sample", self._sample),
+                ("record", self._record),
                 ("publish", self._publish),
                 ("explain", self._explain),
                 ("review", self._review),
@@ -216,6 +217,11 @@ class Service:
                 if t.done():
                     t.result()  # surfaces a start failure
             await asyncio.sleep(0.005)
+        # Everything loaded at start (shap, numba, onnx, fastapi: ~200k objects) lives
+        # forever; frozen, full collections stop walking it (measured: 150-200 ms pauses
+        # in the proxy's tail before, ~45 ms after).
+        gc.collect()
+        gc.freeze()
         self.started.set()
 
     def request_stop(self) -> None:

