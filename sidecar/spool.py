@@ -501,6 +501,11 @@ class Spool:
             return any(s > pos.segment for s in self._segments)
         return pos.offset < size or pos.segment != self._active
 
+    def wake_reader(self) -> None:
+        """Wake a `read` waiting for records (the delivery thread has acknowledgements to handle)."""
+        with self._lock:
+            self._data.notify_all()
+
     def unread(self) -> bool:
         """True while records past the read position wait to be read."""
         with self._lock:

@@ -73,9 +73,14 @@ class Delivery:
         max_in_flight: int,
         retry_backoff_s: float,
         resolve_timeout_s: float,
+        probe: Callable[[], bool] | None = None,
     ) -> None:
         self._spool = spool
         self._make_producer = make_producer
+        # A cheap reachability check before building a producer: a failed build leaves
+        # thousands of objects in reference cycles, and the full garbage collections they
+        # bring stall every thread of the service.
+        self._probe = probe
         self._topics = topics
         self._headers = headers
         self._max_in_flight = max_in_flight
@@ -133,8 +138,10 @@ class Delivery:
             self._thread = None
 
     def _wake_up(self, *_: object) -> None:
-        # Runs on the producer's I/O thread: do nothing but wake the delivery thread.
+        # Runs on the producer's I/O thread: do nothing but wake the delivery thread,
+        # which waits either on this event or on the spool for new records.
         self._wake.set()
+        self._spool.wake_reader()
 
     # -- the loop ---------------------------------------------------------
 
@@ -153,19 +160,17 @@ class Delivery:
                 if room <= 0:
                     self._wait()
                     continue
-                # While records are in flight, poll the spool briefly so acks are seen soon.
-                records = self._spool.read(min(room, 4096), 0.005 if self._inflight else 0.05)
+                # Returns on new records, on a batch's acknowledgement (wake_reader), or idle.
+                records = self._spool.read(min(room, 4096), 0.1)
                 if records:
                     self._send(records)
-                elif self._inflight:
-                    self._wait()
         except Exception:
             log.exception("kafka delivery thread failed; events stay in the spool")
         finally:
             self._shutdown()
 
     def _wait(self) -> None:
-        self._wake.wait(0.01)
+        self._wake.wait(0.05)
         self._wake.clear()
 
     def _should_finish(self) -> bool:
@@ -176,6 +181,8 @@ class Delivery:
 
     def _connect(self) -> bool:
         try:
+            if self._probe is not None and not self._probe():
+                raise ConnectionError("no bootstrap server accepts connections")
             self._producer = self._make_producer()
             self.connected = True
             self._connect_failures = 0

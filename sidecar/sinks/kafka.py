@@ -11,6 +11,8 @@ one partition.
 from __future__ import annotations
 
 import logging
+import socket
+from functools import partial
 from typing import Any
 
 from sidecar import events
@@ -108,6 +110,18 @@ def _crc32_partitioner() -> Any:
     return Crc32Partitioner()
 
 
+def reachable(servers: list[str], timeout_s: float = 1.0) -> bool:
+    """True when a TCP connection to one of the bootstrap servers opens."""
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or server, int(port)), timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 class KafkaSink:
     """Spool first, then Kafka: nothing accepted is lost to a broker outage or a restart."""
 
@@ -166,6 +180,7 @@ class KafkaSink:
             max_in_flight=kafka.max_in_flight_events,
             retry_backoff_s=kafka.retry_backoff_ms / 1000,
             resolve_timeout_s=(kafka.delivery_timeout_ms + kafka.request_timeout_ms) / 1000,
+            probe=None if make_producer else partial(reachable, cfg["bootstrap_servers"]),
         )
         self._started = False
 
