@@ -207,6 +207,15 @@ def test_n_requests_give_n_matching_decision_events(
         )
         assert body["upstream_status"] == 200
     assert sidecar.metric('sidecar_events_published_total{kind="decision"}') == n
+    # Low-confidence decisions went to review; those events follow their schema too.
+    routed = {b["decision_id"] for b in events.values() if b["review"] is not None}
+    assert routed
+    reviews = kafka_broker.consume(kafka_topics["topic_reviews"], len(routed))
+    for rec in reviews:
+        body = orjson.loads(rec.value)
+        validate_event(body)
+        assert body["decision_id"] in routed and rec.key.decode() == body["decision_id"]
+    assert {orjson.loads(r.value)["decision_id"] for r in reviews} == routed
 
 
 def test_sigkill_mid_load_loses_no_accepted_event(
