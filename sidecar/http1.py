@@ -34,6 +34,7 @@ class _Conn(asyncio.Protocol):
         "closed",
         "got_bytes",
         "keep_alive",
+        "loop",
         "transport",
     )
 
@@ -50,6 +51,7 @@ class _Conn(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.loop = asyncio.get_running_loop()
         # uvloop's transports do not subclass asyncio.Transport; they have its methods.
         self.transport = transport  # type: ignore[assignment]
 
@@ -173,7 +175,8 @@ class Pool:
         return await self._exchange(await self._connect(), data)
 
     async def _exchange(self, conn: _Conn, data: bytes) -> Answer:
-        loop = asyncio.get_running_loop()
+        # The connection's own loop: asyncio.get_running_loop() costs a getpid() syscall.
+        loop = conn.loop
         waiter: asyncio.Future[Answer] = loop.create_future()
         timer = loop.call_later(self._timeout, _expire, waiter, self._timeout)
         done = False

@@ -43,7 +43,7 @@ class Batch:
 Stage = Callable[[Batch], None]
 # The consumer polls instead of being woken per batch: waking a thread on every
 # put cost ~10 µs of the request's CPU (GIL hand-off); a short poll batches them.
-POLL_S = 0.005
+POLL_S = 0.025
 
 
 class Pipeline:
