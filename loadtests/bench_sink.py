@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=100_000, help="events per measurement")
     parser.add_argument("--bootstrap", default=None, help="an existing broker (default: start one)")
-    parser.add_argument("--linger-ms", type=int, default=5)
+    parser.add_argument("--linger-ms", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=256 * 1024)
     parser.add_argument(
         "--proxy-broker-down",
