@@ -20,6 +20,7 @@ sidecar.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -80,8 +81,8 @@ class Record:
 _NOWHERE = Position(-1, -1)
 
 
-class SpoolFull(Exception):
-    """Raised internally when an append does not fit and the policy is to drop."""
+class SpoolBusy(RuntimeError):
+    """Another process holds the spool directory."""
 
 
 def encode(seq: int, kind: str, key: str, event_id: str, time_: str, body: bytes) -> bytes:
@@ -195,6 +196,7 @@ class Spool:
         self._reader: tuple[int, BinaryIO] | None = None
         self._flusher: threading.Thread | None = None
         self.waiting = 0  # publishers blocked for room (block policy)
+        self._lock_fd = -1
 
         self.m_spooled = registry.counter(
             "sidecar_events_spooled_total", "Events appended to the spool"
@@ -239,6 +241,17 @@ class Spool:
     def open(self) -> None:
         """Recover what an earlier run left: truncate a torn tail, find the checkpoint."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # Two writers would interleave sequence numbers; the kernel drops the lock on exit.
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise SpoolBusy(
+                f"spool directory {self.directory} is in use by another running sidecar "
+                "(give each one its own spool.directory)"
+            ) from None
         for tmp in self.directory.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
         firsts = sorted(
@@ -307,6 +320,9 @@ class Spool:
                 self._fd = -1
             self._write_checkpoint()
             self._close_reader()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
 
     @property
     def closed(self) -> bool:

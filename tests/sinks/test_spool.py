@@ -260,3 +260,20 @@ def test_oversized_event_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="larger than"):
         sp.append("decision", "k", "e", "t", b"x" * (17 * 1024 * 1024))
     sp.close()
+
+
+def test_a_second_process_cannot_share_the_spool(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sp = make(tmp_path)
+    code = (
+        "import sys; from sidecar.spool import Spool, SpoolBusy; from sidecar.metrics import Registry\n"
+        f"s = Spool({str(tmp_path / 'spool')!r}, Registry(), max_bytes=1 << 20, segment_bytes=1 << 16)\n"
+        "try:\n    s.open()\nexcept SpoolBusy as e:\n    print(e); sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "in use by another running sidecar" in proc.stdout
+    sp.close()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
