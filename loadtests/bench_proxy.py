@@ -41,7 +41,7 @@ import uvloop
 from loadtests.loadgen import LoadResult, run_load
 from loadtests.payloads import V2_PATH, v2_requests
 from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds, start_model_server
-from sidecar.demo.model import BACKGROUND_PATH, META_PATH, MODEL_PATH, load_meta
+from sidecar.demo.model import model_settings
 
 # Counters worth a line in the report: what was recorded, explained, shed or spooled.
 _COUNTED = re.compile(r"decisions_total|shed|explanations?_total|events?_.*total|spool|review")
@@ -64,18 +64,10 @@ def _toml_value(value: Any) -> str:
 
 def write_config(path: Path, upstream: str, extra: dict[str, dict[str, Any]]) -> None:
     """A sidecar config on free ports in front of `upstream`, describing the demo model."""
-    meta = load_meta(META_PATH)
     sections: dict[str, dict[str, Any]] = {
         "proxy": {"port": 0, "upstream": upstream},
         "control": {"port": 0},
-        "model": {
-            "name": meta.name,
-            "version": meta.version,
-            "feature_names": list(meta.feature_names),
-            "class_labels": list(meta.class_labels),
-            "artifact": str(MODEL_PATH),
-            "background": str(BACKGROUND_PATH),
-        },
+        "model": model_settings(),
     }
     for section, values in extra.items():
         sections.setdefault(section, {}).update(values)

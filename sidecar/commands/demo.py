@@ -37,21 +37,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def demo_settings(upstream: str, port: int, control_port: int, state: Path, token: str) -> Settings:
-    from sidecar.demo.model import BACKGROUND_PATH, META_PATH, MODEL_PATH, load_meta
+    from sidecar.demo.model import model_settings
 
-    meta = load_meta(META_PATH)
     return load_settings(
         overrides={
             "proxy": {"port": port, "upstream": upstream},
             "control": {"port": control_port},
-            "model": {
-                "name": meta.name,
-                "version": meta.version,
-                "feature_names": list(meta.feature_names),
-                "class_labels": list(meta.class_labels),
-                "artifact": str(MODEL_PATH),
-                "background": str(BACKGROUND_PATH),
-            },
+            "model": model_settings(),
             "sink": {"kind": "files", "directory": str(state / "events")},
             "review": {"db_path": str(state / "review.db"), "confidence_below": 0.7},
             "auth": {"tokens": {token: {"name": "demo-reviewer", "role": "reviewer"}}},

@@ -57,6 +57,19 @@ def load_meta(path: str | Path = META_PATH) -> ModelMeta:
     return meta
 
 
+def model_settings() -> dict[str, Any]:
+    """The `[model]` settings that describe the bundled model to the sidecar."""
+    meta = load_meta(META_PATH)
+    return {
+        "name": meta.name,
+        "version": meta.version,
+        "feature_names": list(meta.feature_names),
+        "class_labels": list(meta.class_labels),
+        "artifact": str(MODEL_PATH),
+        "background": str(BACKGROUND_PATH),
+    }
+
+
 class OnnxClassifier:
     """An onnxruntime session over a classifier with `label` and `probabilities` outputs."""
 

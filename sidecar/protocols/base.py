@@ -100,6 +100,19 @@ def interpret_prediction(item: Any, labels: Sequence[str]) -> Row:
     return Row(None, item, None, None)
 
 
+def rows_from_predictions(
+    features: list[Any], predictions: list[Any], labels: Sequence[str]
+) -> list[Row]:
+    """Pair each row's features with its entry of a `predictions` list (V1, MLflow)."""
+    check_rows(len(features), len(predictions))
+    rows = []
+    for f, p in zip(features, predictions, strict=True):
+        row = interpret_prediction(p, labels)
+        row.features = f
+        rows.append(row)
+    return rows
+
+
 def check_rows(rows: int, predictions: int) -> None:
     if rows != predictions:
         raise ParseError(f"request has {rows} rows but the response {predictions} predictions")

@@ -8,10 +8,9 @@ from typing import Any
 from sidecar.protocols.base import (
     Parsed,
     ParseError,
-    check_rows,
-    interpret_prediction,
     names_for,
     row_from_record,
+    rows_from_predictions,
 )
 
 NAME = "kserve_v1"
@@ -47,11 +46,4 @@ def parse(request: Any, response: Any, configured: Sequence[str], labels: Sequen
     names, feats = features_of(instances, configured)
     if not isinstance(response, dict) or not isinstance(response.get("predictions"), list):
         raise ParseError("response has no 'predictions' list")
-    preds = response["predictions"]
-    check_rows(len(feats), len(preds))
-    rows = []
-    for f, p in zip(feats, preds, strict=True):
-        row = interpret_prediction(p, labels)
-        row.features = f
-        rows.append(row)
-    return Parsed(names, rows)
+    return Parsed(names, rows_from_predictions(feats, response["predictions"], labels))

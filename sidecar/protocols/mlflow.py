@@ -9,9 +9,8 @@ from sidecar.protocols import kserve_v1
 from sidecar.protocols.base import (
     Parsed,
     ParseError,
-    check_rows,
-    interpret_prediction,
     row_from_record,
+    rows_from_predictions,
 )
 
 NAME = "mlflow"
@@ -79,10 +78,4 @@ def parse(request: Any, response: Any, configured: Sequence[str], labels: Sequen
         preds = [{k: v[i] for k, v in cols.items() if i < len(v)} for i in range(n)]
     if not isinstance(preds, list):
         raise ParseError("response has no 'predictions' list")
-    check_rows(len(feats), len(preds))
-    rows = []
-    for f, p in zip(feats, preds, strict=True):
-        row = interpret_prediction(p, labels)
-        row.features = f
-        rows.append(row)
-    return Parsed(names, rows)
+    return Parsed(names, rows_from_predictions(feats, preds, labels))

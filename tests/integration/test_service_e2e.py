@@ -17,7 +17,7 @@ from servers import RecordingUpstream, running_sidecar, wait_until
 
 from explainers.errors import ExplainerError
 from sidecar.config import load_settings
-from sidecar.demo.model import BACKGROUND_PATH, META_PATH, MODEL_PATH, load_meta
+from sidecar.demo.model import META_PATH, MODEL_PATH, load_meta, model_settings
 from sidecar.demo.process import ModelServerProcess
 from sidecar.service import Service
 
@@ -33,14 +33,7 @@ def model_server() -> Iterator[str]:
 
 def _model_sections(**extra: Any) -> dict[str, Any]:
     sections: dict[str, Any] = {
-        "model": {
-            "name": META.name,
-            "version": META.version,
-            "feature_names": list(META.feature_names),
-            "class_labels": list(META.class_labels),
-            "artifact": str(MODEL_PATH),
-            "background": str(BACKGROUND_PATH),
-        },
+        "model": model_settings(),
         "sampling": {"rate": 0.0, "low_confidence_below": None},
     }
     for k, v in extra.items():
