@@ -51,6 +51,8 @@ class ProxySettings(_Section):
     """Inference calls are buffered up to this size so they can be parsed; larger ones get 413."""
     pool_size: int = Field(default=256, ge=1)
     """Pooled keep-alive connections to the upstream."""
+    idle_timeout_s: float = Field(default=75.0, gt=0)
+    """Keep-alive connections from clients idle this long are closed (checked every quarter of it)."""
     max_rows_per_request: int = Field(default=10_000, ge=1)
     """Rows beyond this in one call are forwarded but not recorded as decisions (counted)."""
 

@@ -211,15 +211,42 @@ class Exchange:
 Handler = Callable[[Exchange], Awaitable[None]]
 
 
+class IdleReaper:
+    """Closes keep-alive connections idle past the timeout, with one timer for all of them.
+
+    A timer armed and cancelled per request showed in the per-request CPU; a sweep
+    every quarter of the timeout costs nothing per request and closes an idle
+    connection at most 25% late.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self.loop = loop
+        self.connections: set[HttpConnection] = set()
+        self._timeout = timeout_s
+        self._period = timeout_s / 4
+        self._handle: asyncio.TimerHandle | None = loop.call_later(self._period, self._sweep)
+
+    def _sweep(self) -> None:
+        limit = self.loop.time() - self._timeout
+        for conn in [c for c in self.connections if c.idle_since is not None]:
+            if conn.idle_since is not None and conn.idle_since < limit:
+                conn.close()
+        self._handle = self.loop.call_later(self._period, self._sweep)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests and runs the handler for each, in order."""
 
-    def __init__(
-        self, handler: Handler, loop: asyncio.AbstractEventLoop, idle_timeout_s: float
-    ) -> None:
-        self.loop = loop
+    def __init__(self, handler: Handler, reaper: IdleReaper) -> None:
+        self.loop = reaper.loop
         self._handler = handler
-        self._idle_timeout = idle_timeout_s
+        self._reaper = reaper
+        self.idle_since: float | None = None
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
@@ -231,7 +258,6 @@ class HttpConnection(asyncio.Protocol):
         self._active: Exchange | None = None
         self._task: asyncio.Task[None] | None = None
         self._queue: deque[Exchange] = deque()
-        self._idle: asyncio.TimerHandle | None = None
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
 
@@ -240,7 +266,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else None
-        self._arm_idle()
+        self._reaper.connections.add(self)
+        self.idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -252,8 +279,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._idle is not None:
-            self._idle.cancel()
+        self._reaper.connections.discard(self)
         for ex in (self._active, self._parsing):
             if ex is not None:
                 ex._wake()
@@ -274,9 +300,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self.idle_since = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -371,10 +395,7 @@ class HttpConnection(asyncio.Protocol):
             if not self._queue:
                 self.resume_reading()
         else:
-            self._arm_idle()
-
-    def _arm_idle(self) -> None:
-        self._idle = self.loop.call_later(self._idle_timeout, self.close)
+            self.idle_since = self.loop.time()
 
     def _reject(self, status: int, message: bytes) -> None:
         if self.transport is not None and not self.closed and self._active is None:
@@ -420,11 +441,11 @@ class HttpConnection(asyncio.Protocol):
 
 async def serve(
     handler: Handler, sock: socket.socket, idle_timeout_s: float = 75.0, backlog: int = 2048
-) -> asyncio.Server:
-    """Start serving `handler` on an already-bound socket."""
+) -> tuple[asyncio.Server, IdleReaper]:
+    """Start serving `handler` on an already-bound socket; stop the reaper with the server."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: HttpConnection(handler, loop, idle_timeout_s),
-        sock=sock,
-        backlog=backlog,
+    reaper = IdleReaper(loop, idle_timeout_s)
+    server = await loop.create_server(
+        lambda: HttpConnection(handler, reaper), sock=sock, backlog=backlog
     )
+    return server, reaper

@@ -28,7 +28,7 @@ from sidecar.review.api import create_review_router
 from sidecar.review.routing import ReviewRouter
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sampling import Sampler
-from sidecar.server import serve
+from sidecar.server import IdleReaper, serve
 from sidecar.sinks import EventSink, build_sink
 from sidecar.store import DecisionStore
 from sidecar.upstream import Upstream
@@ -135,6 +135,7 @@ class Service:
         )
         self._servers: list[_Server] = []
         self._data_server: asyncio.Server | None = None
+        self._reaper: IdleReaper | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = threading.Event()
@@ -206,7 +207,9 @@ class Service:
         if self.explain_stage is not None:
             self.explain_stage.start()
         self.pipeline.start()
-        self._data_server = await serve(self.dataplane.handle, self._proxy_sock)
+        self._data_server, self._reaper = await serve(
+            self.dataplane.handle, self._proxy_sock, self.settings.proxy.idle_timeout_s
+        )
         self._housekeeping = asyncio.get_running_loop().create_task(self._expire_leases())
         self._servers = [self._server(self.control_app, "on")]
         self._tasks = [
@@ -245,6 +248,8 @@ class Service:
             self._housekeeping.cancel()
         if self._data_server is not None:
             self._data_server.close()
+        if self._reaper is not None:
+            self._reaper.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(None, self._stop_background)
         await self.upstream.close()

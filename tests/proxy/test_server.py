@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -141,3 +142,17 @@ def test_unlength_upstream_answer_is_rechunked_and_head_has_no_body(
         data = _read_until_closed(s)
     assert data.endswith(b"\r\n\r\n")
     assert b"content-length: 1" in data.lower()
+
+
+def test_idle_keep_alive_connections_are_closed(upstream: RecordingUpstream) -> None:
+    _setup(upstream)
+    with running_sidecar(upstream.url, proxy={"idle_timeout_s": 0.4}) as svc:
+        s = _sock(svc.proxy_url)
+        s.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        first = s.recv(65536)
+        assert first.endswith(b"hi")
+        s.settimeout(5)
+        t0 = time.monotonic()
+        assert s.recv(100) == b""  # the server closed the idle connection
+        waited = time.monotonic() - t0
+    assert 0.3 < waited < 2.0
