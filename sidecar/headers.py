@@ -49,7 +49,7 @@ def _end_to_end(
     xff: bytes | None = None
     clen: bytes | None = None
     for name, value in headers:
-        if _is_hop(name, named) or name in strip:
+        if name in HOP_BY_HOP or name in strip or name in named or name.startswith(b"proxy-"):
             continue
         if name == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,14 +33,18 @@ def confidence_of(probabilities: list[float] | None) -> float | None:
 
 def as_probabilities(value: Any) -> list[float] | None:
     """A list of class probabilities, or a single positive-class probability, as a probability list."""
-    if isinstance(value, list) and value and all(_is_num(v) for v in value):
-        probs = [float(v) for v in value]
+    if isinstance(value, list) and value:
+        probs = []
+        for v in value:
+            if not _is_num(v):
+                return None
+            p = float(v)
+            if not 0.0 <= p <= 1.0:
+                return None
+            probs.append(p)
         if len(probs) == 1:
-            p = probs[0]
-            return [1.0 - p, p] if 0.0 <= p <= 1.0 else None
-        if all(0.0 <= p <= 1.0 for p in probs) and abs(sum(probs) - 1.0) < 1e-3:
-            return probs
-        return None
+            return [1.0 - probs[0], probs[0]]
+        return probs if abs(sum(probs) - 1.0) < 1e-3 else None
     if _is_num(value):
         p = float(value)
         return [1.0 - p, p] if 0.0 <= p <= 1.0 else None
@@ -49,11 +52,9 @@ def as_probabilities(value: Any) -> list[float] | None:
 
 
 def _is_num(v: Any) -> bool:
-    return (
-        isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and not (isinstance(v, float) and math.isnan(v))
-    )
+    t = type(v)
+    # type() rather than isinstance: bool is an int subclass and must not count.
+    return (t is float and v == v) or t is int
 
 
 def argmax(values: Sequence[float]) -> int:
@@ -68,10 +69,17 @@ def row_from_record(record: dict[str, Any], names: list[str]) -> list[Any]:
     return [record.get(n) for n in names]
 
 
+_DEFAULT_NAMES: dict[int, list[str]] = {}
+
+
 def names_for(width: int, configured: Sequence[str]) -> list[str]:
+    """The configured names when they fit, else f0, f1, ... (shared lists: never mutate them)."""
     if len(configured) == width:
-        return list(configured)
-    return [f"f{i}" for i in range(width)]
+        return configured if isinstance(configured, list) else list(configured)
+    names = _DEFAULT_NAMES.get(width)
+    if names is None:
+        names = _DEFAULT_NAMES.setdefault(width, [f"f{i}" for i in range(width)])
+    return names
 
 
 def interpret_prediction(item: Any, labels: Sequence[str]) -> Row:

@@ -67,14 +67,16 @@ def tensor(t: Any) -> tuple[str, list[int], list[Any]]:
     name, shape, dtype = t.get("name"), t.get("shape"), t.get("datatype")
     if not isinstance(name, str):
         raise ParseError("tensor has no 'name'")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list):
         raise ParseError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
+    size = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise ParseError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
+        size *= d
     if dtype is not None and dtype not in _DATATYPES:
         raise ParseError(f"tensor {name!r}: unknown datatype {dtype!r}")
     data = _flat(t.get("data"))
-    size = 1
-    for d in shape:
-        size *= d
     if size != len(data):
         raise ParseError(f"tensor {name!r}: shape {shape} needs {size} values, got {len(data)}")
     return name, shape, data
@@ -113,8 +115,9 @@ def features_of(inputs: Any, configured: Sequence[str]) -> tuple[list[str], list
 def _pick(outputs: list[tuple[str, list[int], list[Any]]], hints: tuple[str, ...]) -> int | None:
     for i, (name, _, _) in enumerate(outputs):
         low = name.lower()
-        if any(h in low for h in hints):
-            return i
+        for h in hints:
+            if h in low:
+                return i
     return None
 
 
