@@ -112,6 +112,10 @@ class DataPlane:
         }
         self._parse_failures: dict[str, Any] = {}
         self._registry = r
+        # Registered up front so dashboards see zeros, not a missing series.
+        for protocol in ("kserve_v1", "v2", "mlflow"):
+            for reason in ("request_json", "response_json", "ParseError"):
+                self._parse_failed(protocol, reason, 0)
         self._too_large_count = r.counter(
             "sidecar_request_too_large_total", "Inference calls refused with 413"
         )
@@ -122,7 +126,7 @@ class DataPlane:
             "sidecar_client_disconnects_total", "Calls cancelled because the client went away"
         )
 
-    def _parse_failed(self, protocol: str, reason: str) -> None:
+    def _parse_failed(self, protocol: str, reason: str, n: int = 1) -> None:
         key = f"{protocol}:{reason}"
         c = self._parse_failures.get(key)
         if c is None:
@@ -132,7 +136,7 @@ class DataPlane:
                 {"protocol": protocol, "reason": reason},
             )
             self._parse_failures[key] = c
-        c.inc()
+        c.inc(n)
 
     async def handle(self, ex: Exchange) -> None:
         call = recognise(ex.method, ex.path, self._mlflow_model)
