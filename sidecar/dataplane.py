@@ -39,6 +39,8 @@ class GroupSource(Protocol):
     def header_name(self) -> bytes: ...
     @property
     def body_field(self) -> str | None: ...
+    @property
+    def derives(self) -> bool: ...
 
     def from_request(
         self, headers: RawHeaders, body_groups: Any, features: dict[str, Any] | None
@@ -270,19 +272,23 @@ class DataPlane:
         version = response.get("model_version") if isinstance(response, dict) else None
         version = str(version) if version else (call.model_version or self._model_version)
         names = parsed.feature_names
-        groups_fn = self._groups.from_request if self._groups is not None else None
+        # Without derivation rules every row has the request's attributes: parse them once.
+        source = self._groups
+        per_row = source is not None and source.derives
+        shared = source.from_request(headers, body_groups, None) if source and not per_row else {}
         router = self._router
         latency_ms = latency * 1000.0
         decisions = []
         for i, row in enumerate(rows):
-            groups: dict[str, str] = {}
-            if groups_fn is not None:
+            groups = shared
+            if per_row:
+                assert source is not None
                 feats = (
                     dict(zip(names, row.features, strict=False))
                     if names and row.features is not None
                     else None
                 )
-                groups = groups_fn(headers, body_groups, feats)
+                groups = source.from_request(headers, body_groups, feats)
             d = Decision(
                 rid, i, arrived, call.protocol, call.model_name, version, row.features, names,
                 row.prediction, row.probabilities, row.confidence, 200, latency_ms, groups,

@@ -24,8 +24,6 @@ from explainers.explanation import Explanation
 from sidecar.config import Settings
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
-from sidecar.pipeline import Batch
-from sidecar.sampling import Sampler
 
 log = logging.getLogger("sidecar.explain")
 
@@ -83,20 +81,6 @@ def build_explainer(settings: Settings, registry: Registry) -> Explainer | None:
         "Largest margin difference from the reference runtime seen at load",
     ).set(explainer.fidelity_error or 0.0)
     return explainer
-
-
-def sampling_stage(sampler: Sampler, stage: ExplainStage) -> Callable[[Batch], None]:
-    """A pipeline stage: mark the batch's sampled decisions and queue them for explaining.
-
-    Run it before the stage that publishes decision events, so they carry ``sampled``.
-    """
-
-    def run(batch: Batch) -> None:
-        chosen = sampler.select(batch.decisions, batch.explain_requested)
-        if chosen:
-            stage.submit(chosen)
-
-    return run
 
 
 def decision_row(decision: Decision, n_features: int) -> list[float]:

@@ -90,6 +90,9 @@ class Service:
         self.pipeline = Pipeline(
             settings.decisions.queue_size,
             registry,
+            # Sampling comes first so events and the lookup store record it; explaining is
+            # queued only after "record", or a fast explanation could find no decision to
+            # attach to in the lookup store.
             [
                 ("sample", self._sample),
                 ("record", self._record),

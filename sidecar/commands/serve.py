@@ -25,7 +25,6 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sidecar: bad configuration: {exc}", file=sys.stderr)
         return 2
-    loop = new_event_loop()
     try:
         service = Service(settings)
     except (ConfigError, ExplainerError) as exc:
@@ -36,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"proxy: {service.proxy_url} -> {settings.proxy.upstream}", flush=True)
     print(f"control: {service.control_url}", flush=True)
+    loop = new_event_loop()
     try:
         loop.run_until_complete(service.run())
     finally:

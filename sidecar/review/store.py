@@ -336,17 +336,27 @@ class SqliteReviewStore(ReviewStore):
         with self._lock:
             return [_item(r) for r in self._conn.execute(sql, args).fetchall()]
 
+    def _current(
+        self, conn: sqlite3.Connection, appended: list[audit.AuditRecord], item_id: str, now: float
+    ) -> ReviewItem:
+        """The item as a transition sees it: expired leases returned first, 404 if unknown."""
+        self._expire(conn, appended, now)
+        item = self._row(conn, item_id)
+        if item is None:
+            raise NotFound(f"no review item {item_id}")
+        return item
+
+    def _refuse_decided(self, item: ReviewItem) -> None:
+        if item.status == "decided":
+            self._conflicts.inc()
+            raise Conflict(f"item {item.item_id} was already decided by {item.decided_by}")
+
     def claim(self, item_id: str, reviewer: str) -> ReviewItem:
         item_id = normalise_item_id(item_id)
         now = self._clock()
         with self._write() as (conn, appended):
-            self._expire(conn, appended, now)
-            item = self._row(conn, item_id)
-            if item is None:
-                raise NotFound(f"no review item {item_id}")
-            if item.status == "decided":
-                self._conflicts.inc()
-                raise Conflict(f"item {item_id} was already decided by {item.decided_by}")
+            item = self._current(conn, appended, item_id, now)
+            self._refuse_decided(item)
             if item.status == "claimed" and item.claimed_by != reviewer:
                 self._conflicts.inc()
                 raise Conflict(f"item {item_id} is claimed by {item.claimed_by}")
@@ -367,10 +377,7 @@ class SqliteReviewStore(ReviewStore):
         item_id = normalise_item_id(item_id)
         now = self._clock()
         with self._write() as (conn, appended):
-            self._expire(conn, appended, now)
-            item = self._row(conn, item_id)
-            if item is None:
-                raise NotFound(f"no review item {item_id}")
+            item = self._current(conn, appended, item_id, now)
             if item.status != "claimed":
                 raise Conflict(f"item {item_id} is {item.status}, not claimed")
             if item.claimed_by != actor and not force:
@@ -396,13 +403,8 @@ class SqliteReviewStore(ReviewStore):
         item_id = normalise_item_id(item_id)
         now = self._clock()
         with self._write() as (conn, appended):
-            self._expire(conn, appended, now)
-            item = self._row(conn, item_id)
-            if item is None:
-                raise NotFound(f"no review item {item_id}")
-            if item.status == "decided":
-                self._conflicts.inc()
-                raise Conflict(f"item {item_id} was already decided by {item.decided_by}")
+            item = self._current(conn, appended, item_id, now)
+            self._refuse_decided(item)
             if item.status == "pending":
                 self._conflicts.inc()
                 raise Conflict(
