@@ -36,16 +36,16 @@ _NAMESPACE = uuid.UUID("6b1f4c3e-2a8d-5e7b-9c41-0d3f5a6e7b80").bytes
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
+# The RFC 9562 variant bits (10xx) applied to one hex digit.
+_VARIANT = {f"{i:x}": f"{(i & 0x3) | 0x8:x}" for i in range(16)}
+
+
 def event_id(*parts: object) -> str:
     """A stable id from the parts that identify one event: a UUIDv5 (RFC 9562)."""
-    # uuid.uuid5 builds UUID objects; hashing and formatting directly is 4x cheaper.
-    digest = bytearray(
-        hashlib.sha1(_NAMESPACE + "\x1f".join(map(str, parts)).encode()).digest()[:16]
-    )
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # Equal to str(uuid.uuid5(namespace, name)); formatting the digest's hex directly
+    # is several times cheaper than building UUID objects, and it runs once per event.
+    h = hashlib.sha1(_NAMESPACE + "\x1f".join(map(str, parts)).encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 _second: tuple[int, str] = (-1, "")

@@ -144,34 +144,38 @@ class Service:
         self.started = threading.Event()
 
     # -- pipeline stages (the background thread, in this order) --
-    def _record(self, batch: Batch) -> None:
-        self.store.add(batch.decisions)
+    def _record(self, batches: list[Batch]) -> None:
+        self.store.add([d for b in batches for d in b.decisions])
 
-    def _sample(self, batch: Batch) -> None:
+    def _sample(self, batches: list[Batch]) -> None:
         if self.explain_stage is not None:
-            self.sampler.select(batch.decisions, batch.explain_requested)
+            for b in batches:
+                self.sampler.select(b.decisions, b.explain_requested)
 
-    def _publish(self, batch: Batch) -> None:
-        publish, policy = self.sink.publish, self._features_policy
-        for d in batch.decisions:
-            publish("decision", d.decision_id, decision_event(d, policy))
+    def _publish(self, batches: list[Batch]) -> None:
+        policy = self._features_policy
+        self.sink.publish_many(
+            "decision",
+            [(d.decision_id, decision_event(d, policy)) for b in batches for d in b.decisions],
+        )
 
-    def _explain(self, batch: Batch) -> None:
+    def _explain(self, batches: list[Batch]) -> None:
         if self.explain_stage is not None:
-            chosen = [d for d in batch.decisions if d.sampled]
+            chosen = [d for b in batches for d in b.decisions if d.sampled]
             if chosen:
                 self.explain_stage.submit(chosen)
 
-    def _review(self, batch: Batch) -> None:
-        held = batch.held
-        for d in batch.decisions:
-            if d.review is None:
-                continue
-            explanation = self.store.get_explanation(d.decision_id)
-            if held is not None:
-                self.review_store.enqueue(d, explanation, held.body, held.headers, held.status)
-            else:
-                self.review_store.enqueue(d, explanation)
+    def _review(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            held = batch.held
+            for d in batch.decisions:
+                if d.review is None:
+                    continue
+                explanation = self.store.get_explanation(d.decision_id)
+                if held is not None:
+                    self.review_store.enqueue(d, explanation, held.body, held.headers, held.status)
+                else:
+                    self.review_store.enqueue(d, explanation)
 
     # -- explanation results (explainer threads) --
     def _explained(self, decision: Decision, explanation: Any) -> None:

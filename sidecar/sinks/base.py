@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 EventKind = Literal["decision", "explanation", "review"]
@@ -15,6 +16,9 @@ class EventSink(Protocol):
 
     def publish(self, kind: EventKind, key: str, body: dict[str, Any]) -> bool:
         """Accept one event (key = decision id). False when it was shed; the sink counts that."""
+
+    def publish_many(self, kind: EventKind, items: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Accept (key, body) events of one kind together; returns how many were accepted."""
 
     def ready(self) -> bool:
         """True while the sink accepts events (a spooling sink stays ready while the broker is down)."""

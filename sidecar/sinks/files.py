@@ -1,8 +1,8 @@
 """The embedded default sink: rotated JSON Lines files, one directory per topic.
 
-JSON Lines rather than Parquet: each event is one `write` of one line, so it
-is on disk (page cache) the moment `publish` returns and a crash can tear at
-most the last line; a Parquet file is unreadable until its footer is written
+JSON Lines rather than Parquet: the events handed over together (one pipeline
+poll's worth) are one `write` of whole lines, so they are on disk (page cache)
+the moment `publish_many` returns and a crash can tear at most the last line; a Parquet file is unreadable until its footer is written
 at close, so a crash would lose the whole open file, and buffering rows for
 row groups would hold events in memory. JSON Lines also reads with `tail -f`,
 `jq`, or `pyarrow.json.read_json` / DuckDB when columnar analysis is wanted.
@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,19 +48,20 @@ class RotatingFile:
         self._opened = 0.0
         self.path: Path | None = None
 
-    def write(self, line: bytes) -> None:
+    def write(self, lines: bytes) -> None:
+        """Append whole lines in one write (rotating first when they would not fit)."""
         with self._lock:
             now = time.monotonic()
             if (
                 self._fd < 0
-                or self._size + len(line) > self._rotate_bytes
+                or self._size + len(lines) > self._rotate_bytes
                 or now - self._opened >= self._rotate_interval_s
             ):
                 self._open_next(now)
-            n = os.write(self._fd, line)
-            while n < len(line):
-                n += os.write(self._fd, line[n:])
-            self._size += len(line)
+            n = os.write(self._fd, lines)
+            while n < len(lines):
+                n += os.write(self._fd, lines[n:])
+            self._size += len(lines)
 
     def _open_next(self, now: float) -> None:
         self._close_fd()
@@ -118,24 +120,33 @@ class FileSink:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def publish(self, kind: EventKind, key: str, body: dict[str, Any]) -> bool:
-        self._stats.published[kind].inc()
+        return self.publish_many(kind, ((key, body),)) == 1
+
+    def publish_many(self, kind: EventKind, items: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        if not items:
+            return 0
+        self._stats.published[kind].inc(len(items))
         if self._closed:
-            self._stats.dropped("closed").inc()
-            return False
+            self._stats.dropped("closed").inc(len(items))
+            return 0
+        lines = []
+        for key, body in items:
+            try:
+                lines.append(events.dumps(body))
+            except (TypeError, orjson.JSONEncodeError):
+                self._invalid.inc()
+                log.warning("files sink: a %s event for %s is not JSON-serialisable", kind, key)
+        if not lines:
+            return 0
+        lines.append(b"")
         try:
-            line = events.dumps(body) + b"\n"
-        except (TypeError, orjson.JSONEncodeError):
-            self._invalid.inc()
-            log.warning("files sink: a %s event for %s is not JSON-serialisable", kind, key)
-            return False
-        try:
-            self._files[kind].write(line)
+            self._files[kind].write(b"\n".join(lines))
         except OSError:
-            self._write_errors.inc()
-            log.exception("files sink: could not write a %s event", kind)
-            return False
-        self._stats.acked.inc()
-        return True
+            self._write_errors.inc(len(lines) - 1)
+            log.exception("files sink: could not write %d %s events", len(lines) - 1, kind)
+            return 0
+        self._stats.acked.inc(len(lines) - 1)
+        return len(lines) - 1
 
     def ready(self) -> bool:
         return not self._closed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -212,6 +213,9 @@ class KafkaSink:
             self._invalid.inc()
             log.warning("kafka sink: a %s event for %s is too large for the spool", kind, key)
             return False
+
+    def publish_many(self, kind: EventKind, items: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        return sum(self.publish(kind, key, body) for key, body in items)
 
     def ready(self) -> bool:
         return self._started and not self.spool.closed

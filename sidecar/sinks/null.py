@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sidecar.metrics import Registry
@@ -20,9 +21,12 @@ class NullSink:
         pass
 
     def publish(self, kind: EventKind, key: str, body: dict[str, Any]) -> bool:
-        self._stats.published[kind].inc()
-        self._dropped.inc()
-        return True
+        return self.publish_many(kind, ((key, body),)) == 1
+
+    def publish_many(self, kind: EventKind, items: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        self._stats.published[kind].inc(len(items))
+        self._dropped.inc(len(items))
+        return len(items)
 
     def ready(self) -> bool:
         return True

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import jsonschema
@@ -47,6 +48,16 @@ def test_hash_policy_keeps_only_the_hash(decision: Decision) -> None:
     assert hashed["features_hash"] == full["features_hash"]
     other = events.decision_event(make_decision(features=[35.0, 52000.0, 0.31, 1]))
     assert other["features_hash"] != full["features_hash"]
+
+
+@pytest.mark.parametrize(
+    "parts", [("r/0", "decision"), ("r/1", "review", "decided", "ab" * 32, ""), ("gap", 7, 2.5)]
+)
+def test_event_id_is_the_uuid5_of_its_parts(parts: tuple[object, ...]) -> None:
+    namespace = uuid.UUID(bytes=events._NAMESPACE)
+    expected = uuid.uuid5(namespace, "\x1f".join(map(str, parts)))
+    assert events.event_id(*parts) == str(expected)
+    assert uuid.UUID(events.event_id(*parts)).version == 5
 
 
 def test_event_ids_are_stable_and_distinct() -> None:
