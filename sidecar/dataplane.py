@@ -28,6 +28,7 @@ log = logging.getLogger("sidecar.dataplane")
 
 _JSON = (b"content-type", b"application/json")
 _TRUE = frozenset({b"1", b"true", b"yes", b"on"})
+_CALL_CACHE = 256
 perf_counter = time.perf_counter
 wall_clock = time.time
 
@@ -112,6 +113,7 @@ class DataPlane:
             )
             for code in (502, 504)
         }
+        self._calls: dict[tuple[str, str], Call | None] = {}
         self._parse_failures: dict[str, Any] = {}
         self._registry = r
         # Registered up front so dashboards see zeros, not a missing series.
@@ -140,8 +142,22 @@ class DataPlane:
             self._parse_failures[key] = c
         c.inc(n)
 
+    def _recognise(self, method: str, path: str) -> Call | None:
+        # Clients call the same few paths over and over; the cache is cleared when full
+        # so a scan of random paths cannot grow it.
+        key = (method, path)
+        try:
+            return self._calls[key]
+        except KeyError:
+            pass
+        call = recognise(method, path, self._mlflow_model)
+        if len(self._calls) >= _CALL_CACHE:
+            self._calls.clear()
+        self._calls[key] = call
+        return call
+
     async def handle(self, ex: Exchange) -> None:
-        call = recognise(ex.method, ex.path, self._mlflow_model)
+        call = self._recognise(ex.method, ex.path)
         try:
             if call is None:
                 self._requests["passthrough"].inc()

@@ -25,6 +25,9 @@ HASH_PREFIX = "hmac-sha256:"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}\Z")
 
 Headers = dict[bytes, bytes] | Sequence[tuple[bytes, bytes]]
+# Header values remembered after parsing: a bound, and no caching of outsized values.
+_HEADER_CACHE = 1024
+_CACHED_HEADER_BYTES = 512
 
 
 class _Rule:
@@ -85,6 +88,7 @@ class GroupExtractor:
         self._needs_privacy = self._default != "keep" or any(
             v != "keep" for v in self._policy.values()
         )
+        self._header_cache: dict[bytes, tuple[dict[str, str], int, int]] = {}
         self.m_malformed = registry.counter(
             "sidecar_group_attributes_malformed_total",
             "Group attribute parts ignored: no '=', bad name, too long, not allowed, too many",
@@ -118,6 +122,7 @@ class GroupExtractor:
         header's format); `features` maps feature names to the row's values.
         """
         attrs: dict[str, str] = {}
+        bad = 0
         if features and self._derive:
             for name, rule in self._derive.items():
                 if rule.feature in features:
@@ -126,16 +131,45 @@ class GroupExtractor:
                         attrs[name] = label
         if body_obj is not None:
             if isinstance(body_obj, str):
-                self._parse_into(body_obj, attrs)
+                bad += self._parse_into(body_obj, attrs)
             elif isinstance(body_obj, Mapping):
                 for k, v in body_obj.items():
-                    self._put(attrs, str(k), _text(v) if v is not None else "")
+                    if not self._put(attrs, str(k), _text(v) if v is not None else ""):
+                        bad += 1
             else:
-                self.m_malformed.inc()
+                bad += 1
         raw = self._header_value(headers)
         if raw is not None:
-            self._parse_into(raw.decode("utf-8", "replace"), attrs)
+            if not attrs and body_obj is None:
+                return self._from_header(raw)
+            bad += self._parse_into(raw.decode("utf-8", "replace"), attrs)
+        if bad:
+            self.m_malformed.inc(bad)
         return self.apply_privacy(attrs) if self._needs_privacy else attrs
+
+    def _from_header(self, raw: bytes) -> dict[str, str]:
+        """Attributes from the header alone, remembered by its bytes.
+
+        Traffic repeats a handful of attribute combinations: parsing, checking and
+        (keyed) hashing them once each keeps that work off the request path. The
+        counters still count every request.
+        """
+        hit = self._header_cache.get(raw)
+        if hit is None:
+            attrs: dict[str, str] = {}
+            bad = self._parse_into(raw.decode("utf-8", "replace"), attrs)
+            out, dropped = self._private(attrs) if self._needs_privacy else (attrs, 0)
+            hit = (out, bad, dropped)
+            if len(raw) <= _CACHED_HEADER_BYTES:
+                if len(self._header_cache) >= _HEADER_CACHE:
+                    self._header_cache.clear()
+                self._header_cache[raw] = hit
+        out, bad, dropped = hit
+        if bad:
+            self.m_malformed.inc(bad)
+        if dropped:
+            self.m_dropped.inc(dropped)
+        return dict(out)
 
     def _header_value(self, headers: Headers) -> bytes | None:
         # dict, not Mapping: an ABC isinstance check costs more than the whole lookup.
@@ -149,17 +183,18 @@ class GroupExtractor:
                 found = v if found is None else found + b";" + v
         return found
 
-    def _parse_into(self, text: str, attrs: dict[str, str]) -> None:
+    def _parse_into(self, text: str, attrs: dict[str, str]) -> int:
+        """Add `name=value; ...` pairs to `attrs`; returns how many parts were malformed."""
+        bad = 0
         for part in text.split(";"):
             if not part.strip():
                 continue
             name, sep, value = part.partition("=")
-            if not sep:
-                self.m_malformed.inc()
-                continue
-            self._put(attrs, name.strip(), value.strip())
+            if not sep or not self._put(attrs, name.strip(), value.strip()):
+                bad += 1
+        return bad
 
-    def _put(self, attrs: dict[str, str], name: str, value: str) -> None:
+    def _put(self, attrs: dict[str, str], name: str, value: str) -> bool:
         if (
             not _NAME.match(name)
             or not value
@@ -167,13 +202,20 @@ class GroupExtractor:
             or (self._allowed is not None and name not in self._allowed)
             or (name not in attrs and len(attrs) >= self._max)
         ):
-            self.m_malformed.inc()
-            return
+            return False
         attrs[name] = value
+        return True
 
     def apply_privacy(self, attrs: Mapping[str, str]) -> dict[str, str]:
         """keep, hash (`hmac-sha256:<hex>`, keyed) or drop each attribute; idempotent."""
+        out, dropped = self._private(attrs)
+        if dropped:
+            self.m_dropped.inc(dropped)
+        return out
+
+    def _private(self, attrs: Mapping[str, str]) -> tuple[dict[str, str], int]:
         out: dict[str, str] = {}
+        dropped = 0
         for name, value in attrs.items():
             policy = self._policy.get(name, self._default)
             if policy == "keep":
@@ -181,8 +223,8 @@ class GroupExtractor:
             elif policy == "hash":
                 out[name] = value if value.startswith(HASH_PREFIX) else self._hash(value)
             else:
-                self.m_dropped.inc()
-        return out
+                dropped += 1
+        return out, dropped
 
     def _hash(self, value: str) -> str:
         assert self._hmac is not None  # settings refuse a hash policy without a key

@@ -128,8 +128,8 @@ def predictions_of(response: Any, n: int, labels: Sequence[str]) -> list[Row]:
     if not outputs:
         raise ParseError("response has no output tensors")
     p_i = _pick(outputs, _PROB_HINTS)
-    l_i = _pick([o for i, o in enumerate(outputs) if i != p_i], _LABEL_HINTS)
-    others = [o for i, o in enumerate(outputs) if i != p_i]
+    others = outputs if p_i is None else outputs[:p_i] + outputs[p_i + 1 :]
+    l_i = _pick(others, _LABEL_HINTS)
     label_out = others[l_i] if l_i is not None else (others[0] if others else None)
     prob_rows = None
     if p_i is not None:

@@ -37,6 +37,20 @@ def test_malformed_parts_are_ignored_and_counted() -> None:
     assert ex.from_request([(b"x-group-attributes", b"\xff\xfe=\x00")], None, None) == {}
 
 
+def test_a_repeated_header_counts_every_time_and_hands_out_its_own_dict() -> None:
+    reg = Registry()
+    ex = extractor(reg, privacy={"gender": "hash", "zip": "drop"}, hash_key="k")
+    hdrs = [(b"x-group-attributes", b"gender=F; zip=123; ;bad")]
+    first = ex.from_request(hdrs, None, None)
+    assert first["gender"].startswith(HASH_PREFIX) and "zip" not in first
+    first["gender"] = "changed"
+    second = ex.from_request(hdrs, None, None)
+    assert second["gender"].startswith(HASH_PREFIX)
+    text = reg.render()
+    assert "sidecar_group_attributes_malformed_total 2" in text
+    assert "sidecar_group_attributes_dropped_total 2" in text
+
+
 def test_allowed_names_and_limit() -> None:
     reg = Registry()
     ex = extractor(reg, allowed=["gender", "region"], max_attributes=1)
