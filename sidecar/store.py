@@ -22,8 +22,20 @@ from sidecar.metrics import Registry
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
+def _kept(data: bytes) -> bytes:
+    """An exact-size copy of orjson output that is kept for long.
+
+    orjson writes into a 4 KiB buffer and shrinks it in place; glibc leaves the
+    freed tail as a hole between kept entries that later buffers do not fit.
+    Kept as they come, entries of ~400 bytes cost ~4.1 KiB of memory each
+    (measured), and every decision faulted a fresh page in (~1 per request on the
+    proxy benchmark). The copy is exact-size and the buffer is freed whole.
+    """
+    return memoryview(data).tobytes()
+
+
 def pack(d: Decision) -> bytes:
-    return orjson.dumps(
+    return _kept(orjson.dumps(
         (
             d.request_id, d.row, d.time, d.protocol, d.model_name, d.model_version,
             d.features, d.feature_names, d.prediction, d.probabilities, d.confidence,
@@ -31,7 +43,7 @@ def pack(d: Decision) -> bytes:
             d.review_reason, d.sampled, d.sample_reason, d.explain_requested,
         ),
         option=_OPTS,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def unpack(data: bytes) -> Decision:
@@ -75,7 +87,7 @@ class DecisionStore:
 
     def set_explanation(self, decision: Decision, explanation: dict[str, Any]) -> None:
         key = (decision.request_id, decision.row)
-        data = orjson.dumps(explanation, option=_OPTS)
+        data = _kept(orjson.dumps(explanation, option=_OPTS))
         with self._lock:
             if key in self._items:
                 self._explanations[key] = data
