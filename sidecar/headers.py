@@ -36,10 +36,6 @@ def _named_by_connection(headers: RawHeaders) -> frozenset[bytes]:
     return frozenset(named)
 
 
-def _is_hop(name: bytes, named: frozenset[bytes]) -> bool:
-    return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
-
-
 def _end_to_end(
     headers: RawHeaders, peer: str | None, scheme: str, strip: frozenset[bytes]
 ) -> tuple[RawHeaders, bytes | None]:
@@ -109,7 +105,17 @@ _BUFFERED_DROP: frozenset[bytes] = frozenset({b"expect"})
 
 
 def response_headers(raw: tuple[tuple[bytes, bytes], ...] | RawHeaders) -> RawHeaders:
-    """Upstream response headers to pass back: hop-by-hop removed, names lower-cased for ASGI."""
-    lowered = [(n.lower(), v) for n, v in raw]
-    named = _named_by_connection(lowered)
-    return [(n, v) for n, v in lowered if not _is_hop(n, named)]
+    """Upstream response headers to pass back: hop-by-hop removed, names lower-cased."""
+    out: RawHeaders = []
+    connection = False
+    for name, value in raw:
+        name = name.lower()
+        if name in HOP_BY_HOP or name.startswith(b"proxy-"):
+            connection = connection or name == b"connection"
+            continue
+        out.append((name, value))
+    if connection:
+        # Connection may name more hop-by-hop headers: drop those too (rare, so a second pass).
+        named = _named_by_connection([(n.lower(), v) for n, v in raw])
+        out = [(n, v) for n, v in out if n not in named]
+    return out

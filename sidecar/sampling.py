@@ -40,6 +40,8 @@ class Sampler:
         conf = decision.confidence
         if self._low is not None and conf is not None and conf < self._low:
             return "low_confidence"
+        if self._rate <= 0.0 and not self._groups:
+            return None
         u = unit_hash(decision.decision_id)
         if u < self._rate:
             return "rate"
