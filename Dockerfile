@@ -22,9 +22,12 @@ COPY explainers ./explainers
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
+# The explainer's numba kernels compile on first start (~6 s) and are cached for the next
+# starts; the package directory is read-only to the sidecar user, the volume is not.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/var/lib/sidecar/.numba-cache
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/sidecar --create-home sidecar
 COPY --from=build /opt/venv /opt/venv
 # Listen on all interfaces inside the container; everything else keeps its documented default.

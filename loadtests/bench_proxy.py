@@ -10,6 +10,13 @@ p50/p99/p99.9 for each path, what the sidecar adds, the ratios, and the sidecar'
 per request (utime + stime from /proc over its rounds). Writes the whole result as JSON
 to loadtests/results/.
 
+A third path, a bare byte-pipe proxy (`loadtests.bare_proxy`, pinned like the sidecar),
+runs in the same rotation: its CPU per request is what this machine charges any proxy
+for the two sockets and wake-ups at that moment, so the sidecar's figure can be read
+against a baseline measured in the same run (`--no-bare` leaves it out). On a VM whose
+neighbours come and go, absolute CPU figures move by ±20% between runs; that difference
+moves much less.
+
 With two or more cores the load generator and the upstream share the first core and the
 sidecar gets the second: the direct path is then undisturbed by the sidecar's background
 stages, and the sidecar's cost is what it takes of a core of its own (`--no-pin` to
@@ -40,7 +47,13 @@ import uvloop
 
 from loadtests.loadgen import LoadResult, run_load
 from loadtests.payloads import V2_PATH, v2_requests
-from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds, start_model_server
+from loadtests.procs import (
+    BareProxyProcess,
+    FastUpstreamProcess,
+    SidecarProcess,
+    cpu_seconds,
+    start_model_server,
+)
 from sidecar.demo.model import model_settings
 
 # Counters worth a line in the report: what was recorded, explained, shed or spooled.
@@ -137,40 +150,39 @@ def _metrics(control_url: str) -> dict[str, float]:
 
 
 async def _rounds(
-    direct_url: str, proxy_url: str, args: argparse.Namespace, sidecar_pid: int
+    urls: dict[str, str], args: argparse.Namespace, pids: dict[str, int]
 ) -> dict[str, Any]:
-    host_d, port_d = _host_port(direct_url)
-    host_s, port_s = _host_port(proxy_url)
-    direct_reqs = v2_requests(host_d, port_d)
-    proxy_reqs = v2_requests(host_s, port_s)
-    d_url, s_url = direct_url + V2_PATH, proxy_url + V2_PATH
+    """Load each path (`direct`, `sidecar`, optionally `bare`) in rotating, alternating rounds."""
+    names = list(urls)
+    reqs = {name: v2_requests(*_host_port(url)) for name, url in urls.items()}
+    targets = {name: url + V2_PATH for name, url in urls.items()}
     warm = min(2.0, args.duration / args.rounds)
-    await run_load(d_url, direct_reqs, args.rate, warm, args.connections)
-    await run_load(s_url, proxy_reqs, args.rate, warm, args.connections)
+    for name in names:
+        await run_load(targets[name], reqs[name], args.rate, warm, args.connections)
 
     per_round = args.duration / args.rounds
-    direct: list[LoadResult] = []
-    through: list[LoadResult] = []
-    cpu_hot = cpu_idle = 0.0
+    results: dict[str, list[LoadResult]] = {name: [] for name in names}
+    # CPU of each measured process (the sidecar, the bare proxy) over its own rounds, and
+    # the sidecar's over the other paths' rounds (idle ticks, background stages catching up).
+    cpu_hot = dict.fromkeys(pids, 0.0)
+    cpu_idle = 0.0
     for r in range(args.rounds):
-        order = ("direct", "sidecar") if r % 2 == 0 else ("sidecar", "direct")
-        for path in order:
-            before = cpu_seconds(sidecar_pid)
-            if path == "direct":
-                direct.append(
-                    await run_load(d_url, direct_reqs, args.rate, per_round, args.connections)
-                )
-                cpu_idle += cpu_seconds(sidecar_pid) - before
+        order = names[r % len(names) :] + names[: r % len(names)]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            before = {p: cpu_seconds(pid) for p, pid in pids.items()}
+            results[name].append(
+                await run_load(targets[name], reqs[name], args.rate, per_round, args.connections)
+            )
+            if name in pids:
+                cpu_hot[name] += cpu_seconds(pids[name]) - before[name]
             else:
-                through.append(
-                    await run_load(s_url, proxy_reqs, args.rate, per_round, args.connections)
-                )
-                cpu_hot += cpu_seconds(sidecar_pid) - before
-    d, s = _combine(direct), _combine(through)
-    n = max(s["requests"], 1)
-    return {
-        "direct": d,
-        "sidecar": s,
+                cpu_idle += cpu_seconds(pids["sidecar"]) - before["sidecar"]
+    combined = {name: _combine(results[name]) for name in names}
+    d, s = combined["direct"], combined["sidecar"]
+    out: dict[str, Any] = {
+        **combined,
         "added_p50_ms": s["p50_ms"] - d["p50_ms"],
         "added_p99_ms": s["p99_ms"] - d["p99_ms"],
         "added_p999_ms": s["p999_ms"] - d["p999_ms"],
@@ -178,11 +190,14 @@ async def _rounds(
         "ratio_p99": s["p99_ms"] / d["p99_ms"],
         "ratio_p999": s["p999_ms"] / d["p999_ms"],
         "ratio_rps": s["rps"] / d["rps"] if d["rps"] else None,
-        "sidecar_cpu_us_per_req": 1e6 * cpu_hot / n,
-        # CPU the sidecar spent while only the direct path was loaded: idle ticks plus
-        # background stages catching up on the previous sidecar round.
-        "sidecar_cpu_between_rounds_us_per_req": 1e6 * cpu_idle / n,
+        "sidecar_cpu_us_per_req": 1e6 * cpu_hot["sidecar"] / max(s["requests"], 1),
+        "sidecar_cpu_between_rounds_us_per_req": 1e6 * cpu_idle / max(s["requests"], 1),
     }
+    if "bare" in combined:
+        bare = 1e6 * cpu_hot["bare"] / max(combined["bare"]["requests"], 1)
+        out["bare_cpu_us_per_req"] = bare
+        out["sidecar_cpu_over_bare_us_per_req"] = out["sidecar_cpu_us_per_req"] - bare
+    return out
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -219,7 +234,10 @@ def report(result: dict[str, Any]) -> str:
         f" load average {result['machine']['loadavg_1m_at_start']:.2f} at start",
         f"{'':10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}",
     ]
-    for name, row in (("direct", d), ("sidecar", s)):
+    rows = [("direct", d), ("sidecar", s)]
+    if "bare" in result:
+        rows.append(("bare", result["bare"]))
+    for name, row in rows:
         lines.append(
             f"{name:10}{row['rps']:>10.1f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
             f"{row['p999_ms']:>10.3f}{row['errors'] + row['non_2xx']:>8}"
@@ -236,6 +254,12 @@ def report(result: dict[str, Any]) -> str:
         f"sidecar CPU: {result['sidecar_cpu_us_per_req']:.0f} µs per request over its rounds"
         f" (+{result['sidecar_cpu_between_rounds_us_per_req']:.0f} µs between rounds)"
     )
+    if "bare_cpu_us_per_req" in result:
+        lines.append(
+            f"bare byte-pipe proxy CPU: {result['bare_cpu_us_per_req']:.0f} µs per request in the"
+            f" same run (sockets and wake-ups alone); the sidecar's over it:"
+            f" {result['sidecar_cpu_over_bare_us_per_req']:.0f} µs"
+        )
     lines.append(
         f"load generator: lag max {max(d['loadgen_lag_max_ms'], s['loadgen_lag_max_ms']):.2f} ms,"
         f" backlogged {d['backlogged']} direct / {s['backlogged']} sidecar,"
@@ -284,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument(
+        "--no-bare", action="store_true", help="leave out the bare byte-pipe proxy path"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -315,7 +342,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict
     pin = not args.no_pin and len(cores) >= 2
     near: set[int] | None = {cores[0]} if pin else None
     far: set[int] | None = {cores[1]} if pin else None
-    pinning = f"loadgen+upstream on cpu {cores[0]}, sidecar on cpu {cores[1]}" if pin else "none"
+    pinning = (
+        f"loadgen+upstream on cpu {cores[0]}, sidecar (and bare proxy) on cpu {cores[1]}"
+        if pin
+        else "none"
+    )
     if near:
         os.sched_setaffinity(0, near)
 
@@ -323,6 +354,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     upstream: Any = FastUpstreamProcess(cpus=near) if args.scenario == "fast" else None
     sidecar: SidecarProcess | None = None
+    bare: BareProxyProcess | None = None
     try:
         if upstream is not None:
             upstream_url = upstream.start()
@@ -337,11 +369,19 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict
         print(
             f"upstream {upstream_url}, sidecar {urls['proxy']} (control {urls['control']}), work dir {work}"
         )
-        measured = uvloop.run(_rounds(upstream_url, urls["proxy"], args, sidecar.pid))
+        paths = {"direct": upstream_url, "sidecar": urls["proxy"]}
+        pids = {"sidecar": sidecar.pid}
+        if not args.no_bare:
+            bare = BareProxyProcess(upstream_url, far)
+            paths["bare"] = bare.start()
+            pids["bare"] = bare.pid
+        measured = uvloop.run(_rounds(paths, args, pids))
         metrics = _metrics(urls["control"])
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     finally:
+        if bare is not None:
+            bare.stop()
         if sidecar is not None:
             sidecar.stop()
         if upstream is not None:

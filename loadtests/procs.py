@@ -49,21 +49,34 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-class FastUpstreamProcess:
-    """`python -m loadtests.upstreams` on a parent-bound socket; `start()` returns its URL."""
+class FdServerProcess:
+    """`python -m MODULE --fd N ARGS` on a socket the parent binds; `start()` returns its URL."""
 
-    def __init__(self, cpus: set[int] | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        module: str,
+        args: tuple[str, ...] = (),
+        cpus: set[int] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self._module = module
+        self._args = args
         self._cpus = cpus
         self._host = host
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def start(self, timeout_s: float = 30.0) -> str:
         sock = socket.create_server((self._host, 0), backlog=1024)
         self.url = f"http://{self._host}:{sock.getsockname()[1]}"
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "loadtests.upstreams", "--fd", str(sock.fileno())],
+                [sys.executable, "-m", self._module, "--fd", str(sock.fileno()), *self._args],
                 pass_fds=(sock.fileno(),),
                 stdout=subprocess.DEVNULL,
             )
@@ -77,6 +90,20 @@ class FastUpstreamProcess:
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
+
+
+class FastUpstreamProcess(FdServerProcess):
+    """The fixed-response V2 upstream (`python -m loadtests.upstreams`)."""
+
+    def __init__(self, cpus: set[int] | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__("loadtests.upstreams", (), cpus, host)
+
+
+class BareProxyProcess(FdServerProcess):
+    """The byte-pipe proxy (`python -m loadtests.bare_proxy`) in front of `upstream`."""
+
+    def __init__(self, upstream: str, cpus: set[int] | None = None) -> None:
+        super().__init__("loadtests.bare_proxy", ("--upstream", upstream), cpus)
 
 
 def start_model_server(cpus: set[int] | None) -> ModelServerProcess:
