@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -97,7 +97,26 @@ class Upstream:
             skip_auto_headers=_NO_AUTO_HEADERS,
         )
 
-    async def buffered(
+    def buffered(
+        self,
+        method: str,
+        target: bytes,
+        headers: RawHeaders,
+        peer: str | None,
+        scheme: str,
+        strip: frozenset[bytes],
+        body: bytes,
+    ) -> Awaitable[Answer]:
+        """Forward a call whose body is in hand and read the whole answer. Raises UpstreamError."""
+        if self._pool is not None:
+            head = request_head(
+                method, target, headers, peer, scheme, strip, len(body), self._pool.host_header
+            )
+            # The pool's coroutine itself, not one wrapping it: a level less to resume.
+            return self._pool.request(head, body)
+        return self._buffered_by_aiohttp(method, target, headers, peer, scheme, strip, body)
+
+    async def _buffered_by_aiohttp(
         self,
         method: str,
         target: bytes,
@@ -107,12 +126,6 @@ class Upstream:
         strip: frozenset[bytes],
         body: bytes,
     ) -> Answer:
-        """Forward a call whose body is in hand and read the whole answer. Raises UpstreamError."""
-        if self._pool is not None:
-            head = request_head(
-                method, target, headers, peer, scheme, strip, len(body), self._pool.host_header
-            )
-            return await self._pool.request(head, body)
         out = request_headers(headers, peer, scheme, strip, keep_length=False)
         try:
             async with self.request(method, target.decode("latin-1"), out, body) as resp:

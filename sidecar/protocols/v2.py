@@ -86,6 +86,8 @@ def _rows_of(shape: list[int], data: list[Any]) -> list[list[Any]]:
     if not shape:
         return [data]
     n = shape[0]
+    if n == 1:
+        return [data]
     width = len(data) // n if n else 0
     return [data[i * width : (i + 1) * width] for i in range(n)]
 
