@@ -221,7 +221,7 @@ class DataPlane:
                     "status_url": f"{self._control_url}/review/items/{first.decision_id}",
                 }
             )
-            self._pipeline.submit(batch)
+            self._pipeline.submit(batch, urgent=True)
             ex.respond(
                 202,
                 [_JSON, (b"x-review-status", b"held"), (b"x-decision-id", rid.encode())],

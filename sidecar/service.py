@@ -93,13 +93,14 @@ class Service:
             # Sampling comes first so events and the lookup store record it; explaining is
             # queued only after "record", or a fast explanation could find no decision to
             # attach to in the lookup store.
-            [
+            stages=[
                 ("sample", self._sample),
                 ("record", self._record),
                 ("publish", self._publish),
                 ("explain", self._explain),
                 ("review", self._review),
             ],
+            poll_s=settings.decisions.flush_interval_ms / 1000.0,
         )
         m = settings.model
         self.dataplane = DataPlane(

@@ -27,6 +27,7 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("", {"SIDECAR_PROXY__TIMEOUT_S": "-1"}, "SIDECAR_PROXY__TIMEOUT_S"),
         ("", {"SIDECAR_PROXY__NOPE": "1"}, "SIDECAR_PROXY__NOPE"),
         ("", {"SIDECAR_NOPE": "1"}, "SIDECAR_NOPE"),
+        ("[decisions]\nflush_interval_ms = 0\n", {}, "decisions.flush_interval_ms"),
         ("[proxy\n", {}, "not valid TOML"),
     ],
 )

@@ -68,6 +68,8 @@ def test_hold_mode_end_to_end(model_url: str) -> None:
         },
         review={"mode": "hold", "confidence_below": 0.6},
         auth={"tokens": TOKENS},
+        # Far beyond the test's waits: a held item must not wait for the next poll.
+        decisions={"flush_interval_ms": 1000},
     ) as service:
         proxy = httpx.Client(base_url=service.proxy_url, timeout=10)
         control = httpx.Client(base_url=service.control_url, headers=bearer(ALICE), timeout=10)
@@ -96,7 +98,12 @@ def test_hold_mode_end_to_end(model_url: str) -> None:
             return control.get(ticket["status_url"])
 
         for t in tickets:
-            wait_until(lambda t=t: status(t).status_code == 200, what="the held item in the queue")
+            # Sooner than the 1 s poll: holding the answer wakes the background stages.
+            wait_until(
+                lambda t=t: status(t).status_code == 200,
+                timeout_s=0.6,
+                what="the held item in the queue before the next poll",
+            )
         approve_t, override_t = tickets
         item = status(approve_t).json()
         assert item["mode"] == "held" and item["final"]["state"] == "held"

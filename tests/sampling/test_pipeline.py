@@ -1,0 +1,64 @@
+"""The hand-off between the hot path and the background stages."""
+
+from __future__ import annotations
+
+import threading
+
+from eventlib import make_decision
+
+from sidecar.metrics import Registry
+from sidecar.pipeline import Batch, Pipeline
+
+
+def _pipeline(poll_s: float) -> tuple[Pipeline, list[list[Batch]], threading.Event]:
+    seen: list[list[Batch]] = []
+    ran = threading.Event()
+
+    def stage(batches: list[Batch]) -> None:
+        seen.append(list(batches))
+        ran.set()
+
+    pipeline = Pipeline(100, Registry(), [("record", stage)], poll_s=poll_s)
+    pipeline.start()
+    return pipeline, seen, ran
+
+
+def test_a_poll_hands_the_stages_every_batch_queued_since_the_last() -> None:
+    pipeline, seen, ran = _pipeline(poll_s=30.0)
+    try:
+        batches = [Batch([make_decision(i)]) for i in range(3)]
+        for b in batches:
+            assert pipeline.submit(b)
+        # Nothing wakes the stages before the poll: they have not run yet.
+        assert not ran.wait(0.2)
+        assert pipeline.drain(5.0)
+        assert seen == [batches]
+    finally:
+        pipeline.close()
+
+
+def test_an_urgent_batch_wakes_the_stages_before_the_poll() -> None:
+    pipeline, seen, ran = _pipeline(poll_s=30.0)
+    try:
+        held = Batch([make_decision(1)])
+        assert pipeline.submit(held, urgent=True)
+        assert ran.wait(5.0)
+        assert seen == [[held]]
+    finally:
+        pipeline.close()
+
+
+def test_close_runs_what_is_queued_then_stops() -> None:
+    pipeline, seen, _ = _pipeline(poll_s=30.0)
+    batch = Batch([make_decision(2)])
+    assert pipeline.submit(batch)
+    pipeline.close(5.0)
+    assert seen == [[batch]]
+
+
+def test_a_full_queue_sheds_and_counts() -> None:
+    registry = Registry()
+    pipeline = Pipeline(1, registry, [], poll_s=30.0)
+    assert pipeline.submit(Batch([make_decision(1)]))
+    assert not pipeline.submit(Batch([make_decision(2), make_decision(3)]))
+    assert "sidecar_decisions_shed_total 2" in registry.render()
