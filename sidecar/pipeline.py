@@ -119,12 +119,26 @@ class Pipeline:
             self._busy = True
             batches = [q.popleft() for _ in range(min(len(q), MAX_DRAIN))]
             for name, stage in self._stages:
-                try:
-                    stage(batches)
-                except Exception:
-                    self._failures[name].inc()
-                    log.exception("pipeline stage %s failed", name)
+                self._run_stage(name, stage, batches)
             self._busy = False
+
+    def _run_stage(self, name: str, stage: Stage, batches: list[Batch]) -> None:
+        try:
+            stage(batches)
+            return
+        except Exception:
+            if len(batches) == 1:
+                self._failures[name].inc()
+                log.exception("pipeline stage %s failed", name)
+                return
+        # One bad batch must not cost the others of its poll: go again one by one (what
+        # the stage did before it failed may be done twice; events are at least once).
+        for batch in batches:
+            try:
+                stage([batch])
+            except Exception:
+                self._failures[name].inc()
+                log.exception("pipeline stage %s failed", name)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until everything submitted so far has been through the stages (tests, shutdown)."""

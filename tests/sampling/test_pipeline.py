@@ -62,3 +62,25 @@ def test_a_full_queue_sheds_and_counts() -> None:
     assert pipeline.submit(Batch([make_decision(1)]))
     assert not pipeline.submit(Batch([make_decision(2), make_decision(3)]))
     assert "sidecar_decisions_shed_total 2" in registry.render()
+
+
+def test_a_failing_batch_costs_only_itself() -> None:
+    registry = Registry()
+    done: list[str] = []
+
+    def stage(batches: list[Batch]) -> None:
+        for b in batches:
+            if b.decisions[0].request_id == "poison":
+                raise ValueError("bad batch")
+        done.extend(b.decisions[0].request_id for b in batches)
+
+    pipeline = Pipeline(100, registry, [("publish", stage)], poll_s=30.0)
+    pipeline.start()
+    try:
+        for rid in ("a", "poison", "b"):
+            pipeline.submit(Batch([make_decision(request_id=rid)]))
+        assert pipeline.drain(5.0)
+    finally:
+        pipeline.close()
+    assert done == ["a", "b"]
+    assert 'sidecar_stage_failures_total{stage="publish"} 1' in registry.render()
