@@ -102,8 +102,8 @@ class DecisionSettings(_Section):
     """Bound of the queue between the hot path and the background stages; past it decisions are shed and counted."""
     retention: int = Field(default=100_000, ge=1)
     """Decisions kept for lookup by id (oldest forgotten first)."""
-    flush_interval_ms: float = Field(default=50.0, gt=0, le=1000)
-    """How often the background stages take what the hot path queued: decisions reach lookups, events and the review queue within this (held ones at once); longer costs less CPU per request."""
+    flush_interval_ms: float = Field(default=25.0, gt=0, le=1000)
+    """How often the background stages take what the hot path queued: decisions reach lookups, events and the spool within this (held ones at once). Longer costs less CPU per request but widens what a crash can lose."""
 
 
 class SamplingSettings(_Section):

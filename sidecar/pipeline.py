@@ -45,8 +45,9 @@ class Batch:
 Stage = Callable[[list[Batch]], None]
 # The consumer polls instead of being woken per batch: waking a thread on every
 # put cost ~10 µs of the request's CPU (GIL hand-off); a poll batches them, and the
-# stages run warm over a poll's batches (25 -> 50 ms took ~17 µs per request off).
-POLL_S = 0.05
+# stages run warm over a poll's batches. 50 ms took another 12-17 µs per request off,
+# but answered decisions wait that long for the spool: a crash would lose twice as many.
+POLL_S = 0.025
 # Upper bound on one hand-off to the stages, so a backlog is worked through in steps.
 MAX_DRAIN = 1024
 
