@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from loadtests.listen import add_listen_args, listening_socket
+
 
 class _Upstream(asyncio.Protocol):
     def __init__(self, client: asyncio.Transport) -> None:
@@ -93,16 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m loadtests.bare_proxy", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--upstream", required=True, help="http://host:port to pipe to")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
-    parser.add_argument("--fd", type=int, help="serve on this inherited listening socket instead")
+    add_listen_args(parser, default_port=0)
     args = parser.parse_args(argv)
-    if args.fd is not None:
-        sock = socket.socket(fileno=args.fd)
-    else:
-        sock = socket.create_server((args.host, args.port))
-    host, port = sock.getsockname()[:2]
-    print(f"bare proxy: http://{host}:{port} -> {args.upstream}", flush=True)
+    sock, url = listening_socket(args)
+    print(f"bare proxy: {url} -> {args.upstream}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(sock, args.upstream))
     return 0

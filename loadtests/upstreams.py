@@ -20,6 +20,8 @@ import httptools
 import orjson
 import uvloop
 
+from loadtests.listen import add_listen_args, listening_socket
+
 # One row of the demo model's V2 answer: the sidecar parses it like the real thing.
 FAST_RESPONSE_BODY = orjson.dumps(
     {
@@ -91,16 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.upstreams", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100, help="0 picks a free port (printed)")
-    parser.add_argument("--fd", type=int, help="serve on this inherited listening socket instead")
+    add_listen_args(parser, default_port=9100)
     args = parser.parse_args(argv)
-    if args.fd is not None:
-        sock = socket.socket(fileno=args.fd)
-    else:
-        sock = socket.create_server((args.host, args.port))
-    host, port = sock.getsockname()[:2]
-    print(f"fast upstream: http://{host}:{port}", flush=True)
+    sock, url = listening_socket(args)
+    print(f"fast upstream: {url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve_fixed(sock))
     return 0
