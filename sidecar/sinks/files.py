@@ -2,9 +2,10 @@
 
 JSON Lines rather than Parquet: the events handed over together (one pipeline
 poll's worth) are one `write` of whole lines, so they are on disk (page cache)
-the moment `publish_many` returns and a crash can tear at most the last line; a Parquet file is unreadable until its footer is written
-at close, so a crash would lose the whole open file, and buffering rows for
-row groups would hold events in memory. JSON Lines also reads with `tail -f`,
+the moment `publish_many` returns and a crash can tear at most the last line;
+a Parquet file is unreadable until its footer is written at close, so a crash
+would lose the whole open file, and buffering rows for row groups would hold
+events in memory. JSON Lines also reads with `tail -f`,
 `jq`, or `pyarrow.json.read_json` / DuckDB when columnar analysis is wanted.
 
 Files are named by the UTC time they were opened (`20261123T101500.123456Z.jsonl`),
