@@ -17,7 +17,7 @@ import aiohttp
 
 from sidecar.config import ProxySettings
 from sidecar.errors import UpstreamError, classify
-from sidecar.headers import request_head, request_headers, response_headers
+from sidecar.headers import request_head, request_headers
 from sidecar.http1 import Answer, Pool
 from sidecar.types import RawHeaders
 
@@ -129,7 +129,8 @@ class Upstream:
         out = request_headers(headers, peer, scheme, strip, keep_length=False)
         try:
             async with self.request(method, target.decode("latin-1"), out, body) as resp:
-                return Answer(resp.status, response_headers(resp.raw_headers), await resp.read())
+                # Raw, like the pool's answer: the data plane filters hop-by-hop headers once.
+                return Answer(resp.status, list(resp.raw_headers), await resp.read())
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise classify(exc) from exc
 
