@@ -12,8 +12,10 @@ against them.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
@@ -36,6 +38,19 @@ _NAMESPACE = uuid.UUID("6b1f4c3e-2a8d-5e7b-9c41-0d3f5a6e7b80").bytes
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
+# CPython's own SHA-1 and SHA-256 rather than OpenSSL's: the background stage runs every
+# 25 ms on a cold cache, where OpenSSL's context set-up per digest cost more than the
+# digest (measured: 5.5 against 3.5 µs per event id; same digests, pinned by tests).
+def _builtin(module: str, name: str) -> Callable[[bytes], hashlib._Hash]:
+    try:
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):  # a CPython built without its own hashes
+        return getattr(hashlib, name)  # type: ignore[no-any-return]
+
+
+_sha1 = _builtin("_sha1", "sha1")
+_sha256 = _builtin("_sha256", "sha256")
+
 # The RFC 9562 variant bits (10xx) applied to one hex digit.
 _VARIANT = {f"{i:x}": f"{(i & 0x3) | 0x8:x}" for i in range(16)}
 
@@ -44,7 +59,7 @@ def event_id(*parts: object) -> str:
     """A stable id from the parts that identify one event: a UUIDv5 (RFC 9562)."""
     # Equal to str(uuid.uuid5(namespace, name)); formatting the digest's hex directly
     # is several times cheaper than building UUID objects, and it runs once per event.
-    h = hashlib.sha1(_NAMESPACE + "\x1f".join(map(str, parts)).encode()).hexdigest()
+    h = _sha1(_NAMESPACE + "\x1f".join(map(str, parts)).encode()).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
@@ -71,7 +86,7 @@ def features_hash(features: list[Any] | None) -> str | None:
     """SHA-256 of the feature vector's canonical JSON, `sha256:<hex>` (None without features)."""
     if features is None:
         return None
-    return "sha256:" + hashlib.sha256(orjson.dumps(features, option=_JSON_OPTS)).hexdigest()
+    return "sha256:" + _sha256(orjson.dumps(features, option=_JSON_OPTS)).hexdigest()
 
 
 def decision_event(decision: Decision, features: FeaturesPolicy = "full") -> dict[str, Any]:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 from eventlib import make_decision, validate_event
 
@@ -48,6 +50,9 @@ def test_hash_policy_keeps_only_the_hash(decision: Decision) -> None:
     assert hashed["features_hash"] == full["features_hash"]
     other = events.decision_event(make_decision(features=[35.0, 52000.0, 0.31, 1]))
     assert other["features_hash"] != full["features_hash"]
+    # The digest is SHA-256 of the features' JSON, whichever implementation computes it.
+    digest = hashlib.sha256(orjson.dumps(decision.features)).hexdigest()
+    assert full["features_hash"] == f"sha256:{digest}"
 
 
 @pytest.mark.parametrize(
