@@ -35,6 +35,7 @@ import platform
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -66,9 +67,21 @@ TARGETS_FAST = {"added_p50_ms": 0.5, "added_p99_ms": 2.0, "sidecar_cpu_us_per_re
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def _sidecar_command() -> list[str]:
-    exe = Path(sys.executable).with_name("sidecar")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sidecar.cli"]
+def _sidecar_command(python: str = sys.executable) -> list[str]:
+    exe = Path(python).with_name("sidecar")
+    return [str(exe)] if exe.exists() else [python, "-m", "sidecar.cli"]
+
+
+def _interpreter(python: str) -> dict[str, str]:
+    """Which Python runs the sidecar: its build moves the CPU figure as much as our code does."""
+    out = subprocess.run(
+        [python, "-c", "import json, platform, sys; print(json.dumps("
+         "{'version': platform.python_version(), 'executable': sys.executable,"
+         " 'build': sys.version}))"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    described: dict[str, str] = json.loads(out)
+    return described
 
 
 def _toml_value(value: Any) -> str:
@@ -232,6 +245,7 @@ def report(result: dict[str, Any]) -> str:
         f" in {result['rounds']} alternating rounds  pinning: {result['pinning']}",
         f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores,"
         f" load average {result['machine']['loadavg_1m_at_start']:.2f} at start",
+        _python_line(result["machine"]),
         f"{'':10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}",
     ]
     rows = [("direct", d), ("sidecar", s)]
@@ -283,6 +297,14 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _python_line(machine: dict[str, Any]) -> str:
+    py = machine.get("sidecar_python")
+    if not py:
+        return f"sidecar python: {machine['python']}"
+    build = py["build"].split("\n")[0]
+    return f"sidecar python: {py['executable']} ({build})"
+
+
 @contextlib.contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
     """One benchmark at a time: two pinned to the same cores would measure each other."""
@@ -318,7 +340,13 @@ def main(argv: list[str] | None = None) -> int:
         help="extra sidecar setting",
     )
     parser.add_argument(
-        "--sidecar", default=None, help="sidecar command (default: the venv's `sidecar`)"
+        "--python",
+        default=sys.executable,
+        help="Python that runs the sidecar and the bare proxy: a venv's, with this project"
+        " installed (default: this one)",
+    )
+    parser.add_argument(
+        "--sidecar", default=None, help="sidecar command (default: `sidecar` next to --python)"
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (config, sidecar log)"
@@ -363,7 +391,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict
             upstream_url = upstream.url
         config = work / "sidecar.toml"
         write_config(config, upstream_url, extra)
-        command = shlex.split(args.sidecar) if args.sidecar else _sidecar_command()
+        command = shlex.split(args.sidecar) if args.sidecar else _sidecar_command(args.python)
         sidecar = SidecarProcess(command, config, work, work / "sidecar.log", far)
         urls = sidecar.start()
         print(
@@ -372,7 +400,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict
         paths = {"direct": upstream_url, "sidecar": urls["proxy"]}
         pids = {"sidecar": sidecar.pid}
         if not args.no_bare:
-            bare = BareProxyProcess(upstream_url, far)
+            bare = BareProxyProcess(upstream_url, far, python=args.python)
             paths["bare"] = bare.start()
             pids["bare"] = bare.pid
         measured = uvloop.run(_rounds(paths, args, pids))
@@ -389,6 +417,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict
 
     machine = _machine()
     machine["loadavg_1m_at_start"] = load_at_start
+    machine["sidecar_python"] = _interpreter(args.python)
     result: dict[str, Any] = {
         "scenario": args.scenario,
         "rate": args.rate,

@@ -14,6 +14,8 @@ from pathlib import Path
 from sidecar.demo.process import ModelServerProcess, wait_ready
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+# `python -m loadtests.X` finds the package from here, whatever folder the harness runs in.
+_REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_seconds(pid: int) -> float:
@@ -58,8 +60,10 @@ class FdServerProcess:
         args: tuple[str, ...] = (),
         cpus: set[int] | None = None,
         host: str = "127.0.0.1",
+        python: str = sys.executable,
     ) -> None:
         self._module = module
+        self._python = python
         self._args = args
         self._cpus = cpus
         self._host = host
@@ -76,8 +80,9 @@ class FdServerProcess:
         self.url = f"http://{self._host}:{sock.getsockname()[1]}"
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self._module, "--fd", str(sock.fileno()), *self._args],
+                [self._python, "-m", self._module, "--fd", str(sock.fileno()), *self._args],
                 pass_fds=(sock.fileno(),),
+                cwd=_REPO,
                 stdout=subprocess.DEVNULL,
             )
         finally:
@@ -102,8 +107,10 @@ class FastUpstreamProcess(FdServerProcess):
 class BareProxyProcess(FdServerProcess):
     """The byte-pipe proxy (`python -m loadtests.bare_proxy`) in front of `upstream`."""
 
-    def __init__(self, upstream: str, cpus: set[int] | None = None) -> None:
-        super().__init__("loadtests.bare_proxy", ("--upstream", upstream), cpus)
+    def __init__(
+        self, upstream: str, cpus: set[int] | None = None, python: str = sys.executable
+    ) -> None:
+        super().__init__("loadtests.bare_proxy", ("--upstream", upstream), cpus, python=python)
 
 
 def start_model_server(cpus: set[int] | None) -> ModelServerProcess:
