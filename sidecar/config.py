@@ -55,6 +55,20 @@ class ProxySettings(_Section):
     """Keep-alive connections from clients idle this long are closed (checked every quarter of it)."""
     max_rows_per_request: int = Field(default=10_000, ge=1)
     """Rows beyond this in one call are forwarded but not recorded as decisions (counted)."""
+    upstream_ca_file: Path | None = None
+    """PEM bundle of the CAs that sign an https:// upstream's certificate (default: the system's)."""
+
+    @field_validator("upstream_ca_file")
+    @classmethod
+    def _check_ca_file(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            import ssl
+
+            try:
+                ssl.create_default_context(cafile=str(v))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot load CA certificates from {v}: {exc}") from None
+        return v
 
     @field_validator("upstream")
     @classmethod

@@ -33,6 +33,9 @@ def classify(exc: BaseException) -> UpstreamError:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return UpstreamError(504, "connect_timeout", str(exc) or "connect timed out")
         return UpstreamError(504, "timeout", str(exc) or "upstream did not answer in time")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        # Before ClientConnectorError, which the certificate errors also are.
+        return UpstreamError(502, "tls", str(exc))
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(502, "connect_failed", str(exc))
     if isinstance(exc, aiohttp.ServerDisconnectedError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable
 from urllib.parse import urlsplit
 
@@ -48,12 +49,16 @@ class Upstream:
 
     async def start(self) -> None:
         s = self._settings
+        tls: ssl.SSLContext | bool = True  # an https:// upstream is verified, always
+        if s.upstream_ca_file is not None:
+            tls = ssl.create_default_context(cafile=str(s.upstream_ca_file))
         connector = aiohttp.TCPConnector(
             limit=s.pool_size,
             limit_per_host=s.pool_size,
             ttl_dns_cache=300,
             enable_cleanup_closed=False,
             family=socket.AF_UNSPEC,
+            ssl=tls,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

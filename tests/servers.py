@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -39,10 +40,11 @@ class RecordingUpstream:
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     loop: asyncio.AbstractEventLoop | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def route(self, path: str) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
@@ -65,8 +67,9 @@ class RecordingUpstream:
 
 
 @contextlib.contextmanager
-def recording_upstream() -> Iterator[RecordingUpstream]:
-    up = RecordingUpstream()
+def recording_upstream(tls: ssl.SSLContext | None = None) -> Iterator[RecordingUpstream]:
+    """A recording upstream on 127.0.0.1; with `tls`, an https:// one."""
+    up = RecordingUpstream(scheme="https" if tls is not None else "http")
     ready = threading.Event()
     runner_box: list[web.AppRunner] = []
 
@@ -77,7 +80,7 @@ def recording_upstream() -> Iterator[RecordingUpstream]:
         app.router.add_route("*", "/{tail:.*}", up._dispatch)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
         loop.run_until_complete(site.start())
         up.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         runner_box.append(runner)
