@@ -20,7 +20,9 @@ moves much less.
 With two or more cores the load generator and the upstream share the first core and the
 sidecar gets the second: the direct path is then undisturbed by the sidecar's background
 stages, and the sidecar's cost is what it takes of a core of its own (`--no-pin` to
-turn this off).
+turn this off). For the same reason idle CPUs are held to polling for the run where the
+platform allows it (loadtests/idle.py; `--allow-halt` to let them halt): on a VM, a core
+that halts between requests makes the next one pay for the host's other tenants.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import Any
 import numpy as np
 import uvloop
 
+from loadtests.idle import idle_cpus
 from loadtests.loadgen import LoadResult, run_load
 from loadtests.payloads import V2_PATH, v2_requests
 from loadtests.procs import (
@@ -243,6 +246,7 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"scenario {result['scenario']}  rate {result['rate']}/s  {result['duration_s']} s per path"
         f" in {result['rounds']} alternating rounds  pinning: {result['pinning']}",
+        f"idle cpus: {result.get('idle_cpus', 'halt')}",
         f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores,"
         f" load average {result['machine']['loadavg_1m_at_start']:.2f} at start",
         _python_line(result["machine"]),
@@ -333,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-bare", action="store_true", help="leave out the bare byte-pipe proxy path"
     )
     parser.add_argument(
+        "--allow-halt",
+        action="store_true",
+        help="let idle CPUs halt during the run (default: hold them to polling, loadtests/idle.py)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -359,13 +368,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = os.sched_getaffinity(0)
     try:
-        with _exclusive(LOCK_PATH):
-            return _run(args, argv, extra)
+        with _exclusive(LOCK_PATH), idle_cpus(poll=not args.allow_halt) as idle:
+            return _run(args, argv, extra, idle)
     finally:
         os.sched_setaffinity(0, cores)
 
 
-def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict[str, Any]]) -> int:
+def _run(
+    args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict[str, Any]], idle: str
+) -> int:
     cores = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cores) >= 2
     near: set[int] | None = {cores[0]} if pin else None
@@ -425,6 +436,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: dict[str, dict
         "rounds": args.rounds,
         "connections": args.connections,
         "pinning": pinning,
+        "idle_cpus": idle,
         "sidecar_settings": extra,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m loadtests.bench_proxy "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from loadtests.bench_proxy import main as bench_main
 from loadtests.bench_proxy import parse_set, write_config
+from loadtests.idle import idle_cpus
 from loadtests.loadgen import build_request, run_load
 from loadtests.payloads import V2_PATH, v2_requests
 from loadtests.procs import FastUpstreamProcess, cpu_seconds
@@ -129,3 +131,20 @@ def test_bench_proxy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # Decision recording was on: every request through the sidecar became a decision.
     assert result["sidecar_metrics"]["sidecar_decisions_total"] >= 200
     assert result["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    # The sidecar ran under the interpreter the run names, and the run says what idle CPUs did.
+    assert result["machine"]["sidecar_python"]["version"] == result["machine"]["python"]
+    assert result["idle_cpus"].startswith(("poll", "halt"))
+    assert f"idle cpus: {result['idle_cpus']}" in out
+
+
+def test_idle_cpus_holds_a_zero_latency_request_while_open(tmp_path: Path) -> None:
+    # A plain file stands in for /dev/cpu_dma_latency: what is written, and when it is let go.
+    qos = tmp_path / "cpu_dma_latency"
+    qos.write_bytes(b"")
+    with idle_cpus(poll=True, path=str(qos)) as how:
+        assert how.startswith("poll")
+        assert qos.read_bytes() == struct.pack("=i", 0)
+    with idle_cpus(poll=True, path=str(tmp_path / "absent")) as how:
+        assert how.startswith("halt (could not hold")
+    with idle_cpus(poll=False, path=str(qos)) as how:
+        assert how.startswith("halt")
