@@ -9,6 +9,7 @@ a message that names them. Nested keys in the environment use `__`:
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -62,8 +63,6 @@ class ProxySettings(_Section):
     @classmethod
     def _check_ca_file(cls, v: Path | None) -> Path | None:
         if v is not None:
-            import ssl
-
             try:
                 ssl.create_default_context(cafile=str(v))
             except (OSError, ssl.SSLError) as exc:

@@ -47,8 +47,6 @@ class GroupSource(Protocol):
         self, headers: RawHeaders, body_groups: Any, features: dict[str, Any] | None
     ) -> dict[str, str]: ...
 
-    def from_header(self, raw: bytes) -> dict[str, str]: ...
-
 
 class Router(Protocol):
     """Review routing rules (sidecar.review.routing)."""
@@ -279,15 +277,9 @@ class DataPlane:
         headers = ex.headers
         request_id = None
         explain = review = False
-        source = self._groups
-        group_header = source.header_name if source is not None else None
-        group_raw: bytes | None = None
         for name, value in headers:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")
-            elif name == group_header:
-                # Repeated headers combine, as RFC 9110 allows for lists.
-                group_raw = value if group_raw is None else group_raw + b";" + value
             elif name == self._explain_header:
                 explain = value.lower() in _TRUE
             elif name == self._review_header:
@@ -297,15 +289,9 @@ class DataPlane:
         version = str(version) if version else (call.model_version or self._model_version)
         names = parsed.feature_names
         # Without derivation rules every row has the request's attributes: parse them once.
+        source = self._groups
         per_row = source is not None and source.derives
-        shared: dict[str, str] = {}
-        if source is None or per_row:
-            pass
-        elif body_groups is None:
-            if group_raw is not None:
-                shared = source.from_header(group_raw)
-        else:
-            shared = source.from_request(headers, body_groups, None)
+        shared = source.from_request(headers, body_groups, None) if source and not per_row else {}
         router = self._router
         latency_ms = latency * 1000.0
         decisions = []

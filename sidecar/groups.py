@@ -141,14 +141,14 @@ class GroupExtractor:
         raw = self._header_value(headers)
         if raw is not None:
             if not attrs and body_obj is None:
-                return self.from_header(raw)
+                return self._from_header(raw)
             bad += self._parse_into(raw.decode("utf-8", "replace"), attrs)
         if bad:
             self.m_malformed.inc(bad)
         return self.apply_privacy(attrs) if self._needs_privacy else attrs
 
-    def from_header(self, raw: bytes) -> dict[str, str]:
-        """Attributes from the header's value alone (no body field, no rules), remembered by its bytes.
+    def _from_header(self, raw: bytes) -> dict[str, str]:
+        """Attributes from the header alone, remembered by its bytes.
 
         Traffic repeats a handful of attribute combinations: parsing, checking and
         (keyed) hashing them once each keeps that work off the request path. The
