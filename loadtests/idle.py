@@ -5,7 +5,7 @@ halts hands the physical CPU back to the host, and the next request starts on co
 caches and TLBs; what that costs depends on the host's other tenants, not on the
 code measured. On our CI VM (whose kernel sets `haltpoll.guest_halt_poll_ns=0`, so
 idle CPUs halt at once) the same sidecar measured 152-371 µs of CPU per request at
-500 requests/s across one day, and 140-151 µs whenever idle CPUs polled.
+500 requests/s across one day; in its slowest phase, 140 µs with idle CPUs polling.
 
 Holding a PM QoS request of 0 µs on `/dev/cpu_dma_latency` (what tuned's
 latency-performance profile and cyclictest do) makes the kernel's idle loop poll

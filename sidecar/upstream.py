@@ -119,21 +119,14 @@ class Upstream:
             )
             # The pool's coroutine itself, not one wrapping it: a level less to resume.
             return self._pool.request(head, body)
-        return self._buffered_by_aiohttp(method, target, headers, peer, scheme, strip, body)
+        out = request_headers(headers, peer, scheme, strip, keep_length=False)
+        return self._buffered_by_aiohttp(method, target.decode("latin-1"), out, body)
 
     async def _buffered_by_aiohttp(
-        self,
-        method: str,
-        target: bytes,
-        headers: RawHeaders,
-        peer: str | None,
-        scheme: str,
-        strip: frozenset[bytes],
-        body: bytes,
+        self, method: str, path_qs: str, headers: list[tuple[str, str]], body: bytes
     ) -> Answer:
-        out = request_headers(headers, peer, scheme, strip, keep_length=False)
         try:
-            async with self.request(method, target.decode("latin-1"), out, body) as resp:
+            async with self.request(method, path_qs, headers, body) as resp:
                 # Raw, like the pool's answer: the data plane filters hop-by-hop headers once.
                 return Answer(resp.status, list(resp.raw_headers), await resp.read())
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
