@@ -24,7 +24,7 @@ import uvloop
 from loadtests.payloads import V2_PATH, v2_bodies
 from loadtests.procs import FastUpstreamProcess
 from sidecar.config import ProxySettings
-from sidecar.upstream import Upstream
+from sidecar.dataplane.upstream import Upstream
 
 Call = Callable[[], Awaitable[bytes]]
 
@@ -54,7 +54,7 @@ async def _clients(url: str, body: bytes) -> dict[str, tuple[Call, Callable[[], 
     return {
         "httpx.AsyncClient": (httpx_call, hx.aclose),
         "aiohttp.ClientSession": (aiohttp_call, ah.close),
-        "sidecar.http1.Pool": (ours_call, ours.close),
+        "sidecar.dataplane.client.Pool": (ours_call, ours.close),
     }
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         results = uvloop.run(_run(url, args.requests, args.rounds))
     finally:
         upstream.stop()
-    base = statistics.median(results["sidecar.http1.Pool"])
+    base = statistics.median(results["sidecar.dataplane.client.Pool"])
     print(f"{'client':24} {'CPU µs/call (median of rounds)':>32} {'vs ours':>8}")
     for name, per_round in results.items():
         med = statistics.median(per_round)

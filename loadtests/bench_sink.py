@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench_proxy import LOCK_PATH, _exclusive
-from sidecar import events
 from sidecar.config import load_settings
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
+from sidecar.sinks import events
 from sidecar.sinks.files import FileSink
 from sidecar.sinks.kafka import KafkaSink
-from sidecar.spool import Spool
+from sidecar.sinks.spool import Spool
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "loadtests" / "results"

@@ -14,24 +14,24 @@ from typing import Any, Literal
 
 import uvicorn
 
-from sidecar.auth import Authenticator, TokenTable
 from sidecar.config import Settings
-from sidecar.controlplane import create_control_app
-from sidecar.dataplane import DataPlane
+from sidecar.control.app import create_control_app
+from sidecar.control.auth import Authenticator, TokenTable
+from sidecar.control.store import DecisionStore
+from sidecar.dataplane.groups import GroupExtractor
+from sidecar.dataplane.http import DataPlane
+from sidecar.dataplane.server import IdleReaper, serve
+from sidecar.dataplane.upstream import Upstream
 from sidecar.decisions import Decision
-from sidecar.events import decision_event, explanation_event
-from sidecar.explain_stage import ExplainStage, build_explainer
-from sidecar.groups import GroupExtractor
 from sidecar.metrics import Registry
-from sidecar.pipeline import Batch, Pipeline
+from sidecar.pipeline.explain import ExplainStage, build_explainer
+from sidecar.pipeline.queue import Batch, Pipeline
+from sidecar.pipeline.routing import ReviewRouter
+from sidecar.pipeline.sampling import Sampler
 from sidecar.review.api import create_review_router
-from sidecar.review.routing import ReviewRouter
 from sidecar.review.store import SqliteReviewStore
-from sidecar.sampling import Sampler
-from sidecar.server import IdleReaper, serve
 from sidecar.sinks import EventSink, build_sink
-from sidecar.store import DecisionStore
-from sidecar.upstream import Upstream
+from sidecar.sinks.events import decision_event, explanation_event
 
 log = logging.getLogger("sidecar")
 

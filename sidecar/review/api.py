@@ -18,11 +18,11 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from sidecar.auth import Authenticator, Principal
 from sidecar.config import ReviewSettings
+from sidecar.control.auth import Authenticator, Principal
+from sidecar.control.lookup import DecisionSource, ExplainFn, Explanations
 from sidecar.metrics import Registry
 from sidecar.review import console
-from sidecar.review.lookup import DecisionSource, ExplainFn, Explanations
 from sidecar.review.model import ReviewError, ReviewStore
 from sidecar.review.schemas import (
     AuditHeadOut,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sidecar import events
 from sidecar.review.audit import AuditRecord
+from sidecar.sinks import events
 
 SYSTEM_ACTOR = "system"
 _ACTIONS: dict[str, events.ReviewAction] = {

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sidecar.metrics import Registry
-from sidecar.spool import Record, Spool
+from sidecar.sinks.spool import Record, Spool
 
 log = logging.getLogger("sidecar.sinks.delivery")
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from sidecar import events
 from sidecar.metrics import Registry
+from sidecar.sinks import events
 from sidecar.sinks.base import EventKind
 from sidecar.sinks.stats import SinkStats
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from sidecar import events
 from sidecar.config import ConfigError, KafkaSettings, SpoolSettings
 from sidecar.metrics import Registry
+from sidecar.sinks import events
 from sidecar.sinks.base import EventKind
 from sidecar.sinks.delivery import Delivery, Producer, crc32_partition
+from sidecar.sinks.spool import Record, Spool
 from sidecar.sinks.stats import SinkStats
-from sidecar.spool import Record, Spool
 
 log = logging.getLogger("sidecar.sinks.kafka")
 

@@ -14,8 +14,8 @@ from explainers.errors import ExplainerError, ModelLoadError
 from explainers.explanation import Explanation
 from sidecar.config import Settings, load_settings
 from sidecar.decisions import Decision
-from sidecar.explain_stage import ExplainStage, build_explainer
 from sidecar.metrics import Registry
+from sidecar.pipeline.explain import ExplainStage, build_explainer
 
 
 def _settings(model: Path | None, background: Path | None = None, **explainer: object) -> Settings:

@@ -15,9 +15,9 @@ from conftest import kafka_settings
 from eventlib import make_decision, validate_event
 from kafka_broker import KafkaBroker, dead_bootstrap
 
-from sidecar import events
 from sidecar.metrics import Registry
-from sidecar.spool import HEADER
+from sidecar.sinks import events
+from sidecar.sinks.spool import HEADER
 
 CE_HEADERS = {"ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "ce_subject"}
 

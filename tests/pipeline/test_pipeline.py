@@ -7,7 +7,7 @@ import threading
 from eventlib import make_decision
 
 from sidecar.metrics import Registry
-from sidecar.pipeline import Batch, Pipeline
+from sidecar.pipeline.queue import Batch, Pipeline
 
 
 def _pipeline(poll_s: float) -> tuple[Pipeline, list[list[Batch]], threading.Event]:

@@ -20,15 +20,15 @@ import uvicorn
 from fastapi import FastAPI
 
 from explainers.explainer import build_explainer
-from sidecar.auth import authenticator_from_settings
 from sidecar.config import Settings, load_settings
-from sidecar.controlplane import create_control_app
+from sidecar.control.app import create_control_app
+from sidecar.control.auth import authenticator_from_settings
+from sidecar.control.store import DecisionStore
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 from sidecar.review.api import create_review_router
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks.files import FileSink
-from sidecar.store import DecisionStore
 
 DEMO_ASSETS = Path(__file__).resolve().parents[2] / "sidecar" / "demo" / "assets"
 DEMO_META = json.loads((DEMO_ASSETS / "model.json").read_text())

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.auth import Principal, TokenTable, authenticator_from_settings
 from sidecar.config import ConfigError, load_settings
+from sidecar.control.auth import Principal, TokenTable, authenticator_from_settings
 
 
 def table(auth: dict[str, Any]) -> TokenTable:

@@ -9,7 +9,7 @@ import pytest
 from review_helpers import make_decision
 
 from sidecar.config import ConfigError, load_settings
-from sidecar.review.routing import ReviewRouter
+from sidecar.pipeline.routing import ReviewRouter
 
 
 def router(**review: Any) -> ReviewRouter:

@@ -4,7 +4,7 @@ import pytest
 
 from sidecar.config import ConfigError, load_settings
 from sidecar.decisions import Decision
-from sidecar.sampling import Sampler, unit_hash
+from sidecar.pipeline.sampling import Sampler, unit_hash
 
 
 def _decision(

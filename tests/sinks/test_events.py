@@ -9,8 +9,8 @@ import orjson
 import pytest
 from eventlib import make_decision, validate_event
 
-from sidecar import events
 from sidecar.decisions import Decision
+from sidecar.sinks import events
 
 
 def explanation_dict() -> dict[str, Any]:

@@ -8,10 +8,9 @@ import orjson
 import pytest
 from eventlib import make_decision, validate_event
 
-from sidecar import events
 from sidecar.config import ConfigError, load_settings
 from sidecar.metrics import Registry
-from sidecar.sinks import build_sink
+from sidecar.sinks import build_sink, events
 from sidecar.sinks.files import FileSink
 from sidecar.sinks.kafka import KafkaSink, producer_config
 from sidecar.sinks.null import NullSink

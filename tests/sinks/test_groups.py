@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, load_settings
-from sidecar.groups import HASH_PREFIX, GroupExtractor
+from sidecar.dataplane.groups import HASH_PREFIX, GroupExtractor
 from sidecar.metrics import Registry
 
 

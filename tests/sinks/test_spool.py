@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from sidecar.metrics import Registry
-from sidecar.spool import HEADER, Position, Record, Spool, encode
+from sidecar.sinks.spool import HEADER, Position, Record, Spool, encode
 
 
 def make(tmp_path: Path, registry: Registry | None = None, **kw: object) -> Spool:
@@ -268,7 +268,7 @@ def test_a_second_process_cannot_share_the_spool(tmp_path: Path) -> None:
 
     sp = make(tmp_path)
     code = (
-        "import sys; from sidecar.spool import Spool, SpoolBusy; from sidecar.metrics import Registry\n"
+        "import sys; from sidecar.sinks.spool import Spool, SpoolBusy; from sidecar.metrics import Registry\n"
         f"s = Spool({str(tmp_path / 'spool')!r}, Registry(), max_bytes=1 << 20, segment_bytes=1 << 16)\n"
         "try:\n    s.open()\nexcept SpoolBusy as e:\n    print(e); sys.exit(3)\n"
     )

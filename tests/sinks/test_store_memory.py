@@ -8,8 +8,8 @@ from pathlib import Path
 
 from eventlib import make_decision
 
+from sidecar.control.store import DecisionStore
 from sidecar.metrics import Registry
-from sidecar.store import DecisionStore
 
 
 def _rss_bytes() -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.protocols import kserve_v1
-from sidecar.protocols.base import (
+from sidecar.dataplane.protocols import kserve_v1
+from sidecar.dataplane.protocols.base import (
     Parsed,
     ParseError,
     row_from_record,

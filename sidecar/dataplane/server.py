@@ -24,7 +24,7 @@ import httptools
 
 from sidecar.types import RawHeaders
 
-log = logging.getLogger("sidecar.server")
+log = logging.getLogger("sidecar.dataplane.server")
 
 HIGH_WATER = 1 << 18
 LOW_WATER = 1 << 16

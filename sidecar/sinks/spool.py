@@ -33,10 +33,10 @@ from typing import BinaryIO, Literal
 
 import orjson
 
-from sidecar import events
 from sidecar.metrics import Registry
+from sidecar.sinks import events
 
-log = logging.getLogger("sidecar.spool")
+log = logging.getLogger("sidecar.sinks.spool")
 
 MAGIC = 0x5350  # "PS" little-endian; resync looks for these two bytes
 HEADER = struct.Struct("<HIIQ")  # magic, crc32 of everything after it, payload length, seq

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 
-log = logging.getLogger("sidecar.pipeline")
+log = logging.getLogger("sidecar.pipeline.queue")
 
 
 @dataclass(slots=True)

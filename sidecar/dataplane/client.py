@@ -4,7 +4,7 @@ aiohttp's client cost about 150 µs of CPU per call here, most of the
 sidecar's budget; this one writes the request in one buffer, parses the
 answer with httptools (the parser uvicorn uses) and keeps connections
 pooled, for about a fifth of that. It serves only plain-HTTP upstreams and
-whole bodies; streamed and HTTPS calls go through aiohttp (sidecar.upstream).
+whole bodies; streamed and HTTPS calls go through aiohttp (sidecar.dataplane.upstream).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httptools
 
-from sidecar.errors import UpstreamError
+from sidecar.dataplane.errors import UpstreamError
 
 
 @dataclass(slots=True)

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.protocols import kserve_v1, mlflow, v2
-from sidecar.protocols.base import Parsed, ParseError, Row
+from sidecar.dataplane.protocols import kserve_v1, mlflow, v2
+from sidecar.dataplane.protocols.base import Parsed, ParseError, Row
 
 __all__ = ["Call", "ParseError", "Parsed", "Row", "recognise"]
 

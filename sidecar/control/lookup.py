@@ -26,7 +26,7 @@ Source = Literal["sampled", "review_item", "on_demand", "cached"]
 
 
 class DecisionSource(Protocol):
-    """The decision store's read side (sidecar.store.DecisionStore)."""
+    """The decision store's read side (sidecar.control.store.DecisionStore)."""
 
     def get(self, decision_id: str) -> Decision | None: ...
 

@@ -14,17 +14,17 @@ from typing import Any, Protocol
 
 import orjson
 
+from sidecar.dataplane.errors import UpstreamError, classify
+from sidecar.dataplane.headers import request_headers, response_headers
+from sidecar.dataplane.protocols import Call, ParseError, recognise
+from sidecar.dataplane.server import ClientGone, Exchange
+from sidecar.dataplane.upstream import Upstream
 from sidecar.decisions import Decision, accept_request_id
-from sidecar.errors import UpstreamError, classify
-from sidecar.headers import request_headers, response_headers
 from sidecar.metrics import Registry
-from sidecar.pipeline import Batch, Held, Pipeline
-from sidecar.protocols import Call, ParseError, recognise
-from sidecar.server import ClientGone, Exchange
+from sidecar.pipeline.queue import Batch, Held, Pipeline
 from sidecar.types import RawHeaders
-from sidecar.upstream import Upstream
 
-log = logging.getLogger("sidecar.dataplane")
+log = logging.getLogger("sidecar.dataplane.http")
 
 _JSON = (b"content-type", b"application/json")
 _TRUE = frozenset({b"1", b"true", b"yes", b"on"})
@@ -34,7 +34,7 @@ wall_clock = time.time
 
 
 class GroupSource(Protocol):
-    """Where group attributes come from (sidecar.groups)."""
+    """Where group attributes come from (sidecar.dataplane.groups)."""
 
     @property
     def header_name(self) -> bytes: ...
@@ -49,7 +49,7 @@ class GroupSource(Protocol):
 
 
 class Router(Protocol):
-    """Review routing rules (sidecar.review.routing)."""
+    """Review routing rules (sidecar.pipeline.routing)."""
 
     @property
     def mode(self) -> str: ...

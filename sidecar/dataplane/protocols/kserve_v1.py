@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.protocols.base import (
+from sidecar.dataplane.protocols.base import (
     Parsed,
     ParseError,
     names_for,

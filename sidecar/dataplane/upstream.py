@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from sidecar.config import ProxySettings
-from sidecar.errors import UpstreamError, classify
-from sidecar.headers import request_head, request_headers
-from sidecar.http1 import Answer, Pool
+from sidecar.dataplane.client import Answer, Pool
+from sidecar.dataplane.errors import UpstreamError, classify
+from sidecar.dataplane.headers import request_head, request_headers
 from sidecar.types import RawHeaders
 
 __all__ = ["Answer", "Upstream", "UpstreamError", "classify"]
