@@ -127,7 +127,7 @@ class SamplingSettings(_Section):
     low_confidence_below: float | None = Field(0.6, ge=0.0, le=1.0)
     """Always explain decisions whose confidence is below this (unset: no such rule)."""
     header: str = "x-explain"
-    """Request header whose value 1/true asks for an explanation of every row of the call."""
+    """Request header whose value 1/true/yes/on asks for an explanation of every row of the call."""
     group_rates: dict[str, float] = {}
     """Per group attribute rates, e.g. {"gender=F" = 0.5}; the highest matching rate applies."""
 
@@ -342,7 +342,7 @@ class ReviewSettings(_Section):
     group_rules: dict[str, bool | float] = {}
     """"attr=value" -> true (always review) or a rate in [0, 1] (deterministic sample by decision id)."""
     header: str = "x-review"
-    """Request header that asks for review of every row of the call (any value but 0/false/no)."""
+    """Request header whose value 1/true/yes/on asks for review of every row of the call."""
     audit_rate: float = Field(default=0.0, ge=0, le=1)
     """Share of decisions no other rule routed that go to review as a random audit sample."""
     db_path: Path = Path("var/review.db")

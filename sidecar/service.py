@@ -1,4 +1,4 @@
-"""Wiring: builds every part from the settings and runs both planes on one event loop."""
+"""Wiring: builds every part from the settings; the data plane on one loop, the control plane on its own."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Any, Literal
-
-import uvicorn
+from typing import Any
 
 from sidecar.config import Settings
 from sidecar.control.app import create_control_app
 from sidecar.control.auth import Authenticator, TokenTable
+from sidecar.control.server import ControlPlaneThread, new_event_loop
 from sidecar.control.store import DecisionStore
+from sidecar.dataplane.decide import Decider
 from sidecar.dataplane.groups import GroupExtractor
 from sidecar.dataplane.http import DataPlane
 from sidecar.dataplane.server import IdleReaper, serve
@@ -25,23 +24,17 @@ from sidecar.dataplane.upstream import Upstream
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 from sidecar.pipeline.explain import ExplainStage, build_explainer
-from sidecar.pipeline.queue import Batch, Pipeline
+from sidecar.pipeline.queue import Pipeline
 from sidecar.pipeline.routing import ReviewRouter
 from sidecar.pipeline.sampling import Sampler
+from sidecar.pipeline.stages import Stages
 from sidecar.review.api import create_review_router
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks import EventSink, build_sink
-from sidecar.sinks.events import decision_event, explanation_event
+
+__all__ = ["Service", "ServiceThread", "new_event_loop"]
 
 log = logging.getLogger("sidecar")
-
-
-class _Server(uvicorn.Server):
-    """A uvicorn server (the control plane's) that leaves signals to the service."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -74,40 +67,34 @@ class Service:
         self.upstream = Upstream(settings.proxy)
         self.store = DecisionStore(settings.decisions.retention, registry)
         self.sink: EventSink = build_sink(settings, registry)
-        self._features_policy = settings.sink.features
-        self.sampler = Sampler(settings.sampling)
-        self.explain_stage = (
-            ExplainStage(settings, registry, explainer, self._explained)
-            if explainer is not None
-            else None
-        )
         r = settings.review
-        self.router = ReviewRouter(r) if r.enabled else None
         self.review_store = SqliteReviewStore(
             r.db_path, sink=self.sink, registry=registry, lease_seconds=r.lease_seconds
         )
-        self.groups = GroupExtractor(settings.groups, registry)
+        self.stages = stages = Stages(
+            store=self.store,
+            sink=self.sink,
+            sampler=Sampler(settings.sampling),
+            review_store=self.review_store,
+            features=settings.sink.features,
+        )
+        self.explain_stage = (
+            ExplainStage(settings, registry, explainer, stages.explained)
+            if explainer is not None
+            else None
+        )
+        stages.explain_stage = self.explain_stage
         self.pipeline = Pipeline(
             settings.decisions.queue_size,
             registry,
-            # Sampling comes first so events and the lookup store record it; explaining is
-            # queued only after "record", or a fast explanation could find no decision to
-            # attach to in the lookup store.
-            stages=[
-                ("sample", self._sample),
-                ("record", self._record),
-                ("publish", self._publish),
-                ("explain", self._explain),
-                ("review", self._review),
-            ],
+            stages=stages.ordered(),
             poll_s=settings.decisions.flush_interval_ms / 1000.0,
         )
         m = settings.model
-        self.dataplane = DataPlane(
-            upstream=self.upstream,
-            pipeline=self.pipeline,
+        self.groups = GroupExtractor(settings.groups, registry)
+        self.router = ReviewRouter(r) if r.enabled else None
+        self.decider = Decider(
             registry=registry,
-            max_body=settings.proxy.max_inference_body_bytes,
             max_rows=settings.proxy.max_rows_per_request,
             mlflow_model=m.name or "model",
             model_version=m.version,
@@ -117,6 +104,13 @@ class Service:
             router=self.router,
             explain_header=settings.sampling.header.lower().encode("latin-1"),
             control_url=self.control_url,
+        )
+        self.dataplane = DataPlane(
+            upstream=self.upstream,
+            pipeline=self.pipeline,
+            decider=self.decider,
+            registry=registry,
+            max_body=settings.proxy.max_inference_body_bytes,
         )
         auth = Authenticator(
             TokenTable.from_settings(settings.auth), settings.auth.group_attribute_roles
@@ -137,54 +131,12 @@ class Service:
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,
         )
-        self._servers: list[_Server] = []
+        self._control: ControlPlaneThread | None = None
         self._data_server: asyncio.Server | None = None
         self._reaper: IdleReaper | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
         self.started = threading.Event()
-
-    # -- pipeline stages (the background thread, in this order) --
-    def _record(self, batches: list[Batch]) -> None:
-        self.store.add([d for b in batches for d in b.decisions])
-
-    def _sample(self, batches: list[Batch]) -> None:
-        if self.explain_stage is not None:
-            for b in batches:
-                self.sampler.select(b.decisions, b.explain_requested)
-
-    def _publish(self, batches: list[Batch]) -> None:
-        policy = self._features_policy
-        self.sink.publish_many(
-            "decision",
-            [(d.decision_id, decision_event(d, policy)) for b in batches for d in b.decisions],
-        )
-
-    def _explain(self, batches: list[Batch]) -> None:
-        if self.explain_stage is not None:
-            chosen = [d for b in batches for d in b.decisions if d.sampled]
-            if chosen:
-                self.explain_stage.submit(chosen)
-
-    def _review(self, batches: list[Batch]) -> None:
-        for batch in batches:
-            held = batch.held
-            for d in batch.decisions:
-                if d.review is None:
-                    continue
-                explanation = self.store.get_explanation(d.decision_id)
-                if held is not None:
-                    self.review_store.enqueue(d, explanation, held.body, held.headers, held.status)
-                else:
-                    self.review_store.enqueue(d, explanation)
-
-    # -- explanation results (explainer threads) --
-    def _explained(self, decision: Decision, explanation: Any) -> None:
-        body = explanation.to_dict()
-        self.store.set_explanation(decision, body)
-        if decision.review is not None:
-            self.review_store.set_explanation(decision.decision_id, body)
-        self.sink.publish("explanation", decision.decision_id, explanation_event(decision, body))
 
     def _explain_now(self, decision: Decision) -> dict[str, Any]:
         assert self.explain_stage is not None
@@ -194,22 +146,9 @@ class Service:
     async def _sink_ready(self) -> bool:
         return self.sink.ready()
 
-    def _server(self, app: Any, lifespan: Literal["on", "off"]) -> _Server:
-        config = uvicorn.Config(
-            app,
-            http="httptools",
-            loop="none",
-            lifespan=lifespan,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            log_level="warning",
-            timeout_keep_alive=75,
-            backlog=2048,
-        )
-        return _Server(config)
-
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
         await self.upstream.start()
         self.sink.start()
         if self.explain_stage is not None:
@@ -218,16 +157,14 @@ class Service:
         self._data_server, self._reaper = await serve(
             self.dataplane.handle, self._proxy_sock, self.settings.proxy.idle_timeout_s
         )
-        self._housekeeping = asyncio.get_running_loop().create_task(self._expire_leases())
-        self._servers = [self._server(self.control_app, "on")]
-        self._tasks = [
-            asyncio.get_running_loop().create_task(self._servers[0]._serve([self._control_sock]))
-        ]
-        while not all(s.started for s in self._servers):
-            for t in self._tasks:
-                if t.done():
-                    t.result()  # surfaces a start failure
-            await asyncio.sleep(0.005)
+        self._control = ControlPlaneThread(
+            self.control_app,
+            self._control_sock,
+            housekeeping=[self._expire_leases],
+            on_exit=self.request_stop,
+        )
+        # Its start waits on a thread: off this loop, so the data plane is never held up.
+        await self._loop.run_in_executor(None, self._control.start)
         # Everything loaded at start (shap, numba, onnx, fastapi: ~200k objects) lives
         # forever; frozen, full collections stop walking it (measured: 150-200 ms pauses
         # in the proxy's tail before, ~45 ms after).
@@ -236,8 +173,12 @@ class Service:
         self.started.set()
 
     def request_stop(self) -> None:
-        for s in self._servers:
-            s.should_exit = True
+        """Ask the service to stop; safe from any thread."""
+        loop, stopping = self._loop, self._stopping
+        if loop is None or stopping is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closing
+            loop.call_soon_threadsafe(stopping.set)
 
     async def _expire_leases(self) -> None:
         """Return expired review claims to the queue promptly, not only when the store is next touched."""
@@ -251,15 +192,14 @@ class Service:
                 log.exception("expiring review leases failed")
 
     async def stop(self) -> None:
-        self.request_stop()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        loop = asyncio.get_running_loop()
+        if self._control is not None:
+            await loop.run_in_executor(None, self._control.stop)
         if self._data_server is not None:
             self._data_server.close()
         if self._reaper is not None:
             self._reaper.stop()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(None, self._stop_background)
+        await loop.run_in_executor(None, self._stop_background)
         await self.upstream.close()
         for sock in (self._proxy_sock, self._control_sock):
             sock.close()
@@ -275,26 +215,20 @@ class Service:
 
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM, stop cleanly."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
+        assert self._stopping is not None
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stopping.set)
-        waiter = loop.create_task(stopping.wait())
-        await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        await self.stop()
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed: measured cheaper per request than the default loop."""
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
+                loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
 
 
 class ServiceThread:

@@ -103,11 +103,18 @@ class GroupExtractor:
         return bool(self._derive)
 
     def take_body_field(self, body: dict[str, Any]) -> Any:
-        """Remove `parameters.<body_field>` from a V2 request body and return it (None when absent)."""
+        """Remove `parameters.<body_field>` from a V2 request body and return it (None when absent).
+
+        A `parameters` object left empty is removed too, so the model server sees the
+        body it would have seen had the client sent no attributes.
+        """
         params = body.get("parameters")
-        if self.body_field is None or not isinstance(params, dict):
+        if self.body_field is None or not isinstance(params, dict) or self.body_field not in params:
             return None
-        return params.pop(self.body_field, None)
+        value = params.pop(self.body_field)
+        if not params:
+            del body["parameters"]
+        return value
 
     def from_request(
         self,

@@ -18,6 +18,16 @@ from sidecar.decisions import Decision
 ReviewMode = Literal["flag", "hold"]
 
 _TRUTHY = frozenset({"1", "true", "yes", "on"})
+
+
+def flag_set(value: str | bytes | None) -> bool:
+    """A request flag header (`x-review`, `x-explain`) is set by 1, true, yes or on (any case)."""
+    if value is None:
+        return False
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text.strip().lower() in _TRUTHY
+
+
 _SCALE = float(1 << 64)
 _MASK = (1 << 64) - 1
 
@@ -92,10 +102,7 @@ class ReviewRouter:
     @staticmethod
     def wants_review(value: str | bytes | None) -> bool:
         """True when the review header's value asks for review."""
-        if value is None:
-            return False
-        text = value.decode("latin-1") if isinstance(value, bytes) else value
-        return text.strip().lower() in _TRUTHY
+        return flag_set(value)
 
     def route(self, decision: Decision, review_requested: bool) -> str | None:
         """The reason this decision goes to review, or None."""

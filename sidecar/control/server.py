@@ -1,0 +1,116 @@
+"""The control plane's own thread and event loop.
+
+Nothing the control plane does (a `/metrics` scrape, a SQLite query under the
+review store's lock, an on-demand explanation, a console page) may run on
+the loop that forwards inference calls: it would add to the proxy's tail.
+So the control app is served by uvicorn on a loop of its own, in a thread of
+its own; the only things the two planes share are thread-safe stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("sidecar.control")
+
+Housekeeping = Callable[[], Coroutine[Any, Any, None]]
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to the service."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed: measured cheaper per request than the default loop."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+class ControlPlaneThread:
+    """Serves the control app on `sock` from its own thread; `on_exit` runs when it stops."""
+
+    def __init__(
+        self,
+        app: Any,
+        sock: socket.socket,
+        housekeeping: list[Housekeeping],
+        on_exit: Callable[[], None],
+    ) -> None:
+        config = uvicorn.Config(
+            app,
+            http="httptools",
+            loop="none",
+            lifespan="on",
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            log_level="warning",
+            timeout_keep_alive=75,
+            backlog=2048,
+        )
+        self._server = _Server(config)
+        self._sock = sock
+        self._housekeeping = housekeeping
+        self._on_exit = on_exit
+        self._thread = threading.Thread(target=self._run, name="control-plane", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start serving; raise what stopped the start, if anything did."""
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"control plane did not start within {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            self._error = exc
+            log.exception("control plane stopped with an error")
+        finally:
+            self._ready.set()
+            loop.close()
+            self._on_exit()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        serving = loop.create_task(self._server._serve([self._sock]))
+        chores = [loop.create_task(job()) for job in self._housekeeping]
+        try:
+            while not self._server.started:
+                if serving.done():
+                    serving.result()  # surfaces a start failure
+                    return
+                await asyncio.sleep(0.005)
+            self._ready.set()
+            await serving
+        finally:
+            for chore in chores:
+                chore.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
