@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import uvloop
 
+from loadtests.control_load import ControlLoad, prepare
 from loadtests.idle import idle_cpus
 from loadtests.loadgen import LoadResult, run_load
 from loadtests.payloads import V2_PATH, v2_requests
@@ -166,9 +167,16 @@ def _metrics(control_url: str) -> dict[str, float]:
 
 
 async def _rounds(
-    urls: dict[str, str], args: argparse.Namespace, pids: dict[str, int]
+    urls: dict[str, str],
+    args: argparse.Namespace,
+    pids: dict[str, int],
+    control_load: ControlLoad | None = None,
 ) -> dict[str, Any]:
-    """Load each path (`direct`, `sidecar`, optionally `bare`) in rotating, alternating rounds."""
+    """Load each path (`direct`, `sidecar`, optionally `bare` and `sidecar+control`) in rotating, alternating rounds.
+
+    `sidecar+control` is the same sidecar as `sidecar`, loaded while `control_load` works
+    its control plane: the two paths' tails, side by side, are the interference.
+    """
     names = list(urls)
     reqs = {name: v2_requests(*_host_port(url)) for name, url in urls.items()}
     targets = {name: url + V2_PATH for name, url in urls.items()}
@@ -188,9 +196,16 @@ async def _rounds(
             order.reverse()
         for name in order:
             before = {p: cpu_seconds(pid) for p, pid in pids.items()}
+            busy = control_load is not None and name == "sidecar+control"
+            if busy:
+                assert control_load is not None
+                control_load.start()
             results[name].append(
                 await run_load(targets[name], reqs[name], args.rate, per_round, args.connections)
             )
+            if busy:
+                assert control_load is not None
+                control_load.stop()
             if name in pids:
                 cpu_hot[name] += cpu_seconds(pids[name]) - before[name]
             else:
@@ -209,6 +224,14 @@ async def _rounds(
         "sidecar_cpu_us_per_req": 1e6 * cpu_hot["sidecar"] / max(s["requests"], 1),
         "sidecar_cpu_between_rounds_us_per_req": 1e6 * cpu_idle / max(s["requests"], 1),
     }
+    if "sidecar+control" in combined:
+        c = combined["sidecar+control"]
+        out["control_load"] = {
+            "added_p99_ms": c["p99_ms"] - d["p99_ms"],
+            "ratio_p99_to_quiet_sidecar": c["p99_ms"] / s["p99_ms"],
+            "ratio_p50_to_quiet_sidecar": c["p50_ms"] / s["p50_ms"],
+            "work_done": dict(control_load.counts) if control_load is not None else {},
+        }
     if "bare" in combined:
         bare = 1e6 * cpu_hot["bare"] / max(combined["bare"]["requests"], 1)
         out["bare_cpu_us_per_req"] = bare
@@ -255,6 +278,8 @@ def report(result: dict[str, Any]) -> str:
     rows = [("direct", d), ("sidecar", s)]
     if "bare" in result:
         rows.append(("bare", result["bare"]))
+    if "sidecar+control" in result:
+        rows.append(("+control", result["sidecar+control"]))
     for name, row in rows:
         lines.append(
             f"{name:10}{row['rps']:>10.1f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
@@ -283,6 +308,13 @@ def report(result: dict[str, Any]) -> str:
         f" backlogged {d['backlogged']} direct / {s['backlogged']} sidecar,"
         f" {s['loadgen_cpu_us_per_req']:.0f} µs CPU per request"
     )
+    if "control_load" in result:
+        cl = result["control_load"]
+        work = ", ".join(f"{k} {v}" for k, v in cl["work_done"].items())
+        lines.append(
+            f"control-plane load (+control rounds: {work}): p99 {cl['ratio_p99_to_quiet_sidecar']:.2f}x"
+            f" and p50 {cl['ratio_p50_to_quiet_sidecar']:.2f}x the quiet sidecar's in the same run"
+        )
     counted = {
         k: int(v) for k, v in result.get("sidecar_metrics", {}).items() if _COUNTED.search(k) and v
     }
@@ -360,6 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (config, sidecar log)"
     )
+    parser.add_argument(
+        "--control-load",
+        type=int,
+        default=0,
+        metavar="ITEMS",
+        help="add a path: the sidecar loaded while /metrics is scraped every second, the console"
+        " is open and `sidecar audit verify` runs, over ITEMS pre-filled review items",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.rate <= 0:
@@ -401,6 +441,9 @@ def _run(
             upstream = start_model_server(near)
             upstream_url = upstream.url
         config = work / "sidecar.toml"
+        if args.control_load:
+            for section, values in prepare(work, args.control_load).items():
+                extra.setdefault(section, {}).update(values)
         write_config(config, upstream_url, extra)
         command = shlex.split(args.sidecar) if args.sidecar else _sidecar_command(args.python)
         sidecar = SidecarProcess(command, config, work, work / "sidecar.log", far)
@@ -414,7 +457,12 @@ def _run(
             bare = BareProxyProcess(upstream_url, far, python=args.python)
             paths["bare"] = bare.start()
             pids["bare"] = bare.pid
-        measured = uvloop.run(_rounds(paths, args, pids))
+        control_load = None
+        if args.control_load:
+            paths["sidecar+control"] = urls["proxy"]
+            pids["sidecar+control"] = sidecar.pid
+            control_load = ControlLoad(urls["control"], command, work / "review.db")
+        measured = uvloop.run(_rounds(paths, args, pids, control_load))
         metrics = _metrics(urls["control"])
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +75,10 @@ def test_full_queue_sheds_without_blocking(xgb_models: dict[str, Trained]) -> No
     assert explainer is not None
     stage = ExplainStage(settings, registry, explainer, lambda d, e: None)
     decisions = _decisions(m.X[:25].astype(np.float64))
-    started = time.perf_counter()
-    assert stage.submit(decisions) == 10  # workers not started: the queue stays full
+    # Workers not started: the queue stays full, and a submit that waited for room would
+    # never return (pytest-timeout fails it), so returning at all is the check.
+    assert stage.submit(decisions) == 10
     assert stage.submit(decisions[:5]) == 0
-    assert time.perf_counter() - started < 0.05
     assert "sidecar_explanations_shed_total 20" in registry.render()
     stage.start()
     assert stage.drain(30.0)

