@@ -1,1 +1,1 @@
-"""Human review: routing rules, the review store, the audit chain, the review API and console."""
+"""Human review: the review store (SQLite), the audit chain, the review API and the console."""
