@@ -6,6 +6,16 @@ naming the first record the broker has not acknowledged yet. A segment is
 deleted once every record in it is acknowledged, so what is on disk is what
 may still need sending; the bound (`max_bytes`) is on those files.
 
+Format version 1. A segment starts with a 24-byte header `<8sHHQI` (magic
+`SCSPOOL1`, format version, reserved zero, first seq, CRC-32 of the 20 bytes
+before it); the checkpoint is JSON `{"version", "seq", "segment", "offset"}`.
+Every version keeps the magic and the version in a segment's first 10 bytes
+and `version` in the checkpoint, so a sidecar refuses, at start and naming the
+file, a spool of a version it does not read rather than misread it. Segments
+of the previous release (no header: the file starts with a valid record whose
+seq is the file's name) are read as they are, never appended to, and deleted
+once acknowledged like any other; a checkpoint without `version` is theirs.
+
 Record: an 18-byte header `<HIIQ` (magic, payload length, CRC-32 of
 length+seq+payload, seq) and a payload `<BHBB` (kind, key, event id and time
 lengths) followed by key, event id, time and the JSON body. The append is a
@@ -15,7 +25,8 @@ what survives the machine losing power.
 
 A torn or corrupt stretch (a crash mid-write, a bad disk block) is skipped by
 scanning for the next valid header; it is counted and never stops the
-sidecar.
+sidecar. A damaged segment header is such a stretch: the segment's records
+are found by the same scan.
 """
 
 from __future__ import annotations
@@ -52,6 +63,11 @@ _CHECKPOINT = "acked"
 _CHECKPOINT_EVERY_S = 0.05
 _CHUNK = 1024 * 1024  # bytes read at a time: keeps memory flat while replaying a backlog
 _MAGIC_BYTES = struct.pack("<H", MAGIC)
+FORMAT_VERSION = 1
+# Never starts with the record magic's b"PS": a header and a previous release's first record differ.
+SEGMENT_MAGIC = b"SCSPOOL1"
+SEGMENT_HEADER = struct.Struct("<8sHHQI")  # magic, version, reserved, first seq, crc32 of the rest
+_VERSION_END = 10  # magic and version: the part of the header every version keeps
 
 FsyncPolicy = Literal["never", "interval", "always"]
 FullPolicy = Literal["drop_newest", "block"]
@@ -81,8 +97,29 @@ class Record:
 _NOWHERE = Position(-1, -1)
 
 
-class SpoolBusy(RuntimeError):
+class SpoolError(RuntimeError):
+    """The spool cannot be opened; the message names the directory or file and what to do."""
+
+
+class SpoolBusy(SpoolError):
     """Another process holds the spool directory."""
+
+
+class SpoolFormatError(SpoolError):
+    """A segment or the checkpoint is of a format version this sidecar does not read."""
+
+
+def _refuse(path: Path, found: object) -> SpoolFormatError:
+    return SpoolFormatError(
+        f"spool file {path} has format version {found}; this sidecar reads version "
+        f"{FORMAT_VERSION} and refuses to guess. Run the sidecar version that wrote it until "
+        "the spool drains, or point spool.directory at another directory"
+    )
+
+
+def segment_header(first_seq: int) -> bytes:
+    head = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, first_seq, 0)[:-4]
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def encode(seq: int, kind: str, key: str, event_id: str, time_: str, body: bytes) -> bytes:
@@ -124,7 +161,10 @@ def scan(directory: Path) -> list[Record]:
     """Every valid record in a spool directory, oldest first, without opening it (tools, tests)."""
     out: list[Record] = []
     for path in sorted(Path(directory).glob("*" + _SUFFIX)):
-        buf, off = path.read_bytes(), 0
+        if not path.name[: -len(_SUFFIX)].isdigit():
+            continue
+        buf = path.read_bytes()
+        off = _classify(path, buf)[1]
         while off < len(buf):
             rec = _parse_at(buf, off)
             if rec is None:
@@ -146,6 +186,48 @@ def _needed(buf: bytes, off: int) -> int | None:
     if magic != MAGIC or n > MAX_PAYLOAD or off + HEADER.size + n <= len(buf):
         return None
     return HEADER.size + n
+
+
+SegmentKind = Literal["current", "legacy", "empty", "damaged"]
+
+
+def _head(path: Path) -> bytes:
+    """A segment's first bytes: its header, or the whole first record of a headerless one."""
+    with open(path, "rb") as f:
+        buf = f.read(SEGMENT_HEADER.size)
+        need = _needed(buf, 0)
+        if need is not None:
+            buf += f.read(need - len(buf))
+    return buf
+
+
+def _classify(path: Path, head: bytes) -> tuple[SegmentKind, int]:
+    """What a segment is, from its first bytes, and where its records start.
+
+    Raises SpoolFormatError for a segment of another format version.
+    """
+    first = int(path.name[: -len(_SUFFIX)])
+    if head[: len(SEGMENT_MAGIC)] == SEGMENT_MAGIC and len(head) >= _VERSION_END:
+        version = int.from_bytes(head[len(SEGMENT_MAGIC) : _VERSION_END], "little")
+        if version != FORMAT_VERSION:
+            # A flipped bit here also lands in this branch: refusing is the safe side of
+            # that doubt, since records of another format would be skipped as corrupt and lost.
+            raise _refuse(path, version)
+    if len(head) >= SEGMENT_HEADER.size:
+        magic, _, _, seq, crc = SEGMENT_HEADER.unpack_from(head)
+        if (
+            magic == SEGMENT_MAGIC
+            and seq == first
+            and crc == zlib.crc32(head[: SEGMENT_HEADER.size - 4])
+        ):
+            return "current", SEGMENT_HEADER.size
+    if not head:
+        return "empty", 0  # a crash between creating the file and writing its header
+    rec = _parse_at(head, 0)
+    if rec is not None and rec.seq == first:
+        return "legacy", 0
+    # Its records are still found by scanning, as past any corrupt stretch.
+    return "damaged", 0
 
 
 def _seg_name(first_seq: int) -> str:
@@ -179,6 +261,7 @@ class Spool:
         self._closed = False
         self._stop = threading.Event()  # wakes the fsync thread at close
         self._segments: dict[int, int] = {}  # first seq -> size in bytes
+        self._starts: dict[int, int] = {}  # first seq -> offset of its first record
         self._bytes = 0
         self._fd = -1
         self._active = 0  # first seq of the segment being written
@@ -239,7 +322,11 @@ class Spool:
     # -- lifecycle -------------------------------------------------------
 
     def open(self) -> None:
-        """Recover what an earlier run left: truncate a torn tail, find the checkpoint."""
+        """Recover what an earlier run left: truncate a torn tail, find the checkpoint.
+
+        Raises SpoolBusy when another process holds the directory, SpoolFormatError when a
+        file in it is of another format version; either leaves the directory as it was.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -252,41 +339,15 @@ class Spool:
                 f"spool directory {self.directory} is in use by another running sidecar "
                 "(give each one its own spool.directory)"
             ) from None
-        for tmp in self.directory.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
-        firsts = sorted(
-            int(p.name[: -len(_SUFFIX)])
-            for p in self.directory.glob("*" + _SUFFIX)
-            if p.name[: -len(_SUFFIX)].isdigit()
-        )
-        ckpt = self._load_checkpoint()
-        for first in firsts:
-            self._segments[first] = (self.directory / _seg_name(first)).stat().st_size
-        if firsts:
-            last = firsts[-1]
-            end, next_seq = self._recover_tail(last)
-            self._active, self._end, self._next_seq = last, end, next_seq
-        else:
-            self._next_seq = ckpt[0] if ckpt else 0
-            self._active, self._end = self._next_seq, 0
-            self._segments[self._active] = 0
-        self._first_new_seq = self._next_seq
-        # A segment is named by its first seq, so its start is a known acknowledgement point.
-        start = Position(min(self._segments), 0)
-        start_seq = start.segment
-        if ckpt is not None:
-            seq, pos = ckpt
-            size = self._segments.get(pos.segment)
-            if size is not None and pos.offset <= size:
-                start, start_seq = pos, seq
-        for first in [f for f in self._segments if f < start.segment]:
-            self._remove_segment(first)
-        self._bytes = sum(self._segments.values())
-        self._acked_seq, self._acked_pos = start_seq, start
-        self._read_pos = start
-        self._fd = os.open(
-            self.directory / _seg_name(self._active), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-        )
+        try:
+            self._recover()
+        except BaseException:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise
         if self.fsync_policy == "interval":
             self._flusher = threading.Thread(
                 target=self._flush_loop, name="spool-fsync", daemon=True
@@ -295,6 +356,94 @@ class Spool:
         pending = self._next_seq - self._acked_seq
         if pending > 0:
             log.info("spool: %d events from an earlier run to replay", pending)
+
+    def _recover(self) -> None:
+        firsts = sorted(
+            int(p.name[: -len(_SUFFIX)])
+            for p in self.directory.glob("*" + _SUFFIX)
+            if p.name[: -len(_SUFFIX)].isdigit()
+        )
+        # Every file is checked before anything is changed, so a refused spool stays as it was.
+        ckpt = self._load_checkpoint()
+        kinds: dict[int, SegmentKind] = {}
+        for first in firsts:
+            path = self.directory / _seg_name(first)
+            kinds[first], self._starts[first] = _classify(path, _head(path))
+            self._segments[first] = path.stat().st_size
+        for tmp in self.directory.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        legacy = sum(k == "legacy" for k in kinds.values())
+        if legacy:
+            log.info(
+                "spool: %d segments without a format header (written before version %d): "
+                "replaying them as they are; new events go to versioned segments",
+                legacy,
+                FORMAT_VERSION,
+            )
+        for first, kind in kinds.items():
+            if kind == "damaged":
+                self._skip_damaged_header(first)
+        if firsts:
+            last = firsts[-1]
+            end, self._next_seq = self._recover_tail(last)
+            if kinds[last] == "current":
+                self._fd = os.open(self.directory / _seg_name(last), os.O_WRONLY | os.O_APPEND)
+                self._active, self._end = last, end
+            else:
+                # Never append to a headerless segment: new records go to a versioned one.
+                if end == self._starts[last]:  # nothing valid in it: the new one takes its name
+                    self._segments.pop(last)
+                    (self.directory / _seg_name(last)).unlink()
+                else:
+                    self._next_seq = max(self._next_seq, last + 1)
+                self._create_segment()
+        else:
+            self._next_seq = ckpt[0] if ckpt else 0
+            self._create_segment()
+        self._first_new_seq = self._next_seq
+        # A segment is named by its first seq, so its start is a known acknowledgement point.
+        start = self._start_of(min(self._segments))
+        start_seq = start.segment
+        if ckpt is not None and self._checkpoint_holds(
+            *ckpt, kinds.get(ckpt[1].segment) == "damaged"
+        ):
+            start_seq, start = ckpt
+        for first in [f for f in self._segments if f < start.segment]:
+            self._remove_segment(first)
+        self._bytes = sum(self._segments.values())
+        self._acked_seq, self._acked_pos = start_seq, start
+        self._read_pos = start
+
+    def _skip_damaged_header(self, first: int) -> None:
+        """Start a segment whose header is damaged at its first valid record; count what is skipped."""
+        buf = (self.directory / _seg_name(first)).read_bytes()
+        start = 0  # a headerless file whose first record is not its own: nothing to skip
+        if _parse_at(buf, 0) is None:
+            skip = self._resync(buf, 0)
+            start = len(buf) if skip is None else skip
+        self._starts[first] = start
+        self.m_corrupt.inc()
+        self.m_corrupt_bytes.inc(start)
+        log.warning(
+            "spool: segment %s has no valid header (damaged, truncated or foreign); "
+            "skipped %d bytes to its first valid record",
+            _seg_name(first),
+            start,
+        )
+
+    def _checkpoint_holds(self, seq: int, pos: Position, damaged: bool) -> bool:
+        """Whether replay may start at the checkpoint (else it starts at the first segment)."""
+        size = self._segments.get(pos.segment)
+        if size is None or not self._starts[pos.segment] <= pos.offset <= size:
+            return False
+        if not damaged or pos.offset == size:
+            return True
+        # Bytes lost from a damaged segment would shift its records: the checkpoint must
+        # still name the record it was written for, or it could skip one never sent.
+        buf = self._read_bytes(pos.segment, pos.offset, HEADER.size + MAX_PAYLOAD)
+        self._close_reader()
+        rec = _parse_at(buf, 0)
+        return rec is not None and rec.seq == seq
 
     def close(self) -> None:
         with self._lock:
@@ -388,7 +537,8 @@ class Spool:
         self.m_gaps.inc()
 
     def _write(self, rec: bytes) -> None:
-        if self._end and self._end + len(rec) > self.segment_bytes:
+        # The active segment is always a versioned one: past its header it holds a record.
+        if self._end > SEGMENT_HEADER.size and self._end + len(rec) > self.segment_bytes:
             self._rotate()
         try:
             written = os.write(self._fd, rec)
@@ -410,12 +560,31 @@ class Spool:
     def _rotate(self) -> None:
         if self.fsync_policy != "never":
             os.fsync(self._fd)
-        os.close(self._fd)
-        self._active, self._end = self._next_seq, 0
-        self._segments[self._active] = 0
-        self._fd = os.open(
-            self.directory / _seg_name(self._active), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        old = self._fd
+        self._create_segment()  # if this fails the full segment stays active: nothing is torn
+        os.close(old)
+
+    def _create_segment(self) -> None:
+        """Start the segment whose first record is the next one, header first."""
+        first = self._next_seq
+        # O_EXCL: a segment is never started over an existing file, whatever is in it.
+        fd = os.open(
+            self.directory / _seg_name(first),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
+            0o644,
         )
+        head = segment_header(first)
+        try:
+            if os.write(fd, head) != len(head):
+                raise OSError(f"short write of the header of {_seg_name(first)}")
+        except OSError:
+            os.close(fd)
+            # Empty or torn, it holds no record: leave no file the next start must puzzle over.
+            (self.directory / _seg_name(first)).unlink(missing_ok=True)
+            raise
+        self._fd, self._active, self._end = fd, first, len(head)
+        self._segments[first] = self._starts[first] = len(head)
+        self._bytes += len(head)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self._fsync_interval_s):
@@ -444,12 +613,12 @@ class Spool:
                 later = [s for s in self._segments if s > pos.segment]
                 if not later:
                     return []
-                pos = self._read_pos = Position(min(later), 0)
+                pos = self._read_pos = self._start_of(min(later))
                 limit = self._segments[pos.segment]
             nxt = min((s for s in self._segments if s > pos.segment), default=None)
             if pos.offset >= limit:
                 if pos.segment != self._active and nxt is not None:
-                    self._read_pos = Position(nxt, 0)
+                    self._read_pos = self._start_of(nxt)
                 return []
         buf = self._read_bytes(pos.segment, pos.offset, min(limit - pos.offset, _CHUNK))
         whole = pos.offset + len(buf) >= limit  # the chunk reaches the end of what is written
@@ -557,10 +726,15 @@ class Spool:
             self._close_reader()
         (self.directory / _seg_name(first)).unlink(missing_ok=True)
         self._segments.pop(first, None)
+        self._starts.pop(first, None)
+
+    def _start_of(self, segment: int) -> Position:
+        return Position(segment, self._starts[segment])
 
     def _write_checkpoint(self) -> None:
         data = orjson.dumps(
             {
+                "version": FORMAT_VERSION,
                 "seq": self._acked_seq,
                 "segment": self._acked_pos.segment,
                 "offset": self._acked_pos.offset,
@@ -578,6 +752,14 @@ class Spool:
         path = self.directory / _CHECKPOINT
         try:
             raw = orjson.loads(path.read_bytes())
+            if not isinstance(raw, dict):
+                raise TypeError("not an object")
+            version = raw.get("version")  # absent: written before versions, same fields
+            if version is not None:
+                if type(version) is not int:
+                    raise TypeError("version is not a number")
+                if version != FORMAT_VERSION:
+                    raise _refuse(path, version)
             seq, seg, off = int(raw["seq"]), int(raw["segment"]), int(raw["offset"])
             if min(seq, seg, off) < 0:
                 raise ValueError("negative")
@@ -593,7 +775,8 @@ class Spool:
         """(valid end, next seq) of the last segment; a torn or corrupt tail is cut off."""
         path = self.directory / _seg_name(first)
         buf = path.read_bytes()
-        off, next_seq, good_end = 0, first, 0
+        off = good_end = self._starts[first]
+        next_seq = first
         while off < len(buf):
             parsed = _parse_at(buf, off)
             if parsed is None:

@@ -7,7 +7,20 @@ import orjson
 import pytest
 
 from sidecar.metrics import Registry
-from sidecar.sinks.spool import HEADER, Position, Record, Spool, encode
+from sidecar.sinks.spool import (
+    FORMAT_VERSION,
+    HEADER,
+    SEGMENT_HEADER,
+    SEGMENT_MAGIC,
+    Position,
+    Record,
+    Spool,
+    SpoolError,
+    SpoolFormatError,
+    encode,
+    scan,
+    segment_header,
+)
 
 
 def make(tmp_path: Path, registry: Registry | None = None, **kw: object) -> Spool:
@@ -277,3 +290,192 @@ def test_a_second_process_cannot_share_the_spool(tmp_path: Path) -> None:
     sp.close()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- format version -----------------------------------------------------------
+
+
+def seg_path(tmp_path: Path, first: int) -> Path:
+    return tmp_path / "spool" / f"{first:020d}.seg"
+
+
+def legacy_segment(tmp_path: Path, first: int, items: range) -> bytes:
+    """A segment as the release before format versions wrote it: records from byte 0."""
+    data = b"".join(
+        encode(i, "decision", f"r{i}/0", f"id-{i}", "t", orjson.dumps({"i": i})) for i in items
+    )
+    seg_path(tmp_path, first).parent.mkdir(exist_ok=True)
+    seg_path(tmp_path, first).write_bytes(data)
+    return data
+
+
+def test_every_segment_and_the_checkpoint_carry_the_format_version(tmp_path: Path) -> None:
+    sp = make(tmp_path, segment_bytes=16 * 1024)
+    for i in range(500):
+        put(sp, i)
+    recs = read_all(sp)
+    sp.acknowledge(recs[10].seq, recs[10].pos)
+    sp.close()
+    segs = sorted((tmp_path / "spool").glob("*.seg"))
+    assert len(segs) > 2
+    for seg in segs:
+        head = seg.read_bytes()[: SEGMENT_HEADER.size]
+        assert head == segment_header(int(seg.stem))
+        magic, version, _, first, _ = SEGMENT_HEADER.unpack(head)
+        assert (magic, version, first) == (SEGMENT_MAGIC, FORMAT_VERSION, int(seg.stem))
+    ckpt = orjson.loads((tmp_path / "spool" / "acked").read_bytes())
+    assert ckpt == {"version": 1, "seq": 10, "segment": 0, "offset": recs[10].pos.offset}
+    # The header is not a record: the first record starts right after it.
+    assert recs[0].pos == Position(0, SEGMENT_HEADER.size)
+    assert ids(scan(tmp_path / "spool")) == list(range(500))  # all on disk, acknowledged or not
+
+
+def test_a_segment_of_a_newer_version_is_refused_at_start(tmp_path: Path) -> None:
+    sp = make(tmp_path)
+    for i in range(5):
+        put(sp, i)
+    sp.close()
+    seg = seg_path(tmp_path, 0)
+    raw = bytearray(seg.read_bytes())
+    raw[8:10] = (2).to_bytes(2, "little")  # what version 2 would write there
+    seg.write_bytes(bytes(raw))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "spool").iterdir()}
+    with pytest.raises(SpoolFormatError) as err:
+        make(tmp_path)
+    msg = str(err.value)
+    assert str(seg) in msg and "format version 2" in msg and "reads version 1" in msg
+    assert isinstance(err.value, SpoolError)  # reported like the lock: SpoolBusy is one too
+    # Refused before touching anything: nothing truncated, deleted or rewritten.
+    assert {p.name: p.read_bytes() for p in (tmp_path / "spool").iterdir()} == before
+    with pytest.raises(SpoolFormatError, match="format version 2"):
+        scan(tmp_path / "spool")
+    # The refusal released the directory's lock: with the file gone the spool opens.
+    seg.unlink()
+    sp2 = make(tmp_path)
+    assert put(sp2, 9)
+    sp2.close()
+
+
+def test_a_checkpoint_of_a_newer_version_is_refused_at_start(tmp_path: Path) -> None:
+    sp = make(tmp_path)
+    put(sp, 0)
+    sp.close()
+    ckpt = tmp_path / "spool" / "acked"
+    ckpt.write_bytes(orjson.dumps({"version": 7, "seq": 0, "segment": 0, "offset": 24}))
+    with pytest.raises(SpoolFormatError) as err:
+        make(tmp_path)
+    assert str(ckpt) in str(err.value) and "format version 7" in str(err.value)
+    ckpt.write_bytes(orjson.dumps({"version": "1", "seq": 0, "segment": 0, "offset": 24}))
+    reg = Registry()
+    sp2 = make(tmp_path, reg)  # a mangled version field is a damaged checkpoint: replay all
+    assert ids(read_all(sp2)) == [0]
+    assert "sidecar_spool_corrupt_total 1\n" in reg.render()
+    sp2.close()
+
+
+def test_a_spool_of_the_previous_release_is_replayed_and_then_left_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    offset_of_3 = len(legacy_segment(tmp_path, 0, range(0, 3)))  # where record 3 starts
+    old0 = legacy_segment(tmp_path, 0, range(0, 10))
+    old10 = legacy_segment(tmp_path, 10, range(10, 15))
+    # The old checkpoint has no version: records 0..2 were acknowledged.
+    (tmp_path / "spool" / "acked").write_bytes(
+        orjson.dumps({"seq": 3, "segment": 0, "offset": offset_of_3})
+    )
+    reg = Registry()
+    caplog.set_level("INFO", "sidecar.sinks.spool")
+    sp = make(tmp_path, reg)
+    assert "2 segments without a format header" in caplog.text
+    assert put(sp, 15)
+    recs = read_all(sp)
+    assert ids(recs) == list(range(3, 16))
+    assert [r.replay for r in recs] == [True] * 12 + [False]
+    assert recs[-1].seq == 15 and recs[-1].pos == Position(15, SEGMENT_HEADER.size)
+    # Never appended to: the new event went to a versioned segment of its own.
+    assert seg_path(tmp_path, 0).read_bytes() == old0
+    assert seg_path(tmp_path, 10).read_bytes() == old10
+    assert seg_path(tmp_path, 15).read_bytes().startswith(segment_header(15))
+    assert "sidecar_spool_corrupt_total 0\n" in reg.render()
+    sp.acknowledge(recs[5].seq, recs[5].pos)  # up to 7 acknowledged, stop mid-way
+    sp.close()
+    sp2 = make(tmp_path)  # old and new segments side by side survive a restart
+    assert ids(read_all(sp2)) == list(range(8, 16))
+    sp2.acknowledge(16, None)
+    assert [p.name for p in (tmp_path / "spool").glob("*.seg")] == [seg_path(tmp_path, 15).name]
+    sp2.close()
+
+
+def test_an_empty_segment_of_the_previous_release_is_replaced(tmp_path: Path) -> None:
+    # The previous release created a segment empty and wrote records to it later.
+    seg_path(tmp_path, 40).parent.mkdir()
+    seg_path(tmp_path, 40).write_bytes(b"")
+    reg = Registry()
+    sp = make(tmp_path, reg)
+    assert put(sp, 40)
+    recs = read_all(sp)
+    assert ids(recs) == [40] and recs[0].seq == 40
+    assert seg_path(tmp_path, 40).read_bytes().startswith(segment_header(40))
+    assert "sidecar_spool_corrupt_total 0\n" in reg.render()
+    sp.close()
+
+
+@pytest.mark.parametrize("keep", [0, 6, 12, SEGMENT_HEADER.size - 1])
+def test_a_truncated_header_is_never_read_as_records(tmp_path: Path, keep: int) -> None:
+    seg_path(tmp_path, 0).parent.mkdir()
+    seg_path(tmp_path, 0).write_bytes(segment_header(0)[:keep])
+    reg = Registry()
+    sp = make(tmp_path, reg)
+    assert read_all(sp) == []
+    counted = "sidecar_spool_corrupt_total 0\n" if keep == 0 else "sidecar_spool_corrupt_total 1\n"
+    assert counted in reg.render()  # an empty file is a crash before the header, not damage
+    assert put(sp, 0)
+    assert ids(read_all(sp)) == [0]
+    assert seg_path(tmp_path, 0).read_bytes().startswith(segment_header(0))
+    sp.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["cut", "magic", "crc", "seq"],
+)
+def test_records_behind_a_damaged_header_are_replayed_and_the_damage_counted(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sp = make(tmp_path, segment_bytes=4096)
+    for i in range(100):
+        put(sp, i)
+    sp.close()
+    seg = seg_path(tmp_path, 0)
+    raw = seg.read_bytes()
+    head, body = raw[: SEGMENT_HEADER.size], raw[SEGMENT_HEADER.size :]
+    if damage == "cut":
+        head = head[:12]
+    elif damage == "magic":
+        head = b"\x00" * 8 + head[8:]
+    elif damage == "crc":
+        head = head[:-1] + bytes([head[-1] ^ 1])
+    else:  # a valid header of another segment: not this file's
+        head = segment_header(12345)
+    seg.write_bytes(head + body)
+    reg = Registry()
+    sp2 = make(tmp_path, reg, segment_bytes=4096)
+    assert "no valid header" in caplog.text and seg.name in caplog.text
+    assert ids(read_all(sp2)) == list(range(100))  # every record, each once
+    assert "sidecar_spool_corrupt_total 1\n" in reg.render()
+    assert f"sidecar_spool_corrupt_bytes_total {len(head)}\n" in reg.render()
+    sp2.close()
+
+
+def test_a_headerless_segment_whose_first_record_is_not_its_own_is_damage(
+    tmp_path: Path,
+) -> None:
+    # Recognised as the previous release's only when its first record's seq is the file's name.
+    legacy_segment(tmp_path, 5, range(0, 3))
+    reg = Registry()
+    sp = make(tmp_path, reg)
+    assert ids(read_all(sp)) == [0, 1, 2]  # still CRC-checked records: replayed, not lost
+    assert "sidecar_spool_corrupt_total 1\n" in reg.render()
+    assert put(sp, 3)
+    assert seg_path(tmp_path, 5).read_bytes()[:2] == b"PS"  # not appended to either
+    sp.close()
