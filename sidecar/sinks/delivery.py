@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sidecar.metrics import Registry
-from sidecar.sinks.spool import Record, Spool
+from sidecar.sinks.spool import Spool
+from sidecar.sinks.spool_format import Record
 
 log = logging.getLogger("sidecar.sinks.delivery")
 

@@ -21,7 +21,8 @@ from sidecar.metrics import Registry
 from sidecar.sinks import events
 from sidecar.sinks.base import EventKind
 from sidecar.sinks.delivery import Delivery, Producer, crc32_partition
-from sidecar.sinks.spool import Record, Spool
+from sidecar.sinks.spool import Spool
+from sidecar.sinks.spool_format import Record
 from sidecar.sinks.stats import SinkStats
 
 log = logging.getLogger("sidecar.sinks.kafka")

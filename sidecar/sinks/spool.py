@@ -1,32 +1,22 @@
 """The on-disk spool: every event is appended here before anything else sees it.
 
 Layout: a directory of segment files named by the sequence number of their
-first record (`00000000000000000042.seg`) and a checkpoint file `acked`
-naming the first record the broker has not acknowledged yet. A segment is
-deleted once every record in it is acknowledged, so what is on disk is what
-may still need sending; the bound (`max_bytes`) is on those files.
+first record and a checkpoint file naming the first record the broker has not
+acknowledged yet; their bytes are `spool_format`'s. A segment is deleted once
+every record in it is acknowledged, so what is on disk is what may still need
+sending; the bound (`max_bytes`) is on those files.
 
-Format version 1. A segment starts with a 24-byte header `<8sHHQI` (magic
-`SCSPOOL1`, format version, reserved zero, first seq, CRC-32 of the 20 bytes
-before it); the checkpoint is JSON `{"version", "seq", "segment", "offset"}`.
-Every version keeps the magic and the version in a segment's first 10 bytes
-and `version` in the checkpoint, so a sidecar refuses, at start and naming the
-file, a spool of a version it does not read rather than misread it. Segments
-of the previous release (no header: the file starts with a valid record whose
-seq is the file's name) are read as they are, never appended to, and deleted
-once acknowledged like any other; a checkpoint without `version` is theirs.
-
-Record: an 18-byte header `<HIIQ` (magic, payload length, CRC-32 of
-length+seq+payload, seq) and a payload `<BHBB` (kind, key, event id and time
-lengths) followed by key, event id, time and the JSON body. The append is a
-single `os.write` of the whole record: once it returns the record is in the
-kernel's page cache and survives the process being killed; `fsync` decides
-what survives the machine losing power.
+The append is a single `os.write` of the whole record: once it returns the
+record is in the kernel's page cache and survives the process being killed;
+`fsync` decides what survives the machine losing power. New records always go
+to a segment of the current format version: a segment of the previous release
+is replayed as it is, never appended to, and deleted once acknowledged like any
+other; a spool of a version this sidecar does not read is refused at start,
+before anything in the directory is changed.
 
 A torn or corrupt stretch (a crash mid-write, a bad disk block) is skipped by
-scanning for the next valid header; it is counted and never stops the
-sidecar. A damaged segment header is such a stretch: the segment's records
-are found by the same scan.
+scanning for the next valid header; it is counted and never stops the sidecar.
+A damaged segment header is such a stretch.
 """
 
 from __future__ import annotations
@@ -34,11 +24,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import struct
 import threading
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -46,192 +33,41 @@ import orjson
 
 from sidecar.metrics import Registry
 from sidecar.sinks import events
+from sidecar.sinks.spool_format import (
+    CHECKPOINT,
+    FORMAT_VERSION,
+    HEADER,
+    MAX_PAYLOAD,
+    PAYLOAD,
+    SEGMENT_HEADER,
+    SUFFIX,
+    Position,
+    Record,
+    SegmentKind,
+    SpoolError,
+    checkpoint_bytes,
+    classify,
+    encode,
+    needed,
+    parse_at,
+    parse_checkpoint,
+    read_head,
+    resync,
+    segment_header,
+    segment_name,
+)
 
 log = logging.getLogger("sidecar.sinks.spool")
 
-MAGIC = 0x5350  # "PS" little-endian; resync looks for these two bytes
-HEADER = struct.Struct("<HIIQ")  # magic, crc32 of everything after it, payload length, seq
-PAYLOAD = struct.Struct("<BHBB")  # kind, key length, event id length, time length
-_TAIL = struct.Struct("<IQBHBB")  # what the crc covers first: length, seq, payload's fixed part
-_FULL = struct.Struct("<HIIQBHBB")
-_CRC_FROM = 6  # the crc covers bytes [6, end) of a record
-MAX_PAYLOAD = 16 * 1024 * 1024
-KINDS = ("decision", "explanation", "review", "gap")
-_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
-_SUFFIX = ".seg"
-_CHECKPOINT = "acked"
 _CHECKPOINT_EVERY_S = 0.05
 _CHUNK = 1024 * 1024  # bytes read at a time: keeps memory flat while replaying a backlog
-_MAGIC_BYTES = struct.pack("<H", MAGIC)
-FORMAT_VERSION = 1
-# Never starts with the record magic's b"PS": a header and a previous release's first record differ.
-SEGMENT_MAGIC = b"SCSPOOL1"
-SEGMENT_HEADER = struct.Struct("<8sHHQI")  # magic, version, reserved, first seq, crc32 of the rest
-_VERSION_END = 10  # magic and version: the part of the header every version keeps
 
 FsyncPolicy = Literal["never", "interval", "always"]
 FullPolicy = Literal["drop_newest", "block"]
 
 
-@dataclass(slots=True, frozen=True)
-class Position:
-    """Where a record starts: segment (its first seq) and byte offset."""
-
-    segment: int
-    offset: int
-
-
-@dataclass(slots=True)
-class Record:
-    seq: int
-    kind: str
-    key: str
-    event_id: str
-    time: str
-    body: bytes
-    pos: Position
-    replay: bool  # written by an earlier run of the process
-    end: int  # where the next record starts, in the buffer it was parsed from
-
-
-_NOWHERE = Position(-1, -1)
-
-
-class SpoolError(RuntimeError):
-    """The spool cannot be opened; the message names the directory or file and what to do."""
-
-
 class SpoolBusy(SpoolError):
     """Another process holds the spool directory."""
-
-
-class SpoolFormatError(SpoolError):
-    """A segment or the checkpoint is of a format version this sidecar does not read."""
-
-
-def _refuse(path: Path, found: object) -> SpoolFormatError:
-    return SpoolFormatError(
-        f"spool file {path} has format version {found}; this sidecar reads version "
-        f"{FORMAT_VERSION} and refuses to guess. Run the sidecar version that wrote it until "
-        "the spool drains, or point spool.directory at another directory"
-    )
-
-
-def segment_header(first_seq: int) -> bytes:
-    head = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, first_seq, 0)[:-4]
-    return head + struct.pack("<I", zlib.crc32(head))
-
-
-def encode(seq: int, kind: str, key: str, event_id: str, time_: str, body: bytes) -> bytes:
-    k, e, t = key.encode(), event_id.encode(), time_.encode()
-    if len(k) > 0xFFFF or len(e) > 0xFF or len(t) > 0xFF:
-        raise ValueError("key, event id or time too long for a spool record")
-    n = PAYLOAD.size + len(k) + len(e) + len(t) + len(body)
-    if n > MAX_PAYLOAD:
-        raise ValueError(f"event of {n} bytes is larger than the spool's record limit")
-    rest = b"".join((_TAIL.pack(n, seq, _KIND_CODE[kind], len(k), len(e), len(t)), k, e, t, body))
-    return struct.pack("<HI", MAGIC, zlib.crc32(rest)) + rest
-
-
-def _parse_at(buf: bytes, off: int) -> Record | None:
-    """The valid record at `off` in `buf` (position not yet set), else None."""
-    if off + _FULL.size > len(buf):
-        return None
-    magic, crc, n, seq, code, kl, el, tl = _FULL.unpack_from(buf, off)
-    end = off + HEADER.size + n
-    if (
-        magic != MAGIC
-        or n > MAX_PAYLOAD
-        or n < PAYLOAD.size + kl + el + tl
-        or end > len(buf)
-        or code >= len(KINDS)
-        or zlib.crc32(memoryview(buf)[off + _CRC_FROM : end]) != crc
-    ):
-        return None
-    i = off + _FULL.size
-    key = buf[i : i + kl].decode()
-    i += kl
-    eid = buf[i : i + el].decode()
-    i += el
-    t = buf[i : i + tl].decode()
-    return Record(seq, KINDS[code], key, eid, t, buf[i + tl : end], _NOWHERE, False, end)
-
-
-def scan(directory: Path) -> list[Record]:
-    """Every valid record in a spool directory, oldest first, without opening it (tools, tests)."""
-    out: list[Record] = []
-    for path in sorted(Path(directory).glob("*" + _SUFFIX)):
-        if not path.name[: -len(_SUFFIX)].isdigit():
-            continue
-        buf = path.read_bytes()
-        off = _classify(path, buf)[1]
-        while off < len(buf):
-            rec = _parse_at(buf, off)
-            if rec is None:
-                i = buf.find(_MAGIC_BYTES, off + 1)
-                off = len(buf) if i == -1 else i
-                continue
-            rec.pos = Position(int(path.name[: -len(_SUFFIX)]), off)
-            out.append(rec)
-            off = rec.end
-    return out
-
-
-def _needed(buf: bytes, off: int) -> int | None:
-    """Bytes a plausible record at `off` needs when `buf` ends before it does, else None."""
-    if off + HEADER.size > len(buf):
-        return HEADER.size if buf[off : off + 2] == _MAGIC_BYTES[: len(buf) - off] else None
-    magic, _, n, _ = HEADER.unpack_from(buf, off)
-    n = int(n)
-    if magic != MAGIC or n > MAX_PAYLOAD or off + HEADER.size + n <= len(buf):
-        return None
-    return HEADER.size + n
-
-
-SegmentKind = Literal["current", "legacy", "empty", "damaged"]
-
-
-def _head(path: Path) -> bytes:
-    """A segment's first bytes: its header, or the whole first record of a headerless one."""
-    with open(path, "rb") as f:
-        buf = f.read(SEGMENT_HEADER.size)
-        need = _needed(buf, 0)
-        if need is not None:
-            buf += f.read(need - len(buf))
-    return buf
-
-
-def _classify(path: Path, head: bytes) -> tuple[SegmentKind, int]:
-    """What a segment is, from its first bytes, and where its records start.
-
-    Raises SpoolFormatError for a segment of another format version.
-    """
-    first = int(path.name[: -len(_SUFFIX)])
-    if head[: len(SEGMENT_MAGIC)] == SEGMENT_MAGIC and len(head) >= _VERSION_END:
-        version = int.from_bytes(head[len(SEGMENT_MAGIC) : _VERSION_END], "little")
-        if version != FORMAT_VERSION:
-            # A flipped bit here also lands in this branch: refusing is the safe side of
-            # that doubt, since records of another format would be skipped as corrupt and lost.
-            raise _refuse(path, version)
-    if len(head) >= SEGMENT_HEADER.size:
-        magic, _, _, seq, crc = SEGMENT_HEADER.unpack_from(head)
-        if (
-            magic == SEGMENT_MAGIC
-            and seq == first
-            and crc == zlib.crc32(head[: SEGMENT_HEADER.size - 4])
-        ):
-            return "current", SEGMENT_HEADER.size
-    if not head:
-        return "empty", 0  # a crash between creating the file and writing its header
-    rec = _parse_at(head, 0)
-    if rec is not None and rec.seq == first:
-        return "legacy", 0
-    # Its records are still found by scanning, as past any corrupt stretch.
-    return "damaged", 0
-
-
-def _seg_name(first_seq: int) -> str:
-    return f"{first_seq:020d}{_SUFFIX}"
 
 
 class Spool:
@@ -359,16 +195,16 @@ class Spool:
 
     def _recover(self) -> None:
         firsts = sorted(
-            int(p.name[: -len(_SUFFIX)])
-            for p in self.directory.glob("*" + _SUFFIX)
-            if p.name[: -len(_SUFFIX)].isdigit()
+            int(p.name[: -len(SUFFIX)])
+            for p in self.directory.glob("*" + SUFFIX)
+            if p.name[: -len(SUFFIX)].isdigit()
         )
         # Every file is checked before anything is changed, so a refused spool stays as it was.
         ckpt = self._load_checkpoint()
         kinds: dict[int, SegmentKind] = {}
         for first in firsts:
-            path = self.directory / _seg_name(first)
-            kinds[first], self._starts[first] = _classify(path, _head(path))
+            path = self.directory / segment_name(first)
+            kinds[first], self._starts[first] = classify(path, read_head(path))
             self._segments[first] = path.stat().st_size
         for tmp in self.directory.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
@@ -387,13 +223,13 @@ class Spool:
             last = firsts[-1]
             end, self._next_seq = self._recover_tail(last)
             if kinds[last] == "current":
-                self._fd = os.open(self.directory / _seg_name(last), os.O_WRONLY | os.O_APPEND)
+                self._fd = os.open(self.directory / segment_name(last), os.O_WRONLY | os.O_APPEND)
                 self._active, self._end = last, end
             else:
                 # Never append to a headerless segment: new records go to a versioned one.
                 if end == self._starts[last]:  # nothing valid in it: the new one takes its name
                     self._segments.pop(last)
-                    (self.directory / _seg_name(last)).unlink()
+                    (self.directory / segment_name(last)).unlink()
                 else:
                     self._next_seq = max(self._next_seq, last + 1)
                 self._create_segment()
@@ -416,10 +252,10 @@ class Spool:
 
     def _skip_damaged_header(self, first: int) -> None:
         """Start a segment whose header is damaged at its first valid record; count what is skipped."""
-        buf = (self.directory / _seg_name(first)).read_bytes()
+        buf = (self.directory / segment_name(first)).read_bytes()
         start = 0  # a headerless file whose first record is not its own: nothing to skip
-        if _parse_at(buf, 0) is None:
-            skip = self._resync(buf, 0)
+        if parse_at(buf, 0) is None:
+            skip = resync(buf, 0)
             start = len(buf) if skip is None else skip
         self._starts[first] = start
         self.m_corrupt.inc()
@@ -427,7 +263,7 @@ class Spool:
         log.warning(
             "spool: segment %s has no valid header (damaged, truncated or foreign); "
             "skipped %d bytes to its first valid record",
-            _seg_name(first),
+            segment_name(first),
             start,
         )
 
@@ -442,7 +278,7 @@ class Spool:
         # still name the record it was written for, or it could skip one never sent.
         buf = self._read_bytes(pos.segment, pos.offset, HEADER.size + MAX_PAYLOAD)
         self._close_reader()
-        rec = _parse_at(buf, 0)
+        rec = parse_at(buf, 0)
         return rec is not None and rec.seq == seq
 
     def close(self) -> None:
@@ -569,18 +405,18 @@ class Spool:
         first = self._next_seq
         # O_EXCL: a segment is never started over an existing file, whatever is in it.
         fd = os.open(
-            self.directory / _seg_name(first),
+            self.directory / segment_name(first),
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
             0o644,
         )
         head = segment_header(first)
         try:
             if os.write(fd, head) != len(head):
-                raise OSError(f"short write of the header of {_seg_name(first)}")
+                raise OSError(f"short write of the header of {segment_name(first)}")
         except OSError:
             os.close(fd)
             # Empty or torn, it holds no record: leave no file the next start must puzzle over.
-            (self.directory / _seg_name(first)).unlink(missing_ok=True)
+            (self.directory / segment_name(first)).unlink(missing_ok=True)
             raise
         self._fd, self._active, self._end = fd, first, len(head)
         self._segments[first] = self._starts[first] = len(head)
@@ -626,16 +462,16 @@ class Spool:
         off = 0
         seg, base, first_new = pos.segment, pos.offset, self._first_new_seq
         while off < len(buf) and len(out) < max_records:
-            parsed = _parse_at(buf, off)
+            parsed = parse_at(buf, off)
             if parsed is None:
-                need = _needed(buf, off)
+                need = needed(buf, off)
                 if need is not None and not whole:
                     if off == 0:  # one record larger than a chunk
                         buf = self._read_bytes(pos.segment, pos.offset, need)
                         whole = pos.offset + len(buf) >= limit
                         continue
                     break  # a record straddles the chunk: the next read starts at it
-                skip = self._resync(buf, off)
+                skip = resync(buf, off)
                 if skip is None:
                     skip = len(buf) - off
                 self.m_corrupt.inc()
@@ -656,20 +492,11 @@ class Spool:
             self._read_pos = Position(pos.segment, pos.offset + off)
         return out
 
-    def _resync(self, buf: bytes, off: int) -> int | None:
-        """Bytes to skip from `off` to the next valid record; None if none follows."""
-        i = buf.find(_MAGIC_BYTES, off + 1)
-        while i != -1:
-            if _parse_at(buf, i) is not None:
-                return i - off
-            i = buf.find(_MAGIC_BYTES, i + 1)
-        return None
-
     def _read_bytes(self, segment: int, offset: int, want: int) -> bytes:
         reader = self._reader
         if reader is None or reader[0] != segment:
             self._close_reader()
-            f = open(self.directory / _seg_name(segment), "rb")  # noqa: SIM115
+            f = open(self.directory / segment_name(segment), "rb")  # noqa: SIM115
             self._reader = reader = (segment, f)
         reader[1].seek(offset)
         return reader[1].read(want)
@@ -724,7 +551,7 @@ class Spool:
     def _remove_segment(self, first: int) -> None:
         if self._reader is not None and self._reader[0] == first:
             self._close_reader()
-        (self.directory / _seg_name(first)).unlink(missing_ok=True)
+        (self.directory / segment_name(first)).unlink(missing_ok=True)
         self._segments.pop(first, None)
         self._starts.pop(first, None)
 
@@ -732,38 +559,19 @@ class Spool:
         return Position(segment, self._starts[segment])
 
     def _write_checkpoint(self) -> None:
-        data = orjson.dumps(
-            {
-                "version": FORMAT_VERSION,
-                "seq": self._acked_seq,
-                "segment": self._acked_pos.segment,
-                "offset": self._acked_pos.offset,
-            }
-        )
-        tmp = self.directory / (_CHECKPOINT + ".tmp")
+        data = checkpoint_bytes(self._acked_seq, self._acked_pos)
+        tmp = self.directory / (CHECKPOINT + ".tmp")
         try:
             tmp.write_bytes(data)
             # Losing the checkpoint only means re-sending (at least once), so no fsync here.
-            os.replace(tmp, self.directory / _CHECKPOINT)
+            os.replace(tmp, self.directory / CHECKPOINT)
         except OSError:
             log.exception("spool: could not write the checkpoint")
 
     def _load_checkpoint(self) -> tuple[int, Position] | None:
-        path = self.directory / _CHECKPOINT
+        path = self.directory / CHECKPOINT
         try:
-            raw = orjson.loads(path.read_bytes())
-            if not isinstance(raw, dict):
-                raise TypeError("not an object")
-            version = raw.get("version")  # absent: written before versions, same fields
-            if version is not None:
-                if type(version) is not int:
-                    raise TypeError("version is not a number")
-                if version != FORMAT_VERSION:
-                    raise _refuse(path, version)
-            seq, seg, off = int(raw["seq"]), int(raw["segment"]), int(raw["offset"])
-            if min(seq, seg, off) < 0:
-                raise ValueError("negative")
-            return seq, Position(seg, off)
+            return parse_checkpoint(path, path.read_bytes())
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
@@ -773,14 +581,14 @@ class Spool:
 
     def _recover_tail(self, first: int) -> tuple[int, int]:
         """(valid end, next seq) of the last segment; a torn or corrupt tail is cut off."""
-        path = self.directory / _seg_name(first)
+        path = self.directory / segment_name(first)
         buf = path.read_bytes()
         off = good_end = self._starts[first]
         next_seq = first
         while off < len(buf):
-            parsed = _parse_at(buf, off)
+            parsed = parse_at(buf, off)
             if parsed is None:
-                skip = self._resync(buf, off)
+                skip = resync(buf, off)
                 if skip is None:
                     break
                 off += skip  # kept: the reader skips and counts it when it gets there

@@ -17,7 +17,7 @@ from kafka_broker import KafkaBroker, dead_bootstrap
 
 from sidecar.metrics import Registry
 from sidecar.sinks import events
-from sidecar.sinks.spool import HEADER
+from sidecar.sinks.spool_format import HEADER
 
 CE_HEADERS = {"ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "ce_subject"}
 

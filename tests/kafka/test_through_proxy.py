@@ -24,7 +24,7 @@ from eventlib import validate_event
 from kafka_broker import KafkaBroker, free_port
 from servers import RecordingUpstream, recording_upstream
 
-from sidecar.sinks.spool import scan
+from sidecar.sinks.spool_format import scan
 
 SIDECAR = Path(sys.executable).parent / "sidecar"
 FEATURES = ["age", "income", "debt_ratio"]

@@ -7,14 +7,14 @@ import orjson
 import pytest
 
 from sidecar.metrics import Registry
-from sidecar.sinks.spool import (
+from sidecar.sinks.spool import Spool
+from sidecar.sinks.spool_format import (
     FORMAT_VERSION,
     HEADER,
     SEGMENT_HEADER,
     SEGMENT_MAGIC,
     Position,
     Record,
-    Spool,
     SpoolError,
     SpoolFormatError,
     encode,
