@@ -7,6 +7,7 @@ import sys
 
 from explainers.errors import ExplainerError
 from sidecar.config import ConfigError, load_settings
+from sidecar.sinks.spool_format import SpoolError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     loop = new_event_loop()
     try:
         loop.run_until_complete(service.run())
+    except SpoolError as exc:
+        # The spool is opened when the service starts (it is locked, read, recovered then).
+        print(f"sidecar: cannot start: {exc}", file=sys.stderr)
+        return 2
     finally:
         loop.close()
     return 0
