@@ -1,15 +1,36 @@
-"""A small Prometheus text-format registry.
+"""Metrics: plain counters on the hot path, prometheus_client for names, types and exposition.
 
-Counters are plain attribute increments so the proxy's hot path pays a few
-nanoseconds per update; rendering walks the registry only when scraped.
+Updates stay plain attribute increments: in one process (`python -m loadtests.bench_metrics`,
+2 shared cores, best of 7), `Counter.inc()` took 65-95 ns against 550-760 ns for a
+prometheus_client counter child (a lock per update) and 3,000-4,200 ns through `.labels()`,
+and `Histogram.observe()` 280-580 ns against 1,500-3,400 ns; the proxy makes several updates
+per request. Each family is a prometheus_client collector that reads those values at scrape
+time, on one `CollectorRegistry` per service, and prometheus_client writes the text.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+from prometheus_client.validation import (
+    METRIC_LABEL_NAME_RE,
+    METRIC_NAME_RE,
+    RESERVED_METRIC_LABEL_NAME_RE,
+)
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0005,
@@ -28,24 +49,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     10.0,
 )
 
-
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _fmt_labels(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
-    return "{" + inner + "}"
-
-
-def _fmt_value(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if float(v).is_integer():
-        return str(int(v))
-    return repr(float(v))
+Kind = Literal["counter", "gauge", "histogram"]
 
 
 class Counter:
@@ -61,6 +65,8 @@ class Counter:
 
 
 class Gauge:
+    """A value that is set, or read from `fn` at scrape time."""
+
     __slots__ = ("_fn", "value")
 
     def __init__(self, fn: Callable[[], float] | None = None) -> None:
@@ -75,14 +81,15 @@ class Gauge:
 
 
 class Histogram:
-    __slots__ = ("_lock", "bounds", "count", "counts", "sum")
+    """Per-bucket (not cumulative) counts; the last slot counts values above every bound."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS_S) -> None:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
         self.count = 0
-        self._lock = threading.Lock()
 
     def observe(self, v: float) -> None:
         i = bisect.bisect_left(self.bounds, v)
@@ -91,19 +98,88 @@ class Histogram:
         self.count += 1
 
 
+Child = Counter | Gauge | Histogram
+
+
+def _check_names(name: str, kind: Kind, labels: tuple[str, ...]) -> None:
+    # prometheus_client accepts any UTF-8 name by default and escapes it on the way out; we
+    # hold names to the classic charset so what we register is what a scraper sees.
+    if not METRIC_NAME_RE.match(name):
+        raise ValueError(f"invalid metric name {name!r}")
+    # A counter family gets `_total` appended by prometheus_client; requiring it keeps the name.
+    if kind == "counter" and not name.endswith("_total"):
+        raise ValueError(f"counter {name!r} must end in _total")
+    for label in labels:
+        if not METRIC_LABEL_NAME_RE.match(label) or RESERVED_METRIC_LABEL_NAME_RE.match(label):
+            raise ValueError(f"invalid label name {label!r} on {name}")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"duplicate label names {labels} on {name}")
+    if kind == "histogram" and "le" in labels:
+        raise ValueError(f"histogram {name} cannot have a label named le")
+
+
 class _Family:
-    def __init__(self, name: str, help_: str, kind: str, labels: Sequence[str]) -> None:
+    """One metric family; a prometheus_client collector reading its children at scrape time."""
+
+    def __init__(
+        self, name: str, help_: str, kind: Kind, labels: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> None:
+        _check_names(name, kind, labels)
+        if kind == "histogram" and (
+            any(not math.isfinite(b) for b in bounds)
+            or any(a >= b for a, b in itertools.pairwise(bounds))
+        ):
+            raise ValueError(f"histogram {name} bounds must be finite and increasing: {bounds}")
         self.name = name
         self.help = help_
         self.kind = kind
-        self.labels = tuple(labels)
-        self.children: dict[tuple[str, ...], Counter | Gauge | Histogram] = {}
+        self.labels = labels
+        self.bounds = bounds
+        self.children: dict[tuple[str, ...], Child] = {}
+        # Hoisted: the `le` label values, formatted as prometheus_client's own Histogram does
+        # (1.0 -> "1.0"); floatToGoString has no annotations.
+        le: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+        self._le = (*le, "+Inf")
+
+    def _empty(self) -> CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily:
+        if self.kind == "counter":
+            return CounterMetricFamily(self.name, self.help, labels=self.labels)
+        if self.kind == "gauge":
+            return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+
+    def describe(self) -> list[Metric]:
+        """The family's names, so the CollectorRegistry refuses another collector's clash."""
+        return [self._empty()]
+
+    def collect(self) -> list[Metric]:
+        family = self._empty()
+        # list() copies in one step, so a child added by another thread cannot break the loop.
+        for key, child in list(self.children.items()):
+            if isinstance(family, HistogramMetricFamily):
+                assert isinstance(child, Histogram)
+                buckets: list[tuple[str, float]] = []
+                cumulative = 0
+                for le, n in zip(self._le, list(child.counts), strict=True):
+                    cumulative += n
+                    buckets.append((le, cumulative))
+                # _count is the +Inf bucket, so the two agree even mid-observe().
+                family.add_metric(key, buckets, child.sum)
+            elif isinstance(family, GaugeMetricFamily):
+                assert isinstance(child, Gauge)
+                family.add_metric(key, child.get())
+            else:
+                assert isinstance(child, Counter)
+                # No `created`: prometheus_client would add a `_created` series per child.
+                family.add_metric(key, child.value)
+        return [family]
 
 
 class Registry:
     """Holds metric families; one registry per running service (no module globals)."""
 
     def __init__(self) -> None:
+        self.collectors = CollectorRegistry()
         self._families: dict[str, _Family] = {}
         self._lock = threading.Lock()
 
@@ -111,18 +187,23 @@ class Registry:
         self,
         name: str,
         help_: str,
-        kind: str,
+        kind: Kind,
         labels: dict[str, str] | None,
-        make: Callable[[], Counter | Gauge | Histogram],
-    ) -> Counter | Gauge | Histogram:
+        make: Callable[[], Child],
+        bounds: tuple[float, ...] = (),
+    ) -> Child:
         labels = labels or {}
+        names = tuple(labels)
         with self._lock:
             fam = self._families.get(name)
             if fam is None:
-                fam = _Family(name, help_, kind, tuple(labels))
+                fam = _Family(name, help_, kind, names, bounds)
+                self.collectors.register(fam)
                 self._families[name] = fam
-            elif fam.kind != kind or fam.labels != tuple(labels):
+            elif fam.kind != kind or fam.labels != names:
                 raise ValueError(f"metric {name} re-registered with another kind or labels")
+            elif fam.bounds != bounds:
+                raise ValueError(f"histogram {name} re-registered with other bounds")
             key = tuple(labels.values())
             child = fam.children.get(key)
             if child is None:
@@ -153,35 +234,11 @@ class Registry:
         labels: dict[str, str] | None = None,
         bounds: Sequence[float] = LATENCY_BUCKETS_S,
     ) -> Histogram:
-        h = self._child(name, help_, "histogram", labels, lambda: Histogram(bounds))
+        b = tuple(bounds)
+        h = self._child(name, help_, "histogram", labels, lambda: Histogram(b), b)
         assert isinstance(h, Histogram)
         return h
 
     def render(self) -> str:
-        out: list[str] = []
-        with self._lock:
-            families = list(self._families.values())
-        for fam in families:
-            out.append(f"# HELP {fam.name} {fam.help}")
-            out.append(f"# TYPE {fam.name} {fam.kind}")
-            for key, child in list(fam.children.items()):
-                out.extend(_render_child(fam, key, child))
-        return "\n".join(out) + "\n"
-
-
-def _render_child(
-    fam: _Family, key: tuple[str, ...], child: Counter | Gauge | Histogram
-) -> Iterable[str]:
-    if isinstance(child, Histogram):
-        cumulative = 0
-        for bound, n in zip((*child.bounds, math.inf), child.counts, strict=True):
-            cumulative += n
-            lbl = _fmt_labels((*fam.labels, "le"), (*key, _fmt_value(bound)))
-            yield f"{fam.name}_bucket{lbl} {cumulative}"
-        lbl = _fmt_labels(fam.labels, key)
-        yield f"{fam.name}_sum{lbl} {_fmt_value(child.sum)}"
-        yield f"{fam.name}_count{lbl} {child.count}"
-    elif isinstance(child, Gauge):
-        yield f"{fam.name}{_fmt_labels(fam.labels, key)} {_fmt_value(child.get())}"
-    else:
-        yield f"{fam.name}{_fmt_labels(fam.labels, key)} {_fmt_value(child.value)}"
+        """The Prometheus text format (0.0.4), as prometheus_client writes it."""
+        return generate_latest(self.collectors).decode()

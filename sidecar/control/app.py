@@ -6,14 +6,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client.exposition import choose_encoder
 
 from sidecar import __version__
 from sidecar.metrics import Registry
 
 ReadyCheck = tuple[str, Callable[[], Awaitable[bool]]]
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def create_control_app(
@@ -58,9 +58,11 @@ def create_control_app(
     @app.get(
         "/metrics", dependencies=metrics_deps, tags=["health"], response_class=PlainTextResponse
     )
-    async def metrics() -> PlainTextResponse:
-        """Prometheus text format."""
-        return PlainTextResponse(registry.render(), media_type=PROMETHEUS_TEXT)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format, or OpenMetrics when the scraper asks for it."""
+        # prometheus_client's own negotiation, as its ASGI app does: no Accept gets text 0.0.4.
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(registry.collectors), media_type=content_type)
 
     for router in routers:
         app.include_router(router)

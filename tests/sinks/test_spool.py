@@ -150,7 +150,7 @@ def test_corrupt_record_in_the_middle_is_skipped(tmp_path: Path) -> None:
     got = ids(read_all(sp2))
     assert got == [i for i in range(20) if i not in (5, 12)]
     text = reg.render()
-    assert "sidecar_spool_corrupt_total 2\n" in text
+    assert "sidecar_spool_corrupt_total 2.0\n" in text
     sp2.close()
 
 
@@ -227,7 +227,7 @@ def test_block_policy_waits_for_room_then_continues(tmp_path: Path) -> None:
     seen.extend(read_all(sp))
     assert all(results) and len(results) == 1000
     assert ids(seen) == list(range(1000))
-    assert "sidecar_spool_blocked_seconds_total 0\n" not in reg.render()
+    assert "sidecar_spool_blocked_seconds_total 0.0\n" not in reg.render()
     assert 'sidecar_events_dropped_total{reason="spool_full"} 0' in reg.render()
     sp.close()
 
