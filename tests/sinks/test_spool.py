@@ -369,7 +369,7 @@ def test_a_checkpoint_of_a_newer_version_is_refused_at_start(tmp_path: Path) -> 
     reg = Registry()
     sp2 = make(tmp_path, reg)  # a mangled version field is a damaged checkpoint: replay all
     assert ids(read_all(sp2)) == [0]
-    assert "sidecar_spool_corrupt_total 1\n" in reg.render()
+    assert "sidecar_spool_corrupt_total 1.0\n" in reg.render()
     sp2.close()
 
 
@@ -396,7 +396,7 @@ def test_a_spool_of_the_previous_release_is_replayed_and_then_left_behind(
     assert seg_path(tmp_path, 0).read_bytes() == old0
     assert seg_path(tmp_path, 10).read_bytes() == old10
     assert seg_path(tmp_path, 15).read_bytes().startswith(segment_header(15))
-    assert "sidecar_spool_corrupt_total 0\n" in reg.render()
+    assert "sidecar_spool_corrupt_total 0.0\n" in reg.render()
     sp.acknowledge(recs[5].seq, recs[5].pos)  # up to 7 acknowledged, stop mid-way
     sp.close()
     sp2 = make(tmp_path)  # old and new segments side by side survive a restart
@@ -416,7 +416,7 @@ def test_an_empty_segment_of_the_previous_release_is_replaced(tmp_path: Path) ->
     recs = read_all(sp)
     assert ids(recs) == [40] and recs[0].seq == 40
     assert seg_path(tmp_path, 40).read_bytes().startswith(segment_header(40))
-    assert "sidecar_spool_corrupt_total 0\n" in reg.render()
+    assert "sidecar_spool_corrupt_total 0.0\n" in reg.render()
     sp.close()
 
 
@@ -427,7 +427,7 @@ def test_a_truncated_header_is_never_read_as_records(tmp_path: Path, keep: int) 
     reg = Registry()
     sp = make(tmp_path, reg)
     assert read_all(sp) == []
-    counted = "sidecar_spool_corrupt_total 0\n" if keep == 0 else "sidecar_spool_corrupt_total 1\n"
+    counted = "sidecar_spool_corrupt_total 0.0\n" if keep == 0 else "sidecar_spool_corrupt_total 1.0\n"
     assert counted in reg.render()  # an empty file is a crash before the header, not damage
     assert put(sp, 0)
     assert ids(read_all(sp)) == [0]
@@ -462,8 +462,8 @@ def test_records_behind_a_damaged_header_are_replayed_and_the_damage_counted(
     sp2 = make(tmp_path, reg, segment_bytes=4096)
     assert "no valid header" in caplog.text and seg.name in caplog.text
     assert ids(read_all(sp2)) == list(range(100))  # every record, each once
-    assert "sidecar_spool_corrupt_total 1\n" in reg.render()
-    assert f"sidecar_spool_corrupt_bytes_total {len(head)}\n" in reg.render()
+    assert "sidecar_spool_corrupt_total 1.0\n" in reg.render()
+    assert f"sidecar_spool_corrupt_bytes_total {float(len(head))}\n" in reg.render()
     sp2.close()
 
 
@@ -475,7 +475,7 @@ def test_a_headerless_segment_whose_first_record_is_not_its_own_is_damage(
     reg = Registry()
     sp = make(tmp_path, reg)
     assert ids(read_all(sp)) == [0, 1, 2]  # still CRC-checked records: replayed, not lost
-    assert "sidecar_spool_corrupt_total 1\n" in reg.render()
+    assert "sidecar_spool_corrupt_total 1.0\n" in reg.render()
     assert put(sp, 3)
     assert seg_path(tmp_path, 5).read_bytes()[:2] == b"PS"  # not appended to either
     sp.close()
