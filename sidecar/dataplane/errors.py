@@ -1,21 +1,39 @@
-"""What the proxy's client gets when the upstream fails: 502 (unreachable) or 504 (too slow)."""
+"""What the proxy's client gets when the upstream fails (README, "Upstream errors").
+
+| status | cause             | when                                                              |
+| ------ | ----------------- | ----------------------------------------------------------------- |
+| 502    | `connect_failed`  | the connection was refused or could not be opened                 |
+| 502    | `connect_timeout` | no connection within `proxy.connect_timeout_s`                    |
+| 502    | `tls`             | the certificate failed verification, or the TLS handshake failed  |
+| 502    | `disconnected`    | the upstream closed the connection before its answer was complete |
+| 502    | `bad_response`    | the answer is not HTTP/1.x                                        |
+| 504    | `timeout`         | the upstream left the call idle past `proxy.timeout_s`            |
+
+502 says the upstream could not be used (for the `connect_*` and `tls` causes
+nothing was sent, so any call may be retried); 504 says it had the request and
+was too slow, so it may have acted on it. A connect timeout is therefore a 502:
+it is an unreachable upstream, not a slow one.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
+import ssl
 
-import aiohttp
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
 class UpstreamError(Exception):
-    """The upstream could not be reached (502) or did not answer in time (504)."""
+    """The upstream could not be used (502) or did not answer in time (504).
 
-    status: int
-    cause: str
-    detail: str
+    A plain exception class: a frozen dataclass refuses the `__traceback__`
+    that contextlib's managers set on an exception passing through them.
+    """
+
+    def __init__(self, status: int, cause: str, detail: str) -> None:
+        super().__init__(status, cause, detail)
+        self.status = status
+        self.cause = cause
+        self.detail = detail
 
     def body(self) -> bytes:
         return orjson.dumps(
@@ -27,19 +45,29 @@ class UpstreamError(Exception):
         )
 
 
-def classify(exc: BaseException) -> UpstreamError:
-    """Map a client exception to the error the proxy's client gets."""
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError | TimeoutError):
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return UpstreamError(504, "connect_timeout", str(exc) or "connect timed out")
-        return UpstreamError(504, "timeout", str(exc) or "upstream did not answer in time")
-    if isinstance(exc, aiohttp.ClientSSLError):
-        # Before ClientConnectorError, which the certificate errors also are.
-        return UpstreamError(502, "tls", str(exc))
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(502, "connect_failed", str(exc))
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError(502, "disconnected", str(exc) or "upstream closed the connection")
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return UpstreamError(502, type(exc).__name__, str(exc))
+def connect_error(exc: BaseException, where: str, timeout_s: float) -> UpstreamError:
+    """Map a failure to open a connection (TCP, then TLS) to `where`."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(
+            502, "connect_timeout", f"no connection to {where} within {timeout_s}s"
+        )
+    if isinstance(exc, ssl.SSLError):
+        # Before OSError, which SSLError is; a certificate error names the certificate.
+        return UpstreamError(502, "tls", f"TLS with {where} failed: {exc}")
+    if isinstance(exc, OSError):
+        return UpstreamError(
+            502, "connect_failed", f"cannot connect to {where}: {exc.strerror or exc}"
+        )
     raise exc
+
+
+def disconnected(exc: BaseException | None = None) -> UpstreamError:
+    return UpstreamError(502, "disconnected", str(exc) if exc else "upstream closed the connection")
+
+
+def bad_response(exc: BaseException) -> UpstreamError:
+    return UpstreamError(502, "bad_response", f"unparseable upstream answer: {exc}")
+
+
+def timeout(timeout_s: float, what: str = "answer") -> UpstreamError:
+    return UpstreamError(504, "timeout", f"upstream did not {what} within {timeout_s}s")

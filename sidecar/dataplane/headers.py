@@ -62,18 +62,38 @@ def _end_to_end(
     return out, clen
 
 
-def request_headers(
+def stream_head(
+    method: str,
+    target: bytes,
     headers: RawHeaders,
     peer: str | None,
     scheme: str,
-    strip: frozenset[bytes] = frozenset(),
-    keep_length: bool = True,
-) -> list[tuple[str, str]]:
-    """Headers for a call through aiohttp (which frames a body it holds whole itself)."""
+    strip: frozenset[bytes],
+    has_body: bool,
+    default_host: bytes,
+) -> tuple[bytes, bool]:
+    """The request line and headers of a streamed call (HTTP/1.1), and whether its body goes chunked.
+
+    The body is passed on as it arrives, so the client's Content-Length still
+    holds and is kept; a body that came without one (chunked) is sent chunked.
+    """
     out, clen = _end_to_end(headers, peer, scheme, strip)
-    if clen is not None and keep_length:
-        out.append((b"content-length", clen))
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in out]
+    parts = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
+    has_host = False
+    for name, value in out:
+        if name == b"host":
+            has_host = True
+        parts += (name, b": ", value, b"\r\n")
+    if not has_host:
+        parts += (b"host: ", default_host, b"\r\n")
+    chunked = False
+    if clen is not None:
+        parts += (b"content-length: ", clen, b"\r\n")
+    elif has_body:
+        chunked = True
+        parts.append(b"transfer-encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), chunked
 
 
 def request_head(

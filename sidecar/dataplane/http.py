@@ -15,8 +15,8 @@ import time
 import orjson
 
 from sidecar.dataplane.decide import Decider
-from sidecar.dataplane.errors import UpstreamError, classify
-from sidecar.dataplane.headers import request_headers, response_headers
+from sidecar.dataplane.errors import UpstreamError
+from sidecar.dataplane.headers import response_headers
 from sidecar.dataplane.protocols import Call
 from sidecar.dataplane.server import ClientGone, Exchange
 from sidecar.dataplane.upstream import Upstream
@@ -138,23 +138,21 @@ class DataPlane:
 
     async def _stream(self, ex: Exchange) -> None:
         """Forward a non-inference call with both bodies streamed, never held whole."""
-        out_headers = request_headers(ex.headers, ex.peer, "http")
         data = ex.chunks() if ex.has_body else None
         t0 = perf_counter()
         try:
-            async with self._upstream.request(
-                ex.method, ex.target.decode("latin-1"), out_headers, data
-            ) as resp:
-                await ex.start(resp.status, response_headers(resp.raw_headers))
-                async for chunk in resp.content.iter_any():
+            async with self._upstream.stream(
+                ex.method, ex.target, ex.headers, ex.peer, "http", self._decider.strip, data
+            ) as answer:
+                await ex.start(answer.status, response_headers(answer.headers))
+                async for chunk in answer:
                     await ex.write(chunk)
                 ex.end()
             self._upstream_latency.observe(perf_counter() - t0)
-        except (asyncio.CancelledError, ClientGone):
-            raise
-        except Exception as exc:
+        except UpstreamError as err:
             if ex.started:
                 # The status line is gone; all that is left is to cut the connection.
-                log.warning("upstream failed mid-response for %s: %r", ex.path, exc)
+                self._upstream_errors[err.status].inc()
+                log.warning("upstream failed mid-response for %s: %s", ex.path, err.detail)
                 raise
-            self._error(ex, classify(exc))
+            self._error(ex, err)

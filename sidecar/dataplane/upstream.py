@@ -1,106 +1,70 @@
-"""The pooled client connection to the model server.
+"""The data plane's one way to its upstream: `Upstream`, over the pool in sidecar.dataplane.client.
 
-aiohttp's client is used because it measured several times cheaper per
-request than httpx's AsyncClient on this kind of machine (README,
-"Why aiohttp"). The session is configured to be transparent: no automatic
-decompression, no default headers added.
+Both kinds of call share one pool of keep-alive connections (`proxy.pool_size`
+idle ones kept), one pair of timeouts and one error mapping (UpstreamError,
+sidecar.dataplane.errors):
+
+- `proxy.connect_timeout_s` bounds opening a connection, TLS handshake included
+  (past it: 502 `connect_timeout`);
+- `proxy.timeout_s` bounds a buffered call's whole answer, and a streamed
+  call's idle time (until the answer's head after the last request byte, then
+  between body chunks); past it: 504 `timeout`.
+
+An https:// upstream's certificate is always verified, against the system's
+CAs or `proxy.upstream_ca_file`, with its host name checked; a failure is a 502
+`tls` and nothing is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from sidecar.config import ProxySettings
-from sidecar.dataplane.client import Answer, Pool
-from sidecar.dataplane.errors import UpstreamError, classify
-from sidecar.dataplane.headers import request_head, request_headers
+from sidecar.dataplane.client import Answer, Pool, Streamed
+from sidecar.dataplane.errors import UpstreamError
+from sidecar.dataplane.headers import request_head, stream_head
 from sidecar.types import RawHeaders
 
-__all__ = ["Answer", "Upstream", "UpstreamError", "classify"]
+__all__ = ["Answer", "Streamed", "Upstream", "UpstreamError"]
 
-_NO_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type", "Accept")
+
+def tls_context(settings: ProxySettings) -> ssl.SSLContext:
+    """Verification always on, host name checked; the CAs from proxy.upstream_ca_file if set."""
+    cafile = str(settings.upstream_ca_file) if settings.upstream_ca_file is not None else None
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 class Upstream:
-    """One pooled session to the configured upstream; the target never depends on the Host header."""
+    """The configured upstream; the target never depends on the Host header."""
 
     def __init__(self, settings: ProxySettings) -> None:
         self.base = settings.upstream
         self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
         parts = urlsplit(self.base)
+        self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._pool: Pool | None = None
-        if parts.scheme == "http":
-            self._pool = Pool(
-                self._host,
-                self._port,
-                settings.pool_size,
-                settings.connect_timeout_s,
-                settings.timeout_s,
-            )
+        self._port = parts.port or (443 if self._https else 80)
+        self._pool = Pool(
+            self._host,
+            self._port,
+            settings.pool_size,
+            settings.connect_timeout_s,
+            settings.timeout_s,
+        )
 
     async def start(self) -> None:
-        s = self._settings
-        tls: ssl.SSLContext | bool = True  # an https:// upstream is verified, always
-        if s.upstream_ca_file is not None:
-            tls = ssl.create_default_context(cafile=str(s.upstream_ca_file))
-        connector = aiohttp.TCPConnector(
-            limit=s.pool_size,
-            limit_per_host=s.pool_size,
-            ttl_dns_cache=300,
-            enable_cleanup_closed=False,
-            family=socket.AF_UNSPEC,
-            ssl=tls,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=s.connect_timeout_s, sock_read=s.timeout_s
-            ),
-            auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            read_bufsize=2**16,
-        )
+        """Load the CAs an https:// upstream is verified against (file I/O: at start, not per call)."""
+        if self._https:
+            self._pool.tls = tls_context(self._settings)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("upstream client not started")
-        return self._session
-
-    def request(
-        self,
-        method: str,
-        path_qs: str,
-        headers: list[tuple[str, str]],
-        data: bytes | AsyncIterator[bytes] | None,
-    ) -> aiohttp.client._RequestContextManager:
-        return self.session.request(
-            method,
-            self.base + path_qs,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            compress=None,
-            chunked=None,
-            skip_auto_headers=_NO_AUTO_HEADERS,
-        )
+        self._pool.close()
 
     def buffered(
         self,
@@ -113,24 +77,35 @@ class Upstream:
         body: bytes,
     ) -> Awaitable[Answer]:
         """Forward a call whose body is in hand and read the whole answer. Raises UpstreamError."""
-        if self._pool is not None:
-            head = request_head(
-                method, target, headers, peer, scheme, strip, len(body), self._pool.host_header
-            )
-            # The pool's coroutine itself, not one wrapping it: a level less to resume.
-            return self._pool.request(head, body)
-        out = request_headers(headers, peer, scheme, strip, keep_length=False)
-        return self._buffered_by_aiohttp(method, target.decode("latin-1"), out, body)
+        pool = self._pool
+        head = request_head(
+            method, target, headers, peer, scheme, strip, len(body), pool.host_header
+        )
+        # The pool's coroutine itself, not one wrapping it: a level less to resume.
+        return pool.request(head, body)
 
-    async def _buffered_by_aiohttp(
-        self, method: str, path_qs: str, headers: list[tuple[str, str]], body: bytes
-    ) -> Answer:
-        try:
-            async with self.request(method, path_qs, headers, body) as resp:
-                # Raw, like the pool's answer: the data plane filters hop-by-hop headers once.
-                return Answer(resp.status, list(resp.raw_headers), await resp.read())
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise classify(exc) from exc
+    def stream(
+        self,
+        method: str,
+        target: bytes,
+        headers: RawHeaders,
+        peer: str | None,
+        scheme: str,
+        strip: frozenset[bytes],
+        body: AsyncIterator[bytes] | None,
+    ) -> AbstractAsyncContextManager[Streamed]:
+        """Forward a call with both bodies streamed, never held whole.
+
+        `async with upstream.stream(...) as answer:` enters once the answer's
+        head is in (`answer.status`, raw `answer.headers`); `async for chunk in
+        answer` then gives its body as it arrives. Raises UpstreamError, on
+        entering or while iterating.
+        """
+        pool = self._pool
+        head, chunked = stream_head(
+            method, target, headers, peer, scheme, strip, body is not None, pool.host_header
+        )
+        return pool.stream(head, body, chunked, method == "HEAD")
 
     async def reachable(self, timeout_s: float = 1.0) -> bool:
         """Readiness: can a TCP connection to the upstream be opened?"""

@@ -56,6 +56,22 @@ def test_non_inference_call_passes_through_byte_identical(upstream: RecordingUps
     assert headers[b"content-type"] == b"application/octet-stream"
 
 
+def test_group_attributes_never_reach_the_model_on_a_streamed_call(
+    upstream: RecordingUpstream,
+) -> None:
+    @upstream.route("/v2/models/m/ready")
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=b"ok")
+
+    with running_sidecar(upstream.url) as svc:
+        c = _conn(svc.proxy_url)
+        c.request("GET", "/v2/models/m/ready", headers={"X-Group-Attributes": "gender=F"})
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"ok")
+    names = {k.lower() for k, _ in upstream.seen[-1].raw_headers}
+    assert b"x-group-attributes" not in names
+
+
 def test_every_method_is_forwarded(upstream: RecordingUpstream) -> None:
     @upstream.route("*")
     async def handler(request: web.Request) -> web.Response:

@@ -1,9 +1,11 @@
 """An https:// upstream: verified against `proxy.upstream_ca_file`, forwarded like any other.
 
-The buffered inference path and the streamed path both go through aiohttp to an
-https upstream (the lean pool speaks plain HTTP only); a real TLS server on 127.0.0.1
-with a certificate from a throwaway CA checks both, and that a certificate the
-sidecar cannot verify is a 502 naming TLS, not a silent pass.
+The buffered inference path and the streamed path both reach an https upstream
+through the data plane's own pool, over TLS; a real TLS server on 127.0.0.1 with a
+certificate from a throwaway CA checks both (and a streamed download large enough
+to pause reading), and that a certificate the sidecar cannot verify is a 502
+naming TLS, not a silent pass. tests/proxy/test_upstream_errors.py checks a wrong
+host name too.
 """
 
 from __future__ import annotations
@@ -68,8 +70,18 @@ def test_inference_and_streamed_calls_reach_a_verified_https_upstream(
     async def other(request: web.Request) -> web.Response:
         return web.Response(status=201, body=request["body"][::-1])
 
+    async def download(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for i in range(64):
+            await resp.write(bytes([i]) * 65536)
+        await resp.write_eof()
+        return resp
+
+    download.streaming = True  # type: ignore[attr-defined]
     tls_upstream.routes["/v2/models/credit/infer"] = infer
     tls_upstream.routes["/upload"] = other
+    tls_upstream.routes["/download"] = download
     with running_sidecar(tls_upstream.url, proxy={"upstream_ca_file": str(ca_file)}) as svc:
         status, headers, body = _post(svc.proxy_url, "/v2/models/credit/infer", V2_REQUEST)
         assert (status, body) == (200, V2_RESPONSE)
@@ -84,6 +96,13 @@ def test_inference_and_streamed_calls_reach_a_verified_https_upstream(
         status, headers, body = _post(svc.proxy_url, "/upload", payload)
         assert (status, body) == (201, payload[::-1])
         assert headers["x-decision-id"] is None
+
+        p = urlsplit(svc.proxy_url)
+        c = http.client.HTTPConnection(p.hostname, p.port, timeout=10)
+        c.request("GET", "/download")
+        r = c.getresponse()
+        assert r.status == 200
+        assert r.read() == b"".join(bytes([i]) * 65536 for i in range(64))
     assert tls_upstream.seen[0].body == V2_REQUEST
     assert tls_upstream.seen[1].body == payload
 

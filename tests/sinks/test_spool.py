@@ -427,7 +427,9 @@ def test_a_truncated_header_is_never_read_as_records(tmp_path: Path, keep: int) 
     reg = Registry()
     sp = make(tmp_path, reg)
     assert read_all(sp) == []
-    counted = "sidecar_spool_corrupt_total 0.0\n" if keep == 0 else "sidecar_spool_corrupt_total 1.0\n"
+    counted = (
+        "sidecar_spool_corrupt_total 0.0\n" if keep == 0 else "sidecar_spool_corrupt_total 1.0\n"
+    )
     assert counted in reg.render()  # an empty file is a crash before the header, not damage
     assert put(sp, 0)
     assert ids(read_all(sp)) == [0]
