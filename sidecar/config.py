@@ -12,7 +12,7 @@ import hashlib
 import os
 import ssl
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -309,6 +309,10 @@ class KafkaSettings(_Section):
     extra: dict[str, str | int | float | bool] = {}
     """Further kafka-python KafkaProducer options, passed through (unknown names are refused at start)."""
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (masked_extra(value) if name == "extra" else value)
+
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
@@ -409,6 +413,14 @@ class AuthSettings(_Section):
     group_attribute_roles: list[Literal["reviewer", "auditor", "admin"]] = ["auditor", "admin"]
     """Roles that see decisions' group (protected) attributes."""
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The token table's keys are bearer tokens: a repr (a log line, a test failure)
+        # shows their digests.
+        for name, value in super().__repr_args__():
+            if name == "tokens":
+                value = {mask_token(k): v for k, v in value.items()}
+            yield name, value
+
 
 class Settings(BaseSettings):
     """Everything the sidecar reads at start."""
@@ -505,13 +517,20 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     auth = data["auth"]
     auth["tokens"] = {mask_token(k): v for k, v in auth["tokens"].items()}
-    kafka = data["kafka"]
-    # Pass-through producer options may carry credentials (sasl_plain_password, ...).
-    kafka["extra"] = {
-        k: SECRET_MASK if any(w in k.lower() for w in ("password", "secret", "token")) else v
-        for k, v in kafka["extra"].items()
-    }
+    data["kafka"]["extra"] = masked_extra(data["kafka"]["extra"])
     return data
+
+
+def masked_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """kafka.extra with the values of credential options (sasl_plain_password, ...) masked."""
+    return {
+        k: SECRET_MASK if any(w in k.lower() for w in ("password", "secret", "token")) else v
+        for k, v in extra.items()
+    }
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + ENV_DELIMITER.join(str(p) for p in loc).upper()
 
 
 def _describe(err: ValidationError, environ: Mapping[str, str]) -> str:
@@ -521,9 +540,12 @@ def _describe(err: ValidationError, environ: Mapping[str, str]) -> str:
     for e in err.errors():
         parts = _masked_loc(e["loc"])
         key = ".".join(parts)
-        raw_env = ENV_PREFIX + ENV_DELIMITER.join(str(p) for p in e["loc"]).upper()
-        env_name = ENV_PREFIX + ENV_DELIMITER.join(parts).upper()
-        origin = f" (from {env_name})" if raw_env in env_names else ""
+        origin = ""
+        # The variable may set the key itself or a table holding it (SIDECAR_AUTH__TOKENS='{...}').
+        for n in range(len(parts), 0, -1):
+            if _env_name(e["loc"][:n]) in env_names:
+                origin = f" (from {_env_name(parts[:n])})"
+                break
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"config key '{key}'{origin}: {msg}")
     return "; ".join(lines)
