@@ -49,7 +49,7 @@ def reference_markdown() -> str:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "config",
-        help="check a settings file, or print the reference of every key",
+        help="print the effective settings, check a settings file, or print every key",
         description="With no option, print the effective settings (defaults and SIDECAR_* "
         "variables) with secrets masked.",
     )
