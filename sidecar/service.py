@@ -30,6 +30,7 @@ from sidecar.pipeline.sampling import Sampler
 from sidecar.pipeline.stages import Stages
 from sidecar.review.api import create_review_router
 from sidecar.review.store import SqliteReviewStore
+from sidecar.settings_check import check_settings
 from sidecar.sinks import EventSink, build_sink
 
 __all__ = ["Service", "ServiceThread", "new_event_loop"]
@@ -57,6 +58,8 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = registry = Registry()
+        # What `sidecar config --check` checks, in the same function, before any port opens.
+        check_settings(settings)
         # The model is loaded and checked before any port is opened: a model that
         # cannot be explained faithfully stops the start (ExplainerError names why).
         explainer = build_explainer(settings, registry)
