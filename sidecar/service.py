@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from sidecar.config import Settings
+from sidecar.config.check import check_settings
 from sidecar.control.app import create_control_app
 from sidecar.control.auth import Authenticator, TokenTable
 from sidecar.control.server import ControlPlaneThread, new_event_loop
@@ -30,7 +31,6 @@ from sidecar.pipeline.sampling import Sampler
 from sidecar.pipeline.stages import Stages
 from sidecar.review.api import create_review_router
 from sidecar.review.store import SqliteReviewStore
-from sidecar.settings_check import check_settings
 from sidecar.sinks import EventSink, build_sink
 
 __all__ = ["Service", "ServiceThread", "new_event_loop"]

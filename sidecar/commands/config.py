@@ -74,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.check is not None:
         from explainers.errors import ExplainerError
+        from sidecar.config.check import check_settings
         from sidecar.metrics import Registry
         from sidecar.pipeline.explain import build_explainer
-        from sidecar.settings_check import check_settings
 
         try:
             # The same two steps, in the same order, as the service before it binds.
