@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
@@ -44,9 +45,19 @@ def split_decision_id(value: str) -> tuple[str, int]:
     return value, 0
 
 
+# Not keyword-only: the data plane builds one per row by position, because a class
+# called with keywords builds a kwargs dict first (measured: 0.35 against 1.0-1.5 µs for
+# these 14 arguments). Elsewhere decisions are built by name; add a field after
+# `upstream_latency_ms`, with a default, and the data plane's call stays right.
 @dataclass(slots=True)
 class Decision:
-    """What the sidecar knows about one row after the upstream answered."""
+    """What the sidecar knows about one row after the upstream answered.
+
+    A field added here also needs a place in the decision event
+    (`sidecar.sinks.events.DECISION_EVENT_KEYS`) and its JSON Schema;
+    tests/test_decision_fields.py fails until it has one. The lookup store, the
+    review queue's copy and the control plane's dict follow `DECISION_FIELDS`.
+    """
 
     request_id: str
     row: int
@@ -73,3 +84,17 @@ class Decision:
     @property
     def decision_id(self) -> str:
         return f"{self.request_id}/{self.row}"
+
+
+# The one list of a decision's fields, in declaration order. The lookup store packs
+# decisions in this order and rebuilds them by these names; the review queue and the
+# control plane's dicts carry exactly these keys (plus the derived `decision_id`).
+DECISION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Decision))
+
+# A decision's field values as one tuple, in DECISION_FIELDS order. Compiled from the
+# field list, as dataclasses compiles `__init__`: attribute reads in place take 0.14 µs
+# for all the fields where operator.attrgetter takes 0.4 (measured), and the lookup
+# store runs this for every decision.
+field_values: Callable[[Decision], tuple[Any, ...]] = eval(
+    "lambda d: (" + "".join(f"d.{name}, " for name in DECISION_FIELDS) + ")"
+)

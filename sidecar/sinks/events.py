@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import operator
 import time
 import uuid
 from collections.abc import Callable
@@ -89,6 +90,43 @@ def features_hash(features: list[Any] | None) -> str | None:
     return "sha256:" + _sha256(orjson.dumps(features, option=_JSON_OPTS)).hexdigest()
 
 
+# Each Decision field's key in the decision event. The event's names are a contract
+# with its consumers (sidecar/schemas/decision.v1.json), so a new Decision field gets
+# its place here on purpose, or is listed in DECISION_EVENT_LEFT_OUT:
+# tests/test_decision_fields.py fails until one of the two names it. All values are
+# carried as they are except the three noted. The event adds its own keys: event_type,
+# schema_version, event_id, and decision_id and features_hash derived from the decision.
+DECISION_EVENT_KEYS: dict[str, str] = {
+    "request_id": "request_id",
+    "row": "row",
+    "time": "time",  # as RFC 3339
+    "protocol": "protocol",
+    "model_name": "model_name",
+    "model_version": "model_version",
+    "features": "features",  # None under the "hash" features policy
+    "feature_names": "feature_names",
+    "prediction": "prediction",
+    "probabilities": "probabilities",
+    "confidence": "confidence",
+    "upstream_status": "upstream_status",
+    "upstream_latency_ms": "upstream_latency_ms",
+    "group_attributes": "group_attributes",  # a copy
+    "review": "review",
+    "review_reason": "review_reason",
+    "sampled": "sampled",
+    "sample_reason": "sample_reason",
+    "explain_requested": "explain_requested",
+}
+# Decision fields deliberately kept out of the decision event.
+DECISION_EVENT_LEFT_OUT: frozenset[str] = frozenset()
+
+_CONVERTED = ("time", "features", "group_attributes")
+_TIME_KEY, _FEATURES_KEY, _GROUPS_KEY = (DECISION_EVENT_KEYS[name] for name in _CONVERTED)
+_AS_IS = tuple(name for name in DECISION_EVENT_KEYS if name not in _CONVERTED)
+_AS_IS_KEYS = tuple(DECISION_EVENT_KEYS[name] for name in _AS_IS)
+_as_is_values = operator.attrgetter(*_AS_IS)
+
+
 def decision_event(decision: Decision, features: FeaturesPolicy = "full") -> dict[str, Any]:
     """The `sidecar.decisions` body for one decision.
 
@@ -98,32 +136,18 @@ def decision_event(decision: Decision, features: FeaturesPolicy = "full") -> dic
     applied when they were extracted.
     """
     did = decision.decision_id
-    return {
+    body: dict[str, Any] = {
         "event_type": "decision",
         "schema_version": SCHEMA_VERSION,
         "event_id": event_id(did, "decision"),
-        "time": rfc3339(decision.time),
+        _TIME_KEY: rfc3339(decision.time),
         "decision_id": did,
-        "request_id": decision.request_id,
-        "row": decision.row,
-        "model_name": decision.model_name,
-        "model_version": decision.model_version,
-        "protocol": decision.protocol,
-        "feature_names": decision.feature_names,
-        "features": decision.features if features == "full" else None,
-        "features_hash": features_hash(decision.features),
-        "prediction": decision.prediction,
-        "probabilities": decision.probabilities,
-        "confidence": decision.confidence,
-        "group_attributes": dict(decision.group_attributes),
-        "sampled": decision.sampled,
-        "sample_reason": decision.sample_reason,
-        "explain_requested": decision.explain_requested,
-        "review": decision.review,
-        "review_reason": decision.review_reason,
-        "upstream_status": decision.upstream_status,
-        "upstream_latency_ms": decision.upstream_latency_ms,
     }
+    body.update(zip(_AS_IS_KEYS, _as_is_values(decision), strict=True))
+    body[_FEATURES_KEY] = decision.features if features == "full" else None
+    body["features_hash"] = features_hash(decision.features)
+    body[_GROUPS_KEY] = dict(decision.group_attributes)
+    return body
 
 
 _EXPLANATION_KEYS = (
