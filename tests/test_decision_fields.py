@@ -215,7 +215,8 @@ def test_one_decision_round_trips_through_every_place_unchanged(tmp_path: Path) 
 
 
 def test_every_field_has_its_place_everywhere() -> None:
-    assert misplaced(set(DECISION_FIELDS)) == []
+    problems = misplaced(set(DECISION_FIELDS))
+    assert not problems, "\n".join(problems)
 
 
 def test_a_field_added_to_decision_only_is_named_in_each_place_it_lacks() -> None:
