@@ -45,8 +45,9 @@ def pack(d: Decision) -> bytes:
 
 
 def unpack(data: bytes) -> Decision:
-    # By name, not by position: costs ~1 µs more per lookup (keyword call), which only
-    # the control plane's lookups pay.
+    # By name, not by position, so the rebuild cannot drift from the packing. The keyword
+    # call costs ~2 µs more than `Decision(*values)` (measured), paid per control-plane
+    # lookup only; `add`, on the background stage, only packs.
     return Decision(**dict(zip(DECISION_FIELDS, orjson.loads(data), strict=True)))
 
 
