@@ -1,4 +1,4 @@
-"""Compiled tree traversal (numba): margins, reached leaves, depth, node counts."""
+"""Compiled tree traversal (numba): margins, depth, node counts."""
 
 # The kernels' argument types are inferred by numba at compile time; annotating every
 # array argument would only repeat what the callers pass.
@@ -35,26 +35,6 @@ def predict_margin(X, left, right, default, feature, threshold, value, roots, tr
             else:
                 for k in range(n_out):
                     out[r, k] += value[node, k]
-    return out
-
-
-@_jit
-def leaf_indices(X, left, right, default, feature, threshold, roots):
-    """The node each row reaches in each tree: (rows, trees)."""
-    n = X.shape[0]
-    out = np.empty((n, roots.shape[0]), dtype=np.int32)
-    for r in range(n):
-        for t in range(roots.shape[0]):
-            node = roots[t]
-            while left[node] >= 0:
-                x = X[r, feature[node]]
-                if np.isnan(x):
-                    node = default[node]
-                elif x <= threshold[node]:
-                    node = left[node]
-                else:
-                    node = right[node]
-            out[r, t] = node
     return out
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
@@ -44,9 +45,19 @@ def split_decision_id(value: str) -> tuple[str, int]:
     return value, 0
 
 
+# Not keyword-only: the data plane builds one per row by position, because a class
+# called with keywords builds a kwargs dict first (measured: 0.35 against 1.0-1.5 µs for
+# these 14 arguments). Elsewhere decisions are built by name; add a field after
+# `upstream_latency_ms`, with a default, and the data plane's call stays right.
 @dataclass(slots=True)
 class Decision:
-    """What the sidecar knows about one row after the upstream answered."""
+    """What the sidecar knows about one row after the upstream answered.
+
+    A field added here also needs a place in the decision event
+    (`sidecar.sinks.events.DECISION_EVENT_KEYS`) and its JSON Schema;
+    tests/test_decision_fields.py fails until it has one. The lookup store, the
+    review queue's copy and the control plane's dict follow `DECISION_FIELDS`.
+    """
 
     request_id: str
     row: int
@@ -73,3 +84,41 @@ class Decision:
     @property
     def decision_id(self) -> str:
         return f"{self.request_id}/{self.row}"
+
+
+# The one list of a decision's fields, in declaration order. The lookup store packs
+# decisions in this order and rebuilds them by these names; the review queue and the
+# control plane's dicts carry exactly these keys (plus the derived `decision_id`).
+DECISION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Decision))
+
+
+def _compiled(name: str, source: str) -> Any:
+    """A function compiled from source generated out of DECISION_FIELDS.
+
+    As dataclasses compiles `__init__`: attribute reads and writes written out
+    run as the specialised bytecode of hand-written code, where a loop over the
+    names or operator.attrgetter takes several times longer.
+    """
+    scope: dict[str, Any] = {"Decision": Decision, "new": object.__new__}
+    exec(source, scope)
+    return scope[name]
+
+
+# A decision's field values as one tuple, in DECISION_FIELDS order: 0.14 µs where
+# operator.attrgetter takes 0.4 (measured). The lookup store packs every decision so.
+field_values: Callable[[Decision], tuple[Any, ...]] = _compiled(
+    "field_values",
+    "def field_values(d):\n    return (" + "".join(f"d.{n}, " for n in DECISION_FIELDS) + ")\n",
+)
+
+# The inverse: a decision from its field values in DECISION_FIELDS order, each set by
+# name. It skips `__init__`, as pickle does: every field is given, and Decision has no
+# `__post_init__` (tests/test_decision_fields.py checks). Keywords instead,
+# `Decision(**dict(zip(DECISION_FIELDS, values)))`, took 3.5 µs where this and the old
+# positional `Decision(*values)` take 1.5 with the JSON parse (measured).
+from_values: Callable[[Sequence[Any]], Decision] = _compiled(
+    "from_values",
+    "def from_values(v):\n    d = new(Decision)\n"
+    + "".join(f"    d.{n} = v[{i}]\n" for i, n in enumerate(DECISION_FIELDS))
+    + "    return d\n",
+)

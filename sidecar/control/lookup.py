@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from sidecar.decisions import Decision
+from sidecar.decisions import DECISION_FIELDS, Decision
 from sidecar.metrics import Registry
 from sidecar.review.model import ReviewItem, ReviewStore, decision_to_dict, normalise_item_id
 
@@ -34,8 +34,12 @@ class DecisionSource(Protocol):
 
 
 def decision_from_dict(d: dict[str, Any]) -> Decision:
-    fields = {k: v for k, v in d.items() if k in Decision.__dataclass_fields__}
-    return Decision(**fields)
+    """The inverse of `decision_to_dict`: `DECISION_FIELDS` by name, the rest ignored.
+
+    A field missing from `d` takes its default, so a review item stored before the
+    field was added still reads back.
+    """
+    return Decision(**{name: d[name] for name in DECISION_FIELDS if name in d})
 
 
 class Explanations:

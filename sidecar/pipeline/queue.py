@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
@@ -40,7 +40,6 @@ class Batch:
     decisions: list[Decision]
     explain_requested: bool = False
     held: Held | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 Stage = Callable[[list[Batch]], None]

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import abc
 import base64
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sidecar.decisions import Decision, split_decision_id
+from sidecar.decisions import DECISION_FIELDS, Decision, field_values, split_decision_id
 from sidecar.review import audit
 
 Status = Literal["pending", "claimed", "decided"]
 Action = Literal["approve", "override"]
 STATUSES: tuple[Status, ...] = ("pending", "claimed", "decided")
-_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
 
 
 class ReviewError(Exception):
@@ -89,9 +87,14 @@ class ReviewItem:
 
 
 def decision_to_dict(decision: Decision) -> dict[str, Any]:
+    """The decision's fields by name (`DECISION_FIELDS`), plus its `decision_id`.
+
+    This is what the review queue stores and what the control plane answers with;
+    `sidecar.control.lookup.decision_from_dict` reads it back.
+    """
     # A shallow copy by field: dataclasses.asdict deep-copies every feature value, which
     # took half of an enqueue.
-    d = {name: getattr(decision, name) for name in _DECISION_FIELDS}
+    d = dict(zip(DECISION_FIELDS, field_values(decision), strict=True))
     d["group_attributes"] = dict(decision.group_attributes)
     d["decision_id"] = decision.decision_id
     return d

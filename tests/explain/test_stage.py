@@ -31,8 +31,26 @@ def _decisions(X: np.ndarray, rid: str = "req") -> list[Decision]:
     out = []
     for i, row in enumerate(X):
         feats = [None if np.isnan(v) else float(v) for v in row]
-        out.append(Decision(rid, i, 0.0, "v2", "m", "v7", feats, None, 1, None, 0.9, 200, 1.0))
+        out.append(_decision(rid, i, feats))
     return out
+
+
+def _decision(rid: str, row: int, features: list[float | None]) -> Decision:
+    return Decision(
+        request_id=rid,
+        row=row,
+        time=0.0,
+        protocol="v2",
+        model_name="m",
+        model_version="v7",
+        features=features,
+        feature_names=None,
+        prediction=1,
+        probabilities=None,
+        confidence=0.9,
+        upstream_status=200,
+        upstream_latency_ms=1.0,
+    )
 
 
 def test_stage_explains_and_hands_on(xgb_models: dict[str, Trained]) -> None:
@@ -100,7 +118,7 @@ def test_explain_now_uses_the_cache_and_bad_features_are_counted(
     assert not first.cache_hit and second.cache_hit
     assert second.contributions == first.contributions
     assert "sidecar_explanation_cache_hits_total 1" in registry.render()
-    short = Decision("x", 0, 0.0, "v2", "m", "v7", [1.0], None, 1, None, 0.9, 200, 1.0)
+    short = _decision("x", 0, [1.0])
     with pytest.raises(ExplainerError, match="1 features but the model expects 6"):
         stage.explain_now(short)
     stage.start()

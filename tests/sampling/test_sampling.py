@@ -11,20 +11,20 @@ def _decision(
     rid: str, row: int = 0, confidence: float | None = 0.9, groups: dict[str, str] | None = None
 ) -> Decision:
     return Decision(
-        rid,
-        row,
-        0.0,
-        "v2",
-        "m",
-        "1",
-        [1.0],
-        ["a"],
-        1,
-        [0.1, 0.9],
-        confidence,
-        200,
-        1.0,
-        groups or {},
+        request_id=rid,
+        row=row,
+        time=0.0,
+        protocol="v2",
+        model_name="m",
+        model_version="1",
+        features=[1.0],
+        feature_names=["a"],
+        prediction=1,
+        probabilities=[0.1, 0.9],
+        confidence=confidence,
+        upstream_status=200,
+        upstream_latency_ms=1.0,
+        group_attributes=groups or {},
     )
 
 
