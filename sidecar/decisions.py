@@ -45,11 +45,10 @@ def split_decision_id(value: str) -> tuple[str, int]:
     return value, 0
 
 
-# Not keyword-only: the data plane builds one per row by position, because a class
-# called with keywords builds a kwargs dict first (measured: 0.35 against 1.0-1.5 µs for
-# these 14 arguments). Elsewhere decisions are built by name; add a field after
-# `upstream_latency_ms`, with a default, and the data plane's call stays right.
-@dataclass(slots=True)
+# Keyword-only, so no call can put a value in the wrong field when one is added. By
+# position was 0.6 µs cheaper per row (0.35 against 0.95 µs for 14 arguments, measured):
+# not worth a silent mix-up in the record that auditors read.
+@dataclass(slots=True, kw_only=True)
 class Decision:
     """What the sidecar knows about one row after the upstream answered.
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 import pytest
-from eventlib import validate_event
 
 from sidecar.control.lookup import Explanations, decision_from_dict
 from sidecar.control.store import DecisionStore, pack
@@ -30,6 +29,7 @@ from sidecar.review.schemas import DecisionOut, decision_out
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks import events
 from sidecar.sinks.files import FileSink
+from tests.eventlib import validate_event
 
 CONSOLE_JS = Path(__file__).resolve().parents[1] / "sidecar" / "review" / "static" / "console.js"
 DECISION_SCHEMA: dict[str, Any] = json.loads(

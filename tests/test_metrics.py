@@ -13,10 +13,10 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from servers import RecordingUpstream, running_sidecar
 
 from sidecar.control.app import create_control_app
 from sidecar.metrics import Registry
+from tests.servers import RecordingUpstream, running_sidecar
 
 
 def families(reg: Registry) -> dict[str, Metric]:

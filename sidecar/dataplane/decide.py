@@ -203,9 +203,21 @@ class Decider:
                 )
                 groups = source.from_request(headers, body_groups, feats)
             d = Decision(
-                rid, i, arrived, call.protocol, call.model_name, version, row.features, names,
-                row.prediction, row.probabilities, row.confidence, 200, latency_ms, groups,
-            )  # fmt: skip
+                request_id=rid,
+                row=i,
+                time=arrived,
+                protocol=call.protocol,
+                model_name=call.model_name,
+                model_version=version,
+                features=row.features,
+                feature_names=names,
+                prediction=row.prediction,
+                probabilities=row.probabilities,
+                confidence=row.confidence,
+                upstream_status=200,
+                upstream_latency_ms=latency_ms,
+                group_attributes=groups,
+            )
             if router is not None:
                 reason = router.route(d, review)
                 if reason is not None:

@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from explain_models import Trained, make_data, train_lightgbm, train_sklearn, train_xgboost
+
+from tests.explain.explain_models import (
+    Trained,
+    make_data,
+    train_lightgbm,
+    train_sklearn,
+    train_xgboost,
+)
 
 
 @pytest.fixture(scope="session")

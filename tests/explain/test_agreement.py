@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from explain_models import Trained, rows_to_explain, shap_reference, write_parquet
 
 from explainers.explainer import Explainer, ExplainerOptions, build_explainer
 from explainers.loader import from_estimator, load_model
 from explainers.treeshap import FastPathDependent, ShapLibrary
+from tests.explain.explain_models import Trained, rows_to_explain, shap_reference, write_parquet
 
 TOL = 1e-5
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from explain_models import Trained, rows_to_explain, write_parquet
 
 from explainers.background import covers_from, load_background, read_table
 from explainers.errors import InputError
 from explainers.loader import load_model
+from tests.explain.explain_models import Trained, rows_to_explain, write_parquet
 
 
 def test_csv_and_parquet_read_alike(tmp_path: Path) -> None:

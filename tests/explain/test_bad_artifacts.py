@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from explain_models import Trained, write_parquet
 
 from explainers.errors import ExplainerError, FidelityError, InputError, ModelLoadError
 from explainers.explainer import Explainer, build_explainer
 from explainers.loader import LoadedModel, from_estimator, load_model
+from tests.explain.explain_models import Trained, write_parquet
 
 
 def _truncate(src: Path, dst: Path, frac: float = 0.5) -> Path:

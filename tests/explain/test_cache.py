@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import numpy as np
-from explain_models import Trained
 
 from explainers.cache import LRUCache, row_key
 from explainers.explainer import ExplainerOptions, build_explainer
+from tests.explain.explain_models import Trained
 
 
 def test_lru_evicts_least_recently_used() -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from explain_models import Trained, shap_reference, write_parquet
 
 from sidecar.cli import main
+from tests.explain.explain_models import Trained, shap_reference, write_parquet
 
 
 def test_explain_json_rows(

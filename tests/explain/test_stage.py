@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from explain_models import Trained, write_parquet
 
 from explainers.errors import ExplainerError, ModelLoadError
 from explainers.explanation import Explanation
@@ -15,6 +14,7 @@ from sidecar.config import Settings, load_settings
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 from sidecar.pipeline.explain import ExplainStage, build_explainer
+from tests.explain.explain_models import Trained, write_parquet
 
 
 def _settings(model: Path | None, background: Path | None = None, **explainer: object) -> Settings:

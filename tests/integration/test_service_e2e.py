@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 from aiohttp import web
-from servers import RecordingUpstream, running_sidecar, wait_until
 
 from explainers.errors import ExplainerError
 from sidecar.config import load_settings
 from sidecar.demo.model import META_PATH, MODEL_PATH, load_meta, model_settings
 from sidecar.demo.process import ModelServerProcess
 from sidecar.service import Service
+from tests.servers import RecordingUpstream, running_sidecar, wait_until
 
 META = load_meta(META_PATH)
 ROW = [34.0, 78.9, 0.102, 120.0, 1.0, 47.8, 2.2, 0.359, 2.0, 0.0]

@@ -1,20 +1,17 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# The broker plugin and the event helpers live beside the top-level tests.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kafka_broker import KafkaBroker, kafka_broker, kafka_topics  # noqa: F401
-
 from sidecar.config import Settings, load_settings
 from sidecar.metrics import Registry
 from sidecar.sinks.kafka import KafkaSink
+
+# The broker plugin and the event helpers live beside the top-level tests.
+from tests.kafka_broker import KafkaBroker, kafka_broker, kafka_topics  # noqa: F401
 
 
 def kafka_settings(

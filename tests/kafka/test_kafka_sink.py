@@ -11,13 +11,13 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import kafka_settings
-from eventlib import make_decision, validate_event
-from kafka_broker import KafkaBroker, dead_bootstrap
 
 from sidecar.metrics import Registry
 from sidecar.sinks import events
 from sidecar.sinks.spool_format import HEADER
+from tests.eventlib import make_decision, validate_event
+from tests.kafka.conftest import kafka_settings
+from tests.kafka_broker import KafkaBroker, dead_bootstrap
 
 CE_HEADERS = {"ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "ce_subject"}
 

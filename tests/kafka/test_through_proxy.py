@@ -20,11 +20,11 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from eventlib import validate_event
-from kafka_broker import KafkaBroker, free_port
-from servers import RecordingUpstream, recording_upstream
 
 from sidecar.sinks.spool_format import scan
+from tests.eventlib import validate_event
+from tests.kafka_broker import KafkaBroker, free_port
+from tests.servers import RecordingUpstream, recording_upstream
 
 SIDECAR = Path(sys.executable).parent / "sidecar"
 FEATURES = ["age", "income", "debt_ratio"]

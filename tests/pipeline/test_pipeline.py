@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from eventlib import make_decision
-
 from sidecar.metrics import Registry
 from sidecar.pipeline.queue import Batch, Pipeline
+from tests.eventlib import make_decision
 
 
 def _pipeline(poll_s: float) -> tuple[Pipeline, list[list[Batch]], threading.Event]:

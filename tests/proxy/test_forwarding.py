@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
-from servers import RecordingUpstream, running_sidecar, wait_until
+
+from tests.servers import RecordingUpstream, running_sidecar, wait_until
 
 
 def _conn(url: str, timeout: float = 10) -> http.client.HTTPConnection:

@@ -20,9 +20,9 @@ import orjson
 import pytest
 import trustme
 from aiohttp import web
-from servers import RecordingUpstream, recording_upstream, running_sidecar
 
 from sidecar.config import ConfigError, load_settings
+from tests.servers import RecordingUpstream, recording_upstream, running_sidecar
 
 V2_RESPONSE = (
     b'{"model_name":"credit","outputs":['

@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 from aiohttp import web
-from servers import RecordingUpstream, running_sidecar
 
 from sidecar.service import Service
+from tests.servers import RecordingUpstream, running_sidecar
 
 V2_REQUEST = {
     "id": "r1",

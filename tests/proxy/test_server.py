@@ -8,7 +8,8 @@ import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from servers import RecordingUpstream, running_sidecar
+
+from tests.servers import RecordingUpstream, running_sidecar
 
 V2 = b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}'
 V2_OUT = b'{"outputs":[{"name":"probabilities","shape":[1,2],"datatype":"FP32","data":[0.4,0.6]}]}'

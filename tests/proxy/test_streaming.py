@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from servers import RecordingUpstream, running_sidecar, wait_until
+
+from tests.servers import RecordingUpstream, running_sidecar, wait_until
 
 MiB = 1 << 20
 

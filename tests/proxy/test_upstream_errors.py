@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import trustme
-from servers import recording_upstream, running_sidecar
+
+from tests.servers import recording_upstream, running_sidecar
 
 PATHS = (("POST", "/v2/models/m/infer", b"{}"), ("GET", "/anything", None))
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from review_helpers import demo_explainer, env, served
+from tests.review.review_helpers import demo_explainer, env, served
 
 __all__ = ["demo_explainer", "env", "served"]

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from review_helpers import (
+
+from tests.review.review_helpers import (
     ADMIN,
     ALICE,
     AUDITOR,

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from review_helpers import ReviewEnv, make_decision
 
 from sidecar.cli import main
 from sidecar.review import audit
+from tests.review.review_helpers import ReviewEnv, make_decision
 
 
 def fill(env: ReviewEnv) -> tuple[int, str]:

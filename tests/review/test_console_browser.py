@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from review_helpers import ALICE, AUDITOR, ReviewEnv, Served, make_decision
+
+from tests.review.review_helpers import ALICE, AUDITOR, ReviewEnv, Served, make_decision
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

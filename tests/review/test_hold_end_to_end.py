@@ -19,13 +19,13 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from review_helpers import ALICE, AUDITOR, FEATURES, TOKENS, bearer, read_events
-from servers import running_sidecar, wait_until
 
 from sidecar.demo.data import generate
 from sidecar.demo.model import MODEL_PATH
 from sidecar.demo.process import ModelServerProcess
 from sidecar.review import audit
+from tests.review.review_helpers import ALICE, AUDITOR, FEATURES, TOKENS, bearer, read_events
+from tests.servers import running_sidecar, wait_until
 
 
 @pytest.fixture(scope="module")

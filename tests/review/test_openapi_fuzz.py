@@ -14,8 +14,16 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from review_helpers import ADMIN, ReviewEnv, bearer, build_env, control_app, make_decision
 from schemathesis.openapi import from_asgi
+
+from tests.review.review_helpers import (
+    ADMIN,
+    ReviewEnv,
+    bearer,
+    build_env,
+    control_app,
+    make_decision,
+)
 
 EXAMPLES = 20
 

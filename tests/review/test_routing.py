@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from review_helpers import make_decision
 
 from sidecar.config import ConfigError, load_settings
 from sidecar.pipeline.routing import ReviewRouter
+from tests.review.review_helpers import make_decision
 
 
 def router(**review: Any) -> ReviewRouter:

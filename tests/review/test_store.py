@@ -8,9 +8,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from review_helpers import ReviewEnv, build_env, make_decision
 
 from sidecar.review.store import Conflict, Forbidden, NotFound
+from tests.review.review_helpers import ReviewEnv, build_env, make_decision
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "sidecar/schemas/review.v1.json").read_text()

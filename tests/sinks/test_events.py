@@ -7,10 +7,10 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-from eventlib import make_decision, validate_event
 
 from sidecar.decisions import Decision
 from sidecar.sinks import events
+from tests.eventlib import make_decision, validate_event
 
 
 def explanation_dict() -> dict[str, Any]:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from eventlib import make_decision, validate_event
 
 from sidecar.config import ConfigError, load_settings
 from sidecar.metrics import Registry
@@ -14,6 +13,7 @@ from sidecar.sinks import build_sink, events
 from sidecar.sinks.files import FileSink
 from sidecar.sinks.kafka import KafkaSink, producer_config
 from sidecar.sinks.null import NullSink
+from tests.eventlib import make_decision, validate_event
 
 
 def lines(directory: Path) -> list[dict[str, object]]:

@@ -6,10 +6,9 @@ import re
 import threading
 from pathlib import Path
 
-from eventlib import make_decision
-
 from sidecar.control.store import DecisionStore
 from sidecar.metrics import Registry
+from tests.eventlib import make_decision
 
 
 def _rss_bytes() -> int:
