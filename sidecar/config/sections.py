@@ -76,6 +76,10 @@ class ControlSettings(_Section):
     """Serve /healthz and /readyz without a token."""
     open_metrics: bool = True
     """Serve /metrics without a token."""
+    nice: int = Field(default=19, ge=0, le=19)
+    """Scheduling niceness of the control plane's thread (and the threads it starts): the data plane's thread preempts it on a shared core."""
+    gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
+    """How long a thread may hold the interpreter before a waiting one gets it (Python's default is 5 ms): bounds how long control-plane work can hold up the data plane."""
 
 
 class ModelSettings(_Section):

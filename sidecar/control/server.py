@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -51,6 +52,7 @@ class ControlPlaneThread:
         sock: socket.socket,
         housekeeping: list[Housekeeping],
         on_exit: Callable[[], None],
+        nice: int = 0,
     ) -> None:
         config = uvicorn.Config(
             app,
@@ -68,6 +70,7 @@ class ControlPlaneThread:
         self._sock = sock
         self._housekeeping = housekeeping
         self._on_exit = on_exit
+        self._nice = nice
         self._thread = threading.Thread(target=self._run, name="control-plane", daemon=True)
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -81,6 +84,10 @@ class ControlPlaneThread:
             raise self._error
 
     def _run(self) -> None:
+        # Linux schedules threads one by one: a nice control thread (and the worker threads
+        # it starts, which inherit it) yields the sidecar's core to the data plane at once.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
