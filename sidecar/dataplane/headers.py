@@ -62,6 +62,21 @@ def _end_to_end(
     return out, clen
 
 
+def _request_lines(
+    method: str, target: bytes, out: RawHeaders, default_host: bytes
+) -> list[bytes]:
+    """The request line and the forwarded headers (a Host added when the client sent none)."""
+    parts = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
+    has_host = False
+    for name, value in out:
+        if name == b"host":
+            has_host = True
+        parts += (name, b": ", value, b"\r\n")
+    if not has_host:
+        parts += (b"host: ", default_host, b"\r\n")
+    return parts
+
+
 def stream_head(
     method: str,
     target: bytes,
@@ -78,14 +93,7 @@ def stream_head(
     holds and is kept; a body that came without one (chunked) is sent chunked.
     """
     out, clen = _end_to_end(headers, peer, scheme, strip)
-    parts = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
-    has_host = False
-    for name, value in out:
-        if name == b"host":
-            has_host = True
-        parts += (name, b": ", value, b"\r\n")
-    if not has_host:
-        parts += (b"host: ", default_host, b"\r\n")
+    parts = _request_lines(method, target, out, default_host)
     chunked = False
     if clen is not None:
         parts += (b"content-length: ", clen, b"\r\n")
@@ -108,14 +116,7 @@ def request_head(
 ) -> bytes:
     """The request line and headers of a buffered call, ready to write (HTTP/1.1)."""
     out, _ = _end_to_end(headers, peer, scheme, strip | _BUFFERED_DROP)
-    parts = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
-    has_host = False
-    for name, value in out:
-        if name == b"host":
-            has_host = True
-        parts += (name, b": ", value, b"\r\n")
-    if not has_host:
-        parts += (b"host: ", default_host, b"\r\n")
+    parts = _request_lines(method, target, out, default_host)
     parts += (b"content-length: ", str(body_length).encode(), b"\r\n\r\n")
     return b"".join(parts)
 
