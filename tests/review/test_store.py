@@ -220,3 +220,13 @@ def test_the_store_survives_a_reopen(tmp_path: Path) -> None:
     env2.store.close()
     env.sink.close()
     env2.sink.close()
+
+
+def test_counts_follow_this_store_writes_at_once(env: ReviewEnv) -> None:
+    # Counts are cached for a second for scrapes and the console, but never across a write.
+    store = env.store
+    assert store.counts() == {}
+    store.enqueue(make_decision("c1", confidence=0.4))
+    assert store.counts() == {"pending": 1}
+    store.claim("c1/0", "alice")
+    assert store.counts() == {"claimed": 1}
