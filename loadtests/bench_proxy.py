@@ -461,7 +461,7 @@ def _run(
         if args.control_load:
             paths["sidecar+control"] = urls["proxy"]
             pids["sidecar+control"] = sidecar.pid
-            control_load = ControlLoad(urls["control"], command, work / "review.db")
+            control_load = ControlLoad(urls["control"], command, work / "review.db", far)
         measured = uvloop.run(_rounds(paths, args, pids, control_load))
         metrics = _metrics(urls["control"])
         if not args.keep:

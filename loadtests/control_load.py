@@ -2,7 +2,7 @@
 
 While it runs: `/metrics` is scraped every second, a reviewer's console is open
 (its queue page and one item fetched every second, as the console does when a
-reviewer works the queue), and `sidecar audit verify` runs back to back over a
+reviewer works the queue), and `sidecar audit verify` runs back to back (niced, on the sidecar's core) over a
 review database pre-filled with `items` review items. Each of these used to run
 on (or lock against) the loop that forwards inference calls.
 """
@@ -10,6 +10,7 @@ on (or lock against) the loop that forwards inference calls.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -63,11 +64,19 @@ def prepare(work: Path, items: int) -> dict[str, dict[str, Any]]:
 class ControlLoad:
     """Runs the control-plane work in threads between `start` and `stop`; counts what it did."""
 
-    def __init__(self, control_url: str, sidecar_command: list[str], db: Path) -> None:
+    def __init__(
+        self,
+        control_url: str,
+        sidecar_command: list[str],
+        db: Path,
+        verify_cpus: set[int] | None = None,
+    ) -> None:
         self._url = control_url.rstrip("/")
-        # An operator's command, not the sidecar's work: niced, on the load generator's core
-        # (the caller's affinity), so it takes idle cycles and not the sidecar's core.
+        # An operator's command run beside the sidecar (`kubectl exec` shares its container's
+        # CPU): niced, on the sidecar's core. On the load generator's core it would delay the
+        # generator's own wake-ups, and the +control path would be charged for that.
         self._verify = ["nice", "-n", "19", *sidecar_command, "audit", "verify", "--db", str(db)]
+        self._verify_cpus = verify_cpus
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.counts = {"scrapes": 0, "console_calls": 0, "verifies": 0, "failures": 0}
@@ -91,8 +100,13 @@ class ControlLoad:
 
     def _verifying(self) -> None:
         while not self._stop.is_set():
-            done = subprocess.run(self._verify, capture_output=True, check=False)
-            self.counts["verifies" if done.returncode == 0 else "failures"] += 1
+            proc = subprocess.Popen(
+                self._verify, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            if self._verify_cpus:
+                os.sched_setaffinity(proc.pid, self._verify_cpus)
+            done = proc.wait()
+            self.counts["verifies" if done == 0 else "failures"] += 1
 
     def start(self) -> None:
         self._stop.clear()
