@@ -13,6 +13,11 @@ instead of halting, for as long as the file stays open; the time spent polling i
 the idle task's, never a measured process's. It applies to every path of a run
 alike (direct, sidecar, bare proxy), like the harness's pinning. Without the right
 to open the file, or with `--allow-halt`, the run says that idle CPUs halted.
+
+The request acts through the cpuidle framework: on a VM without a cpuidle driver
+(`/sys/devices/system/cpu/cpuidle/current_driver` reads `none`, or is absent) the
+file still opens and takes the value, but the idle loop halts all the same. The run
+then says so instead of claiming that idle CPUs polled.
 """
 
 from __future__ import annotations
@@ -23,13 +28,31 @@ import struct
 from collections.abc import Iterator
 
 PM_QOS = "/dev/cpu_dma_latency"
+CPUIDLE_DRIVER = "/sys/devices/system/cpu/cpuidle/current_driver"
+
+
+def cpuidle_driver(path: str = CPUIDLE_DRIVER) -> str | None:
+    """The kernel's cpuidle driver, or None when there is none (the PM QoS request is then inert)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    return None if name in ("", "none") else name
 
 
 @contextlib.contextmanager
-def idle_cpus(poll: bool, path: str = PM_QOS) -> Iterator[str]:
+def idle_cpus(poll: bool, path: str = PM_QOS, driver_path: str = CPUIDLE_DRIVER) -> Iterator[str]:
     """Hold idle CPUs to polling for the block when `poll` and the platform allows; yields how."""
     if not poll:
         yield "halt (as the platform does; --allow-halt)"
+        return
+    driver = cpuidle_driver(driver_path)
+    if driver is None:
+        yield (
+            f"halt (no cpuidle driver in {driver_path}: a PM QoS request would change nothing;"
+            " idle CPUs do what the platform does)"
+        )
         return
     try:
         fd = os.open(path, os.O_WRONLY)
@@ -38,6 +61,6 @@ def idle_cpus(poll: bool, path: str = PM_QOS) -> Iterator[str]:
         return
     try:
         os.write(fd, struct.pack("=i", 0))
-        yield f"poll (PM QoS request of 0 µs held on {path} for the run)"
+        yield f"poll (PM QoS request of 0 µs held on {path} for the run; cpuidle driver {driver})"
     finally:
         os.close(fd)  # closing the file drops the request

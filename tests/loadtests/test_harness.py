@@ -143,10 +143,26 @@ def test_idle_cpus_holds_a_zero_latency_request_while_open(tmp_path: Path) -> No
     # A plain file stands in for /dev/cpu_dma_latency: what is written, and when it is let go.
     qos = tmp_path / "cpu_dma_latency"
     qos.write_bytes(b"")
-    with idle_cpus(poll=True, path=str(qos)) as how:
-        assert how.startswith("poll")
+    driver = tmp_path / "current_driver"
+    driver.write_text("haltpoll\n")
+    with idle_cpus(poll=True, path=str(qos), driver_path=str(driver)) as how:
+        assert how.startswith("poll") and "cpuidle driver haltpoll" in how
         assert qos.read_bytes() == struct.pack("=i", 0)
-    with idle_cpus(poll=True, path=str(tmp_path / "absent")) as how:
+    absent = str(tmp_path / "absent")
+    with idle_cpus(poll=True, path=absent, driver_path=str(driver)) as how:
         assert how.startswith("halt (could not hold")
-    with idle_cpus(poll=False, path=str(qos)) as how:
+    with idle_cpus(poll=False, path=str(qos), driver_path=str(driver)) as how:
         assert how.startswith("halt")
+
+
+def test_idle_cpus_says_halt_when_no_cpuidle_driver_would_honour_the_request(
+    tmp_path: Path,
+) -> None:
+    qos = tmp_path / "cpu_dma_latency"
+    qos.write_bytes(b"")
+    driver = tmp_path / "current_driver"
+    driver.write_text("none\n")
+    for driver_path in (str(driver), str(tmp_path / "no-such-file")):
+        with idle_cpus(poll=True, path=str(qos), driver_path=driver_path) as how:
+            assert how.startswith("halt (no cpuidle driver")
+    assert qos.read_bytes() == b""  # nothing was held
