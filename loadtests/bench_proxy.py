@@ -10,6 +10,10 @@ p50/p99/p99.9 for each path, what the sidecar adds, the ratios, and the sidecar'
 per request (utime + stime from /proc over its rounds). Writes the whole result as JSON
 to loadtests/results/.
 
+A fourth path, nginx (one worker, upstream keep-alive 32, access log off, pinned like the
+sidecar; `loadtests/nginx.py`, `--no-nginx` to leave it out), is the reference: the report
+gives the sidecar's CPU per request as a ratio to nginx's and to the bare proxy's.
+
 A third path, a bare byte-pipe proxy (`loadtests.bare_proxy`, pinned like the sidecar),
 runs in the same rotation: its CPU per request is what this machine charges any proxy
 for the two sockets and wake-ups at that moment, so the sidecar's figure can be read
@@ -51,6 +55,7 @@ import uvloop
 from loadtests.control_load import ControlLoad, prepare
 from loadtests.idle import idle_cpus
 from loadtests.loadgen import LoadResult, run_load
+from loadtests.nginx import NginxProcess
 from loadtests.payloads import V2_PATH, v2_requests
 from loadtests.procs import (
     BareProxyProcess,
@@ -238,6 +243,11 @@ async def _rounds(
         bare = 1e6 * cpu_hot["bare"] / max(combined["bare"]["requests"], 1)
         out["bare_cpu_us_per_req"] = bare
         out["sidecar_cpu_over_bare_us_per_req"] = out["sidecar_cpu_us_per_req"] - bare
+        out["sidecar_cpu_ratio_to_bare"] = out["sidecar_cpu_us_per_req"] / bare if bare else None
+    if "nginx" in combined:
+        ngx = 1e6 * cpu_hot["nginx"] / max(combined["nginx"]["requests"], 1)
+        out["nginx_cpu_us_per_req"] = ngx
+        out["sidecar_cpu_ratio_to_nginx"] = out["sidecar_cpu_us_per_req"] / ngx if ngx else None
     return out
 
 
@@ -280,6 +290,8 @@ def report(result: dict[str, Any]) -> str:
     rows = [("direct", d), ("sidecar", s)]
     if "bare" in result:
         rows.append(("bare", result["bare"]))
+    if "nginx" in result:
+        rows.append(("nginx", result["nginx"]))
     if "sidecar+control" in result:
         rows.append(("+control", result["sidecar+control"]))
     for name, row in rows:
@@ -313,6 +325,17 @@ def report(result: dict[str, Any]) -> str:
             for name, row in rows
         )
     )
+    if "nginx_cpu_us_per_req" in result:
+        ratio = result["sidecar_cpu_ratio_to_nginx"]
+        lines.append(
+            f"nginx CPU: {result['nginx_cpu_us_per_req']:.0f} µs per request in the same run;"
+            f" the sidecar's is {ratio:.2f}x nginx's"
+            + (
+                f" and {result['sidecar_cpu_ratio_to_bare']:.2f}x the bare proxy's"
+                if result.get("sidecar_cpu_ratio_to_bare")
+                else ""
+            )
+        )
     if "control_load" in result:
         cl = result["control_load"]
         work = ", ".join(f"{k} {v}" for k, v in cl["work_done"].items())
@@ -372,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument(
         "--no-bare", action="store_true", help="leave out the bare byte-pipe proxy path"
+    )
+    parser.add_argument(
+        "--no-nginx",
+        action="store_true",
+        help="leave out nginx (one worker, upstream keepalive 32, access log off; apt's"
+        " nginx-light is installed when missing)",
     )
     parser.add_argument(
         "--allow-halt",
@@ -439,6 +468,7 @@ def _run(
     upstream: Any = FastUpstreamProcess(cpus=near) if args.scenario == "fast" else None
     sidecar: SidecarProcess | None = None
     bare: BareProxyProcess | None = None
+    nginx: NginxProcess | None = None
     try:
         if upstream is not None:
             upstream_url = upstream.start()
@@ -462,6 +492,10 @@ def _run(
             bare = BareProxyProcess(upstream_url, far, python=args.python)
             paths["bare"] = bare.start()
             pids["bare"] = bare.pid
+        if not args.no_nginx:
+            nginx = NginxProcess(upstream_url, far)
+            paths["nginx"] = nginx.start()
+            pids["nginx"] = nginx.pid
         control_load = None
         if args.control_load:
             paths["sidecar+control"] = urls["proxy"]
@@ -474,6 +508,8 @@ def _run(
     finally:
         if bare is not None:
             bare.stop()
+        if nginx is not None:
+            nginx.stop()
         if sidecar is not None:
             sidecar.stop()
         if upstream is not None:

@@ -130,6 +130,11 @@ def test_bench_proxy_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # The bare proxy ran in the same rotation and answered every request it was sent.
     assert result["bare"]["requests"] == 1000 and result["bare"]["errors"] == 0
     assert result["bare_cpu_us_per_req"] > 0
+    # So did nginx, the reference, and the sidecar's CPU is given as a ratio to both.
+    assert result["nginx"]["requests"] == 1000 and result["nginx"]["errors"] == 0
+    assert result["nginx"]["non_2xx"] == 0
+    assert result["nginx_cpu_us_per_req"] > 0 and result["sidecar_cpu_ratio_to_nginx"] > 0
+    assert "nginx CPU:" in out
     # Decision recording was on: every request through the sidecar became a decision.
     assert result["sidecar_metrics"]["sidecar_decisions_total"] >= 1000
     assert result["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
