@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import uvloop
 
+from loadtests import saturation
 from loadtests.control_load import ControlLoad, prepare
 from loadtests.idle import idle_cpus
 from loadtests.loadgen import LoadResult, run_load
@@ -276,6 +277,18 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _header(result: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"scenario {result['scenario']}  pinning: {result['pinning']}",
+            f"idle cpus: {result.get('idle_cpus', 'halt')}",
+            f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores,"
+            f" load average {result['machine']['loadavg_1m_at_start']:.2f} at start",
+            _python_line(result["machine"]),
+        ]
+    )
+
+
 def report(result: dict[str, Any]) -> str:
     d, s = result["direct"], result["sidecar"]
     lines = [
@@ -397,6 +410,20 @@ def main(argv: list[str] | None = None) -> int:
         "--no-bare", action="store_true", help="leave out the bare byte-pipe proxy path"
     )
     parser.add_argument(
+        "--saturate",
+        action="store_true",
+        help="step the rate per path until p99 passes 10 ms or the path falls behind"
+        " (loadtests/saturation.py) instead of the fixed-rate rounds",
+    )
+    parser.add_argument(
+        "--rates",
+        default=",".join(map(str, saturation.DEFAULT_RATES)),
+        help="--saturate: the rate ladder, comma-separated",
+    )
+    parser.add_argument(
+        "--step-seconds", type=float, default=5.0, help="--saturate: seconds per path per rate"
+    )
+    parser.add_argument(
         "--no-nginx",
         action="store_true",
         help="leave out nginx (one worker, upstream keepalive 32, access log off; apt's"
@@ -501,7 +528,18 @@ def _run(
             paths["sidecar+control"] = urls["proxy"]
             pids["sidecar+control"] = sidecar.pid
             control_load = ControlLoad(urls["control"], command, work / "review.db", far)
-        measured = uvloop.run(_rounds(paths, args, pids, control_load))
+        if args.saturate:
+            rates = [float(r) for r in args.rates.split(",") if r.strip()]
+            reqs = {name: v2_requests(*_host_port(url)) for name, url in paths.items()}
+            targets = {name: url + V2_PATH for name, url in paths.items()}
+            measured = uvloop.run(
+                saturation.saturate(
+                    targets, reqs, pids, rates, args.step_seconds, args.connections,
+                    _combine, cpu_seconds,
+                )
+            )  # fmt: skip
+        else:
+            measured = uvloop.run(_rounds(paths, args, pids, control_load))
         metrics = _metrics(urls["control"])
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -534,12 +572,17 @@ def _run(
         **measured,
         "sidecar_metrics": metrics,
     }
-    if args.scenario == "fast":
-        result["targets"] = TARGETS_FAST
-    print(report(result))
+    if args.saturate:
+        print(_header(result))
+        print(saturation.report(result))
+    else:
+        if args.scenario == "fast":
+            result["targets"] = TARGETS_FAST
+        print(report(result))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"proxy-{args.scenario}-{stamp}.json"
+    kind = "saturation" if args.saturate else args.scenario
+    path = args.out / f"proxy-{kind}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"result: {path.relative_to(_REPO) if path.is_relative_to(_REPO) else path}")
     return 0

@@ -171,3 +171,36 @@ def test_idle_cpus_says_halt_when_no_cpuidle_driver_would_honour_the_request(
         with idle_cpus(poll=True, path=str(qos), driver_path=driver_path) as how:
             assert how.startswith("halt (no cpuidle driver")
     assert qos.read_bytes() == b""  # nothing was held
+
+
+def test_saturation_mode_steps_each_path_and_names_the_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = bench_main(
+        [
+            "--scenario",
+            "fast",
+            "--saturate",
+            "--rates",
+            "200,400",
+            "--step-seconds",
+            "1",
+            "--no-pin",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "saturation: p99 <= 10.0 ms" in out
+    [result_file] = tmp_path.glob("proxy-saturation-*.json")
+    result = json.loads(result_file.read_text())
+    assert set(result["paths"]) == {"direct", "sidecar", "bare", "nginx"}
+    for name, path in result["paths"].items():
+        assert path["steps"], name
+        assert path["steps"][0]["rate"] == 200.0
+        assert path["limit"]
+        # Every step that passed is within the limits it claims.
+        for step in path["steps"]:
+            if step["ok"]:
+                assert step["p99_ms"] <= 10.0 and step["rps"] >= 0.95 * step["rate"]
