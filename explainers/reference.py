@@ -62,10 +62,15 @@ def xgboost_reference(path: Path) -> Reference:
     import xgboost
 
     booster = xgboost.Booster(model_file=str(path))
+    # As XGBModel.predict does for a loaded model: up to best_iteration when one was saved.
+    best = booster.attr("best_iteration")
+    rounds = (0, int(best) + 1) if best is not None else (0, 0)
 
     def run(X: FloatArray) -> FloatArray:
         m = booster.predict(
-            xgboost.DMatrix(X.astype(np.float32), missing=np.nan), output_margin=True
+            xgboost.DMatrix(X.astype(np.float32), missing=np.nan),
+            output_margin=True,
+            iteration_range=rounds,
         )
         return np.asarray(m, dtype=np.float64).reshape(X.shape[0], -1)
 
