@@ -13,7 +13,9 @@ one comparison to make:
 - ``value[n, k]`` is leaf n's contribution to output k in margin space; a tree
   whose leaves feed one output only has ``tree_output[t] = k`` (else -1);
 - the margin of output k is ``base[k] + sum of the reached leaves' values``,
-  and the model's prediction is ``transform(margin)``.
+  and the model's prediction is ``transform(margin)``: identity, logistic, softmax,
+  or exp for log-link regression (Poisson, Tweedie, Gamma: the margin is the log of
+  the prediction).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy.typing as npt
 
 from explainers.errors import InputError, ModelLoadError
 
-Transform = Literal["identity", "logistic", "softmax"]
+Transform = Literal["identity", "logistic", "softmax", "exp"]
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float64]
 
@@ -106,6 +108,10 @@ class TreeEnsemble:
             e = np.exp(z)
             soft: FloatArray = e / e.sum(axis=1, keepdims=True)
             return soft
+        if self.transform == "exp":  # log-link regression (Poisson, Tweedie, Gamma)
+            with np.errstate(over="ignore"):
+                mean: FloatArray = np.exp(margin)
+            return mean
         return margin
 
 

@@ -32,6 +32,10 @@ _OBJECTIVES: dict[str, tuple[str, Transform]] = {
     "binary:hinge": ("identity", "identity"),
     "multi:softprob": ("identity", "softmax"),
     "multi:softmax": ("identity", "softmax"),
+    # Log links: base_score is a mean, the margin its log.
+    "count:poisson": ("log", "exp"),
+    "reg:tweedie": ("log", "exp"),
+    "reg:gamma": ("log", "exp"),
 }
 
 
@@ -95,6 +99,10 @@ def from_xgboost_json(doc: dict[str, Any]) -> TreeEnsemble:
     base = _parse_base_score(param["base_score"], n_outputs)
     if base_kind == "logit":
         base = [math.log(b / (1.0 - b)) for b in base]
+    elif base_kind == "log":
+        if min(base) <= 0.0:
+            raise ModelLoadError(f"objective {objective!r} needs a positive base_score")
+        base = [math.log(b) for b in base]
     model = booster["model"]
     tree_info = [int(g) for g in model["tree_info"]]
     n_used = trees_used(learner, model, n_outputs)
