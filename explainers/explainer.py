@@ -184,6 +184,7 @@ class Explainer:
         base = np.asarray(self._base)
         raw_margin = m
         bases = np.broadcast_to(base, m.shape)
+        predictions = self.ensemble.apply_transform(m)
         if self.options.output_space == "probability":
             phi, m, bases = to_probability(phi, m, base, self.ensemble.transform)
         err = np.abs(phi.sum(axis=2) + bases - m).max(axis=1)
@@ -203,6 +204,7 @@ class Explainer:
                 _Entry(
                     contributions=phi[r].copy(),
                     margin=m[r].copy(),
+                    prediction=predictions[r].copy(),
                     base=bases[r].copy(),
                     additivity_error=float(err[r]) if math.isfinite(err[r]) else math.inf,
                     out=out,
@@ -233,6 +235,7 @@ class Explainer:
                 for j in e.top
             ],
             margin=e.margin.tolist(),
+            prediction=e.prediction.tolist(),
         )
 
 
@@ -243,6 +246,7 @@ class _Entry:
 
     contributions: FloatArray  # (outputs, features)
     margin: FloatArray
+    prediction: FloatArray
     base: FloatArray
     additivity_error: float
     out: int
