@@ -53,6 +53,11 @@ class Explanation:
         }
 
 
-def json_value(v: float) -> float | None:
-    """Feature values as JSON: NaN (missing) becomes null."""
-    return None if math.isnan(v) else float(v)
+def json_value(v: float) -> float | str | None:
+    """Feature values as JSON: NaN (missing) becomes null; JSON has no infinity, so ±inf
+    becomes the string "Infinity" or "-Infinity" (null would read as missing)."""
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    return float(v)

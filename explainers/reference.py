@@ -100,10 +100,10 @@ def xgboost_reference(path: Path) -> Reference:
     rounds = (0, int(best) + 1) if best is not None else (0, 0)
 
     def run(X: FloatArray) -> FloatArray:
-        m = booster.predict(
-            xgboost.DMatrix(X.astype(np.float32), missing=np.nan),
-            output_margin=True,
-            iteration_range=rounds,
+        # inplace_predict, as XGBModel.predict (and so the servers) call it: a DMatrix
+        # would refuse ±inf, which the servers' predict routes.
+        m = booster.inplace_predict(
+            X.astype(np.float32), predict_type="margin", missing=np.nan, iteration_range=rounds
         )
         return np.asarray(m, dtype=np.float64).reshape(X.shape[0], -1)
 
