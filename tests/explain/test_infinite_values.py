@@ -21,7 +21,7 @@ from sidecar.config import load_settings
 from sidecar.metrics import Registry
 from sidecar.pipeline.explain import ExplainStage
 from sidecar.pipeline.explain import build_explainer as build_for_service
-from sidecar.sinks.events import explanation_event
+from sidecar.sinks.events import decision_event, dumps, explanation_event
 from tests.eventlib import make_decision, validate_event
 from tests.explain.explain_models import Trained, rows_to_explain, write_parquet
 
@@ -108,3 +108,7 @@ def test_the_service_explains_and_publishes_infinite_features(
     values = {t["feature"]: t["value"] for t in back["top"]}
     assert values["f0"] == "Infinity" and values["f1"] == "-Infinity"
     assert json.dumps(body, allow_nan=False)  # the control plane's strict JSON too
+    assert orjson.loads(dumps(body))["top"] == back["top"]
+    # The decision event's features are written by orjson, which writes ±inf as null.
+    decision = orjson.loads(dumps(decision_event(d)))
+    assert decision["features"][:3] == [None, None, 1e39]  # as sent; inf reads as null
