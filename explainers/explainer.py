@@ -261,10 +261,13 @@ def build_explainer(
     feature_names: list[str] | None = None,
     options: ExplainerOptions | None = None,
     trusted_sha256: frozenset[str] = frozenset(),
+    xgboost_all_rounds: bool = False,
 ) -> Explainer:
     """Load, read the background, check fidelity, choose the backend: all errors are
     ExplainerError subclasses whose message names the file and the problem."""
-    loaded = load_model(model_path, trusted_sha256=trusted_sha256)
+    loaded = load_model(
+        model_path, trusted_sha256=trusted_sha256, xgboost_all_rounds=xgboost_all_rounds
+    )
     background = None
     if background_path is not None:
         background = load_background(Path(background_path), loaded.ensemble)

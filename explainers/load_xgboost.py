@@ -39,7 +39,7 @@ _OBJECTIVES: dict[str, tuple[str, Transform]] = {
 }
 
 
-def load_xgboost_file(path: Path) -> TreeEnsemble:
+def load_xgboost_file(path: Path, *, all_rounds: bool = False) -> TreeEnsemble:
     data = path.read_bytes()
     if path.suffix.lower() == ".ubj" or data.lstrip()[:1] != b"{":
         data = _ubj_to_json(path, data)
@@ -48,7 +48,7 @@ def load_xgboost_file(path: Path) -> TreeEnsemble:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path}: not a valid XGBoost JSON model ({exc})") from None
     try:
-        return from_xgboost_json(doc)
+        return from_xgboost_json(doc, all_rounds=all_rounds)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -73,7 +73,7 @@ def _ubj_to_json(path: Path, data: bytes) -> bytes:
         raise ModelLoadError(f"{path}: XGBoost cannot read this model: {first}") from None
 
 
-def from_xgboost_json(doc: dict[str, Any]) -> TreeEnsemble:
+def from_xgboost_json(doc: dict[str, Any], *, all_rounds: bool = False) -> TreeEnsemble:
     learner = doc["learner"]
     booster = learner["gradient_booster"]
     kind = booster["name"]
@@ -105,7 +105,7 @@ def from_xgboost_json(doc: dict[str, Any]) -> TreeEnsemble:
         base = [math.log(b) for b in base]
     model = booster["model"]
     tree_info = [int(g) for g in model["tree_info"]]
-    n_used = trees_used(learner, model, n_outputs)
+    n_used = len(model["trees"]) if all_rounds else trees_used(learner, model, n_outputs)
     trees = []
     for i, t in enumerate(model["trees"][:n_used]):
         if int(t["tree_param"].get("size_leaf_vector", "1")) > 1:

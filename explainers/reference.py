@@ -91,13 +91,13 @@ def _whole_graph_log(model: Any, output: str, np_dtype: Any) -> Reference:
     return run
 
 
-def xgboost_reference(path: Path) -> Reference:
+def xgboost_reference(path: Path, all_rounds: bool = False) -> Reference:
     import xgboost
 
     booster = xgboost.Booster(model_file=str(path))
     # As XGBModel.predict does for a loaded model: up to best_iteration when one was saved.
     best = booster.attr("best_iteration")
-    rounds = (0, int(best) + 1) if best is not None else (0, 0)
+    rounds = (0, int(best) + 1) if best is not None and not all_rounds else (0, 0)
 
     def run(X: FloatArray) -> FloatArray:
         # inplace_predict, as XGBModel.predict (and so the servers) call it: a DMatrix

@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--top-k", type=int, default=5, help="largest contributions listed per row")
     p.add_argument("--fidelity-tolerance", type=float, default=1e-4)
     p.add_argument(
+        "--xgboost-rounds",
+        choices=("best", "all"),
+        default="best",
+        help="early-stopped XGBoost: the rounds up to best_iteration (as XGBModel.predict) or all",
+    )
+    p.add_argument(
         "--trust-sha256",
         action="append",
         default=[],
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             background_path=args.background,
             options=options,
             trusted_sha256=frozenset(args.trust_sha256),
+            xgboost_all_rounds=args.xgboost_rounds == "all",
         )
         if columns is not None and len(columns) == explainer.n_features:
             explainer.feature_names = columns

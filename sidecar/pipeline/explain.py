@@ -62,6 +62,7 @@ def build_explainer(settings: Settings, registry: Registry) -> Explainer | None:
             feature_names=list(m.feature_names) or None,
             options=options,
             trusted_sha256=frozenset(e.trusted_sha256),
+            xgboost_all_rounds=e.xgboost_rounds == "all",
         )
     except ExplainerError as exc:
         raise type(exc)(f"model.artifact / model.background: {exc}") from None
