@@ -123,3 +123,20 @@ def test_other_operators_after_the_trees_are_refused(tmp_path: Path) -> None:
     ex = build_explainer(scaled, model_version="v1", background_path=bg)
     plain = build_explainer(onnx_path, model_version="v1", background_path=bg)
     np.testing.assert_allclose(np.array(ex._base) - np.array(plain._base), [np.log(2.0)], atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["poisson", "gamma"])
+def test_hist_gradient_boosting_log_links(loss: str) -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from explainers.explainer import Explainer
+    from explainers.loader import from_estimator
+
+    X, y = _data()
+    model = HistGradientBoostingRegressor(loss=loss, max_iter=10, random_state=0).fit(X, y)
+    ex = Explainer(from_estimator(model), model_version="v1")
+    assert ex.ensemble.transform == "exp"
+    rows = np.nan_to_num(rows_to_explain(X, n=20))
+    out = ex.explain(rows)
+    np.testing.assert_allclose([e.margin[0] for e in out], np.log(model.predict(rows)), atol=1e-6)
+    assert max(e.additivity_error for e in out) <= 1e-6
