@@ -159,3 +159,34 @@ def test_a_different_feature_count_is_caught_on_the_first_call(
     assert body["explanation"] is None
     assert "5 features but the model expects 10" in body["explanation_error"]
     assert "fidelity mismatch" in body["explanation_error"]
+
+
+def test_another_artifact_in_front_of_the_real_server(model_server: str, tmp_path: Path) -> None:
+    # The real demo model server, and an artifact that is another model with the same
+    # ten features: it loads and passes its own load-time check, yet is not what is served.
+    import numpy as np
+    import xgboost as xgb
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, len(ROW))) * 50
+    y = (X[:, 1] > 0).astype(int)
+    other = tmp_path / "other.json"
+    xgb.XGBClassifier(n_estimators=10, max_depth=3).fit(X, y).save_model(str(other))
+    model = {**model_settings(), "artifact": str(other), "background": None}
+    with running_sidecar(
+        model_server,
+        model=model,
+        sampling={"rate": 1.0, "low_confidence_below": None},
+        auth={"tokens": TOKENS},
+    ) as svc:
+        r = httpx.post(svc.proxy_url + INFER, json=_v2([ROW]), timeout=10)
+        did = f"{r.headers['x-decision-id']}/0"
+        (event,) = _explained(svc, 1)
+        body = _lookup(svc, did)
+        metrics = _metrics(svc)
+    assert event["fidelity"] == "mismatch"
+    probs = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")["data"]
+    assert event["fidelity_detail"]["served"] == pytest.approx(probs)
+    assert event["fidelity_detail"]["max_diff"] > 1e-3
+    assert body["explanation"]["fidelity"] == "mismatch"
+    assert 'sidecar_explanation_mismatch_total{model="credit"} 1.0' in metrics
