@@ -12,6 +12,8 @@ from explainers import kernels
 from explainers.ensemble import FloatArray, TreeEnsemble
 from explainers.errors import InputError
 
+UNREACHED_COVER = 1e-6
+
 
 @dataclass(frozen=True)
 class Background:
@@ -75,4 +77,9 @@ def covers_from(ens: TreeEnsemble, rows: FloatArray) -> TreeEnsemble:
     counts = kernels.node_counts(
         rows, ens.left, ens.right, ens.default, ens.feature, ens.threshold, ens.roots
     )
+    # A node no background row reaches would make path-dependent TreeSHAP divide 0 by 0
+    # (shap refuses such a model on every call). Give it a negligible weight instead, as
+    # shap itself does for covers it counts from data: the contributions then agree with
+    # shap's, and still add up exactly.
+    counts = np.where(counts > 0, counts, UNREACHED_COVER)
     return ens.with_cover(counts)

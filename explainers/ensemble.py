@@ -5,15 +5,20 @@ one comparison to make:
 
 - a row goes left at node n iff ``x[feature[n]] <= threshold[n]`` (strict
   "<" formats shift the threshold down by one ulp of the input dtype);
-- a missing value (NaN) goes to ``default[n]``;
+- a missing value (NaN) goes to ``default[n]``; +inf is not ``<=`` any finite threshold,
+  so it goes right, and -inf goes left, as every runtime compares them (XGBoost's
+  DMatrix refuses inf, but its predict, which servers call, routes it so);
 - inputs are first cast to ``input_dtype`` (float32 for ONNX, XGBoost and
-  scikit-learn trees, which compare in float32), then compared in float64;
+  scikit-learn trees, which compare in float32), then compared in float64; a value
+  beyond float32's range becomes ±inf in that cast, as it does in those runtimes;
 - node indices are global (tree ``t``'s root is ``roots[t]``); leaves have
   ``left == -1``;
 - ``value[n, k]`` is leaf n's contribution to output k in margin space; a tree
   whose leaves feed one output only has ``tree_output[t] = k`` (else -1);
 - the margin of output k is ``base[k] + sum of the reached leaves' values``,
-  and the model's prediction is ``transform(margin)``.
+  and the model's prediction is ``transform(margin)``: identity, logistic, softmax,
+  or exp for log-link regression (Poisson, Tweedie, Gamma: the margin is the log of
+  the prediction).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy.typing as npt
 
 from explainers.errors import InputError, ModelLoadError
 
-Transform = Literal["identity", "logistic", "softmax"]
+Transform = Literal["identity", "logistic", "softmax", "exp"]
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float64]
 
@@ -89,7 +94,10 @@ class TreeEnsemble:
             raise InputError(
                 f"rows have {x.shape[1]} features but the model expects {self.n_features}"
             )
-        x = np.ascontiguousarray(x.astype(self.input_dtype).astype(np.float64))
+        # Beyond float32's range a value becomes ±inf, as the float32 runtimes read it
+        # (numpy would warn on every such cast).
+        with np.errstate(over="ignore"):
+            x = np.ascontiguousarray(x.astype(self.input_dtype).astype(np.float64))
         # One NaN bit pattern, so equal rows hash equal in the cache.
         x[np.isnan(x)] = np.nan
         if self.zero_below > 0.0:
@@ -106,6 +114,10 @@ class TreeEnsemble:
             e = np.exp(z)
             soft: FloatArray = e / e.sum(axis=1, keepdims=True)
             return soft
+        if self.transform == "exp":  # log-link regression (Poisson, Tweedie, Gamma)
+            with np.errstate(over="ignore"):
+                mean: FloatArray = np.exp(margin)
+            return mean
         return margin
 
 

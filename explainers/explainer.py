@@ -25,6 +25,10 @@ from explainers.loader import LoadedModel, load_model
 from explainers.probability import to_probability
 from explainers.treeshap import DEFAULT_TABLE_BUDGET_BYTES, Backend, choose_backend
 
+# Largest additivity error (relative to the margin's size) the start-up probe accepts:
+# exact TreeSHAP is off by rounding only (~1e-9); anything near this is a broken model.
+PROBE_ADDITIVITY = 1e-4
+
 
 @dataclass(frozen=True)
 class ExplainerOptions:
@@ -99,6 +103,7 @@ class Explainer:
         self.name = self._backend.name
         self.version = f"{__version__}+{type(self._backend).__name__}"
         self._base = [float(v) for v in self._backend.expected_value]
+        self._probe(loaded.format)
         self.cache: LRUCache[_Entry] = LRUCache(opts.cache_entries)
 
     def _check(self, loaded: LoadedModel, ens: TreeEnsemble, bg: Background | None) -> float | None:
@@ -118,6 +123,28 @@ class Explainer:
             self.options.fidelity_tolerance,
             what=f"{loaded.format} model {self.model_version}",
         )
+
+    def _probe(self, fmt: str) -> None:
+        """Explain a few rows now: a model the backend cannot explain is refused at start,
+        not on every explanation while the service reports ready."""
+        X = probe_rows(self.ensemble, 8, seed=1)
+        try:
+            phi, m = self.shap_values(X)
+        except Exception as exc:  # the backend's own errors (shap raises its own types)
+            raise ModelLoadError(
+                f"the {fmt} model {self.model_version} cannot be explained by {self.name}: {exc}"
+            ) from None
+        err = np.abs(phi.sum(axis=2) + np.asarray(self._base) - m)
+        if not (np.isfinite(phi).all() and np.isfinite(self._base).all()):
+            raise ModelLoadError(
+                f"the {fmt} model {self.model_version}: {self.name} gives non-finite contributions"
+            )
+        worst = float(err.max())
+        if worst > PROBE_ADDITIVITY * max(1.0, float(np.abs(m).max())):
+            raise ModelLoadError(
+                f"the {fmt} model {self.model_version}: {self.name}'s contributions do not add "
+                f"up to the model's output (off by {worst:.3g}); refusing to explain it"
+            )
 
     @property
     def n_features(self) -> int:
@@ -157,6 +184,7 @@ class Explainer:
         base = np.asarray(self._base)
         raw_margin = m
         bases = np.broadcast_to(base, m.shape)
+        predictions = self.ensemble.apply_transform(m)
         if self.options.output_space == "probability":
             phi, m, bases = to_probability(phi, m, base, self.ensemble.transform)
         err = np.abs(phi.sum(axis=2) + bases - m).max(axis=1)
@@ -176,6 +204,7 @@ class Explainer:
                 _Entry(
                     contributions=phi[r].copy(),
                     margin=m[r].copy(),
+                    prediction=predictions[r].copy(),
                     base=bases[r].copy(),
                     additivity_error=float(err[r]) if math.isfinite(err[r]) else math.inf,
                     out=out,
@@ -206,6 +235,7 @@ class Explainer:
                 for j in e.top
             ],
             margin=e.margin.tolist(),
+            prediction=e.prediction.tolist(),
         )
 
 
@@ -216,6 +246,7 @@ class _Entry:
 
     contributions: FloatArray  # (outputs, features)
     margin: FloatArray
+    prediction: FloatArray
     base: FloatArray
     additivity_error: float
     out: int
@@ -230,10 +261,13 @@ def build_explainer(
     feature_names: list[str] | None = None,
     options: ExplainerOptions | None = None,
     trusted_sha256: frozenset[str] = frozenset(),
+    xgboost_all_rounds: bool = False,
 ) -> Explainer:
     """Load, read the background, check fidelity, choose the backend: all errors are
     ExplainerError subclasses whose message names the file and the problem."""
-    loaded = load_model(model_path, trusted_sha256=trusted_sha256)
+    loaded = load_model(
+        model_path, trusted_sha256=trusted_sha256, xgboost_all_rounds=xgboost_all_rounds
+    )
     background = None
     if background_path is not None:
         background = load_background(Path(background_path), loaded.ensemble)

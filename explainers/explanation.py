@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -25,6 +25,13 @@ class Explanation:
     background_hash: str | None
     top: list[dict[str, Any]]  # k largest |contribution| for the output of interest
     margin: list[float]  # the model's output per output, in output_space
+    # The model's prediction per output after its link (probabilities for classifiers,
+    # means for log links): what is compared with the server's answer.
+    prediction: list[float] = field(default_factory=list)
+    # Whether that matched what the model server answered for this row (served.py):
+    # "match", "mismatch" (never present it as the reason for the answer) or "unknown".
+    fidelity: str = "unknown"
+    fidelity_detail: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Exactly the contract's keys, JSON-ready."""
@@ -41,9 +48,16 @@ class Explanation:
             "background_hash": self.background_hash,
             "top": [dict(t) for t in self.top],
             "margin": list(self.margin),
+            "fidelity": self.fidelity,
+            "fidelity_detail": self.fidelity_detail,
         }
 
 
-def json_value(v: float) -> float | None:
-    """Feature values as JSON: NaN (missing) becomes null."""
-    return None if math.isnan(v) else float(v)
+def json_value(v: float) -> float | str | None:
+    """Feature values as JSON: NaN (missing) becomes null; JSON has no infinity, so ±inf
+    becomes the string "Infinity" or "-Infinity" (null would read as missing)."""
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    return float(v)

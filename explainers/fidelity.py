@@ -48,6 +48,12 @@ def probe_rows(ens: TreeEnsemble, n: int, seed: int = 0) -> FloatArray:
         )
         X[:, f] = col.astype(np.float64)
     X[rng.random(X.shape) < 0.1] = np.nan
+    if ens.source != "sklearn" and n >= 8:
+        # ±inf and values beyond float32 (inf once cast): every runtime but scikit-learn's,
+        # which refuses them, routes them; the check proves we route them the same way.
+        X[:4] = np.where(rng.random((4, ens.n_features)) < 0.5, 1.0, -1.0) * np.array(
+            [[np.inf], [np.inf], [1e39], [1e39]]
+        )
     return ens.prepare(X)
 
 

@@ -96,6 +96,8 @@ def _transform(objective: str) -> Transform:
         return "logistic"
     if name in ("multiclass", "softmax"):
         return "softmax"
+    if name in ("poisson", "tweedie", "gamma"):
+        return "exp"  # log link: the raw score is the log of the prediction
     raise ModelLoadError(f"objective {objective!r} is not supported")
 
 

@@ -2,8 +2,9 @@
 
 The graph must feed its input (optionally through a Cast) straight into one tree
 ensemble node: a preprocessing operator before it would make the trees' features
-differ from the model's inputs. Operators after it (ZipMap, Cast, Identity, Mul by
-a constant) only reshape the output and are accepted.
+differ from the model's inputs. Operators after it are checked by onnx_outputs.py:
+links the converters write (Exp, then Mul by a constant; Sigmoid; Softmax) become the
+ensemble's transform, reshaping ones pass, anything else is refused.
 
 ONNX stores thresholds as float32 and compares in the input's type; it has no node
 covers, so path-dependent TreeSHAP needs a background dataset (covers.py).
@@ -21,6 +22,7 @@ import numpy as np
 
 from explainers.ensemble import Transform, TreeEnsemble, build, lt_to_le
 from explainers.errors import ModelLoadError
+from explainers.onnx_outputs import output_chain
 
 _TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
 _PASS_BEFORE = ("Cast", "Identity")
@@ -155,12 +157,20 @@ def from_onnx(model: Any) -> TreeEnsemble:
     trees = _trees(
         a, thresholds, dtype, n_outputs, (leaf_tree, leaf_node, leaf_out, leaf_w * scale)
     )
+    transform = _TRANSFORMS[post]
+    chain = output_chain(model, node, post)
+    if chain.link is not None:
+        transform = chain.link
+        # exp(m) * c = exp(m + log c): the margin stays the log of the prediction.
+        base = base + chain.log_scale
+    if transform == "softmax" and n_outputs < 2:
+        raise ModelLoadError("a softmax over one output is not supported")
     ens = build(
         trees,
         n_outputs=n_outputs,
         base=base,
         n_features=n_features,
-        transform=_TRANSFORMS[post],
+        transform=transform,
         input_dtype=dtype,
         source="onnx",
         has_cover=False,

@@ -142,6 +142,8 @@ def _hist_gradient_boosting(model: Any) -> TreeEnsemble:
     transform: Transform = "identity"
     if hasattr(model, "classes_"):
         transform = "logistic" if n_outputs == 1 else "softmax"
+    elif getattr(model, "loss", None) in ("poisson", "gamma"):
+        transform = "exp"  # log link: the raw score is the log of the prediction
     trees = []
     for stage in model._predictors:
         for k, predictor in enumerate(stage):

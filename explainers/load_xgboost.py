@@ -3,7 +3,8 @@
 JSON is parsed here; UBJ is decoded by XGBoost itself (the native library is
 then needed anyway, as the fidelity reference) and re-read as JSON.
 XGBoost compares ``x < split`` in float32, so thresholds are moved one float32
-ulp down to the ensemble's ``<=`` convention, as shap does.
+ulp down to the ensemble's ``<=`` convention, as shap does. A model saved by early
+stopping keeps ``best_iteration``: only the trees up to it are explained (``trees_used``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ _OBJECTIVES: dict[str, tuple[str, Transform]] = {
     "binary:hinge": ("identity", "identity"),
     "multi:softprob": ("identity", "softmax"),
     "multi:softmax": ("identity", "softmax"),
+    # Log links: base_score is a mean, the margin its log.
+    "count:poisson": ("log", "exp"),
+    "reg:tweedie": ("log", "exp"),
+    "reg:gamma": ("log", "exp"),
 }
 
 
-def load_xgboost_file(path: Path) -> TreeEnsemble:
+def load_xgboost_file(path: Path, *, all_rounds: bool = False) -> TreeEnsemble:
     data = path.read_bytes()
     if path.suffix.lower() == ".ubj" or data.lstrip()[:1] != b"{":
         data = _ubj_to_json(path, data)
@@ -43,7 +48,7 @@ def load_xgboost_file(path: Path) -> TreeEnsemble:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path}: not a valid XGBoost JSON model ({exc})") from None
     try:
-        return from_xgboost_json(doc)
+        return from_xgboost_json(doc, all_rounds=all_rounds)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -68,7 +73,7 @@ def _ubj_to_json(path: Path, data: bytes) -> bytes:
         raise ModelLoadError(f"{path}: XGBoost cannot read this model: {first}") from None
 
 
-def from_xgboost_json(doc: dict[str, Any]) -> TreeEnsemble:
+def from_xgboost_json(doc: dict[str, Any], *, all_rounds: bool = False) -> TreeEnsemble:
     learner = doc["learner"]
     booster = learner["gradient_booster"]
     kind = booster["name"]
@@ -94,10 +99,15 @@ def from_xgboost_json(doc: dict[str, Any]) -> TreeEnsemble:
     base = _parse_base_score(param["base_score"], n_outputs)
     if base_kind == "logit":
         base = [math.log(b / (1.0 - b)) for b in base]
+    elif base_kind == "log":
+        if min(base) <= 0.0:
+            raise ModelLoadError(f"objective {objective!r} needs a positive base_score")
+        base = [math.log(b) for b in base]
     model = booster["model"]
     tree_info = [int(g) for g in model["tree_info"]]
+    n_used = len(model["trees"]) if all_rounds else trees_used(learner, model, n_outputs)
     trees = []
-    for i, t in enumerate(model["trees"]):
+    for i, t in enumerate(model["trees"][:n_used]):
         if int(t["tree_param"].get("size_leaf_vector", "1")) > 1:
             raise ModelLoadError("vector-leaf (multi_strategy) XGBoost trees are not supported")
         if any(int(s) != 0 for s in t.get("split_type", [])):
@@ -133,6 +143,42 @@ def from_xgboost_json(doc: dict[str, Any]) -> TreeEnsemble:
         source="xgboost",
         has_cover=True,
     )
+
+
+def best_iteration(learner: dict[str, Any]) -> int | None:
+    """The round early stopping kept (``best_iteration`` in the saved attributes), if any."""
+    raw = (learner.get("attributes") or {}).get("best_iteration")
+    if raw is None:
+        return None
+    try:
+        best = int(raw)
+    except ValueError:
+        raise ModelLoadError(f"attribute best_iteration {raw!r} is not a number") from None
+    if best < 0:
+        raise ModelLoadError(f"attribute best_iteration {best} is negative")
+    return best
+
+
+def trees_used(learner: dict[str, Any], model: dict[str, Any], n_outputs: int) -> int:
+    """How many trees a prediction uses: those up to ``best_iteration`` when early stopping
+    saved one, as XGBoost's scikit-learn interface predicts (``iteration_range`` defaults
+    to ``(0, best_iteration + 1)`` there, which MLServer's XGBoost runtime serves); every
+    tree otherwise."""
+    n_trees = len(model["trees"])
+    best = best_iteration(learner)
+    if best is None:
+        return n_trees
+    indptr = model.get("iteration_indptr")
+    if indptr is not None:
+        bounds = [int(v) for v in indptr]
+    else:
+        per_round = n_outputs * int(model["gbtree_model_param"].get("num_parallel_tree", "1"))
+        bounds = list(range(0, n_trees + 1, per_round))
+    if best + 1 >= len(bounds):
+        raise ModelLoadError(
+            f"best_iteration {best} is beyond the model's {len(bounds) - 1} boosting rounds"
+        )
+    return bounds[best + 1]
 
 
 def _parse_base_score(raw: str, n_outputs: int) -> list[float]:

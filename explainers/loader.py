@@ -58,8 +58,16 @@ def detect_format(path: Path, head: bytes) -> str:
     )
 
 
-def load_model(path: str | Path, *, trusted_sha256: frozenset[str] = frozenset()) -> LoadedModel:
-    """Parse ``path``; raise ModelLoadError with a message naming the file and the problem."""
+def load_model(
+    path: str | Path,
+    *,
+    trusted_sha256: frozenset[str] = frozenset(),
+    xgboost_all_rounds: bool = False,
+) -> LoadedModel:
+    """Parse ``path``; raise ModelLoadError with a message naming the file and the problem.
+
+    ``xgboost_all_rounds``: explain every tree of an early-stopped XGBoost model, as a bare
+    ``Booster.predict`` serves it, instead of the rounds up to ``best_iteration``."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -79,8 +87,9 @@ def load_model(path: str | Path, *, trusted_sha256: frozenset[str] = frozenset()
     if fmt == "xgboost":
         from explainers.load_xgboost import load_xgboost_file
 
-        ens = load_xgboost_file(p)
-        return LoadedModel(ens, _native(xgboost_reference, p), fmt, digest)
+        ens = load_xgboost_file(p, all_rounds=xgboost_all_rounds)
+        ref = _native(lambda q: xgboost_reference(q, xgboost_all_rounds), p)
+        return LoadedModel(ens, ref, fmt, digest)
     if fmt == "lightgbm":
         from explainers.load_lightgbm import load_lightgbm_file
 

@@ -31,6 +31,15 @@ def to_probability(
     if transform == "logistic":
         p = 1.0 / (1.0 + np.exp(-margin))
         pb = np.broadcast_to(1.0 / (1.0 + np.exp(-base)), p.shape)
+    elif transform == "exp":
+        # A log link's prediction is a mean, not a probability; the same rescaling
+        # makes the contributions add up to mean(x) - mean(base).
+        p = np.exp(margin)
+        pb = np.broadcast_to(np.exp(base), p.shape)
+        dm = margin - base
+        tiny = np.abs(dm) < 1e-12
+        scale = np.where(tiny, p, (p - pb) / np.where(tiny, 1.0, dm))
+        return phi * scale[:, :, None], p, pb.copy()
     else:
         p = _softmax(margin)
         pb = np.broadcast_to(_softmax(base[None, :])[0], p.shape)

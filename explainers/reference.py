@@ -24,6 +24,7 @@ def onnx_reference(model: Any) -> Reference:
     from onnx import helper
 
     from explainers.load_onnx import tree_node
+    from explainers.onnx_outputs import output_chain
 
     node = tree_node(model)
     raw = onnx.NodeProto()
@@ -50,6 +51,11 @@ def onnx_reference(model: Any) -> Reference:
     except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
         raise ModelLoadError(f"onnxruntime refuses the tree ensemble: {exc}") from None
     np_dtype = np.float64 if dtype == onnx.TensorProto.DOUBLE else np.float32
+    chain = output_chain(model, node, _post_transform(node))
+    if chain.link == "exp" and chain.output is not None:
+        # A log link written as operators (Exp, Mul): the whole graph is run and its answer
+        # taken back to margins, so the check proves the operators were read right.
+        return _whole_graph_log(model, chain.output, np_dtype)
 
     def run(X: FloatArray) -> FloatArray:
         scores = np.asarray(session.run(["scores"], {"x": X.astype(np_dtype)})[0], dtype=np.float64)
@@ -58,14 +64,46 @@ def onnx_reference(model: Any) -> Reference:
     return run
 
 
-def xgboost_reference(path: Path) -> Reference:
+def _post_transform(node: Any) -> str:
+    for a in node.attribute:
+        if a.name == "post_transform":
+            return a.s.decode() if isinstance(a.s, bytes) else str(a.s)
+    return "NONE"
+
+
+def _whole_graph_log(model: Any, output: str, np_dtype: Any) -> Reference:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
+        raise ModelLoadError(f"onnxruntime refuses the model: {exc}") from None
+    name = model.graph.input[0].name
+
+    def run(X: FloatArray) -> FloatArray:
+        out = np.asarray(session.run([output], {name: X.astype(np_dtype)})[0], dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            logged: FloatArray = np.log(out).reshape(X.shape[0], -1)
+        return logged
+
+    return run
+
+
+def xgboost_reference(path: Path, all_rounds: bool = False) -> Reference:
     import xgboost
 
     booster = xgboost.Booster(model_file=str(path))
+    # As XGBModel.predict does for a loaded model: up to best_iteration when one was saved.
+    best = booster.attr("best_iteration")
+    rounds = (0, int(best) + 1) if best is not None and not all_rounds else (0, 0)
 
     def run(X: FloatArray) -> FloatArray:
-        m = booster.predict(
-            xgboost.DMatrix(X.astype(np.float32), missing=np.nan), output_margin=True
+        # inplace_predict, as XGBModel.predict (and so the servers) call it: a DMatrix
+        # would refuse ±inf, which the servers' predict routes.
+        m = booster.inplace_predict(
+            X.astype(np.float32), predict_type="margin", missing=np.nan, iteration_range=rounds
         )
         return np.asarray(m, dtype=np.float64).reshape(X.shape[0], -1)
 

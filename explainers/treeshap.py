@@ -186,8 +186,12 @@ class ShapLibrary:
             self._explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
         else:
             self.name = "treeshap.interventional"
+            # A plain array would become a masker that keeps a random 100 rows, while
+            # the base value below is the mean over all of them: the two must come from
+            # the same rows or contributions do not add up (0.01 to 0.23 with 200 rows).
+            masker = shap.maskers.Independent(background, max_samples=len(background))
             self._explainer = shap.TreeExplainer(
-                model, data=background, feature_perturbation="interventional"
+                model, data=masker, feature_perturbation="interventional"
             )
         self._expected = np.atleast_1d(np.asarray(self._explainer.expected_value, dtype=np.float64))
         if background is not None:

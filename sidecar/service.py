@@ -129,7 +129,11 @@ class Service:
         )
         self.control_app = create_control_app(
             registry=registry,
-            ready_checks=[("upstream", self.upstream.reachable), ("sink", self._sink_ready)],
+            ready_checks=[
+                ("upstream", self.upstream.reachable),
+                ("sink", self._sink_ready),
+                ("explainer", self._explainer_ready),
+            ],
             routers=[review_api],
             guard=auth.require("auditor", "admin"),
             open_health=settings.control.open_health,
@@ -149,6 +153,10 @@ class Service:
 
     async def _sink_ready(self) -> bool:
         return self.sink.ready()
+
+    async def _explainer_ready(self) -> bool:
+        # Not ready once explained decisions keep disagreeing with the server.
+        return self.explain_stage is None or self.explain_stage.ready()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -4,12 +4,18 @@ ROWS is a JSON array of feature arrays (inline, a .json file, or - for stdin) or
 CSV/Parquet file. Prints one JSON document: per row the base values, contributions
 (outputs x features, margin space), margin, additivity error and top contributions.
 Exit 0 on success, 2 with a message naming the problem otherwise.
+
+Feature values may be ±inf (JSON input: ``Infinity``, ``-Infinity`` or a literal like
+``1e999``) or beyond float32's range (inf once a float32 model casts them): +inf goes right
+of every threshold, -inf left, as the runtimes route them; NaN or null is missing. JSON has
+no infinity, so the output writes ±inf as the strings "Infinity" and "-Infinity".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--top-k", type=int, default=5, help="largest contributions listed per row")
     p.add_argument("--fidelity-tolerance", type=float, default=1e-4)
+    p.add_argument(
+        "--xgboost-rounds",
+        choices=("best", "all"),
+        default="best",
+        help="early-stopped XGBoost: the rounds up to best_iteration (as XGBModel.predict) or all",
+    )
     p.add_argument(
         "--trust-sha256",
         action="append",
@@ -94,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             background_path=args.background,
             options=options,
             trusted_sha256=frozenset(args.trust_sha256),
+            xgboost_all_rounds=args.xgboost_rounds == "all",
         )
         if columns is not None and len(columns) == explainer.n_features:
             explainer.feature_names = columns
@@ -121,6 +134,19 @@ def run(args: argparse.Namespace) -> int:
             for e in explanations
         ],
     }
-    json.dump(out, sys.stdout, allow_nan=False)
+    json.dump(_json_safe(out), sys.stdout, allow_nan=False)
     sys.stdout.write("\n")
     return 0
+
+
+def _json_safe(v: Any) -> Any:
+    """JSON has no NaN or infinity: a non-finite number (an additivity error that
+    overflowed, say) is written as the string "NaN", "Infinity" or "-Infinity", so the
+    output always parses with a strict parser and never reads as missing (null)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_json_safe(x) for x in v]
+    return v

@@ -157,6 +157,12 @@ class ExplainerSettings(_Section):
     """SHA-256 digests of scikit-learn pickle/joblib artifacts you trust; others are never unpickled."""
     output_space: Literal["margin", "probability"] = "margin"
     """margin: exact TreeSHAP of the raw score; probability: contributions rescaled to sum to p - p(base)."""
+    xgboost_rounds: Literal["best", "all"] = "best"
+    """An XGBoost model saved by early stopping: best explains the rounds up to best_iteration, as XGBoost's scikit-learn interface (MLServer) predicts; all explains every tree, as a bare Booster.predict (KServe's xgbserver) does."""
+    mismatch_tolerance: float = Field(1e-3, gt=0)
+    """Largest difference (relative above 1) between the explained model's output and the server's answer for the same row; past it the explanation is marked fidelity "mismatch"."""
+    mismatch_ready_after: int = Field(20, ge=0)
+    """/readyz reports "explainer" not ready after this many explained decisions in a row did not match the server (a match resets it); 0: never."""
 
 
 class GroupSettings(_Section):

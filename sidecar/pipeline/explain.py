@@ -21,6 +21,7 @@ from explainers.errors import ExplainerError, InputError
 from explainers.explainer import Explainer, ExplainerOptions
 from explainers.explainer import build_explainer as _build
 from explainers.explanation import Explanation
+from explainers.served import compare_served
 from sidecar.config import Settings
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
@@ -61,6 +62,7 @@ def build_explainer(settings: Settings, registry: Registry) -> Explainer | None:
             feature_names=list(m.feature_names) or None,
             options=options,
             trusted_sha256=frozenset(e.trusted_sha256),
+            xgboost_all_rounds=e.xgboost_rounds == "all",
         )
     except ExplainerError as exc:
         raise type(exc)(f"model.artifact / model.background: {exc}") from None
@@ -81,6 +83,13 @@ def build_explainer(settings: Settings, registry: Registry) -> Explainer | None:
         "Largest margin difference from the reference runtime seen at load",
     ).set(explainer.fidelity_error or 0.0)
     return explainer
+
+
+def _width_hint(decision: Decision, n_features: int) -> str:
+    feats = decision.features
+    if feats is not None and len(feats) != n_features:
+        return " (fidelity mismatch: model.artifact is not the model the server serves)"
+    return ""
 
 
 def decision_row(decision: Decision, n_features: int) -> list[float]:
@@ -158,6 +167,13 @@ class ExplainStage:
             "sidecar_explanation_additivity_error_max",
             "Largest additivity error seen (margin space)",
         )
+        self._tolerance = cfg.mismatch_tolerance
+        self._ready_after = cfg.mismatch_ready_after
+        self._mismatches: dict[str, Any] = {}
+        self._fidelity_lock = threading.Lock()
+        # Explained decisions in a row that did not match the server (a match resets it).
+        self.consecutive_mismatches = 0
+        self._width_warned = False
 
     def start(self) -> None:
         for i in range(self._n_workers):
@@ -182,10 +198,78 @@ class ExplainStage:
 
     def explain_now(self, decision: Decision) -> Explanation:
         """Explain one decision synchronously (on-demand lookup); uses and fills the cache."""
-        row = decision_row(decision, self._explainer.n_features)
+        try:
+            row = decision_row(decision, self._explainer.n_features)
+        except InputError as exc:
+            raise InputError(f"{exc}{_width_hint(decision, self._explainer.n_features)}") from None
         explanation = self._explainer.explain([row])[0]
         self._sync_cache_counters()
+        self._check_served(decision, explanation, count=False)
         return explanation
+
+    def check_widths(self, decisions: list[Decision]) -> None:
+        """Every decision, sampled or not: one whose feature count differs from the model
+        artifact's cannot come from the model explained, so it is counted as a mismatch
+        (and logged once) from the first call, not left to fail silently when sampled."""
+        n = self._explainer.n_features
+        for d in decisions:
+            feats = d.features
+            if feats is not None and len(feats) != n:
+                self._mismatch(d.model_name)
+                if not self._width_warned:
+                    self._width_warned = True
+                    log.error(
+                        "decision %s has %d features but model.artifact has %d: the "
+                        "artifact is not the model the server serves; its decisions "
+                        "cannot be explained",
+                        d.decision_id,
+                        len(feats),
+                        n,
+                    )
+
+    def ready(self) -> bool:
+        """False after explainer.mismatch_ready_after mismatches in a row (0: always True)."""
+        return not self._ready_after or self.consecutive_mismatches < self._ready_after
+
+    def _mismatch(self, model: str) -> None:
+        with self._fidelity_lock:
+            c = self._mismatches.get(model)
+            if c is None:
+                c = self._registry.counter(
+                    "sidecar_explanation_mismatch_total",
+                    "Decisions whose explained output did not match the model server's answer "
+                    "(or whose feature count differs from the model artifact's)",
+                    {"model": model},
+                )
+                self._mismatches[model] = c
+            c.inc()
+            self.consecutive_mismatches += 1
+
+    def _check_served(self, d: Decision, e: Explanation, *, count: bool = True) -> None:
+        """Mark the explanation with whether the explained model answered as the server did."""
+        check = compare_served(
+            e.prediction,
+            self._explainer.ensemble.transform,
+            d.prediction,
+            d.probabilities,
+            self._tolerance,
+        )
+        e.fidelity, e.fidelity_detail = check.fidelity, check.detail
+        if not count:  # an on-demand lookup: already counted if it was sampled
+            return
+        if check.fidelity == "mismatch":
+            self._mismatch(d.model_name)
+            if self.consecutive_mismatches == self._ready_after:
+                log.error(
+                    "%d explained decisions in a row did not match the model server (last: %s, "
+                    "%s): model.artifact is not the served model",
+                    self.consecutive_mismatches,
+                    d.decision_id,
+                    check.detail,
+                )
+        elif check.fidelity == "match":
+            with self._fidelity_lock:
+                self.consecutive_mismatches = 0
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every accepted decision has been explained (tests, shutdown)."""
@@ -276,6 +360,7 @@ class ExplainStage:
         if worst > self._additivity.value:
             self._additivity.set(worst)
         for d, e in zip(ok, explanations, strict=True):
+            self._check_served(d, e)
             try:
                 self._on_explained(d, e)
             except Exception:

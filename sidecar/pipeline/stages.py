@@ -67,6 +67,8 @@ class Stages:
 
     def explain(self, batches: list[Batch]) -> None:
         if self.explain_stage is not None:
+            for b in batches:
+                self.explain_stage.check_widths(b.decisions)
             chosen = [d for b in batches for d in b.decisions if d.sampled]
             if chosen:
                 self.explain_stage.submit(chosen)

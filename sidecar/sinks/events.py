@@ -175,6 +175,8 @@ _EXPLANATION_KEYS = (
     "background_hash",
     "top",
     "margin",
+    "fidelity",
+    "fidelity_detail",
 )
 
 

@@ -57,6 +57,8 @@ def explanation(i: int) -> dict[str, Any]:
         "background_hash": None,
         "top": [{"feature": "debt_ratio", "value": 0.31, "contribution": 0.7}],
         "margin": [0.2 + i / 100],
+        "fidelity": "unknown",
+        "fidelity_detail": None,
     }
 
 

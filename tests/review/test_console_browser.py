@@ -179,3 +179,29 @@ def test_an_auditor_reads_but_cannot_act_and_a_bad_token_is_refused(
     expect(page.locator("#detail-title")).to_have_text("look-only/0")
     page.click("#logout-btn")
     expect(page.locator("#login")).to_be_visible()
+
+
+def test_a_mismatched_explanation_is_not_shown_as_the_reason(
+    env: ReviewEnv, served: Served, page: Page
+) -> None:
+    explanation = {
+        "explainer": "treeshap.path_dependent",
+        "output_space": "margin",
+        "base_values": [-1.2],
+        "top": [{"feature": "age", "value": 34.0, "contribution": 0.8}],
+        "fidelity": "mismatch",
+        "fidelity_detail": {
+            "compared": "probabilities",
+            "explained": [0.027, 0.973],
+            "served": [0.9555, 0.0445],
+            "tolerance": 0.001,
+            "max_diff": 0.9285,
+        },
+    }
+    env.store.enqueue(make_decision("skewed"), explanation)
+    sign_in(page, served, ALICE)
+    page.click('#queue-table tbody tr[data-item="skewed/0"]')
+    note = page.locator("#chart-note")
+    expect(note).to_contain_text("Fidelity mismatch")
+    expect(note).to_contain_text("0.9555")
+    expect(note).to_contain_text("not the reason for the decision")

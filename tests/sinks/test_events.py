@@ -27,6 +27,14 @@ def explanation_dict() -> dict[str, Any]:
         "background_hash": None,
         "top": [{"feature": "debt_ratio", "value": 0.31, "contribution": 0.7}],
         "margin": [0.2],
+        "fidelity": "match",
+        "fidelity_detail": {
+            "compared": "probabilities",
+            "explained": [0.45, 0.55],
+            "served": [0.45, 0.55],
+            "tolerance": 0.001,
+            "max_diff": 0.0,
+        },
     }
 
 

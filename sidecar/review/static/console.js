@@ -247,6 +247,15 @@ function renderChart(expl, error) {
     `${expl.explainer || "explainer"} · ${expl.output_space || "margin"} space` +
     (base !== null ? ` · base value ${fmtValue(base)}` : "") +
     " · red raises the score, blue lowers it";
+  if (expl.fidelity === "mismatch") {
+    // The explained model did not give the server's answer: never present it as the reason.
+    const f = expl.fidelity_detail || {};
+    const vals = (v) => (Array.isArray(v) ? v.map(fmtValue).join(", ") : "?");
+    $("chart-note").textContent =
+      `Fidelity mismatch: the explained model answered ${vals(f.explained)} where the model ` +
+      `server answered ${vals(f.served)}. This is not the reason for the decision. ` +
+      $("chart-note").textContent;
+  }
   const W = 640, rowH = 26, labelW = 210, valueW = 70, pad = 8;
   const H = top.length * rowH + 2 * pad;
   const plotW = W - labelW - valueW;
