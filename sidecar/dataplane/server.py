@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.dataplane.server")
 
 LINGER_S = 2.0
+_TOO_LARGE = "request header section too large (proxy.max_header_bytes, proxy.max_headers)"
 HIGH_WATER = 1 << 18
 LOW_WATER = 1 << 16
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
@@ -200,14 +201,16 @@ class Exchange:
         if self._continue:
             self._continue = False
             self._conn.write(_CONTINUE)
-        if self._conn.closed:
+        conn = self._conn
+        if conn.closed or conn._halted:
             raise ClientGone
-        self._waiter = self._conn.loop.create_future()
+        self._waiter = conn.loop.create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
-        if self._conn.closed and not self.complete:
+        # Halted: this body was refused (it broke, or stalled past its deadline).
+        if (conn.closed or conn._halted) and not self.complete:
             raise ClientGone
 
     async def wait_body(self) -> None:
@@ -382,8 +385,8 @@ class HttpConnection(asyncio.Protocol):
         self.reads = 0
         self.mark = -1
         self.mark_at = 0.0
-        self._header_bytes = 0
         self._head_recv = 0
+        self._read_len = 0
         self._halted = False
         self._rejection: bytes | None = None
         self._h2c: Exchange | None = None
@@ -422,6 +425,7 @@ class HttpConnection(asyncio.Protocol):
         if self._halted:
             return
         self.reads += 1
+        self._read_len = len(data)
         while True:
             try:
                 self._parser.feed_data(data)
@@ -448,9 +452,7 @@ class HttpConnection(asyncio.Protocol):
                     else:
                         self._head_recv += len(data)
                         if self._head_recv > self._max_header_bytes + self._max_target:
-                            self._reject(
-                                431, "request header section too large (proxy.max_header_bytes)"
-                            )
+                            self._reject(431, _TOO_LARGE)
             return
 
     def _upgraded(self, rest: bytes) -> bytes:
@@ -489,7 +491,6 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._header_bytes = 0
         self._head_recv = -1
         self.idle_since = None
         self.in_head = True
@@ -500,16 +501,9 @@ class HttpConnection(asyncio.Protocol):
             raise Refused(414, "request target too long (proxy.max_target_bytes)")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"content-length":
-            value = value.strip()  # llhttp keeps trailing spaces, which are optional whitespace
-        headers = self._headers
-        headers.append((name, value))
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > self._max_header_bytes or len(headers) > self._max_headers:
-            raise Refused(
-                431, "request header section too large (proxy.max_header_bytes, proxy.max_headers)"
-            )
+        # No accounting here (it showed in the per-request CPU): data_received bounds what a
+        # head holds while it comes, on_headers_complete checks the limits exactly.
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
@@ -530,13 +524,21 @@ class HttpConnection(asyncio.Protocol):
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
-        has_body = expect = chunked = False
-        hosts = length = 0
-        for name, value in self._headers:
+        headers = self._headers
+        if len(headers) > self._max_headers or (
+            # Only a head that spans reads, or came in a read larger than the limit, can be
+            # over it: only those are summed.
+            (self._head_recv >= 0 or self._read_len > self._max_header_bytes)
+            and sum(len(n) + len(v) for n, v in headers) > self._max_header_bytes
+        ):
+            raise Refused(431, _TOO_LARGE)
+        has_body = expect = chunked = spaced = False
+        hosts = 0
+        for name, value in headers:
             if name == b"content-length":
-                has_body = value != b"0"
-                if has_body:
-                    length = int(value)  # llhttp has checked it is digits
+                # llhttp keeps trailing spaces (optional whitespace): trimmed below.
+                spaced = value.endswith((b" ", b"\t"))
+                has_body = value.rstrip() != b"0"
             elif name == b"transfer-encoding":
                 has_body = chunked = True
             elif name == b"expect":
@@ -546,6 +548,10 @@ class HttpConnection(asyncio.Protocol):
         if hosts > 1 or (hosts == 0 and self.http11):
             # RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request.
             raise Refused(400, "an HTTP/1.1 request carries exactly one Host header")
+        if spaced:
+            self._headers = headers = [
+                (n, v.strip() if n == b"content-length" else v) for n, v in headers
+            ]
         upgrade = p.should_upgrade()
         if upgrade and not self._h2c_offer():
             raise Refused(501, "protocol upgrades other than h2c (ignored) are not proxied")
@@ -554,7 +560,7 @@ class HttpConnection(asyncio.Protocol):
             p.get_method().decode("latin-1"),
             url,
             path,
-            self._headers,
+            headers,
             p.should_keep_alive() and not (upgrade and has_body),
             has_body,
             expect,
@@ -562,8 +568,9 @@ class HttpConnection(asyncio.Protocol):
         if upgrade and has_body:
             # Its body is read once the parser stops at the upgrade.
             self._h2c = ex
+            length = b"".join(v for n, v in headers if n == b"content-length")
             self._h2c_framing = (
-                b"transfer-encoding: chunked" if chunked else b"content-length: %d" % length
+                b"transfer-encoding: chunked" if chunked else b"content-length: " + length
             )
         else:
             self._parsing = ex
@@ -624,7 +631,8 @@ class HttpConnection(asyncio.Protocol):
             try:
                 await self._handler(ex)
             except (asyncio.CancelledError, ClientGone):
-                self.close()
+                if not self._halted:  # a refusal's lingering close ends the connection
+                    self.close()
                 return
             except Exception:
                 log.exception("data plane handler failed for %s %s", ex.method, ex.path)
@@ -679,6 +687,7 @@ class HttpConnection(asyncio.Protocol):
         if broken is not None:
             # Its head was taken and its body broke: it is the refused request.
             if broken is self._active:
+                broken._wake()  # its handler stops waiting for the body, and the upstream call
                 if not broken.started:
                     broken.started = True
                     self.write(self._rejection)

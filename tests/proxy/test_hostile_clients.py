@@ -174,6 +174,20 @@ def test_100000_header_lines_are_431_and_the_connection_closes(upstream: Recordi
         many = _refused(svc, b"GET /echo HTTP/1.1\r\nhost: x\r\n" + lines + b"\r\n", True)
         # One header value past 60 KiB, sent as it would be by a slow client: in pieces.
         big = _refused(svc, b"GET /echo HTTP/1.1\r\nhost: x\r\nx-big: " + b"v" * (1 << 20), True)
+
+        # Past 60 KiB of names and values in one read, and across reads, is refused; under, taken.
+        def section(n: int) -> bytes:
+            return b"".join(b"x-h%03d: %b\r\n" % (i, b"v" * 700) for i in range(n))
+
+        over = _refused(svc, b"GET /echo HTTP/1.1\r\nhost: x\r\n" + section(90) + b"\r\n")
+        s = _connect(svc.proxy_url)
+        s.sendall(b"GET /echo HTTP/1.1\r\nhost: x\r\n" + section(60))
+        time.sleep(0.2)  # a second read
+        s.sendall(section(90)[len(section(60)) :] + b"\r\n")
+        over_reads = _read_until_closed(s)
+        under = _refused(
+            svc, b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\n" + section(80) + b"\r\n"
+        )
         # host, 98 more and connection: 100 lines, the documented default, are taken.
         hundred = b"".join(b"x-h%d: v\r\n" % i for i in range(98))
         ok = _refused(
@@ -181,8 +195,10 @@ def test_100000_header_lines_are_431_and_the_connection_closes(upstream: Recordi
         )
     assert _status(many) == 431 and b"proxy.max_headers" in many
     assert _status(big) == 431
+    assert _status(over) == 431 and _status(over_reads) == 431
+    assert _status(under) == 200
     assert _status(ok) == 200
-    assert len(upstream.seen) == 4  # the inference calls of _others_answer, and `ok`
+    assert len(upstream.seen) == 7  # the inference calls of _others_answer, `under` and `ok`
 
 
 # -- 3. slow clients ------------------------------------------------------------------------
@@ -212,10 +228,10 @@ def test_a_slow_head_gets_408_within_the_header_deadline(upstream: RecordingUpst
 def test_a_stalled_body_gets_408_and_holds_no_upstream_connection(
     upstream: RecordingUpstream,
 ) -> None:
-    with running_sidecar(upstream.url, proxy={**FAST, "max_stream_connections": 4}) as svc:
-        # More stalled pass-through calls than the upstream budget: none of them takes a
+    with running_sidecar(upstream.url, proxy=FAST) as svc:
+        # More stalled pass-through calls than the upstream budget (256): none of them takes a
         # connection (no body byte came), so a pass-through call still gets through.
-        stalled = [_connect(svc.proxy_url) for _ in range(20)]
+        stalled = [_connect(svc.proxy_url) for _ in range(257)]
         for s in stalled:
             s.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
         s = _connect(svc.proxy_url)
