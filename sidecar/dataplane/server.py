@@ -514,7 +514,7 @@ class HttpConnection(asyncio.Protocol):
             raise Refused(505, f"HTTP/{version} is not supported on this port; use HTTP/1.1")
         self.http11 = version == "1.1"
         url = self._url
-        if url[:1] != b"/":
+        if url[0] != 0x2F:  # not "/": absolute-form (or "*", or nothing forwardable)
             origin = origin_form(url)
             if origin is None:
                 raise Refused(400, "request target is neither origin-form nor absolute-form")
@@ -536,9 +536,10 @@ class HttpConnection(asyncio.Protocol):
         hosts = 0
         for name, value in headers:
             if name == b"content-length":
-                # llhttp keeps trailing spaces (optional whitespace): trimmed below.
-                spaced = value.endswith((b" ", b"\t"))
-                has_body = value.rstrip() != b"0"
+                # llhttp keeps trailing optional whitespace (and refuses an empty value):
+                # trimmed below.
+                has_body = value != b"0"
+                spaced = value[-1] in b" \t"
             elif name == b"transfer-encoding":
                 has_body = chunked = True
             elif name == b"expect":
@@ -552,6 +553,7 @@ class HttpConnection(asyncio.Protocol):
             self._headers = headers = [
                 (n, v.strip() if n == b"content-length" else v) for n, v in headers
             ]
+            has_body = any(n == b"content-length" and v != b"0" for n, v in headers) or chunked
         upgrade = p.should_upgrade()
         if upgrade and not self._h2c_offer():
             raise Refused(501, "protocol upgrades other than h2c (ignored) are not proxied")

@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
 
+from sidecar.config import ConfigError, load_settings
 from sidecar.service import Service
 from tests.servers import RecordingUpstream, free_port, http_get, running_sidecar
 
@@ -491,3 +494,22 @@ def test_bytes_after_an_upstream_answer_do_not_poison_the_pool() -> None:
         assert out.lower().count(b"content-length") == 1
     # Each poisoned connection was dropped, so the following call opened a fresh one.
     assert raw.connections >= 3
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "header_timeout_s = 0",
+        "body_timeout_s = -1",
+        "max_target_bytes = 10",
+        "max_header_bytes = 0",
+        "max_headers = 1",
+        "max_connections = 0",
+        "max_stream_connections = 0",
+    ],
+)
+def test_a_bad_limit_stops_the_start_naming_its_key(tmp_path: Path, key: str) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(f"[proxy]\n{key}\n")
+    with pytest.raises(ConfigError, match=re.escape("proxy." + key.split(" ")[0])):
+        load_settings(f, environ={})
