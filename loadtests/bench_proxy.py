@@ -27,6 +27,10 @@ stages, and the sidecar's cost is what it takes of a core of its own (`--no-pin`
 turn this off). For the same reason idle CPUs are held to polling for the run where the
 platform allows it (loadtests/idle.py; `--allow-halt` to let them halt): on a VM, a core
 that halts between requests makes the next one pay for the host's other tenants.
+
+`--slowloris N` adds a path: the same sidecar loaded while N slowloris connections and N
+stalled bodies are held open against it (loadtests/slowloris.py); the report gives its
+p99 against the quiet sidecar's in the same run, and how often the control plane answered.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from loadtests.procs import (
     cpu_seconds,
     start_model_server,
 )
+from loadtests.slowloris import HostileLoad
 from sidecar.demo.model import model_settings
 
 # Counters worth a line in the report: what was recorded, explained, shed or spooled.
@@ -177,6 +182,7 @@ async def _rounds(
     args: argparse.Namespace,
     pids: dict[str, int],
     control_load: ControlLoad | None = None,
+    hostile: HostileLoad | None = None,
 ) -> dict[str, Any]:
     """Load each path (`direct`, `sidecar`, optionally `bare` and `sidecar+control`) in rotating, alternating rounds.
 
@@ -202,16 +208,18 @@ async def _rounds(
             order.reverse()
         for name in order:
             before = {p: cpu_seconds(pid) for p, pid in pids.items()}
-            busy = control_load is not None and name == "sidecar+control"
-            if busy:
-                assert control_load is not None
-                control_load.start()
+            side: ControlLoad | HostileLoad | None = None
+            if name == "sidecar+control":
+                side = control_load
+            elif name == "sidecar+hostile":
+                side = hostile
+            if side is not None:
+                side.start()
             results[name].append(
                 await run_load(targets[name], reqs[name], args.rate, per_round, args.connections)
             )
-            if busy:
-                assert control_load is not None
-                control_load.stop()
+            if side is not None:
+                side.stop()
             if name in pids:
                 cpu_hot[name] += cpu_seconds(pids[name]) - before[name]
             if pids.get(name) != pids["sidecar"]:
@@ -239,6 +247,16 @@ async def _rounds(
             "ratio_p99_to_quiet_sidecar": c["p99_ms"] / s["p99_ms"],
             "ratio_p50_to_quiet_sidecar": c["p50_ms"] / s["p50_ms"],
             "work_done": dict(control_load.counts) if control_load is not None else {},
+        }
+    if "sidecar+hostile" in combined:
+        h = combined["sidecar+hostile"]
+        out["hostile_load"] = {
+            "added_p99_ms": h["p99_ms"] - d["p99_ms"],
+            "added_p99_over_quiet_sidecar_ms": h["p99_ms"] - s["p99_ms"],
+            "ratio_p99_to_quiet_sidecar": h["p99_ms"] / s["p99_ms"],
+            "ratio_added_p99_to_quiet_sidecar": (h["p99_ms"] - d["p99_ms"])
+            / max(s["p99_ms"] - d["p99_ms"], 1e-9),
+            "held": dict(hostile.counts) if hostile is not None else {},
         }
     if "bare" in combined:
         bare = 1e6 * cpu_hot["bare"] / max(combined["bare"]["requests"], 1)
@@ -307,6 +325,8 @@ def report(result: dict[str, Any]) -> str:
         rows.append(("nginx", result["nginx"]))
     if "sidecar+control" in result:
         rows.append(("+control", result["sidecar+control"]))
+    if "sidecar+hostile" in result:
+        rows.append(("+hostile", result["sidecar+hostile"]))
     for name, row in rows:
         lines.append(
             f"{name:10}{row['rps']:>10.1f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
@@ -355,6 +375,17 @@ def report(result: dict[str, Any]) -> str:
         lines.append(
             f"control-plane load (+control rounds: {work}): p99 {cl['ratio_p99_to_quiet_sidecar']:.2f}x"
             f" and p50 {cl['ratio_p50_to_quiet_sidecar']:.2f}x the quiet sidecar's in the same run"
+        )
+    if "hostile_load" in result:
+        hl = result["hostile_load"]
+        held = hl["held"]
+        lines.append(
+            f"hostile clients (+hostile rounds: {held.get('slowloris_held', 0)} slowloris and"
+            f" {held.get('stalled_held', 0)} stalled bodies held, {held.get('reopened', 0)} reopened"
+            f" after {held.get('refused_408', 0)} 408s): added p99 {hl['added_p99_ms']:.3f} ms,"
+            f" {hl['ratio_added_p99_to_quiet_sidecar']:.2f}x the quiet sidecar's added p99;"
+            f" control plane /healthz answered {held.get('healthz_ok', 0)},"
+            f" failed {held.get('healthz_failed', 0)}"
         )
     counted = {
         k: int(v) for k, v in result.get("sidecar_metrics", {}).items() if _COUNTED.search(k) and v
@@ -461,6 +492,14 @@ def main(argv: list[str] | None = None) -> int:
         help="add a path: the sidecar loaded while /metrics is scraped every second, the console"
         " is open and `sidecar audit verify` runs, over ITEMS pre-filled review items",
     )
+    parser.add_argument(
+        "--slowloris",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add a path: the sidecar loaded while N slowloris connections and N stalled bodies"
+        " are held open against it (loadtests/slowloris.py)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.rate <= 0:
@@ -528,6 +567,11 @@ def _run(
             paths["sidecar+control"] = urls["proxy"]
             pids["sidecar+control"] = sidecar.pid
             control_load = ControlLoad(urls["control"], command, work / "review.db", far)
+        hostile = None
+        if args.slowloris:
+            paths["sidecar+hostile"] = urls["proxy"]
+            pids["sidecar+hostile"] = sidecar.pid
+            hostile = HostileLoad(urls["proxy"], urls["control"], args.slowloris)
         if args.saturate:
             rates = [float(r) for r in args.rates.split(",") if r.strip()]
             reqs = {name: v2_requests(*_host_port(url)) for name, url in paths.items()}
@@ -539,7 +583,7 @@ def _run(
                 )
             )  # fmt: skip
         else:
-            measured = uvloop.run(_rounds(paths, args, pids, control_load))
+            measured = uvloop.run(_rounds(paths, args, pids, control_load, hostile))
         metrics = _metrics(urls["control"])
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

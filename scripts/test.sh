@@ -17,6 +17,7 @@ fi
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
+command -v curl >/dev/null 2>&1 || need+=(curl)  # curl --http2 offers h2c (tests/proxy/test_real_clients.py)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 # nginx: the proxy benchmark's reference path (its smoke test runs in the suite).

@@ -21,7 +21,7 @@ from sidecar.control.store import DecisionStore
 from sidecar.dataplane.decide import Decider
 from sidecar.dataplane.groups import GroupExtractor
 from sidecar.dataplane.http import DataPlane
-from sidecar.dataplane.server import IdleReaper, serve
+from sidecar.dataplane.server import IdleReaper, Limits, serve
 from sidecar.dataplane.upstream import Upstream
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
@@ -167,7 +167,7 @@ class Service:
             self.explain_stage.start()
         self.pipeline.start()
         self._data_server, self._reaper = await serve(
-            self.dataplane.handle, self._proxy_sock, self.settings.proxy.idle_timeout_s
+            self.dataplane.handle, self._proxy_sock, Limits.of(self.settings.proxy)
         )
         self._control = ControlPlaneThread(
             self.control_app,

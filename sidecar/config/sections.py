@@ -37,6 +37,20 @@ class ProxySettings(_Section):
     """Pooled keep-alive connections to the upstream."""
     idle_timeout_s: float = Field(default=75.0, gt=0)
     """Keep-alive connections from clients idle this long are closed (checked every quarter of it)."""
+    header_timeout_s: float = Field(default=20.0, gt=0)
+    """A request head (line and headers) not complete this long after it is awaited gets 408 and the connection closes."""
+    body_timeout_s: float = Field(default=20.0, gt=0)
+    """A request body with no bytes for this long (while the sidecar reads it) gets 408 and the connection closes."""
+    max_target_bytes: int = Field(default=8 * 1024, ge=256)
+    """Longest request target (path and query) taken; longer ones get 414 and the connection closes."""
+    max_header_bytes: int = Field(default=60 * 1024, ge=1024)
+    """Largest request header section (names and values) taken; larger ones get 431 and the connection closes."""
+    max_headers: int = Field(default=100, ge=8)
+    """Most request header lines taken; more get 431 and the connection closes."""
+    max_connections: int = Field(default=1024, ge=1)
+    """Open client connections to the data plane; one past it is answered 503 and closed."""
+    max_stream_connections: int = Field(default=256, ge=1)
+    """Upstream connections that pass-through (streamed) calls may hold at once; past it they get 503, so inference calls always find the upstream."""
     max_rows_per_request: int = Field(default=10_000, ge=1)
     """Rows beyond this in one call are forwarded but not recorded as decisions (counted)."""
     upstream_ca_file: Path | None = None

@@ -1,4 +1,11 @@
-"""The control plane: health, readiness, metrics, and the routers other parts contribute."""
+"""The control plane: health, readiness, metrics, and the routers other parts contribute.
+
+Nothing it serves loads anything from the internet: FastAPI's /docs and /redoc
+pages pull their scripts from a public CDN, so they are off (the schema stays at
+/openapi.json, for any OpenAPI viewer), and every HTML answer carries a
+Content-Security-Policy (its own, or `DEFAULT_CSP`) that allows the page's own
+origin only.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,44 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client.exposition import choose_encoder
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sidecar import __version__
 from sidecar.metrics import Registry
 
 ReadyCheck = tuple[str, Callable[[], Awaitable[bool]]]
+
+DEFAULT_CSP = (
+    b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none';"
+    b" form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class HtmlPolicy:
+    """ASGI middleware: an HTML answer without a Content-Security-Policy gets `DEFAULT_CSP`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                names = {name.lower() for name, _ in headers}
+                html = any(
+                    name.lower() == b"content-type" and value.startswith(b"text/html")
+                    for name, value in headers
+                )
+                if html and b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", DEFAULT_CSP))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
 
 
 def create_control_app(
@@ -30,7 +70,11 @@ def create_control_app(
         title="sidecar control plane",
         version=__version__,
         description="Decision lookup, human review, metrics and health of the explaining sidecar.",
+        # Swagger UI and ReDoc load their scripts from a public CDN: off.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(HtmlPolicy)
     health_deps = [] if open_health or guard is None else [Depends(guard)]
     metrics_deps = [] if open_metrics or guard is None else [Depends(guard)]
 

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from sidecar.dataplane.connection import Answer, Connection
 from sidecar.dataplane.errors import (
     UpstreamError,
+    busy,
     connect_error,
     timeout,
 )
@@ -31,7 +32,9 @@ class Pool:
     """Keep-alive connections to one host:port, plain or TLS, reused last-in first-out.
 
     At most `size` idle connections are kept; calls beyond them open more,
-    which close when their call ends.
+    which close when their call ends. Streamed calls hold at most `max_streams`
+    connections at once (past it: 503 `busy`), so slow pass-through clients
+    cannot take every connection the upstream will accept from inference calls.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class Pool:
         connect_timeout_s: float,
         timeout_s: float,
         tls: ssl.SSLContext | None = None,
+        max_streams: int = 256,
     ) -> None:
         self.host = host
         self.port = port
@@ -50,6 +54,8 @@ class Pool:
         )
         self.tls = tls
         self._size = size
+        self._max_streams = max_streams
+        self._streams = 0
         self._idle: list[Connection] = []
         self._connect_timeout = connect_timeout_s
         self._timeout = timeout_s
@@ -132,11 +138,17 @@ class Pool:
         pool when the block ends, if the answer was read to its end and the
         whole request body was sent.
         """
-        conn, stream, sender = await self._open_stream(head, body, chunked, head_only)
+        if self._streams >= self._max_streams:
+            raise busy(self._max_streams)
+        self._streams += 1
         try:
-            yield stream
+            conn, stream, sender = await self._open_stream(head, body, chunked, head_only)
+            try:
+                yield stream
+            finally:
+                self._end_stream(conn, stream, sender)
         finally:
-            self._end_stream(conn, stream, sender)
+            self._streams -= 1
 
     async def _open_stream(
         self, head: bytes, body: AsyncIterator[bytes] | None, chunked: bool, head_only: bool

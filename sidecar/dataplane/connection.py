@@ -3,6 +3,10 @@
 It answers a buffered call itself (`start`: one write, the whole answer back
 through a future) and hands its bytes to a `Streamed` answer for a streamed
 one (`start_stream`). The pool (`client.py`) owns connections between calls.
+
+An upstream that sends bytes after an answer's declared end (or while no call
+is in flight) has lost the framing: the connection is closed, never reused, so
+those bytes cannot become the start of the next call's answer.
 """
 
 from __future__ import annotations
@@ -90,11 +94,18 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if self._stream is None and (waiter is None or waiter.done()):
+            self.close()  # bytes while no call is in flight: the framing is lost
+            return
         self.got_bytes = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(bad_response(exc))
+            self.close()
+            return
+        if not self.keep_alive:
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -120,6 +131,15 @@ class Connection(asyncio.Protocol):
             self._drained.set_result(None)
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and waiter.done():
+            # A second message after the answer, in the same read: not reusable, and
+            # its headers must not land in the list the answer holds.
+            self.keep_alive = False
+            self._headers = []
+            self._body = []
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 

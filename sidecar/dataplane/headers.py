@@ -18,6 +18,7 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+        b"http2-settings",  # RFC 7540 §3.2.1: a connection-specific header of an h2c offer
         b"proxy-connection",
         b"proxy-authenticate",
         b"proxy-authorization",

@@ -63,7 +63,7 @@ class DataPlane:
             code: r.counter(
                 "sidecar_upstream_errors_total", "Upstream failures", {"status": str(code)}
             )
-            for code in (502, 504)
+            for code in (502, 503, 504)
         }
         self._too_large_count = r.counter(
             "sidecar_request_too_large_total", "Inference calls refused with 413"
@@ -138,7 +138,11 @@ class DataPlane:
 
     async def _stream(self, ex: Exchange) -> None:
         """Forward a non-inference call with both bodies streamed, never held whole."""
-        data = ex.chunks() if ex.has_body else None
+        data = None
+        if ex.has_body:
+            # No upstream connection for a client that has sent headers and nothing more.
+            await ex.wait_body()
+            data = ex.chunks()
         t0 = perf_counter()
         try:
             async with self._upstream.stream(

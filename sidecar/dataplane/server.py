@@ -8,6 +8,20 @@ message dicts), writes a whole answer in one syscall, and cancels the
 handler the moment the client goes away, so the upstream call is abandoned
 with it. Pipelined requests are answered in order; request bodies are
 streamed with back-pressure (reading pauses past a high-water mark).
+
+The request and its answer are `Exchange`s (exchange.py); the limits and the
+sweep that keeps the deadlines are in limits.py.
+
+No client can hold more than the documented limits (`Limits`, the README's
+"Data-plane limits"): a request target past `max_target_bytes` is a 414, a
+header section past `max_header_bytes` or `max_headers` a 431, a head not in
+within `header_timeout_s` or a body that stalls past `body_timeout_s` a 408,
+and connections past `max_connections` get a 503 and are closed. Deadlines are
+kept by one sweep over all connections (`IdleReaper`), not a timer per request.
+Whatever the parser cannot accept is a 4xx (505 for an HTTP major version other
+than 1), answered after the requests pipelined before it, then the connection
+closes. An `Upgrade: h2c` offer is ignored (RFC 9110 §7.8) and the request
+served over HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -16,227 +30,24 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 import httptools
 
+from sidecar.dataplane.exchange import ClientGone, Exchange
+from sidecar.dataplane.limits import IdleReaper, Limits, Refused, error_answer, origin_form
 from sidecar.types import RawHeaders
+
+__all__ = ["ClientGone", "Exchange", "HttpConnection", "IdleReaper", "Limits", "serve"]
 
 log = logging.getLogger("sidecar.dataplane.server")
 
-HIGH_WATER = 1 << 18
-LOW_WATER = 1 << 16
-_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_NO_BODY_STATUS = frozenset({204, 304})
-
-
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    return line if line is not None else f"HTTP/1.1 {status} \r\n".encode()
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its request was answered."""
-
-
-class Exchange:
-    """One request on a connection, and the means to answer it."""
-
-    __slots__ = (
-        "_body",
-        "_buffered",
-        "_chunked_out",
-        "_conn",
-        "_continue",
-        "_waiter",
-        "complete",
-        "has_body",
-        "head_only",
-        "headers",
-        "keep_alive",
-        "method",
-        "path",
-        "peer",
-        "started",
-        "target",
-    )
-
-    def __init__(
-        self,
-        conn: HttpConnection,
-        method: str,
-        target: bytes,
-        path: str,
-        headers: RawHeaders,
-        keep_alive: bool,
-        has_body: bool,
-        expect_continue: bool,
-    ) -> None:
-        self._conn = conn
-        self.method = method
-        self.target = target
-        self.path = path
-        self.headers = headers
-        self.peer = conn.peer
-        self.keep_alive = keep_alive
-        self.has_body = has_body
-        self.head_only = method == "HEAD"
-        self.complete = not has_body
-        self.started = False
-        self._body: deque[bytes] = deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._continue = expect_continue
-        self._chunked_out = False
-
-    # -- request body (fed by the connection) --
-    def _feed(self, chunk: bytes) -> None:
-        self._body.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > HIGH_WATER:
-            self._conn.pause_reading()
-        self._wake()
-
-    def _finish(self) -> None:
-        self.complete = True
-        self._wake()
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def _more(self) -> None:
-        if self._continue:
-            self._continue = False
-            self._conn.write(_CONTINUE)
-        if self._conn.closed:
-            raise ClientGone
-        self._waiter = self._conn.loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-        if self._conn.closed and not self.complete:
-            raise ClientGone
-
-    def _take(self) -> bytes:
-        chunk = self._body.popleft()
-        self._buffered -= len(chunk)
-        if self._buffered < LOW_WATER:
-            self._conn.resume_reading()
-        return chunk
-
-    async def read_all(self, limit: int) -> bytes | None:
-        """The whole request body, or None once it passes `limit` bytes."""
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            while self._body:
-                chunk = self._take()
-                size += len(chunk)
-                if size > limit:
-                    return None
-                parts.append(chunk)
-            if self.complete:
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-            await self._more()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The request body as it arrives."""
-        while True:
-            while self._body:
-                yield self._take()
-            if self.complete:
-                return
-            await self._more()
-
-    # -- response --
-    def respond(self, status: int, headers: RawHeaders, body: bytes) -> None:
-        """Answer in one write; Content-Length is set when the headers lack it."""
-        parts = [status_line(status)]
-        has_length = False
-        for name, value in headers:
-            if name == b"content-length":
-                has_length = True
-            parts += (name, b": ", value, b"\r\n")
-        if not has_length and status not in _NO_BODY_STATUS:
-            parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        if body and not self.head_only:
-            parts.append(body)
-        self.started = True
-        self._conn.write(b"".join(parts))
-        self._conn.exchange_done(self)
-
-    async def start(self, status: int, headers: RawHeaders) -> None:
-        """Begin a streamed answer: chunked unless the headers carry a length."""
-        parts = [status_line(status)]
-        has_length = False
-        for name, value in headers:
-            if name == b"content-length":
-                has_length = True
-            parts += (name, b": ", value, b"\r\n")
-        bodiless = self.head_only or status in _NO_BODY_STATUS or 100 <= status < 200
-        if not has_length and not bodiless:
-            if self._conn.http11:
-                self._chunked_out = True
-                parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                self.keep_alive = False  # an HTTP/1.0 body ends with the connection
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        self.started = True
-        await self._conn.send(b"".join(parts))
-
-    async def write(self, chunk: bytes) -> None:
-        if not chunk or self.head_only:
-            return
-        if self._chunked_out:
-            chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
-        await self._conn.send(chunk)
-
-    def end(self) -> None:
-        if self._chunked_out and not self.head_only:
-            self._conn.write(b"0\r\n\r\n")
-        self._conn.exchange_done(self)
+LINGER_S = 2.0
+_TOO_LARGE = "request header section too large (proxy.max_header_bytes, proxy.max_headers)"
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
-
-
-class IdleReaper:
-    """Closes keep-alive connections idle past the timeout, with one timer for all of them.
-
-    A timer armed and cancelled per request showed in the per-request CPU; a sweep
-    every quarter of the timeout costs nothing per request and closes an idle
-    connection at most 25% late.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
-        self.loop = loop
-        self.connections: set[HttpConnection] = set()
-        self._timeout = timeout_s
-        self._period = timeout_s / 4
-        self._handle: asyncio.TimerHandle | None = loop.call_later(self._period, self._sweep)
-
-    def _sweep(self) -> None:
-        limit = self.loop.time() - self._timeout
-        for conn in [c for c in self.connections if c.idle_since is not None]:
-            if conn.idle_since is not None and conn.idle_since < limit:
-                conn.close()
-        self._handle = self.loop.call_later(self._period, self._sweep)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 class HttpConnection(asyncio.Protocol):
@@ -246,7 +57,24 @@ class HttpConnection(asyncio.Protocol):
         self.loop = reaper.loop
         self._handler = handler
         self._reaper = reaper
+        limits = reaper.limits
+        self._max_target = limits.max_target_bytes
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
         self.idle_since: float | None = None
+        # Deadlines (read by the reaper's sweep): waiting for a head from the start, and
+        # the head's number; reads so far (a stalled body reads nothing); the sweep's note.
+        self.in_head = True
+        self.head_seq = 0
+        self.reads = 0
+        self.mark = -1
+        self.mark_at = 0.0
+        self._head_recv = 0
+        self._read_len = 0
+        self._halted = False
+        self._rejection: bytes | None = None
+        self._h2c: Exchange | None = None
+        self._h2c_framing = b""
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
@@ -264,19 +92,65 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = t
+        if len(self._reaper.connections) >= self._reaper.limits.max_connections:
+            # Accepted and answered, so the client learns why (nginx's limit_conn does the same).
+            self.closed = True
+            t.write(error_answer(503, "too many connections (proxy.max_connections)"))
+            t.close()
+            return
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else None
         self._reaper.connections.add(self)
-        self.idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(501, b"protocol upgrades are not proxied")
-        except httptools.HttpParserError as exc:
-            self._reject(400, f"malformed HTTP request: {exc}".encode())
+        if self._halted:
+            return
+        self.reads += 1
+        self._read_len = len(data)
+        while True:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as up:
+                data = self._upgraded(data[up.args[0] :])
+                if data:
+                    continue
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, Refused):
+                    self._reject(cause.status, cause.message)
+                else:
+                    self._reject(400, f"malformed HTTP request: {exc}")
+            except httptools.HttpParserError as exc:
+                # llhttp names the version ("Invalid HTTP version") or the HTTP/2 preface (PRI).
+                text = str(exc)
+                status = 505 if "version" in text or "PRI" in text else 400
+                self._reject(status, f"malformed HTTP request: {text}")
+            else:
+                if self.in_head:
+                    # A header value is held by the parser until it ends: bound what it holds.
+                    if self._head_recv < 0:
+                        self._head_recv = 0  # began in this read (not counted: it may hold a body)
+                    else:
+                        self._head_recv += len(data)
+                        if self._head_recv > self._max_header_bytes + self._max_target:
+                            self._reject(431, _TOO_LARGE)
+            return
+
+    def _upgraded(self, rest: bytes) -> bytes:
+        """After an Upgrade the parser paused at: an h2c offer is ignored; the rest is parsed as HTTP/1.1."""
+        ex, self._h2c = self._h2c, None
+        if ex is None:
+            return rest
+        # The parser skipped the offer's body (it takes what follows an Upgrade for the new
+        # protocol): a parser of its own reads it into the exchange, and the connection
+        # closes after the answer (what follows that body is not looked at).
+        self._parsing = ex
+        self._parser = httptools.HttpRequestParser(_BodyOnly(self))
+        self._parser.feed_data(b"POST / HTTP/1.1\r\n" + self._h2c_framing + b"\r\n\r\n")
+        return rest
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -301,42 +175,91 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._head_recv = -1
         self.idle_since = None
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._max_target:
+            raise Refused(414, "request target too long (proxy.max_target_bytes)")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # No accounting here (it showed in the per-request CPU): data_received bounds what a
+        # head holds while it comes, on_headers_complete checks the limits exactly.
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        self.http11 = p.get_http_version() == "1.1"
+        self.in_head = False
+        self.head_seq += 1
+        version = p.get_http_version()
+        if version[0] != "1":
+            raise Refused(505, f"HTTP/{version} is not supported on this port; use HTTP/1.1")
+        self.http11 = version == "1.1"
         url = self._url
+        if url[0] != 0x2F:  # not "/": absolute-form (or "*", or nothing forwardable)
+            origin = origin_form(url)
+            if origin is None:
+                raise Refused(400, "request target is neither origin-form nor absolute-form")
+            url = origin
         q = url.find(b"?")
         raw_path = url if q < 0 else url[:q]
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
-        has_body = expect = False
-        for name, value in self._headers:
+        headers = self._headers
+        if len(headers) > self._max_headers or (
+            # Only a head that spans reads, or came in a read larger than the limit, can be
+            # over it: only those are summed.
+            (self._head_recv >= 0 or self._read_len > self._max_header_bytes)
+            and sum(len(n) + len(v) for n, v in headers) > self._max_header_bytes
+        ):
+            raise Refused(431, _TOO_LARGE)
+        has_body = expect = chunked = spaced = False
+        hosts = 0
+        for name, value in headers:
             if name == b"content-length":
+                # llhttp keeps trailing optional whitespace (and refuses an empty value):
+                # trimmed below.
                 has_body = value != b"0"
+                spaced = value[-1] in b" \t"
             elif name == b"transfer-encoding":
-                has_body = True
+                has_body = chunked = True
             elif name == b"expect":
                 expect = value.lower() == b"100-continue"
+            elif name == b"host":
+                hosts += 1
+        if hosts > 1 or (hosts == 0 and self.http11):
+            # RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request.
+            raise Refused(400, "an HTTP/1.1 request carries exactly one Host header")
+        if spaced:
+            self._headers = headers = [
+                (n, v.strip() if n == b"content-length" else v) for n, v in headers
+            ]
+            has_body = any(n == b"content-length" and v != b"0" for n, v in headers) or chunked
+        upgrade = p.should_upgrade()
+        if upgrade and not self._h2c_offer():
+            raise Refused(501, "protocol upgrades other than h2c (ignored) are not proxied")
         ex = Exchange(
             self,
             p.get_method().decode("latin-1"),
             url,
             path,
-            self._headers,
-            p.should_keep_alive(),
+            headers,
+            p.should_keep_alive() and not (upgrade and has_body),
             has_body,
             expect,
         )
-        self._parsing = ex
+        if upgrade and has_body:
+            # Its body is read once the parser stops at the upgrade.
+            self._h2c = ex
+            length = b"".join(v for n, v in headers if n == b"content-length")
+            self._h2c_framing = (
+                b"transfer-encoding: chunked" if chunked else b"content-length: " + length
+            )
+        else:
+            self._parsing = ex
         self._queue.append(ex)
         if self._task is None:
             self._task = self.loop.create_task(self._serve())
@@ -346,6 +269,19 @@ class HttpConnection(asyncio.Protocol):
         else:
             # Pipelined: answered in order; stop reading until its turn comes.
             self.pause_reading()
+
+    def _h2c_offer(self) -> bool:
+        """Is this Upgrade an offer of h2c (which is ignored), and not CONNECT or another protocol?"""
+        if self._parser.get_method() == b"CONNECT":
+            return False
+        for name, value in self._headers:
+            if name == b"upgrade":
+                return all(
+                    t.strip().lower() in (b"h2c", b"http/2.0")
+                    for t in value.split(b",")
+                    if t.strip()
+                )
+        return False
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
@@ -366,17 +302,23 @@ class HttpConnection(asyncio.Protocol):
         queue = self._queue
         while not self.closed:
             if not queue:
+                if self._rejection is not None:
+                    # What was pipelined before the refused request is answered: now the refusal.
+                    self.write(self._rejection)
+                    self._linger()
+                    return
                 self._wake = self.loop.create_future()
                 await self._wake
                 continue
             ex = queue.popleft()
-            if not queue:
+            if not queue and not self._halted:
                 self.resume_reading()
             self._active = ex
             try:
                 await self._handler(ex)
             except (asyncio.CancelledError, ClientGone):
-                self.close()
+                if not self._halted:  # a refusal's lingering close ends the connection
+                    self.close()
                 return
             except Exception:
                 log.exception("data plane handler failed for %s %s", ex.method, ex.path)
@@ -401,20 +343,69 @@ class HttpConnection(asyncio.Protocol):
         # read (the rest of it cannot be told apart from a next request), end here.
         if not ex.keep_alive or self.closed or not ex.complete:
             self.close()
-        elif not self._queue:
+        elif not self._queue and not self.in_head:
             self.idle_since = self.loop.time()
 
-    def _reject(self, status: int, message: bytes) -> None:
-        if self.transport is not None and not self.closed and self._active is None:
-            body = b'{"error": "' + message.replace(b'"', b"'") + b'"}'
-            self.write(
-                status_line(status)
-                + b"content-type: application/json\r\nconnection: close\r\ncontent-length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-                + body
-            )
-        self.close()
+    def held_back(self) -> bool:
+        """Is reading paused by us (pipelining, back-pressure): no client deadline runs then."""
+        return self._paused
+
+    def reading_body(self) -> bool:
+        """Is a request body owed by the client now (not held back by us, or by a 100 not yet sent)?"""
+        ex = self._parsing
+        return ex is not None and not self._paused and not ex._continue
+
+    def timed_out(self) -> None:
+        """Called by the sweep: the head or the body did not come in time."""
+        if self.in_head:
+            self._reject(408, "request head not received within proxy.header_timeout_s")
+        else:
+            self._reject(408, "request body stalled past proxy.body_timeout_s")
+
+    def _reject(self, status: int, message: str) -> None:
+        """Refuse the request being read: after the answers to those before it, then close."""
+        if self.closed or self._halted:
+            return
+        self._halted = True
+        self.pause_reading()
+        self._rejection = error_answer(status, message)
+        broken, self._parsing = self._parsing, None
+        if broken is not None:
+            # Its head was taken and its body broke: it is the refused request.
+            if broken is self._active:
+                broken._wake()  # its handler stops waiting for the body, and the upstream call
+                if not broken.started:
+                    broken.started = True
+                    self.write(self._rejection)
+                    self._linger()
+                else:
+                    self.close()
+                return
+            if broken in self._queue:
+                self._queue.remove(broken)
+        if self._active is None and not self._queue:
+            self.write(self._rejection)
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal without losing it (nginx's lingering close).
+
+        Closing a socket with unread input makes the kernel send a reset, which can
+        destroy the answer before the client reads it (a client still sending a 16 MB
+        URL, say). So: end our side, discard what still comes, close once the client
+        does or LINGER_S later.
+        """
+        t = self.transport
+        if t is None or self.closed:
+            return
+        try:
+            t.write_eof()
+        except (NotImplementedError, RuntimeError, OSError):
+            self.close()
+            return
+        self._halted = True  # what still comes is read and dropped
+        self.resume_reading()
+        self.loop.call_later(LINGER_S, self.close)
 
     # -- transport helpers --
     def write(self, data: bytes) -> None:
@@ -447,12 +438,27 @@ class HttpConnection(asyncio.Protocol):
 
 
 async def serve(
-    handler: Handler, sock: socket.socket, idle_timeout_s: float = 75.0, backlog: int = 2048
+    handler: Handler, sock: socket.socket, limits: Limits | None = None, backlog: int = 2048
 ) -> tuple[asyncio.Server, IdleReaper]:
     """Start serving `handler` on an already-bound socket; stop the reaper with the server."""
     loop = asyncio.get_running_loop()
-    reaper = IdleReaper(loop, idle_timeout_s)
+    reaper = IdleReaper(loop, limits or Limits())
     server = await loop.create_server(
         lambda: HttpConnection(handler, reaper), sock=sock, backlog=backlog
     )
     return server, reaper
+
+
+class _BodyOnly:
+    """Parser callbacks for the body of an h2c offer, which the first parser skipped."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self._conn = conn
+
+    def on_body(self, body: bytes) -> None:
+        self._conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._conn.on_message_complete()

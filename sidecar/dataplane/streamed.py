@@ -73,8 +73,13 @@ class Streamed:
         self._timer: asyncio.TimerHandle | None = loop.call_later(timeout_s, self._check_idle)
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.keep_alive = False  # bytes after the answer's end: the connection is not reused
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.complete:  # not those of a message after the answer's end
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -89,6 +94,8 @@ class Streamed:
         self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return  # after the answer's end: not part of it
         self._chunks.append(body)
         self._buffered += len(body)
         self.last = self._loop.time()
@@ -99,6 +106,8 @@ class Streamed:
         self._wakeup()
 
     def on_message_complete(self) -> None:
+        if self.complete and not self._head_only:
+            return  # a message after the answer's end (on_message_begin has marked it)
         if 100 <= self.parser.get_status_code() < 200:
             self.headers = []
             return
@@ -134,8 +143,10 @@ class Streamed:
         if self.complete or self.error is not None:
             return
         now = self._loop.time()
-        if self._paused:
-            self.last = now  # waiting on our own taker, not on the upstream
+        if self._paused or (not self.body_sent and not self._conn._write_paused):
+            # Waiting on our own taker, or on the client's body (the server's body
+            # deadline is for that), not on the upstream.
+            self.last = now
         idle = now - self.last
         if idle >= self._timeout:
             self._fail(timeout(self._timeout, "send more" if self._head.done() else "answer"))

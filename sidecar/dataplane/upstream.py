@@ -56,6 +56,7 @@ class Upstream:
             settings.pool_size,
             settings.connect_timeout_s,
             settings.timeout_s,
+            max_streams=settings.max_stream_connections,
         )
 
     async def start(self) -> None:
