@@ -2,12 +2,13 @@
 
 - ``FastPathDependent``: our compiled Fast TreeSHAP v2 kernel (kernels_tables.py,
   kernels_shap.py). Chosen when its per-leaf weight tables fit the memory budget
-  (shallow trees: depth 6 needs 6·64 weights per leaf); measured several times faster
+  (a leaf with d distinct path features needs 2^d·d weights: 6·64 at depth 6, about
+  20 MB in all for a default 31-leaf LightGBM model); measured several times faster
   than XGBoost's native pred_contribs, which shap calls for XGBoost models
   (loadtests/bench_explain.py).
 - ``ShapLibrary``: shap's own C kernel, fed our flat arrays through shap's documented
-  dict model form. Used for deep trees, where 2^depth tables would not fit, and for
-  interventional TreeSHAP against a background sample.
+  dict model form. Used where one path has more than 16 distinct features or the
+  tables would not fit the budget, and for interventional TreeSHAP against a background.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from explainers import kernels, kernels_shap, kernels_tables
 from explainers.ensemble import FloatArray, IntArray, TreeEnsemble
 
 DEFAULT_TABLE_BUDGET_BYTES = 512 * 1024 * 1024
-MAX_TABLE_DEPTH = 16
+# A leaf's table grows as 2^d·d and takes O(2^d·d^3) to fill: past 16 distinct features
+# on one path, filling alone would take seconds per leaf.
+MAX_PATH_FEATURES = 16
 
 
 class Backend(Protocol):
@@ -98,11 +101,26 @@ class FastPathDependent:
 
     @staticmethod
     def table_bytes(ens: TreeEnsemble) -> tuple[int, int]:
-        """(weight-table bytes, max path depth) this backend would need; depth bounds unique features."""
-        depth = int(kernels.tree_depth(ens.left, ens.right, ens.roots))
+        """(bytes this backend's tables would take, most distinct features on one path).
+
+        Summed leaf by leaf from the real paths: a leaf with d distinct path features needs
+        2^d·d weights, plus its path's edges. Sizing every leaf from the deepest path
+        instead (2^depth) overstated a default LightGBM model (31 leaves, depth 17) by four
+        orders of magnitude and sent it to the slow kernel. -1 bytes: a path is too rich.
+        """
         n_leaves = int((ens.left < 0).sum())
-        d = min(depth, MAX_TABLE_DEPTH + 1)
-        return n_leaves * (1 << d) * d * 8, depth
+        unique = kernels_tables.path_unique_counts(
+            ens.left, ens.right, ens.feature, ens.roots, n_leaves, ens.n_features
+        ).astype(np.float64)
+        most = int(unique.max(initial=0))
+        if most > MAX_PATH_FEATURES:
+            return -1, most
+        depth = int(kernels.tree_depth(ens.left, ens.right, ens.roots))
+        weights = float((np.exp2(unique) * unique).sum()) * 8
+        # leaf_paths' per-leaf arrays, one entry per edge: node, slot and unique feature
+        # (int32), direction (bool), zero fraction (float64), two bit masks (int64).
+        paths = n_leaves * max(depth, 1) * (4 + 4 + 4 + 1 + 8 + 16)
+        return int(weights) + paths, most
 
     @property
     def expected_value(self) -> FloatArray:
@@ -223,7 +241,7 @@ def choose_backend(
         return ShapLibrary(ens, background)
     if algorithm != "path_dependent":
         raise ValueError(f"unknown algorithm {algorithm!r}: use path_dependent or interventional")
-    size, depth = FastPathDependent.table_bytes(ens)
-    if depth <= MAX_TABLE_DEPTH and size <= table_budget_bytes:
+    size, _ = FastPathDependent.table_bytes(ens)
+    if 0 <= size <= table_budget_bytes:
         return FastPathDependent(ens, threads=threads)
     return ShapLibrary(ens)
