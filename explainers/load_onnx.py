@@ -45,6 +45,12 @@ def load_onnx_file(path: Path) -> TreeEnsemble:
         return from_onnx(model)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        # A well-formed protobuf can still hold attributes no converter writes (a missing
+        # list, a name that is not UTF-8, lists of different lengths).
+        raise ModelLoadError(
+            f"{path}: malformed ONNX tree ensemble ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def tree_node(model: Any) -> Any:
