@@ -24,6 +24,11 @@ from explainers import kernels, kernels_shap, kernels_tables
 from explainers.ensemble import FloatArray, IntArray, TreeEnsemble
 
 DEFAULT_TABLE_BUDGET_BYTES = 512 * 1024 * 1024
+# Up to this many rows a call computes each leaf's weights for its rows instead of reading
+# the tables: one row touches one cache line of every leaf's table, at random, and those
+# misses were most of a single row's time (2x slower than computing, 300-tree depth-6
+# XGBoost); from about 4 rows on, the tables, read once per block, win.
+DIRECT_MAX_ROWS = 3
 # A leaf's table grows as 2^d·d and takes O(2^d·d^3) to fill: past 16 distinct features
 # on one path, filling alone would take seconds per leaf.
 MAX_PATH_FEATURES = 16
@@ -63,13 +68,22 @@ class FastPathDependent:
             self._edge_slot,
             self._n_unique,
             self._unique_feature,
-            zero_fraction,
+            self._zero_fraction,
         ) = paths
         sizes = (1 << self._n_unique.astype(np.int64)) * self._n_unique
         self._offsets = np.zeros(n_leaves, dtype=np.int64)
         np.cumsum(sizes[:-1], out=self._offsets[1:])
         self._weights = np.empty(int(sizes.sum()))
-        kernels_tables.fill_weights(self._n_unique, zero_fraction, self._offsets, self._weights)
+        kernels_tables.fill_weights(
+            self._n_unique, self._zero_fraction, self._offsets, self._weights
+        )
+        # coef[d, s] = s!(d-1-s)!/d!, the Shapley weight of a subset of size s of d - 1.
+        dmax = max(int(self._n_unique.max(initial=0)), 1)
+        self._coef = np.zeros((dmax + 1, dmax + 1))
+        for d in range(1, dmax + 1):
+            self._coef[d, 0] = 1.0 / d
+            for s in range(1, d):
+                self._coef[d, s] = self._coef[d, s - 1] * s / (d - s)
         self._parallel_min_rows = parallel_min_rows
         # 0: numba's pool (all cores); the sidecar passes 1 so that its worker count
         # alone bounds the cores explanations take from the proxy.
@@ -132,6 +146,14 @@ class FastPathDependent:
         parallel = n >= self._parallel_min_rows and self._threads > 1
         # Blocks small enough that a block's phi rows and go flags stay in L2.
         block = max(1, min(128, -(-n // self._threads) if parallel else 128))
+        if self._bits and n <= DIRECT_MAX_ROWS:
+            direct: FloatArray = kernels_shap.shap_bits_direct(
+                X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output, e.roots,
+                self._leaf_start, self._leaf_node, self._rank, self._need_left,
+                self._need_right, self._n_unique, self._unique_feature, self._zero_fraction,
+                self._coef,
+            )  # fmt: skip
+            return direct
         if self._bits:
             args: tuple[Any, ...] = (
                 X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output, e.roots,
