@@ -80,22 +80,33 @@ def _shap_rows(
 
 
 @_jit
+def _go_bits(X, r, i0, i1, split_nan_left, split_feature, split_threshold):
+    """Row r's go-left decisions at one tree's splits i0..i1 (its internal nodes in order),
+    bit i - i0 each. Branch-free: NaN compares false, then goes where split_nan_left says."""
+    g = np.int64(0)
+    for i in range(i0, i1):
+        v = X[r, split_feature[i]]
+        goes = np.int64(v <= split_threshold[i]) | (np.int64(np.isnan(v)) & split_nan_left[i])
+        g |= goes << (i - i0)
+    return g
+
+
+@_jit
 def _shap_rows_bits(
     X,
     r0,
     r1,
     phi,
     gobits,
-    left,
-    default,
-    feature,
-    threshold,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
     value,
     tree_output,
     roots,
     leaf_start,
     leaf_node,
-    rank,
     need_left,
     need_right,
     n_unique,
@@ -109,19 +120,12 @@ def _shap_rows_bits(
     nl = np.empty(D, dtype=np.int64)
     nr = np.empty(D, dtype=np.int64)
     uf = np.empty(D, dtype=np.int64)
-    n_nodes = left.shape[0]
     for t in range(roots.shape[0]):
-        s = roots[t]
-        e = roots[t + 1] if t + 1 < roots.shape[0] else n_nodes
+        i0 = split_start[t]
         for r in range(r0, r1):
-            g = np.int64(0)
-            for n in range(s, e):
-                if left[n] >= 0:
-                    v = X[r, feature[n]]
-                    goes = (default[n] == left[n]) if np.isnan(v) else v <= threshold[n]
-                    if goes:
-                        g |= np.int64(1) << rank[n]
-            gobits[r - r0] = g
+            gobits[r - r0] = _go_bits(
+                X, r, i0, split_start[t + 1], split_nan_left, split_feature, split_threshold
+            )
         k0 = tree_output[t]
         for li in range(leaf_start[t], leaf_start[t + 1]):
             d = n_unique[li]
@@ -167,16 +171,15 @@ def _shap_rows_bits(
 @_jit
 def shap_bits_serial(
     X,
-    left,
-    default,
-    feature,
-    threshold,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
     value,
     tree_output,
     roots,
     leaf_start,
     leaf_node,
-    rank,
     need_left,
     need_right,
     n_unique,
@@ -196,16 +199,15 @@ def shap_bits_serial(
             r1,
             phi,
             gobits,
-            left,
-            default,
-            feature,
-            threshold,
+            split_start,
+            split_nan_left,
+            split_feature,
+            split_threshold,
             value,
             tree_output,
             roots,
             leaf_start,
             leaf_node,
-            rank,
             need_left,
             need_right,
             n_unique,
@@ -219,16 +221,15 @@ def shap_bits_serial(
 @_pjit
 def shap_bits_parallel(
     X,
-    left,
-    default,
-    feature,
-    threshold,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
     value,
     tree_output,
     roots,
     leaf_start,
     leaf_node,
-    rank,
     need_left,
     need_right,
     n_unique,
@@ -250,16 +251,15 @@ def shap_bits_parallel(
             r1,
             phi,
             gobits,
-            left,
-            default,
-            feature,
-            threshold,
+            split_start,
+            split_nan_left,
+            split_feature,
+            split_threshold,
             value,
             tree_output,
             roots,
             leaf_start,
             leaf_node,
-            rank,
             need_left,
             need_right,
             n_unique,
@@ -385,16 +385,15 @@ def shap_parallel(
 @_jit
 def shap_bits_direct(
     X,
-    left,
-    default,
-    feature,
-    threshold,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
     value,
     tree_output,
     roots,
     leaf_start,
     leaf_node,
-    rank,
     need_left,
     need_right,
     n_unique,
@@ -423,18 +422,17 @@ def shap_bits_direct(
     e = np.empty(D + 1)
     ep = np.empty(D + 1)
     w = np.empty(D)
-    n_nodes = left.shape[0]
     for r in range(n):
         for t in range(roots.shape[0]):
-            s = roots[t]
-            end = roots[t + 1] if t + 1 < roots.shape[0] else n_nodes
-            g = np.int64(0)
-            for nd in range(s, end):
-                if left[nd] >= 0:
-                    v = X[r, feature[nd]]
-                    goes = (default[nd] == left[nd]) if np.isnan(v) else v <= threshold[nd]
-                    if goes:
-                        g |= np.int64(1) << rank[nd]
+            g = _go_bits(
+                X,
+                r,
+                split_start[t],
+                split_start[t + 1],
+                split_nan_left,
+                split_feature,
+                split_threshold,
+            )
             k0 = tree_output[t]
             for li in range(leaf_start[t], leaf_start[t + 1]):
                 d = n_unique[li]

@@ -99,6 +99,15 @@ class FastPathDependent:
         )  # fmt: skip
         # Packed path bits need every tree to have at most 64 internal nodes.
         self._bits = bool((self._rank[ens.left >= 0] >= 0).all())
+        # Each tree's splits (its internal nodes, in node order: the order of their bits)
+        # as flat arrays, so a row's decisions are one pass with no leaves to skip.
+        internal = np.flatnonzero(ens.left >= 0)
+        self._splits = (
+            np.searchsorted(internal, np.append(ens.roots, ens.n_nodes)).astype(np.int64),
+            (ens.default[internal] == ens.left[internal]).astype(np.int64),
+            np.ascontiguousarray(ens.feature[internal]),
+            np.ascontiguousarray(ens.threshold[internal]),
+        )
         # numba's default threading layer must not be entered by two threads at once.
         self._parallel_lock = threading.Lock()
         root_cover = ens.cover[ens.roots[self._leaf_tree]]
@@ -148,17 +157,16 @@ class FastPathDependent:
         block = max(1, min(128, -(-n // self._threads) if parallel else 128))
         if self._bits and n <= DIRECT_MAX_ROWS:
             direct: FloatArray = kernels_shap.shap_bits_direct(
-                X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output, e.roots,
-                self._leaf_start, self._leaf_node, self._rank, self._need_left,
-                self._need_right, self._n_unique, self._unique_feature, self._zero_fraction,
-                self._coef,
+                X, *self._splits, e.value, e.tree_output, e.roots, self._leaf_start,
+                self._leaf_node, self._need_left, self._need_right, self._n_unique,
+                self._unique_feature, self._zero_fraction, self._coef,
             )  # fmt: skip
             return direct
         if self._bits:
             args: tuple[Any, ...] = (
-                X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output, e.roots,
-                self._leaf_start, self._leaf_node, self._rank, self._need_left, self._need_right,
-                self._n_unique, self._unique_feature, self._offsets, self._weights, block,
+                X, *self._splits, e.value, e.tree_output, e.roots, self._leaf_start,
+                self._leaf_node, self._need_left, self._need_right, self._n_unique,
+                self._unique_feature, self._offsets, self._weights, block,
             )  # fmt: skip
             serial_fn: Callable[..., FloatArray] = kernels_shap.shap_bits_serial
             parallel_fn: Callable[..., FloatArray] = kernels_shap.shap_bits_parallel
