@@ -15,7 +15,8 @@ import numpy as np
 from explainers.ensemble import Transform, TreeEnsemble, build
 from explainers.errors import ModelLoadError
 
-MAX_FEATURES = 1 << 20
+# Beyond any tree model we serve; the fidelity probe allocates rows x features.
+MAX_FEATURES = 1 << 16
 
 _IDENTITY = {
     "regression",

@@ -22,6 +22,8 @@ import numpy as np
 from explainers.ensemble import Transform, TreeEnsemble, build, lt_to_le
 from explainers.errors import ModelLoadError
 
+# Beyond any tree model we serve; the fidelity probe allocates rows x features.
+MAX_FEATURES = 1 << 16
 _TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
 _PASS_BEFORE = ("Cast", "Identity")
 _TRANSFORMS: dict[str, Transform] = {
@@ -180,6 +182,8 @@ def _n_features(a: dict[str, Any], width: int | None) -> int:
     used = max((int(f) for f in a["nodes_featureids"]), default=0) + 1
     if width is None:
         return used
+    if width > MAX_FEATURES:
+        raise ModelLoadError(f"the input declares {width} features (at most {MAX_FEATURES})")
     if used > width:
         raise ModelLoadError(
             f"the trees split on feature {used - 1} but the input has {width} features"

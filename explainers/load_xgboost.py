@@ -60,7 +60,8 @@ def load_xgboost_file(path: Path) -> TreeEnsemble:
         ) from None
 
 
-MAX_FEATURES = 1 << 20
+# Beyond any tree model we serve; the fidelity probe allocates rows x features.
+MAX_FEATURES = 1 << 16
 _NO_PARENT = 2147483647
 _REQUIRED = ("left_children", "right_children", "split_indices", "split_conditions")
 _NODE_ARRAYS = (

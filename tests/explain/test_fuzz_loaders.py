@@ -123,3 +123,42 @@ def test_declared_counts_must_match_the_arrays(
     bad_lgb.write_text(text[:start] + text[text.index("\n", start) + 1 :])
     with pytest.raises(ModelLoadError, match="tree 0: num_leaves=999999999 but"):
         load_model(bad_lgb)
+
+
+def test_declared_feature_counts_past_the_limit(
+    xgb_models: dict[str, Trained], lgb_models: dict[str, Trained], tmp_path: Path
+) -> None:
+    from explainers import load_lightgbm, load_xgboost
+    from explainers.loader import load_model
+
+    doc = json.loads(xgb_models["binary"].path.read_text())
+    param = doc["learner"]["learner_model_param"]
+    bad = tmp_path / "wide.json"
+    param["num_feature"] = str(load_xgboost.MAX_FEATURES)
+    bad.write_text(json.dumps(doc))
+    load_model(bad)  # at the limit: loads
+    param["num_feature"] = str(load_xgboost.MAX_FEATURES + 1)
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError, match="num_feature 65537 is out of range"):
+        load_model(bad)
+    text = lgb_models["binary"].path.read_text()
+    wide = tmp_path / "wide.txt"
+    wide.write_text(
+        text.replace("max_feature_idx=5", f"max_feature_idx={load_lightgbm.MAX_FEATURES}")
+    )
+    with pytest.raises(ModelLoadError, match="max_feature_idx=65536 is out of range"):
+        load_model(wide)
+
+
+def test_onnx_input_wider_than_the_limit(lgb_models: dict[str, Trained], tmp_path: Path) -> None:
+    import onnx
+
+    from explainers import load_onnx
+    from explainers.loader import load_model
+
+    model = onnx.load(str(lgb_models["binary"].onnx_path))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = load_onnx.MAX_FEATURES + 1
+    wide = tmp_path / "wide.onnx"
+    onnx.save(model, str(wide))
+    with pytest.raises(ModelLoadError, match="declares 65537 features"):
+        load_model(wide)
