@@ -20,8 +20,9 @@ COPY sidecar ./sidecar
 COPY explainers ./explainers
 # A virtualenv that the runtime stage copies whole: no compilers or build caches ship.
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
-# Compile the explainer's numba kernels now (about 8 s at build time, 20-35 s at a first
-# start on a busy machine) into a cache the runtime stage ships; starts then read it (~1 s).
+# Compile the explainer's numba kernels now (19 s on a busy 2-core machine; 26 s inside a
+# first start beside a loading model) into a cache the runtime stage ships; starts then read
+# it (about 1 s).
 # (From /, so that the installed package is the one compiled, not /src/explainers.)
 RUN cd / && NUMBA_CACHE_DIR=/numba-cache /opt/venv/bin/python -m explainers.warmup
 
