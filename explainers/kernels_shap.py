@@ -80,22 +80,33 @@ def _shap_rows(
 
 
 @_jit
+def _go_bits(X, r, i0, i1, split_nan_left, split_feature, split_threshold):
+    """Row r's go-left decisions at one tree's splits i0..i1 (its internal nodes in order),
+    bit i - i0 each. Branch-free: NaN compares false, then goes where split_nan_left says."""
+    g = np.int64(0)
+    for i in range(i0, i1):
+        v = X[r, split_feature[i]]
+        goes = np.int64(v <= split_threshold[i]) | (np.int64(np.isnan(v)) & split_nan_left[i])
+        g |= goes << (i - i0)
+    return g
+
+
+@_jit
 def _shap_rows_bits(
     X,
     r0,
     r1,
     phi,
     gobits,
-    left,
-    default,
-    feature,
-    threshold,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
     value,
     tree_output,
     roots,
     leaf_start,
     leaf_node,
-    rank,
     need_left,
     need_right,
     n_unique,
@@ -109,19 +120,12 @@ def _shap_rows_bits(
     nl = np.empty(D, dtype=np.int64)
     nr = np.empty(D, dtype=np.int64)
     uf = np.empty(D, dtype=np.int64)
-    n_nodes = left.shape[0]
     for t in range(roots.shape[0]):
-        s = roots[t]
-        e = roots[t + 1] if t + 1 < roots.shape[0] else n_nodes
+        i0 = split_start[t]
         for r in range(r0, r1):
-            g = np.int64(0)
-            for n in range(s, e):
-                if left[n] >= 0:
-                    v = X[r, feature[n]]
-                    goes = (default[n] == left[n]) if np.isnan(v) else v <= threshold[n]
-                    if goes:
-                        g |= np.int64(1) << rank[n]
-            gobits[r - r0] = g
+            gobits[r - r0] = _go_bits(
+                X, r, i0, split_start[t + 1], split_nan_left, split_feature, split_threshold
+            )
         k0 = tree_output[t]
         for li in range(leaf_start[t], leaf_start[t + 1]):
             d = n_unique[li]
@@ -138,10 +142,12 @@ def _shap_rows_bits(
                 val = value[node, k0]
                 for r in range(r0, r1):
                     g = gobits[r - r0]
-                    mask = 0
+                    mask = np.int64(0)
                     for j in range(d):
-                        if (g & nl[j]) == nl[j] and (g & nr[j]) == 0:
-                            mask |= 1 << j
+                        # Branch-free: whether a row satisfies a slot is a coin flip to
+                        # the branch predictor.
+                        miss = ((g & nl[j]) ^ nl[j]) | (g & nr[j])
+                        mask |= np.int64(miss == 0) << j
                     base = off + mask * d
                     row = phi[r, k0]
                     for j in range(d):
@@ -149,10 +155,12 @@ def _shap_rows_bits(
             else:
                 for r in range(r0, r1):
                     g = gobits[r - r0]
-                    mask = 0
+                    mask = np.int64(0)
                     for j in range(d):
-                        if (g & nl[j]) == nl[j] and (g & nr[j]) == 0:
-                            mask |= 1 << j
+                        # Branch-free: whether a row satisfies a slot is a coin flip to
+                        # the branch predictor.
+                        miss = ((g & nl[j]) ^ nl[j]) | (g & nr[j])
+                        mask |= np.int64(miss == 0) << j
                     base = off + mask * d
                     for j in range(d):
                         wj = weights[base + j]
@@ -163,16 +171,15 @@ def _shap_rows_bits(
 @_jit
 def shap_bits_serial(
     X,
-    left,
-    default,
-    feature,
-    threshold,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
     value,
     tree_output,
     roots,
     leaf_start,
     leaf_node,
-    rank,
     need_left,
     need_right,
     n_unique,
@@ -192,16 +199,15 @@ def shap_bits_serial(
             r1,
             phi,
             gobits,
-            left,
-            default,
-            feature,
-            threshold,
+            split_start,
+            split_nan_left,
+            split_feature,
+            split_threshold,
             value,
             tree_output,
             roots,
             leaf_start,
             leaf_node,
-            rank,
             need_left,
             need_right,
             n_unique,
@@ -215,16 +221,15 @@ def shap_bits_serial(
 @_pjit
 def shap_bits_parallel(
     X,
-    left,
-    default,
-    feature,
-    threshold,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
     value,
     tree_output,
     roots,
     leaf_start,
     leaf_node,
-    rank,
     need_left,
     need_right,
     n_unique,
@@ -246,16 +251,15 @@ def shap_bits_parallel(
             r1,
             phi,
             gobits,
-            left,
-            default,
-            feature,
-            threshold,
+            split_start,
+            split_nan_left,
+            split_feature,
+            split_threshold,
             value,
             tree_output,
             roots,
             leaf_start,
             leaf_node,
-            rank,
             need_left,
             need_right,
             n_unique,
@@ -375,4 +379,107 @@ def shap_parallel(
             offsets,
             weights,
         )
+    return phi
+
+
+@_jit
+def shap_bits_direct(
+    X,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    need_left,
+    need_right,
+    n_unique,
+    unique_feature,
+    zero_fraction,
+    coef,
+):
+    """As shap_bits_serial, with each leaf's weights computed for the row's own mask
+    instead of read from the tables.
+
+    A table read is one cache miss per leaf (the tables are megabytes, a row touches one
+    line of each at random), which is what a single row's time goes to; the few numbers
+    a leaf needs here (its zero fractions, its path bits) are read in order. For the d
+    path features of a leaf, A the satisfied ones and B the others, with
+    e_q the elementary symmetric polynomials of the z's in A and coef[d, s] = s!(d-1-s)!/d!:
+    a feature of B gets -Π_B z · Σ_s coef[d, s] e_{|A|-s}; a feature j of A gets
+    (1 - z_j) Π_B z · Σ_s coef[d, s] e'_{|A|-1-s}, e' being e with z_j divided out
+    (e'_q = e_q - z_j e'_{q-1}). O(d²) per leaf and row, against O(2^d·d) table entries.
+    """
+    n = X.shape[0]
+    n_out = value.shape[1]
+    phi = np.zeros((n, n_out, X.shape[1]))
+    D = need_left.shape[1]
+    sat = np.empty(D, dtype=np.bool_)
+    za = np.empty(D)
+    e = np.empty(D + 1)
+    ep = np.empty(D + 1)
+    w = np.empty(D)
+    for r in range(n):
+        for t in range(roots.shape[0]):
+            g = _go_bits(
+                X,
+                r,
+                split_start[t],
+                split_start[t + 1],
+                split_nan_left,
+                split_feature,
+                split_threshold,
+            )
+            k0 = tree_output[t]
+            for li in range(leaf_start[t], leaf_start[t + 1]):
+                d = n_unique[li]
+                if d == 0:
+                    continue
+                na = 0
+                prod_b = 1.0
+                for j in range(d):
+                    # Branch-free, as in _shap_rows_bits.
+                    nl = need_left[li, j]
+                    ok = (((g & nl) ^ nl) | (g & need_right[li, j])) == 0
+                    z = zero_fraction[li, j]
+                    sat[j] = ok
+                    za[na] = z
+                    na += int(ok)
+                    prod_b *= 1.0 if ok else z
+                e[0] = 1.0
+                for q in range(1, na + 1):
+                    e[q] = 0.0
+                for a in range(na):
+                    for q in range(a + 1, 0, -1):
+                        e[q] += e[q - 1] * za[a]
+                w_out = 0.0
+                if na < d:
+                    acc = 0.0
+                    for q in range(na + 1):
+                        acc += coef[d, na - q] * e[q]
+                    w_out = -prod_b * acc
+                for j in range(d):
+                    if not sat[j]:
+                        w[j] = w_out
+                        continue
+                    zj = zero_fraction[li, j]
+                    ep[0] = 1.0
+                    acc = coef[d, na - 1]
+                    for q in range(1, na):
+                        ep[q] = e[q] - zj * ep[q - 1]
+                        acc += coef[d, na - 1 - q] * ep[q]
+                    w[j] = (1.0 - zj) * prod_b * acc
+                node = leaf_node[li]
+                if k0 >= 0:
+                    val = value[node, k0]
+                    for j in range(d):
+                        phi[r, k0, unique_feature[li, j]] += w[j] * val
+                else:
+                    for j in range(d):
+                        f = unique_feature[li, j]
+                        for k in range(n_out):
+                            phi[r, k, f] += w[j] * value[node, k]
     return phi

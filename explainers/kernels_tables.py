@@ -94,6 +94,51 @@ def leaf_paths(left, right, feature, cover, roots, n_leaves, max_depth):
 
 
 @_jit
+def path_unique_counts(left, right, feature, roots, n_leaves, n_features):
+    """Per leaf, the number of distinct features on its path: what its table needs.
+
+    A depth-first walk that counts each feature's uses on the current path, so the
+    answer costs one step per edge and no per-leaf arrays (deep trees stay cheap to size).
+    """
+    out = np.zeros(n_leaves, dtype=np.int32)
+    uses = np.zeros(max(n_features, 1), dtype=np.int32)
+    n_nodes = left.shape[0]
+    path_node = np.empty(n_nodes + 1, dtype=np.int32)
+    next_child = np.empty(n_nodes + 1, dtype=np.int32)  # 0: left next, 1: right next, 2: done
+    li = 0
+    for t in range(roots.shape[0]):
+        depth = 0
+        distinct = 0
+        path_node[0] = roots[t]
+        next_child[0] = 0
+        while depth >= 0:
+            node = path_node[depth]
+            if left[node] < 0:
+                out[li] = distinct
+                li += 1
+                depth -= 1
+                continue
+            step = next_child[depth]
+            f = feature[node]
+            if step == 2:
+                # Leaving this split: its feature is no longer on the path.
+                uses[f] -= 1
+                if uses[f] == 0:
+                    distinct -= 1
+                depth -= 1
+                continue
+            if step == 0:
+                if uses[f] == 0:
+                    distinct += 1
+                uses[f] += 1
+            next_child[depth] = step + 1
+            depth += 1
+            path_node[depth] = left[node] if step == 0 else right[node]
+            next_child[depth] = 0
+    return out
+
+
+@_jit
 def fill_weights(n_unique, zero_fraction, offsets, weights):
     """weights[off + mask*d + j]: the Shapley weight of path feature j given satisfied set mask.
 

@@ -6,6 +6,7 @@ counts (``internal_count``/``leaf_count``), which is what its own TreeSHAP uses.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ import numpy as np
 
 from explainers.ensemble import Transform, TreeEnsemble, build
 from explainers.errors import ModelLoadError
+
+# Beyond any tree model we serve; the fidelity probe allocates rows x features.
+MAX_FEATURES = 1 << 16
 
 _IDENTITY = {
     "regression",
@@ -65,8 +69,15 @@ def from_lightgbm_text(text: str) -> TreeEnsemble:
     if "end of trees" not in text:
         raise ModelLoadError("the model file is truncated ('end of trees' is missing)")
     header, blocks = _blocks(text)
+    _check_layout(text, header, len(blocks))
     n_features = int(header["max_feature_idx"]) + 1
     per_iter = int(header.get("num_tree_per_iteration", "1"))
+    if not 0 < n_features <= MAX_FEATURES:
+        raise ModelLoadError(f"header: max_feature_idx={n_features - 1} is out of range")
+    if not 0 < per_iter <= max(len(blocks), 1):
+        raise ModelLoadError(
+            f"header: num_tree_per_iteration={per_iter} for a model of {len(blocks)} trees"
+        )
     transform = _transform(header.get("objective", "regression"))
     scale = 1.0
     if "average_output" in header:
@@ -101,6 +112,88 @@ def _transform(objective: str) -> Transform:
     raise ModelLoadError(f"objective {objective!r} is not supported")
 
 
+def _check_layout(text: str, header: dict[str, str], n_trees: int) -> None:
+    """What LightGBM's own reader (the fidelity reference, next) trusts without checking:
+    it jumps to each tree by the byte sizes in ``tree_sizes``, and reads the parameters
+    section to its end marker; wrong sizes or a cut section crashed it."""
+    data = text.encode("utf-8")
+    if b"\nparameters:" in data and b"end of parameters" not in data:
+        raise ModelLoadError("the parameters section is truncated ('end of parameters' is missing)")
+    if "tree_sizes" not in header:
+        return
+    sizes = [int(v) for v in header["tree_sizes"].split()]
+    if len(sizes) != n_trees:
+        raise ModelLoadError(f"tree_sizes lists {len(sizes)} trees, the file holds {n_trees}")
+    pos = data.find(b"\nTree=") + 1
+    for i, size in enumerate(sizes):
+        if size < 1 or data[pos : pos + 5] != b"Tree=":
+            raise ModelLoadError(f"tree_sizes: tree {i} does not start at byte {pos}")
+        pos += size
+    if not data[pos:].lstrip().startswith(b"end of trees"):
+        raise ModelLoadError(f"tree_sizes: the trees do not end at byte {pos}")
+
+
+_REQUIRED = ("num_leaves", "num_cat", "leaf_value", "split_feature", "threshold", "left_child",
+             "right_child")  # fmt: skip
+_INT = r"-?\d+"
+_FLOAT = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|-?inf|nan"
+_INTS = re.compile(f"(?:{_INT})(?: (?:{_INT}))*")
+_FLOATS = re.compile(f"(?:{_FLOAT})(?: (?:{_FLOAT}))*")
+_NUMBER_FIELDS = {
+    "num_leaves": _INTS,
+    "num_cat": _INTS,
+    "is_linear": _INTS,
+    "shrinkage": _FLOATS,
+    "leaf_value": _FLOATS,
+    "leaf_weight": _FLOATS,
+    "leaf_count": _INTS,
+    "split_feature": _INTS,
+    "split_gain": _FLOATS,
+    "threshold": _FLOATS,
+    "decision_type": _INTS,
+    "left_child": _INTS,
+    "right_child": _INTS,
+    "internal_value": _FLOATS,
+    "internal_weight": _FLOATS,
+    "internal_count": _INTS,
+}
+_LEAF_ARRAYS = ("leaf_value", "leaf_count", "leaf_weight")
+_SPLIT_ARRAYS = (
+    "split_feature",
+    "split_gain",
+    "threshold",
+    "decision_type",
+    "left_child",
+    "right_child",
+    "internal_value",
+    "internal_count",
+    "internal_weight",
+)
+
+
+def _check_sizes(i: int, b: dict[str, str]) -> int:
+    """num_leaves, checked against the arrays before anything is sized from it."""
+    n_leaves = int(b["num_leaves"])
+    if n_leaves < 1:
+        raise ModelLoadError(f"tree {i}: num_leaves={n_leaves}")
+    for key in (*_LEAF_ARRAYS, *_SPLIT_ARRAYS):
+        want = n_leaves if key in _LEAF_ARRAYS else n_leaves - 1
+        if key in b and want > 0 and len(b[key].split()) != want:
+            raise ModelLoadError(
+                f"tree {i}: num_leaves={n_leaves} but {key} has {len(b[key].split())} values"
+            )
+    # LightGBM's reader aborts the whole process (a fatal error inside a parallel loop)
+    # when one of these is missing or holds anything but numbers split by single spaces.
+    need = _REQUIRED if n_leaves > 1 else _REQUIRED[:3]
+    missing = [key for key in need if key not in b]
+    if missing:
+        raise ModelLoadError(f"tree {i}: {', '.join(missing)} missing")
+    for key, pattern in _NUMBER_FIELDS.items():
+        if key in b and not pattern.fullmatch(b[key]):
+            raise ModelLoadError(f"tree {i}: {key} is not a list of numbers")
+    return n_leaves
+
+
 def _floats(block: dict[str, str], key: str) -> Any:
     return np.array([float(v) for v in block[key].split()], dtype=np.float64)
 
@@ -114,7 +207,7 @@ def _tree(i: int, b: dict[str, str], out: int, n_outputs: int, scale: float) -> 
         raise ModelLoadError(f"tree {i} is a linear tree, which is not supported")
     if int(b.get("num_cat", "0")) > 0:
         raise ModelLoadError(f"tree {i} has categorical splits, which are not supported")
-    n_leaves = int(b["num_leaves"])
+    n_leaves = _check_sizes(i, b)
     leaf_value = _floats(b, "leaf_value") * scale
     leaf_count = _floats(b, "leaf_count") if "leaf_count" in b else np.ones(n_leaves)
     n_int = n_leaves - 1

@@ -24,6 +24,8 @@ from explainers.ensemble import Transform, TreeEnsemble, build, lt_to_le
 from explainers.errors import ModelLoadError
 from explainers.onnx_outputs import output_chain
 
+# Beyond any tree model we serve; the fidelity probe allocates rows x features.
+MAX_FEATURES = 1 << 16
 _TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
 _PASS_BEFORE = ("Cast", "Identity")
 _TRANSFORMS: dict[str, Transform] = {
@@ -47,6 +49,12 @@ def load_onnx_file(path: Path) -> TreeEnsemble:
         return from_onnx(model)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        # A well-formed protobuf can still hold attributes no converter writes (a missing
+        # list, a name that is not UTF-8, lists of different lengths).
+        raise ModelLoadError(
+            f"{path}: malformed ONNX tree ensemble ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def tree_node(model: Any) -> Any:
@@ -184,6 +192,8 @@ def _n_features(a: dict[str, Any], width: int | None) -> int:
     used = max((int(f) for f in a["nodes_featureids"]), default=0) + 1
     if width is None:
         return used
+    if width > MAX_FEATURES:
+        raise ModelLoadError(f"the input declares {width} features (at most {MAX_FEATURES})")
     if used > width:
         raise ModelLoadError(
             f"the trees split on feature {used - 1} but the input has {width} features"

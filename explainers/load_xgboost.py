@@ -1,7 +1,8 @@
 """XGBoost JSON and UBJ model files -> TreeEnsemble.
 
-JSON is parsed here; UBJ is decoded by XGBoost itself (the native library is
-then needed anyway, as the fidelity reference) and re-read as JSON.
+Both are parsed here (UBJ by explainers.ubjson, which bounds every declared size),
+and the declared counts are checked against the arrays before XGBoost's own reader
+(the fidelity reference) opens the file.
 XGBoost compares ``x < split`` in float32, so thresholds are moved one float32
 ulp down to the ensemble's ``<=`` convention, as shap does. A model saved by early
 stopping keeps ``best_iteration``: only the trees up to it are explained (``trees_used``).
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from explainers import ubjson
 from explainers.ensemble import Transform, TreeEnsemble, build, lt_to_le
 from explainers.errors import ModelLoadError
 
@@ -42,35 +44,95 @@ _OBJECTIVES: dict[str, tuple[str, Transform]] = {
 def load_xgboost_file(path: Path, *, all_rounds: bool = False) -> TreeEnsemble:
     data = path.read_bytes()
     if path.suffix.lower() == ".ubj" or data.lstrip()[:1] != b"{":
-        data = _ubj_to_json(path, data)
+        try:
+            doc = ubjson.loads(data)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from None
+    else:
+        try:
+            doc = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ModelLoadError(f"{path}: not a valid XGBoost JSON model ({exc})") from None
     try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path}: not a valid XGBoost JSON model ({exc})") from None
-    try:
-        return from_xgboost_json(doc, all_rounds=all_rounds)
+        ens = from_xgboost_json(doc, all_rounds=all_rounds)
+        check_sizes(doc)
+        return ens
     except ModelLoadError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise ModelLoadError(
             f"{path}: malformed XGBoost model ({type(exc).__name__}: {exc})"
         ) from None
 
 
-def _ubj_to_json(path: Path, data: bytes) -> bytes:
-    try:
-        import xgboost
-    except ImportError:
+# Beyond any tree model we serve; the fidelity probe allocates rows x features.
+MAX_FEATURES = 1 << 16
+_NO_PARENT = 2147483647
+_REQUIRED = ("left_children", "right_children", "split_indices", "split_conditions")
+_NODE_ARRAYS = (
+    *_REQUIRED,
+    "default_left",
+    "sum_hessian",
+    "parents",
+    "base_weights",
+    "loss_changes",
+)
+
+
+def check_sizes(doc: Any) -> None:
+    """Declared counts must match the arrays that follow: XGBoost's own reader (the
+    fidelity reference, which reads the same file next) allocates from the counts."""
+    model = doc["learner"]["gradient_booster"]
+    if model.get("name") == "dart":
+        model = model["gbtree"]
+    model = model["model"]
+    trees = model["trees"]
+    declared = int(model["gbtree_model_param"]["num_trees"])
+    if declared != len(trees) or len(model["tree_info"]) != len(trees):
         raise ModelLoadError(
-            f"{path}: UBJ models need the xgboost package (pip install 'explaining-sidecar[native]')"
-        ) from None
-    try:
-        booster = xgboost.Booster()
-        booster.load_model(bytearray(data))
-        return bytes(booster.save_raw("json"))
-    except xgboost.core.XGBoostError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-        raise ModelLoadError(f"{path}: XGBoost cannot read this model: {first}") from None
+            f"gbtree_model_param: num_trees is {declared} but the file holds {len(trees)} "
+            f"trees and {len(model['tree_info'])} tree_info entries"
+        )
+    n_features = int(doc["learner"]["learner_model_param"]["num_feature"])
+    if not 0 < n_features <= MAX_FEATURES:
+        raise ModelLoadError(f"learner_model_param: num_feature {n_features} is out of range")
+    for i, t in enumerate(trees):
+        if int(t.get("id", i)) != i:
+            # XGBoost places a tree by its id: a wrong one crashed its predict.
+            raise ModelLoadError(f"tree {i} has the id {t['id']}")
+        n = int(t["tree_param"]["num_nodes"])
+        for key in _NODE_ARRAYS:
+            if (key in t or key in _REQUIRED) and len(t[key]) != n:
+                raise ModelLoadError(
+                    f"tree {i}: tree_param num_nodes is {n} but {key} has {len(t[key])} entries"
+                )
+        if "parents" in t:
+            _check_parents(i, t)
+        if not any(int(s) != 0 for s in t.get("split_type", [])):
+            for key in (
+                "categories",
+                "categories_nodes",
+                "categories_segments",
+                "categories_sizes",
+            ):
+                if len(t.get(key, [])):
+                    raise ModelLoadError(f"tree {i}: {key} is set but no split is categorical")
+
+
+def _check_parents(i: int, t: dict[str, Any]) -> None:
+    # XGBoost's reader follows parents without checking them (a wrong one crashed it).
+    left = np.asarray(t["left_children"], dtype=np.int64)
+    right = np.asarray(t["right_children"], dtype=np.int64)
+    parents = np.asarray(t["parents"], dtype=np.int64)
+    n = len(left)
+    internal = np.flatnonzero(left != -1)
+    for kids in (left[internal], right[internal]):
+        if ((kids < 1) | (kids >= n)).any():
+            raise ModelLoadError(f"tree {i}: a child index is out of range")
+        if (parents[kids] != internal).any():
+            raise ModelLoadError(f"tree {i}: parents do not match the children")
+    if n and parents[0] != _NO_PARENT:
+        raise ModelLoadError(f"tree {i}: the root has a parent")
 
 
 def from_xgboost_json(doc: dict[str, Any], *, all_rounds: bool = False) -> TreeEnsemble:

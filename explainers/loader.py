@@ -83,7 +83,11 @@ def load_model(
         from explainers.load_onnx import load_onnx_file
 
         ens = load_onnx_file(p)
-        return LoadedModel(ens, onnx_reference(onnx.load_model_from_string(data)), fmt, digest)
+        try:
+            ref = onnx_reference(onnx.load_model_from_string(data))
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{p}: {exc}") from None
+        return LoadedModel(ens, ref, fmt, digest)
     if fmt == "xgboost":
         from explainers.load_xgboost import load_xgboost_file
 

@@ -2,12 +2,13 @@
 
 - ``FastPathDependent``: our compiled Fast TreeSHAP v2 kernel (kernels_tables.py,
   kernels_shap.py). Chosen when its per-leaf weight tables fit the memory budget
-  (shallow trees: depth 6 needs 6·64 weights per leaf); measured several times faster
+  (a leaf with d distinct path features needs 2^d·d weights: 6·64 at depth 6, about
+  20 MB in all for a default 31-leaf LightGBM model); measured several times faster
   than XGBoost's native pred_contribs, which shap calls for XGBoost models
   (loadtests/bench_explain.py).
 - ``ShapLibrary``: shap's own C kernel, fed our flat arrays through shap's documented
-  dict model form. Used for deep trees, where 2^depth tables would not fit, and for
-  interventional TreeSHAP against a background sample.
+  dict model form. Used where one path has more than 16 distinct features or the
+  tables would not fit the budget, and for interventional TreeSHAP against a background.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from explainers import kernels, kernels_shap, kernels_tables
 from explainers.ensemble import FloatArray, IntArray, TreeEnsemble
 
 DEFAULT_TABLE_BUDGET_BYTES = 512 * 1024 * 1024
-MAX_TABLE_DEPTH = 16
+# Up to this many rows a call computes each leaf's weights for its rows instead of reading
+# the tables: one row touches one cache line of every leaf's table, at random, and those
+# misses were most of a single row's time (2x slower than computing, 300-tree depth-6
+# XGBoost); from about 4 rows on, the tables, read once per block, win.
+DIRECT_MAX_ROWS = 3
+# A leaf's table grows as 2^d·d and takes O(2^d·d^3) to fill: past 16 distinct features
+# on one path, filling alone would take seconds per leaf.
+MAX_PATH_FEATURES = 16
 
 
 class Backend(Protocol):
@@ -60,13 +68,22 @@ class FastPathDependent:
             self._edge_slot,
             self._n_unique,
             self._unique_feature,
-            zero_fraction,
+            self._zero_fraction,
         ) = paths
         sizes = (1 << self._n_unique.astype(np.int64)) * self._n_unique
         self._offsets = np.zeros(n_leaves, dtype=np.int64)
         np.cumsum(sizes[:-1], out=self._offsets[1:])
         self._weights = np.empty(int(sizes.sum()))
-        kernels_tables.fill_weights(self._n_unique, zero_fraction, self._offsets, self._weights)
+        kernels_tables.fill_weights(
+            self._n_unique, self._zero_fraction, self._offsets, self._weights
+        )
+        # coef[d, s] = s!(d-1-s)!/d!, the Shapley weight of a subset of size s of d - 1.
+        dmax = max(int(self._n_unique.max(initial=0)), 1)
+        self._coef = np.zeros((dmax + 1, dmax + 1))
+        for d in range(1, dmax + 1):
+            self._coef[d, 0] = 1.0 / d
+            for s in range(1, d):
+                self._coef[d, s] = self._coef[d, s - 1] * s / (d - s)
         self._parallel_min_rows = parallel_min_rows
         # 0: numba's pool (all cores); the sidecar passes 1 so that its worker count
         # alone bounds the cores explanations take from the proxy.
@@ -82,6 +99,15 @@ class FastPathDependent:
         )  # fmt: skip
         # Packed path bits need every tree to have at most 64 internal nodes.
         self._bits = bool((self._rank[ens.left >= 0] >= 0).all())
+        # Each tree's splits (its internal nodes, in node order: the order of their bits)
+        # as flat arrays, so a row's decisions are one pass with no leaves to skip.
+        internal = np.flatnonzero(ens.left >= 0)
+        self._splits = (
+            np.searchsorted(internal, np.append(ens.roots, ens.n_nodes)).astype(np.int64),
+            (ens.default[internal] == ens.left[internal]).astype(np.int64),
+            np.ascontiguousarray(ens.feature[internal]),
+            np.ascontiguousarray(ens.threshold[internal]),
+        )
         # numba's default threading layer must not be entered by two threads at once.
         self._parallel_lock = threading.Lock()
         root_cover = ens.cover[ens.roots[self._leaf_tree]]
@@ -98,11 +124,26 @@ class FastPathDependent:
 
     @staticmethod
     def table_bytes(ens: TreeEnsemble) -> tuple[int, int]:
-        """(weight-table bytes, max path depth) this backend would need; depth bounds unique features."""
-        depth = int(kernels.tree_depth(ens.left, ens.right, ens.roots))
+        """(bytes this backend's tables would take, most distinct features on one path).
+
+        Summed leaf by leaf from the real paths: a leaf with d distinct path features needs
+        2^d·d weights, plus its path's edges. Sizing every leaf from the deepest path
+        instead (2^depth) overstated a default LightGBM model (31 leaves, depth 17) by four
+        orders of magnitude and sent it to the slow kernel. -1 bytes: a path is too rich.
+        """
         n_leaves = int((ens.left < 0).sum())
-        d = min(depth, MAX_TABLE_DEPTH + 1)
-        return n_leaves * (1 << d) * d * 8, depth
+        unique = kernels_tables.path_unique_counts(
+            ens.left, ens.right, ens.feature, ens.roots, n_leaves, ens.n_features
+        ).astype(np.float64)
+        most = int(unique.max(initial=0))
+        if most > MAX_PATH_FEATURES:
+            return -1, most
+        depth = int(kernels.tree_depth(ens.left, ens.right, ens.roots))
+        weights = float((np.exp2(unique) * unique).sum()) * 8
+        # leaf_paths' per-leaf arrays, one entry per edge: node, slot and unique feature
+        # (int32), direction (bool), zero fraction (float64), two bit masks (int64).
+        paths = n_leaves * max(depth, 1) * (4 + 4 + 4 + 1 + 8 + 16)
+        return int(weights) + paths, most
 
     @property
     def expected_value(self) -> FloatArray:
@@ -114,11 +155,18 @@ class FastPathDependent:
         parallel = n >= self._parallel_min_rows and self._threads > 1
         # Blocks small enough that a block's phi rows and go flags stay in L2.
         block = max(1, min(128, -(-n // self._threads) if parallel else 128))
+        if self._bits and n <= DIRECT_MAX_ROWS:
+            direct: FloatArray = kernels_shap.shap_bits_direct(
+                X, *self._splits, e.value, e.tree_output, e.roots, self._leaf_start,
+                self._leaf_node, self._need_left, self._need_right, self._n_unique,
+                self._unique_feature, self._zero_fraction, self._coef,
+            )  # fmt: skip
+            return direct
         if self._bits:
             args: tuple[Any, ...] = (
-                X, e.left, e.default, e.feature, e.threshold, e.value, e.tree_output, e.roots,
-                self._leaf_start, self._leaf_node, self._rank, self._need_left, self._need_right,
-                self._n_unique, self._unique_feature, self._offsets, self._weights, block,
+                X, *self._splits, e.value, e.tree_output, e.roots, self._leaf_start,
+                self._leaf_node, self._need_left, self._need_right, self._n_unique,
+                self._unique_feature, self._offsets, self._weights, block,
             )  # fmt: skip
             serial_fn: Callable[..., FloatArray] = kernels_shap.shap_bits_serial
             parallel_fn: Callable[..., FloatArray] = kernels_shap.shap_bits_parallel
@@ -227,7 +275,7 @@ def choose_backend(
         return ShapLibrary(ens, background)
     if algorithm != "path_dependent":
         raise ValueError(f"unknown algorithm {algorithm!r}: use path_dependent or interventional")
-    size, depth = FastPathDependent.table_bytes(ens)
-    if depth <= MAX_TABLE_DEPTH and size <= table_budget_bytes:
+    size, _ = FastPathDependent.table_bytes(ens)
+    if 0 <= size <= table_budget_bytes:
         return FastPathDependent(ens, threads=threads)
     return ShapLibrary(ens)
