@@ -92,8 +92,8 @@ def load_model(
         from explainers.load_xgboost import load_xgboost_file
 
         ens = load_xgboost_file(p, all_rounds=xgboost_all_rounds)
-        ref = _native(lambda q: xgboost_reference(q, xgboost_all_rounds), p)
-        return LoadedModel(ens, ref, fmt, digest)
+        native = _native(lambda q: xgboost_reference(q, xgboost_all_rounds), p)
+        return LoadedModel(ens, native, fmt, digest)
     if fmt == "lightgbm":
         from explainers.load_lightgbm import load_lightgbm_file
 
