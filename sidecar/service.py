@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import threading
+from functools import partial
 from typing import Any
 
 from sidecar.config import Settings
@@ -92,6 +93,9 @@ class Service:
             registry,
             stages=stages.ordered(),
             poll_s=settings.decisions.flush_interval_ms / 1000.0,
+            gaps=self.sink.gaps,
+            on_overload=settings.decisions.on_overload,
+            sink_has_room=self.sink.has_room,
         )
         m = settings.model
         self.groups = GroupExtractor(settings.groups, registry)
@@ -128,7 +132,12 @@ class Service:
         )
         self.control_app = create_control_app(
             registry=registry,
-            ready_checks=[("upstream", self.upstream.reachable), ("sink", self._sink_ready)],
+            ready_checks=[
+                ("upstream", self.upstream.reachable),
+                ("sink", self._sink_ready),
+                ("decision_pipeline", self._pipeline_alive),
+                *((name, partial(self._sink_health, name)) for name in self.sink.health()),
+            ],
             routers=[review_api],
             guard=auth.require("auditor", "admin"),
             open_health=settings.control.open_health,
@@ -148,6 +157,12 @@ class Service:
 
     async def _sink_ready(self) -> bool:
         return self.sink.ready()
+
+    async def _pipeline_alive(self) -> bool:
+        return self.pipeline.alive()
+
+    async def _sink_health(self, name: str) -> bool:
+        return self.sink.health().get(name, False)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -209,7 +224,9 @@ class Service:
 
     def _stop_background(self) -> None:
         # In order: what the hot path handed over is recorded and explained, then flushed.
-        self.pipeline.drain(5.0)
+        if not self.pipeline.drain(5.0):
+            # Stuck (spool.on_full = "block" with no room): give up on what waits, in gap records.
+            self.sink.refuse_new()
         self.pipeline.close()
         if self.explain_stage is not None:
             self.explain_stage.close(5.0)

@@ -1,8 +1,11 @@
-"""The background stages, in the order the pipeline runs them: sample, record, publish, explain, review.
+"""The background stages, in the order the pipeline runs them: sample, record, review, publish, explain.
 
 Sampling comes first so events and the lookup store record it; explaining is
 queued only after "record", or a fast explanation could find no decision to
-attach to in the lookup store. Each stage takes every batch of one poll.
+attach to in the lookup store. Review comes before publish: under
+`spool.on_full = "block"` the publish stage can wait for room for long, and a
+held answer's review item must exist meanwhile (its ticket must not answer
+404); an explanation that arrives later is attached to the item then. Each stage takes every batch of one poll.
 Explanation results arrive here too, from the explainer threads.
 """
 
@@ -45,9 +48,9 @@ class Stages:
         return [
             ("sample", self.sample),
             ("record", self.record),
+            ("review", self.review),
             ("publish", self.publish),
             ("explain", self.explain),
-            ("review", self.review),
         ]
 
     def sample(self, batches: list[Batch]) -> None:
