@@ -96,6 +96,7 @@ class Service:
             gaps=self.sink.gaps,
             on_overload=settings.decisions.on_overload,
             sink_has_room=self.sink.has_room,
+            held_stage=stages.review,
         )
         m = settings.model
         self.groups = GroupExtractor(settings.groups, registry)

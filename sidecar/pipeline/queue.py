@@ -46,6 +46,8 @@ class Batch:
     decisions: list[Decision]
     explain_requested: bool = False
     held: Held | None = None
+    # Set by whichever thread enqueued the batch's review items (the held lane or the stages).
+    reviewed: bool = False
 
 
 Stage = Callable[[list[Batch]], None]
@@ -69,7 +71,14 @@ class Pipeline:
         gaps: GapLedger | None = None,
         on_overload: Literal["shed", "reject"] = "shed",
         sink_has_room: Callable[[], bool] | None = None,
+        held_stage: Stage | None = None,
     ):
+        # Held batches are also handed to `held_stage` on a thread of their own, so a held
+        # answer's ticket is readable even while the stages wait (spool.on_full = "block").
+        self._held_stage = held_stage
+        self._held: deque[Batch] = deque()
+        self._held_bell = threading.Event()
+        self._held_thread: threading.Thread | None = None
         self._gaps = gaps
         self.rejecting = on_overload == "reject"
         self._sink_has_room = sink_has_room
@@ -100,7 +109,7 @@ class Pipeline:
             name: registry.counter(
                 "sidecar_stage_failures_total", "Stage errors (logged)", {"stage": name}
             )
-            for name, _ in self._stages
+            for name in [n for n, _ in self._stages] + ["held-review"]
         }
         self._rejected = registry.counter(
             "sidecar_decisions_rejected_total",
@@ -148,6 +157,9 @@ class Pipeline:
         self._submitted.inc(n)
         self._queue.append(batch)
         if urgent:
+            if batch.held is not None and self._held_stage is not None:
+                self._held.append(batch)
+                self._held_bell.set()
             self._ring()
         return True
 
@@ -159,6 +171,22 @@ class Pipeline:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="decision-pipeline", daemon=True)
         self._thread.start()
+        if self._held_stage is not None:
+            self._held_thread = threading.Thread(
+                target=self._run_held, name="held-review", daemon=True
+            )
+            self._held_thread.start()
+
+    def _run_held(self) -> None:
+        stage = self._held_stage
+        assert stage is not None
+        while True:
+            self._held_bell.wait()
+            self._held_bell.clear()
+            if not self._held and self._stopping:
+                return
+            while self._held:
+                self._run_stage("held-review", stage, [self._held.popleft()])
 
     def _run(self) -> None:
         q = self._queue
@@ -209,8 +237,12 @@ class Pipeline:
             return
         self._stopping = True
         self._ring()
+        self._held_bell.set()
         self._thread.join(timeout_s)
         self._thread = None
+        if self._held_thread is not None:
+            self._held_thread.join(timeout_s)
+            self._held_thread = None
         # A stage still stuck: what it never took is accounted for, not lost silently.
         left = 0
         while self._queue:

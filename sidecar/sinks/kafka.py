@@ -248,7 +248,9 @@ class KafkaSink:
             )
             return False
         try:
-            return self.spool.append(kind, key, eid, when, data, force=kind == "gap")
+            return self.spool.append(
+                kind, key, eid, when, data, force=kind == "gap", reserved=kind == "review"
+            )
         except ValueError:  # over the record size limit, or an over-long key
             self._invalid.inc()
             if kind != "gap":

@@ -337,24 +337,35 @@ class Spool:
     # -- writing ---------------------------------------------------------
 
     def append(
-        self, kind: str, key: str, event_id: str, time_: str, body: bytes, *, force: bool = False
+        self,
+        kind: str,
+        key: str,
+        event_id: str,
+        time_: str,
+        body: bytes,
+        *,
+        force: bool = False,
+        reserved: bool = False,
     ) -> bool:
         """Append one event; False when it was dropped (spool full under drop_newest, disk error, closed).
 
-        `force` writes past `max_bytes` (gap records: small, and the only trace of a loss).
+        `force` writes past `max_bytes` (gap records: small, and the only trace of a loss);
+        `reserved` may use a reserve of max_bytes/8 beyond it (review events: the audit
+        trail, and a held answer's review must not wait behind a full spool).
         """
         size = HEADER.size + PAYLOAD.size + len(key) + len(event_id) + len(time_) + len(body)
+        bound = self.max_bytes + (self.max_bytes // 8 if reserved else 0)
         with self._lock:
             if self._closed or (self._refusing and not force):
                 self.m_dropped_closed.inc()
                 self._dropped("closed", kind, key)
                 return False
-            if not force and self._bytes + size > self.max_bytes:
+            if not force and self._bytes + size > bound:
                 if self.on_full == "drop_newest":
                     self.m_dropped_full.inc()
                     self._dropped("spool_full", kind, key)
                     return False
-                if not self._wait_for_room(size):
+                if not self._wait_for_room(size, bound):
                     self.m_dropped_closed.inc()
                     self._dropped("closed", kind, key)
                     return False
@@ -382,11 +393,11 @@ class Spool:
             self.m_spooled.inc()
             return True
 
-    def _wait_for_room(self, size: int) -> bool:
+    def _wait_for_room(self, size: int, bound: int) -> bool:
         """Block policy: wait (lock held by the condition) until `size` fits; False when closed."""
         waited = time.perf_counter()
         self.waiting += 1
-        while self._bytes + size > self.max_bytes and not (self._closed or self._refusing):
+        while self._bytes + size > bound and not (self._closed or self._refusing):
             self._space.wait(0.5)
         self.waiting -= 1
         self._space.notify_all()  # stop_writers waits for the waiters to be gone

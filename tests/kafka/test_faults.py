@@ -337,3 +337,31 @@ def test_broker_killed_and_restarted_under_load_loses_no_answered_decision(
     stream = read_stream(faulty.broker, faulty.topics, load.answered)
     assert_accounted(load, stream)
     assert stream.gaps == []
+
+
+def test_an_unwritable_spool_directory_is_reported_and_accounted_for(faulty: Faulty) -> None:
+    spool = faulty.tmp / "spool"
+    sidecar = faulty.start(spool={"segment_bytes": 16 * 1024, "on_full": "drop_newest"})
+    before = drive(sidecar, 50, tag="u")
+    # The directory is replaced by a file: the next segment cannot be created (ENOTDIR),
+    # as on a disk that fails or fills up.
+    moved = faulty.tmp / "spool.moved"
+    spool.rename(moved)
+    spool.write_bytes(b"not a directory")
+    try:
+        during = drive(sidecar, 300, tag="v")
+        assert during.statuses == {200: 300}  # the answers never wait on the disk
+        deadline = time.monotonic() + 10
+        while sidecar.metric('sidecar_spool_disk_errors_total{op="append"}') == 0:
+            assert time.monotonic() < deadline, "no disk error seen"
+            time.sleep(0.1)
+        assert not sidecar._ready()  # /readyz: spool_disk
+    finally:
+        spool.unlink()
+        moved.rename(spool)
+    after = drive(sidecar, 50, tag="w")
+    want = before.answered | during.answered | after.answered
+    stream = read_stream(faulty.broker, faulty.topics, want)
+    assert_accounted(Load(answered=want), stream)
+    assert {g["reason"] for g in stream.gaps} == {"spool_error"}
+    assert stream.gap_decisions > 0
