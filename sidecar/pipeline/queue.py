@@ -70,7 +70,7 @@ class Pipeline:
         *,
         gaps: GapLedger | None = None,
         on_overload: Literal["shed", "reject"] = "shed",
-        sink_has_room: Callable[[], bool] | None = None,
+        sink_has_room: Callable[[int], bool] | None = None,
         held_stage: Stage | None = None,
     ):
         # Held batches are also handed to `held_stage` on a thread of their own, so a held
@@ -121,6 +121,10 @@ class Pipeline:
             {"thread": "decision-pipeline"},
             fn=lambda: 1.0 if self.alive() else 0.0,
         )
+        # Decisions submitted and decisions through the stages: each written by one thread
+        # only, so their difference (what is admitted and not yet written) needs no lock.
+        self._in = 0
+        self._out = 0
         self._busy = False
 
     def admits(self) -> bool:
@@ -131,7 +135,7 @@ class Pipeline:
         if not self.rejecting:
             return True
         room = self._sink_has_room
-        if len(self._queue) < self._limit and (room is None or room()):
+        if len(self._queue) < self._limit and (room is None or room(self._in - self._out)):
             return True
         self._rejected.inc()
         return False
@@ -155,6 +159,7 @@ class Pipeline:
                 )
             return False
         self._submitted.inc(n)
+        self._in += n
         self._queue.append(batch)
         if urgent:
             if batch.held is not None and self._held_stage is not None:
@@ -202,6 +207,7 @@ class Pipeline:
             batches = [q.popleft() for _ in range(min(len(q), MAX_DRAIN))]
             for name, stage in self._stages:
                 self._run_stage(name, stage, batches)
+            self._out += sum(len(b.decisions) for b in batches)
             self._busy = False
 
     def _run_stage(self, name: str, stage: Stage, batches: list[Batch]) -> None:

@@ -31,8 +31,8 @@ class EventSink(Protocol):
     def ready(self) -> bool:
         """True while the sink accepts events (a spooling sink stays ready while the broker is down)."""
 
-    def has_room(self) -> bool:
-        """Whether a decision event published now would be kept (the reject policy asks before forwarding)."""
+    def has_room(self, pending: int = 0) -> bool:
+        """Whether decision events published now would be kept, after `pending` admitted ones (the reject policy asks before forwarding)."""
 
     def health(self) -> dict[str, bool]:
         """Readiness checks by name (threads alive, disk healthy), each True when fine."""

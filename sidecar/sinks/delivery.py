@@ -52,6 +52,8 @@ class Producer(Protocol):
 
 
 _MAX_CONNECT_BACKOFF_S = 5.0
+# Pause before reading the spool again after a disk error.
+_READ_RETRY_S = 0.5
 # How long a recovery waits for outstanding records before it gives up on the producer.
 _RESOLVE_WAIT_S = 2.0
 
@@ -200,33 +202,43 @@ class Delivery:
             while True:
                 if self._stop.is_set() and self._should_finish():
                     break
-                if self._producer is None and not self._connect():
-                    continue
-                self._drain()
-                if not self._failed and self._wedged():
-                    self.m_errors.inc()
-                    self._failed = True
-                    self.connected = False
-                    log.warning(
-                        "kafka: no answer for %.0f s past the delivery timeout; "
-                        "starting a fresh producer and replaying from the spool",
-                        self._wedged_after_s,
-                    )
-                if self._failed:
-                    self._recover()
-                    continue
-                room = self._max_in_flight - len(self._inflight)
-                if room <= 0:
-                    self._wait()
-                    continue
-                # Returns on new records, on a batch's acknowledgement (wake_reader), or idle.
-                records = self._spool.read(min(room, 4096), 0.1)
-                if records:
-                    self._send(records)
+                try:
+                    self._step()
+                except OSError as exc:
+                    # A failing disk (reading a segment, freeing one) must not end delivery:
+                    # what is spooled waits for the disk, and readiness reports it meanwhile.
+                    self._spool.read_failed(exc)
+                    self._stop.wait(_READ_RETRY_S)
         except Exception:
             log.exception("kafka delivery thread failed; events stay in the spool")
         finally:
             self._shutdown()
+
+    def _step(self) -> None:
+        """One turn of the loop: connect, take acknowledgements, recover, or send more."""
+        if self._producer is None and not self._connect():
+            return
+        self._drain()
+        if not self._failed and self._wedged():
+            self.m_errors.inc()
+            self._failed = True
+            self.connected = False
+            log.warning(
+                "kafka: no answer for %.0f s past the delivery timeout; "
+                "starting a fresh producer and replaying from the spool",
+                self._wedged_after_s,
+            )
+        if self._failed:
+            self._recover()
+            return
+        room = self._max_in_flight - len(self._inflight)
+        if room <= 0:
+            self._wait()
+            return
+        # Returns on new records, on a batch's acknowledgement (wake_reader), or idle.
+        records = self._spool.read(min(room, 4096), 0.1)
+        if records:
+            self._send(records)
 
     def _wedged(self) -> bool:
         return bool(self._inflight) and (

@@ -165,7 +165,7 @@ class FileSink:
     def ready(self) -> bool:
         return not self._closed
 
-    def has_room(self) -> bool:
+    def has_room(self, pending: int = 0) -> bool:
         return not self._closed and not self._failing
 
     def health(self) -> dict[str, bool]:

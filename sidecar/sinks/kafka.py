@@ -264,10 +264,12 @@ class KafkaSink:
     def ready(self) -> bool:
         return self._started and not self.spool.closed
 
-    def has_room(self) -> bool:
-        # Room for a poll's worth of decision events, not one: the check runs before
-        # forwarding and the events are written up to a poll later.
-        return self.spool.has_room(min(_ROOM_BYTES, self.spool.max_bytes // 16))
+    def has_room(self, pending: int = 0) -> bool:
+        # Room for the `pending` decisions admitted and not yet written, and a margin for the
+        # calls in flight: the check runs before forwarding, the events are written later.
+        sp = self.spool
+        margin = min(_ROOM_BYTES, sp.max_bytes // 16)
+        return sp.has_room(margin + int(pending * sp.mean_record_bytes))
 
     def health(self) -> dict[str, bool]:
         return {

@@ -34,7 +34,7 @@ class NullSink:
     def ready(self) -> bool:
         return True
 
-    def has_room(self) -> bool:
+    def has_room(self, pending: int = 0) -> bool:
         return True
 
     def health(self) -> dict[str, bool]:

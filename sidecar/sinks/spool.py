@@ -117,6 +117,7 @@ class Spool:
         self._checkpoint_at = 0.0
         self._dirty = False
         self._on_drop = on_drop
+        self.mean_record_bytes = 1024.0
         # The last disk error (None once a write or fsync succeeds again): readiness reads it.
         self.disk_error: str | None = None
         self._read_pos = Position(0, 0)
@@ -143,7 +144,7 @@ class Spool:
                 "Disk errors on the spool (EIO, ENOSPC, EACCES, ...), by operation",
                 {"op": op},
             )
-            for op in ("append", "fsync")
+            for op in ("append", "fsync", "read", "remove")
         }
         self.m_corrupt = registry.counter(
             "sidecar_spool_corrupt_total",
@@ -432,6 +433,8 @@ class Spool:
         if self.fsync_policy == "always":
             os.fsync(self._fd)
         self._end += len(rec)
+        # A running mean of record sizes: the reject policy sizes the room it asks for with it.
+        self.mean_record_bytes += (len(rec) - self.mean_record_bytes) / 64
         self._segments[self._active] = self._end
         self._bytes += len(rec)
         self._next_seq += 1
@@ -523,6 +526,8 @@ class Spool:
                     self._read_pos = self._start_of(nxt)
                 return []
         buf = self._read_bytes(pos.segment, pos.offset, min(limit - pos.offset, _CHUNK))
+        if self.disk_error is not None and self.disk_error.startswith("read"):
+            self.disk_error = None
         whole = pos.offset + len(buf) >= limit  # the chunk reaches the end of what is written
         out: list[Record] = []
         off = 0
@@ -579,6 +584,13 @@ class Spool:
             return any(s > pos.segment for s in self._segments)
         return pos.offset < size or pos.segment != self._active
 
+    def read_failed(self, exc: OSError) -> None:
+        """The delivery thread could not read: counted, logged once per episode, reported."""
+        self.m_disk_errors["read"].inc()
+        if self.disk_error is None or not self.disk_error.startswith("read"):
+            log.error("spool: read failed (%s); delivery waits for the disk", exc)
+        self.disk_error = f"read: {exc}"
+
     def wake_reader(self) -> None:
         """Wake a `read` waiting for records (the delivery thread has acknowledgements to handle)."""
         with self._lock:
@@ -617,7 +629,12 @@ class Spool:
     def _remove_segment(self, first: int) -> None:
         if self._reader is not None and self._reader[0] == first:
             self._close_reader()
-        (self.directory / segment_name(first)).unlink(missing_ok=True)
+        try:
+            (self.directory / segment_name(first)).unlink(missing_ok=True)
+        except OSError as exc:
+            # Acknowledged all the same: a start after this skips it (below the checkpoint).
+            self.m_disk_errors["remove"].inc()
+            log.error("spool: could not delete acknowledged segment %s: %s", first, exc)
         self._segments.pop(first, None)
         self._starts.pop(first, None)
 

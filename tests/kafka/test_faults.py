@@ -191,7 +191,11 @@ def read_stream(
 
 def assert_accounted(load: Load, stream: Stream) -> None:
     """2xx answers = decision events + decisions in gap records, exactly, id by id."""
-    assert not stream.decisions & stream.gap_ids, "a decision both delivered and reported lost"
+    both = stream.decisions & stream.gap_ids
+    assert not both, (
+        f"{len(both)} decisions both delivered and reported lost: "
+        f"{[(g['reason'], g['dropped'], g['first_time']) for g in stream.gaps]}"
+    )
     assert all(g["decision_ids_complete"] for g in stream.gaps)
     assert stream.decisions | stream.gap_ids == load.answered
     assert len(stream.decisions) + stream.gap_decisions == len(load.answered)
@@ -219,7 +223,11 @@ def test_spool_full_every_answer_is_in_the_stream_or_a_gap_record(
     assert_accounted(load, stream)
     reasons = {g["reason"] for g in stream.gaps}
     assert stream.gap_decisions > 0
-    assert reasons <= ({"spool_full"} if on_full == "drop_newest" else {"queue_full", "closed"})
+    # A busy machine can fill the decision queue too, before the spool refuses.
+    if on_full == "drop_newest":
+        assert "spool_full" in reasons and reasons <= {"spool_full", "queue_full"}
+    else:
+        assert reasons <= {"queue_full", "closed"}
     assert len(stream.decisions) > 0
 
 
