@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import threading
+from functools import partial
 from typing import Any
 
 from sidecar.config import Settings
@@ -93,6 +94,10 @@ class Service:
             registry,
             stages=stages.ordered(),
             poll_s=settings.decisions.flush_interval_ms / 1000.0,
+            gaps=self.sink.gaps,
+            on_overload=settings.decisions.on_overload,
+            sink_has_room=self.sink.has_room,
+            held_stage=stages.review,
         )
         m = settings.model
         self.groups = GroupExtractor(settings.groups, registry)
@@ -133,6 +138,8 @@ class Service:
                 ("upstream", self.upstream.reachable),
                 ("sink", self._sink_ready),
                 ("explainer", self._explainer_ready),
+                ("decision_pipeline", self._pipeline_alive),
+                *((name, partial(self._sink_health, name)) for name in self.sink.health()),
             ],
             routers=[review_api],
             guard=auth.require("auditor", "admin"),
@@ -157,6 +164,12 @@ class Service:
     async def _explainer_ready(self) -> bool:
         # Not ready once explained decisions keep disagreeing with the server.
         return self.explain_stage is None or self.explain_stage.ready()
+
+    async def _pipeline_alive(self) -> bool:
+        return self.pipeline.alive()
+
+    async def _sink_health(self, name: str) -> bool:
+        return self.sink.health().get(name, False)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -224,7 +237,9 @@ class Service:
 
     def _stop_background(self) -> None:
         # In order: what the hot path handed over is recorded and explained, then flushed.
-        self.pipeline.drain(5.0)
+        if not self.pipeline.drain(5.0):
+            # Stuck (spool.on_full = "block" with no room): give up on what waits, in gap records.
+            self.sink.refuse_new()
         self.pipeline.close()
         if self.explain_stage is not None:
             self.explain_stage.close(5.0)

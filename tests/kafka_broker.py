@@ -142,6 +142,7 @@ def kafka_topics(kafka_broker: KafkaBroker) -> dict[str, str]:
         "topic_decisions": f"t{tag}.decisions",
         "topic_explanations": f"t{tag}.explanations",
         "topic_reviews": f"t{tag}.reviews",
+        "topic_gaps": f"t{tag}.gaps",
     }
     kafka_broker.create_topics(*topics.values())
     return topics

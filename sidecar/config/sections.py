@@ -118,6 +118,8 @@ class DecisionSettings(_Section):
     """Decisions kept for lookup by id (oldest forgotten first)."""
     flush_interval_ms: float = Field(default=25.0, gt=0, le=1000)
     """How often the background stages take what the hot path queued: decisions reach lookups, events and the spool within this (held ones at once). Longer costs less CPU per request but widens what a crash can lose."""
+    on_overload: Literal["shed", "reject"] = "shed"
+    """When the sidecar cannot record (decision queue full, spool full or failing): shed answers and accounts for the loss in a gap record; reject answers 503 with Retry-After before forwarding, so no decision is made unrecorded."""
 
 
 class SamplingSettings(_Section):
@@ -261,11 +263,13 @@ class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     """Comma-separated host:port list of the cluster's brokers."""
     topic_decisions: str = "sidecar.decisions"
-    """Topic of decision events (and of gap records, when the spool dropped events)."""
+    """Topic of decision events."""
     topic_explanations: str = "sidecar.explanations"
     """Topic of explanation events."""
     topic_reviews: str = "sidecar.reviews"
     """Topic of review events."""
+    topic_gaps: str = "sidecar.gaps"
+    """Topic of gap records: what was shed or dropped, why, how many, of which kinds, when, which decision ids."""
     client_id: str = "explaining-sidecar"
     """Client id the brokers see (quotas, logs)."""
     source: str = "/explaining-sidecar"

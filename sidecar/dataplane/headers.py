@@ -63,9 +63,7 @@ def _end_to_end(
     return out, clen
 
 
-def _request_lines(
-    method: str, target: bytes, out: RawHeaders, default_host: bytes
-) -> list[bytes]:
+def _request_lines(method: str, target: bytes, out: RawHeaders, default_host: bytes) -> list[bytes]:
     """The request line and the forwarded headers (a Host added when the client sent none)."""
     parts = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\n"]
     has_host = False

@@ -26,6 +26,13 @@ from sidecar.pipeline.queue import Held, Pipeline
 log = logging.getLogger("sidecar.dataplane")
 
 _JSON = (b"content-type", b"application/json")
+_OVERLOADED = orjson.dumps(
+    {
+        "error": "overloaded",
+        "detail": "the sidecar cannot record decisions now; the call was not forwarded "
+        "(decisions.on_overload = reject)",
+    }
+)
 perf_counter = time.perf_counter
 wall_clock = time.time
 
@@ -97,6 +104,10 @@ class DataPlane:
             ex.keep_alive = False
             ex.respond(413, [_JSON], self._too_large)
             return
+        if not self._pipeline.admits():
+            # decisions.on_overload = "reject": nothing reaches the model that cannot be recorded.
+            ex.respond(503, [_JSON, (b"retry-after", b"1")], _OVERLOADED)
+            return
         decider = self._decider
         request, body_groups, body = decider.read_request(call, body)
 
@@ -123,7 +134,10 @@ class DataPlane:
         reviewed = [d for d in batch.decisions if d.review is not None]
         if reviewed and decider.hold:
             batch.held = Held(status, rheaders, rbody)
-            self._pipeline.submit(batch, urgent=True)
+            if not self._pipeline.submit(batch, urgent=True):
+                # Shed (the gap record names it): a ticket for it would answer 404.
+                ex.respond(status, rheaders, rbody)
+                return
             ex.respond(
                 202,
                 [_JSON, (b"x-review-status", b"held"), (b"x-decision-id", rid.encode())],

@@ -1,7 +1,11 @@
 """The bounded hand-off between the hot path and everything that happens after the response.
 
 The data plane calls `submit` (a non-blocking put; a full queue sheds the
-batch and counts it). One background thread drains the queue and runs the
+batch, counts it and notes it in the gap ledger, so a gap record tells
+consumers which decisions they will not see). Under `on_overload = "reject"`
+the data plane asks `admits` before it forwards a call and answers 503 when
+the sidecar could not record the decision; what it admitted is never shed (the
+queue may exceed its bound by the calls in flight). One background thread drains the queue and runs the
 configured stages in order: sample, record, publish, explain, route to
 review. Each stage gets every batch that arrived since the last poll, so a
 sink writes a poll's events in one go and the lookup store takes its lock
@@ -17,9 +21,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
+from sidecar.sinks.gaps import GapLedger
 
 log = logging.getLogger("sidecar.pipeline.queue")
 
@@ -40,6 +46,8 @@ class Batch:
     decisions: list[Decision]
     explain_requested: bool = False
     held: Held | None = None
+    # Set by whichever thread enqueued the batch's review items (the held lane or the stages).
+    reviewed: bool = False
 
 
 Stage = Callable[[list[Batch]], None]
@@ -59,7 +67,21 @@ class Pipeline:
         registry: Registry,
         stages: Sequence[tuple[str, Stage]],
         poll_s: float = POLL_S,
+        *,
+        gaps: GapLedger | None = None,
+        on_overload: Literal["shed", "reject"] = "shed",
+        sink_has_room: Callable[[int], bool] | None = None,
+        held_stage: Stage | None = None,
     ):
+        # Held batches are also handed to `held_stage` on a thread of their own, so a held
+        # answer's ticket is readable even while the stages wait (spool.on_full = "block").
+        self._held_stage = held_stage
+        self._held: deque[Batch] = deque()
+        self._held_bell = threading.Event()
+        self._held_thread: threading.Thread | None = None
+        self._gaps = gaps
+        self.rejecting = on_overload == "reject"
+        self._sink_has_room = sink_has_room
         self._queue: deque[Batch] = deque()
         self._poll_s = poll_s
         # A lock held by the pipeline is its doorbell: `acquire(timeout)` is one call into
@@ -87,9 +109,40 @@ class Pipeline:
             name: registry.counter(
                 "sidecar_stage_failures_total", "Stage errors (logged)", {"stage": name}
             )
-            for name, _ in self._stages
+            for name in [n for n, _ in self._stages] + ["held-review"]
         }
+        self._rejected = registry.counter(
+            "sidecar_decisions_rejected_total",
+            "Inference calls answered 503 before forwarding (decisions.on_overload = reject)",
+        )
+        registry.gauge(
+            "sidecar_thread_alive",
+            "1 while the thread runs",
+            {"thread": "decision-pipeline"},
+            fn=lambda: 1.0 if self.alive() else 0.0,
+        )
+        # Decisions submitted and decisions through the stages: each written by one thread
+        # only, so their difference (what is admitted and not yet written) needs no lock.
+        self._in = 0
+        self._out = 0
         self._busy = False
+
+    def admits(self) -> bool:
+        """Reject policy: whether a call may be forwarded (its decisions would be recorded).
+
+        Always True under the shed policy. Counts the refusal when False.
+        """
+        if not self.rejecting:
+            return True
+        room = self._sink_has_room
+        if len(self._queue) < self._limit and (room is None or room(self._in - self._out)):
+            return True
+        self._rejected.inc()
+        return False
+
+    def alive(self) -> bool:
+        t = self._thread
+        return t is None or t.is_alive()
 
     def submit(self, batch: Batch, urgent: bool = False) -> bool:
         """Hot path: hand the batch over without waiting. False when it was shed.
@@ -98,12 +151,20 @@ class Pipeline:
         ticket should be readable at once); it costs a thread hand-off, so it is rare.
         """
         n = len(batch.decisions)
-        if len(self._queue) >= self._limit:
+        if len(self._queue) >= self._limit and not self.rejecting:
             self._shed.inc(n)
+            if self._gaps is not None:
+                self._gaps.note(
+                    "queue_full", "decision", n, [d.decision_id for d in batch.decisions]
+                )
             return False
         self._submitted.inc(n)
+        self._in += n
         self._queue.append(batch)
         if urgent:
+            if batch.held is not None and self._held_stage is not None:
+                self._held.append(batch)
+                self._held_bell.set()
             self._ring()
         return True
 
@@ -115,6 +176,22 @@ class Pipeline:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="decision-pipeline", daemon=True)
         self._thread.start()
+        if self._held_stage is not None:
+            self._held_thread = threading.Thread(
+                target=self._run_held, name="held-review", daemon=True
+            )
+            self._held_thread.start()
+
+    def _run_held(self) -> None:
+        stage = self._held_stage
+        assert stage is not None
+        while True:
+            self._held_bell.wait()
+            self._held_bell.clear()
+            if not self._held and self._stopping:
+                return
+            while self._held:
+                self._run_stage("held-review", stage, [self._held.popleft()])
 
     def _run(self) -> None:
         q = self._queue
@@ -130,6 +207,7 @@ class Pipeline:
             batches = [q.popleft() for _ in range(min(len(q), MAX_DRAIN))]
             for name, stage in self._stages:
                 self._run_stage(name, stage, batches)
+            self._out += sum(len(b.decisions) for b in batches)
             self._busy = False
 
     def _run_stage(self, name: str, stage: Stage, batches: list[Batch]) -> None:
@@ -165,5 +243,19 @@ class Pipeline:
             return
         self._stopping = True
         self._ring()
+        self._held_bell.set()
         self._thread.join(timeout_s)
         self._thread = None
+        if self._held_thread is not None:
+            self._held_thread.join(timeout_s)
+            self._held_thread = None
+        # A stage still stuck: what it never took is accounted for, not lost silently.
+        left = 0
+        while self._queue:
+            batch = self._queue.popleft()
+            left += len(batch.decisions)
+            if self._gaps is not None:
+                ids = [d.decision_id for d in batch.decisions]
+                self._gaps.note("closed", "decision", len(ids), ids)
+        if left:
+            log.error("pipeline: %d decisions never reached the stages before shutdown", left)

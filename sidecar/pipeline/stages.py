@@ -1,13 +1,20 @@
-"""The background stages, in the order the pipeline runs them: sample, record, publish, explain, review.
+"""The background stages, in the order the pipeline runs them: sample, record, review, publish, explain.
 
 Sampling comes first so events and the lookup store record it; explaining is
 queued only after "record", or a fast explanation could find no decision to
-attach to in the lookup store. Each stage takes every batch of one poll.
+attach to in the lookup store. Review comes before publish: under
+`spool.on_full = "block"` the publish stage can wait for room for long, and a
+held answer's review item must exist meanwhile (its ticket must not answer
+404); an explanation that arrives later is attached to the item then. Held
+batches are also reviewed at once on the pipeline's held-review thread, so a
+ticket is readable even while the stages wait; whichever thread takes a batch
+first enqueues its items (`_take`). Each stage takes every batch of one poll.
 Explanation results arrive here too, from the explainer threads.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,14 +47,15 @@ class Stages:
         self.features = features
         # Set once the explain stage exists: it is built with `explained` as its callback.
         self.explain_stage: ExplainStage | None = None
+        self._claim = threading.Lock()
 
     def ordered(self) -> Sequence[tuple[str, Stage]]:
         return [
             ("sample", self.sample),
             ("record", self.record),
+            ("review", self.review),
             ("publish", self.publish),
             ("explain", self.explain),
-            ("review", self.review),
         ]
 
     def sample(self, batches: list[Batch]) -> None:
@@ -73,8 +81,18 @@ class Stages:
             if chosen:
                 self.explain_stage.submit(chosen)
 
+    def _take(self, batch: Batch) -> bool:
+        """Whether this thread enqueues the batch's review items (the held lane may have)."""
+        with self._claim:
+            if batch.reviewed:
+                return False
+            batch.reviewed = True
+            return True
+
     def review(self, batches: list[Batch]) -> None:
         for batch in batches:
+            if not self._take(batch):
+                continue
             held = batch.held
             for d in batch.decisions:
                 if d.review is None:

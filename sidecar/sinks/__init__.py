@@ -29,6 +29,7 @@ def build_sink(settings: Settings, registry: Registry) -> EventSink:
             "decision": k.topic_decisions,
             "explanation": k.topic_explanations,
             "review": k.topic_reviews,
+            "gap": k.topic_gaps,
         },
         registry,
         rotate_bytes=settings.sink.rotate_bytes,

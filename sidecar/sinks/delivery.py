@@ -8,9 +8,14 @@ the spool is always a prefix. Only the last future of each batch gets a
 callback, and all it does is wake this thread: per-record callbacks cost
 more than the whole spool append.
 
-On a delivery error it waits for every outstanding record to resolve,
+On a delivery error it waits briefly for the outstanding records to resolve,
 rewinds the spool to the first unacknowledged record and sends again from
 there, in order: at least once, and consumers de-duplicate on `event_id`.
+Records still unresolved after that wait, or in flight past the delivery
+timeout without an answer (kafka-python leaves some futures unresolved after
+a broker hang), cost the producer: it is closed and a fresh one built, so
+delivery resumes within seconds of the broker's return. Records the old
+producer did deliver after all are sent twice (at least once).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from sidecar.metrics import Registry
@@ -46,6 +52,10 @@ class Producer(Protocol):
 
 
 _MAX_CONNECT_BACKOFF_S = 5.0
+# Pause before reading the spool again after a disk error.
+_READ_RETRY_S = 0.5
+# How long a recovery waits for outstanding records before it gives up on the producer.
+_RESOLVE_WAIT_S = 2.0
 
 HeaderBuilder = Callable[[Record], list[tuple[str, bytes]]]
 
@@ -73,7 +83,8 @@ class Delivery:
         *,
         max_in_flight: int,
         retry_backoff_s: float,
-        resolve_timeout_s: float,
+        request_timeout_s: float,
+        delivery_timeout_s: float,
         probe: Callable[[], bool] | None = None,
     ) -> None:
         self._spool = spool
@@ -86,11 +97,16 @@ class Delivery:
         self._headers = headers
         self._max_in_flight = max_in_flight
         self._retry_backoff_s = retry_backoff_s
-        self._resolve_timeout_s = resolve_timeout_s
+        self._request_timeout_s = request_timeout_s
+        # Past this without an answer a record's future is not going to resolve.
+        self._wedged_after_s = delivery_timeout_s + 1.0
+        self._last_progress = time.monotonic()  # last ack, or when the in-flight queue filled
         self._producer: Producer | None = None
         self._inflight: collections.deque[tuple[Record, Future]] = collections.deque()
         self._failed = False
         self._unsent: Record | None = None
+        # The first record not yet acknowledged, kept across a rewind (the age gauge reads it).
+        self._oldest: Record | None = None
         self._max_sent = -1
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -121,8 +137,21 @@ class Delivery:
         )
         registry.gauge(
             "sidecar_producer_connected",
-            "1 while the producer is built and delivering without errors",
-            fn=lambda: 1.0 if self.connected else 0.0,
+            "1 while the producer is built, delivering without errors, and the broker answered "
+            "within request_timeout_ms of the oldest record in flight",
+            fn=lambda: 1.0 if self.broker_connected() else 0.0,
+        )
+        registry.gauge(
+            "sidecar_oldest_unacked_event_age_seconds",
+            "Age (from its event time) of the oldest event handed to the producer and not yet "
+            "acknowledged; 0 when none",
+            fn=self.oldest_unacked_age,
+        )
+        registry.gauge(
+            "sidecar_thread_alive",
+            "1 while the thread runs",
+            {"thread": "kafka-delivery"},
+            fn=lambda: 1.0 if self.alive() else 0.0,
         )
 
     def start(self) -> None:
@@ -138,6 +167,28 @@ class Delivery:
             self._thread.join(timeout_s + 3.0)
             self._thread = None
 
+    def alive(self) -> bool:
+        """True while the delivery thread runs (or before it was started / after a clean stop)."""
+        t = self._thread
+        return t is None or t.is_alive()
+
+    def broker_connected(self) -> bool:
+        """Connected, and no record has waited past request_timeout_ms for the broker's answer."""
+        if not self.connected:
+            return False
+        inflight = self._inflight
+        return not inflight or time.monotonic() - self._last_progress < self._request_timeout_s
+
+    def oldest_unacked_age(self) -> float:
+        rec = self._oldest
+        if rec is None:
+            return 0.0
+        try:
+            when = datetime.fromisoformat(rec.time).timestamp()
+        except ValueError:
+            return 0.0
+        return max(0.0, time.time() - when)
+
     def _wake_up(self, *_: object) -> None:
         # Runs on the producer's I/O thread: do nothing but wake the delivery thread,
         # which waits either on this event or on the spool for new records.
@@ -151,24 +202,48 @@ class Delivery:
             while True:
                 if self._stop.is_set() and self._should_finish():
                     break
-                if self._producer is None and not self._connect():
-                    continue
-                self._drain()
-                if self._failed:
-                    self._recover()
-                    continue
-                room = self._max_in_flight - len(self._inflight)
-                if room <= 0:
-                    self._wait()
-                    continue
-                # Returns on new records, on a batch's acknowledgement (wake_reader), or idle.
-                records = self._spool.read(min(room, 4096), 0.1)
-                if records:
-                    self._send(records)
+                try:
+                    self._step()
+                except OSError as exc:
+                    # A failing disk (reading a segment, freeing one) must not end delivery:
+                    # what is spooled waits for the disk, and readiness reports it meanwhile.
+                    self._spool.read_failed(exc)
+                    self._stop.wait(_READ_RETRY_S)
         except Exception:
             log.exception("kafka delivery thread failed; events stay in the spool")
         finally:
             self._shutdown()
+
+    def _step(self) -> None:
+        """One turn of the loop: connect, take acknowledgements, recover, or send more."""
+        if self._producer is None and not self._connect():
+            return
+        self._drain()
+        if not self._failed and self._wedged():
+            self.m_errors.inc()
+            self._failed = True
+            self.connected = False
+            log.warning(
+                "kafka: no answer for %.0f s past the delivery timeout; "
+                "starting a fresh producer and replaying from the spool",
+                self._wedged_after_s,
+            )
+        if self._failed:
+            self._recover()
+            return
+        room = self._max_in_flight - len(self._inflight)
+        if room <= 0:
+            self._wait()
+            return
+        # Returns on new records, on a batch's acknowledgement (wake_reader), or idle.
+        records = self._spool.read(min(room, 4096), 0.1)
+        if records:
+            self._send(records)
+
+    def _wedged(self) -> bool:
+        return bool(self._inflight) and (
+            time.monotonic() - self._last_progress > self._wedged_after_s
+        )
 
     def _wait(self) -> None:
         self._wake.wait(0.05)
@@ -209,6 +284,10 @@ class Delivery:
         topics, headers, inflight = self._topics, self._headers, self._inflight
         fut = None
         sent = replayed = 0
+        if not inflight:
+            self._last_progress = time.monotonic()
+            if self._oldest is None and records:
+                self._oldest = records[0]
         for rec in records:
             if rec.replay or rec.seq <= self._max_sent:
                 replayed += 1
@@ -253,6 +332,8 @@ class Delivery:
             inflight.popleft()
             n += 1
         if n:
+            self._last_progress = time.monotonic()
+            self._oldest = inflight[0][0] if inflight else self._unsent
             self.m_acked.inc(n)
             if not self._failed:
                 self.connected = True
@@ -264,8 +345,8 @@ class Delivery:
                 self._spool.acknowledge(self._max_sent + 1, None)
 
     def _recover(self) -> None:
-        """Wait for every outstanding record, rewind to the first unacknowledged, back off."""
-        deadline = time.monotonic() + self._resolve_timeout_s
+        """Wait briefly for outstanding records, rewind to the first unacknowledged, back off."""
+        deadline = time.monotonic() + _RESOLVE_WAIT_S
         inflight = self._inflight
         while any(not f.is_done for _, f in inflight) and time.monotonic() < deadline:
             self._wake.wait(0.1)
@@ -274,6 +355,7 @@ class Delivery:
                 return
         self._drain()
         first = inflight[0][0] if inflight else self._unsent
+        self._oldest = first
         if first is not None:
             self._spool.acknowledge(first.seq, first.pos)
             self._spool.rewind(first.pos)
@@ -291,8 +373,13 @@ class Delivery:
         if producer is not None:
             try:
                 producer.close(timeout=timeout_s)
-            except Exception:
-                log.exception("kafka: producer close failed")
+            except Exception as exc:
+                # kafka-python's close flushes first, and a flush that times out raises before
+                # the sender is stopped: stop it here, or its I/O thread outlives the producer.
+                sender = getattr(producer, "_sender", None)
+                if sender is not None:
+                    sender.force_close()
+                log.warning("kafka: producer closed with records unresolved (%s)", exc)
 
     def _shutdown(self) -> None:
         remaining = max(0.0, self._deadline - time.monotonic())

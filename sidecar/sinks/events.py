@@ -240,20 +240,40 @@ def review_event(
     }
 
 
+GAP_REASONS = ("queue_full", "spool_full", "spool_error", "closed", "invalid")
+
+
 def gap_event(
-    *, first_seq: int, dropped: int, by_kind: dict[str, int], first_time: float, last_time: float
+    *,
+    reason: str,
+    by_kind: dict[str, int],
+    first_time: float,
+    last_time: float,
+    decision_ids: list[str] | None = None,
+    decision_ids_complete: bool = True,
+    nonce: object = "",
 ) -> dict[str, Any]:
-    """A record that the spool refused `dropped` events (spool full, drop_newest policy)."""
+    """A record of events that will never be in the stream: why, how many, of which kinds, when.
+
+    `decision_ids` names the lost decisions (complete unless `decision_ids_complete`
+    is false), so a consumer can join the record to what it missed; the time range
+    covers the decisions' loss, not their making.
+    """
+    if reason not in GAP_REASONS:
+        raise ValueError(f"gap reason must be one of {', '.join(GAP_REASONS)}, not {reason!r}")
+    ids = list(decision_ids or [])
     return {
         "event_type": "gap",
         "schema_version": SCHEMA_VERSION,
-        "event_id": event_id("gap", first_seq, dropped, first_time),
+        "event_id": event_id("gap", reason, first_time, last_time, nonce),
         "time": rfc3339(last_time),
-        "reason": "spool_full",
-        "dropped": dropped,
+        "reason": reason,
+        "dropped": sum(by_kind.values()),
         "by_kind": dict(by_kind),
         "first_time": rfc3339(first_time),
         "last_time": rfc3339(last_time),
+        "decision_ids": ids,
+        "decision_ids_complete": decision_ids_complete and len(ids) == by_kind.get("decision", 0),
     }
 
 

@@ -30,6 +30,7 @@ import orjson
 from sidecar.metrics import Registry
 from sidecar.sinks import events
 from sidecar.sinks.base import EventKind
+from sidecar.sinks.gaps import GapLedger
 from sidecar.sinks.stats import SinkStats
 
 log = logging.getLogger("sidecar.sinks.files")
@@ -116,9 +117,12 @@ class FileSink:
         self._write_errors = self._stats.dropped("write_error")
         self._invalid = self._stats.dropped("invalid")
         self._closed = False
+        self.gaps = GapLedger(registry)
+        self._failing = False
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.gaps.start(lambda key, body: self.publish("gap", key, body))
 
     def publish(self, kind: EventKind, key: str, body: dict[str, Any]) -> bool:
         return self.publish_many(kind, ((key, body),)) == 1
@@ -129,6 +133,7 @@ class FileSink:
         self._stats.published[kind].inc(len(items))
         if self._closed:
             self._stats.dropped("closed").inc(len(items))
+            self._lost("closed", kind, items)
             return 0
         lines = []
         for key, body in items:
@@ -136,6 +141,7 @@ class FileSink:
                 lines.append(events.dumps(body))
             except (TypeError, orjson.JSONEncodeError):
                 self._invalid.inc()
+                self._lost("invalid", kind, [(key, body)])
                 log.warning("files sink: a %s event for %s is not JSON-serialisable", kind, key)
         if not lines:
             return 0
@@ -144,15 +150,32 @@ class FileSink:
             self._files[kind].write(b"\n".join(lines))
         except OSError:
             self._write_errors.inc(len(lines) - 1)
+            self._failing = True
+            self._lost("spool_error", kind, items)
             log.exception("files sink: could not write %d %s events", len(lines) - 1, kind)
             return 0
+        self._failing = False
         self._stats.acked.inc(len(lines) - 1)
         return len(lines) - 1
+
+    def _lost(self, reason: str, kind: str, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        if kind != "gap":  # a gap record that fails stays pending in the ledger
+            self.gaps.note(reason, kind, len(items), [k for k, _ in items])
 
     def ready(self) -> bool:
         return not self._closed
 
+    def has_room(self, pending: int = 0) -> bool:
+        return not self._closed and not self._failing
+
+    def health(self) -> dict[str, bool]:
+        return {"gap_records": self.gaps.alive(), "files_writable": not self._failing}
+
+    def refuse_new(self) -> None:
+        pass  # nothing here waits
+
     def close(self, timeout_s: float = 5.0) -> None:
+        self.gaps.close()
         self._closed = True
         for f in self._files.values():
             f.close()

@@ -21,6 +21,7 @@ from sidecar.metrics import Registry
 from sidecar.sinks import events
 from sidecar.sinks.base import EventKind
 from sidecar.sinks.delivery import Delivery, Producer, crc32_partition
+from sidecar.sinks.gaps import GapLedger
 from sidecar.sinks.spool import Spool
 from sidecar.sinks.spool_format import Record
 from sidecar.sinks.stats import SinkStats
@@ -30,6 +31,8 @@ log = logging.getLogger("sidecar.sinks.kafka")
 _CODECS = {"gzip": "has_gzip", "lz4": "has_lz4", "snappy": "has_snappy", "zstd": "has_zstd"}
 _CONTENT_TYPE = ("content-type", b"application/json")
 _SPECVERSION = ("ce_specversion", b"1.0")
+# Spool room the reject policy wants free before it forwards a call (a few polls of events).
+_ROOM_BYTES = 256 * 1024
 
 
 def producer_config(k: KafkaSettings) -> dict[str, Any]:
@@ -65,6 +68,7 @@ def producer_config(k: KafkaSettings) -> dict[str, Any]:
         "ssl_check_hostname": k.ssl_check_hostname,
     }
     cfg["partitioner"] = _crc32_partitioner()
+    cfg["kafka_client"] = _net_client()
     if k.sasl_mechanism is not None:
         cfg["sasl_mechanism"] = k.sasl_mechanism
     if k.sasl_username is not None:
@@ -112,6 +116,31 @@ def _crc32_partitioner() -> Any:
     return Crc32Partitioner()
 
 
+# The sender's shortest wait while a connection is being set up (see _net_client).
+CONNECTING_POLL_MS = 50.0
+
+
+def _net_client() -> Any:
+    """kafka-python's network client with its connection delay in the unit the sender reads.
+
+    The sender (kafka/producer/sender.py) takes `connection_delay()` as milliseconds,
+    but the connection manager answers seconds, and 0 while a connection is being set
+    up. Against a hung broker (the kernel accepts the TCP connection, the process
+    never answers) every new connection sits in that state until its setup timeout, so
+    the sender polled with a timeout of 0 and spun a whole core (the busy loop of
+    dpkp/kafka-python#1907, measured here at 0.9-1.0 core). Answering milliseconds,
+    at least CONNECTING_POLL_MS, makes it wait as the Java client does.
+    """
+    from kafka.net.compat import KafkaNetClient
+
+    class WaitingNetClient(KafkaNetClient):  # type: ignore[misc]
+        def connection_delay(self, node_id: Any) -> float:
+            seconds: float = super().connection_delay(node_id)
+            return max(seconds * 1000.0, CONNECTING_POLL_MS)
+
+    return WaitingNetClient
+
+
 def reachable(servers: list[str], timeout_s: float = 1.0) -> bool:
     """True when a TCP connection to one of the bootstrap servers opens."""
     for server in servers:
@@ -138,6 +167,7 @@ class KafkaSink:
         cfg = producer_config(kafka)
         self._stats = SinkStats(registry)
         self._invalid = self._stats.dropped("invalid")
+        self.gaps = GapLedger(registry)
         self.spool = Spool(
             spool.directory,
             registry,
@@ -146,12 +176,13 @@ class KafkaSink:
             on_full=spool.on_full,
             fsync=spool.fsync,
             fsync_interval_s=spool.fsync_interval_ms / 1000,
+            on_drop=self._spool_dropped,
         )
         topics = {
             "decision": kafka.topic_decisions,
             "explanation": kafka.topic_explanations,
             "review": kafka.topic_reviews,
-            "gap": kafka.topic_decisions,
+            "gap": kafka.topic_gaps,
         }
         source = kafka.source.encode()
         ce_types = {k: v.encode() for k, v in events.CE_TYPES.items()}
@@ -181,7 +212,8 @@ class KafkaSink:
             registry,
             max_in_flight=kafka.max_in_flight_events,
             retry_backoff_s=kafka.retry_backoff_ms / 1000,
-            resolve_timeout_s=(kafka.delivery_timeout_ms + kafka.request_timeout_ms) / 1000,
+            request_timeout_s=kafka.request_timeout_ms / 1000,
+            delivery_timeout_s=kafka.delivery_timeout_ms / 1000,
             probe=None if make_producer else partial(reachable, cfg["bootstrap_servers"]),
         )
         self._started = False
@@ -195,7 +227,12 @@ class KafkaSink:
             client_log.setLevel(logging.CRITICAL)
         self.spool.open()
         self.delivery.start()
+        self.gaps.start(lambda key, body: self.publish("gap", key, body))
         self._started = True
+
+    def _spool_dropped(self, reason: str, kind: str, key: str) -> None:
+        if kind != "gap":  # a refused gap record stays pending in the ledger
+            self.gaps.note(reason, kind, 1, (key,))
 
     def publish(self, kind: EventKind, key: str, body: dict[str, Any]) -> bool:
         self._stats.published[kind].inc()
@@ -204,14 +241,20 @@ class KafkaSink:
             eid, when = body["event_id"], body["time"]
         except (TypeError, KeyError, ValueError):
             self._invalid.inc()
+            if kind != "gap":
+                self.gaps.note("invalid", kind, 1, (key,))
             log.warning(
                 "kafka sink: a %s event for %s lacks event_id/time or is not JSON", kind, key
             )
             return False
         try:
-            return self.spool.append(kind, key, eid, when, data)
+            return self.spool.append(
+                kind, key, eid, when, data, force=kind == "gap", reserved=kind == "review"
+            )
         except ValueError:  # over the record size limit, or an over-long key
             self._invalid.inc()
+            if kind != "gap":
+                self.gaps.note("invalid", kind, 1, (key,))
             log.warning("kafka sink: a %s event for %s is too large for the spool", kind, key)
             return False
 
@@ -221,8 +264,28 @@ class KafkaSink:
     def ready(self) -> bool:
         return self._started and not self.spool.closed
 
+    def has_room(self, pending: int = 0) -> bool:
+        # Room for the `pending` decisions admitted and not yet written, and a margin for the
+        # calls in flight: the check runs before forwarding, the events are written later.
+        sp = self.spool
+        margin = min(_ROOM_BYTES, sp.max_bytes // 16)
+        return sp.has_room(margin + int(pending * sp.mean_record_bytes))
+
+    def health(self) -> dict[str, bool]:
+        return {
+            "kafka_delivery": self.delivery.alive(),
+            "spool_fsync": self.spool.fsync_alive(),
+            "spool_disk": self.spool.disk_error is None,
+            "gap_records": self.gaps.alive(),
+        }
+
+    def refuse_new(self) -> None:
+        self.spool.stop_writers()
+
     def close(self, timeout_s: float = 5.0) -> None:
         if not self._started:
             return
+        # Gap records first, while the spool is open: they are the only trace of a loss.
+        self.gaps.close()
         self.delivery.stop(timeout_s)
         self.spool.close()

@@ -26,13 +26,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import orjson
 
 from sidecar.metrics import Registry
-from sidecar.sinks import events
 from sidecar.sinks.spool_format import (
     CHECKPOINT,
     FORMAT_VERSION,
@@ -66,6 +66,12 @@ FsyncPolicy = Literal["never", "interval", "always"]
 FullPolicy = Literal["drop_newest", "block"]
 
 
+# Told of every event the spool does not keep: (reason, kind, key); the gap ledger listens.
+OnDrop = Callable[[str, str, str], None]
+# While the disk fails under the block policy, how long a publisher waits before trying again.
+_ERROR_RETRY_S = 0.5
+
+
 class SpoolBusy(SpoolError):
     """Another process holds the spool directory."""
 
@@ -83,6 +89,7 @@ class Spool:
         on_full: FullPolicy = "drop_newest",
         fsync: FsyncPolicy = "interval",
         fsync_interval_s: float = 0.2,
+        on_drop: OnDrop | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
@@ -95,6 +102,7 @@ class Spool:
         self._space = threading.Condition(self._lock)  # writers waiting for room (block policy)
         self._data = threading.Condition(self._lock)  # the reader waiting for records
         self._closed = False
+        self._refusing = False  # shutting down: only forced records (gap records) are taken
         self._stop = threading.Event()  # wakes the fsync thread at close
         self._segments: dict[int, int] = {}  # first seq -> size in bytes
         self._starts: dict[int, int] = {}  # first seq -> offset of its first record
@@ -108,9 +116,10 @@ class Spool:
         self._acked_pos = Position(0, 0)
         self._checkpoint_at = 0.0
         self._dirty = False
-        self._gap_dropped = 0
-        self._gap_by_kind: dict[str, int] = {}
-        self._gap_first = self._gap_last = 0.0
+        self._on_drop = on_drop
+        self.mean_record_bytes = 1024.0
+        # The last disk error (None once a write or fsync succeeds again): readiness reads it.
+        self.disk_error: str | None = None
         self._read_pos = Position(0, 0)
         self._reader: tuple[int, BinaryIO] | None = None
         self._flusher: threading.Thread | None = None
@@ -129,9 +138,14 @@ class Spool:
         self.m_dropped_error = registry.counter(
             "sidecar_events_dropped_total", "Events not kept, by reason", {"reason": "spool_error"}
         )
-        self.m_gaps = registry.counter(
-            "sidecar_spool_gap_records_total", "Gap records written after the spool dropped events"
-        )
+        self.m_disk_errors = {
+            op: registry.counter(
+                "sidecar_spool_disk_errors_total",
+                "Disk errors on the spool (EIO, ENOSPC, EACCES, ...), by operation",
+                {"op": op},
+            )
+            for op in ("append", "fsync", "read", "remove")
+        }
         self.m_corrupt = registry.counter(
             "sidecar_spool_corrupt_total",
             "Corrupt or torn stretches of the spool skipped (at start or while reading)",
@@ -293,14 +307,12 @@ class Spool:
             self._flusher.join(2.0)
         with self._lock:
             if self._fd >= 0:
-                if self._gap_dropped:
-                    # The count of dropped events is in memory only: keep it across the restart.
-                    try:
-                        self._write_gap()
-                    except OSError:
-                        log.exception("spool: could not write the gap record")
                 if self.fsync_policy != "never":
-                    os.fsync(self._fd)
+                    try:
+                        os.fsync(self._fd)
+                    except OSError:
+                        self.m_disk_errors["fsync"].inc()
+                        log.exception("spool: fsync at close failed")
                 os.close(self._fd)
                 self._fd = -1
             self._write_checkpoint()
@@ -309,68 +321,102 @@ class Spool:
                 os.close(self._lock_fd)
                 self._lock_fd = -1
 
+    def stop_writers(self, timeout_s: float = 2.0) -> None:
+        """Shutting down with publishers stuck: refuse (and report) all but forced records from now.
+
+        Returns once the publishers waiting for room have given up (or after `timeout_s`).
+        """
+        with self._lock:
+            self._refusing = True
+            self._space.notify_all()
+            self._space.wait_for(lambda: self.waiting == 0, timeout_s)
+
     @property
     def closed(self) -> bool:
         return self._closed
 
     # -- writing ---------------------------------------------------------
 
-    def append(self, kind: str, key: str, event_id: str, time_: str, body: bytes) -> bool:
-        """Append one event; False when it was dropped (spool full under drop_newest, or closed)."""
-        now = time.time()
+    def append(
+        self,
+        kind: str,
+        key: str,
+        event_id: str,
+        time_: str,
+        body: bytes,
+        *,
+        force: bool = False,
+        reserved: bool = False,
+    ) -> bool:
+        """Append one event; False when it was dropped (spool full under drop_newest, disk error, closed).
+
+        `force` writes past `max_bytes` (gap records: small, and the only trace of a loss);
+        `reserved` may use a reserve of max_bytes/8 beyond it (review events: the audit
+        trail, and a held answer's review must not wait behind a full spool).
+        """
         size = HEADER.size + PAYLOAD.size + len(key) + len(event_id) + len(time_) + len(body)
+        bound = self.max_bytes + (self.max_bytes // 8 if reserved else 0)
         with self._lock:
-            if self._closed:
+            if self._closed or (self._refusing and not force):
                 self.m_dropped_closed.inc()
+                self._dropped("closed", kind, key)
                 return False
-            if self._bytes + size > self.max_bytes:
+            if not force and self._bytes + size > bound:
                 if self.on_full == "drop_newest":
-                    self._note_drop(kind, now)
+                    self.m_dropped_full.inc()
+                    self._dropped("spool_full", kind, key)
                     return False
-                waited = time.perf_counter()
-                self.waiting += 1
-                while self._bytes + size > self.max_bytes and not self._closed:
-                    self._space.wait(0.5)
-                self.waiting -= 1
-                self.m_blocked.inc(time.perf_counter() - waited)
-                if self._closed:
+                if not self._wait_for_room(size, bound):
                     self.m_dropped_closed.inc()
+                    self._dropped("closed", kind, key)
                     return False
-            try:
-                if self._gap_dropped:
-                    self._write_gap()
-                self._write(encode(self._next_seq, kind, key, event_id, time_, body))
-            except OSError:
-                self.m_dropped_error.inc()
-                log.exception("spool: append failed; the event is dropped")
-                return False
+            while True:
+                try:
+                    self._write(encode(self._next_seq, kind, key, event_id, time_, body))
+                    self.disk_error = None
+                    break
+                except OSError as exc:
+                    self.m_disk_errors["append"].inc()
+                    first = self.disk_error is None
+                    self.disk_error = f"append: {exc}"
+                    if first:
+                        log.exception("spool: append failed (%s)", self.on_full)
+                    # The configured policy applies to a failing disk as to a full one.
+                    if force or self.on_full == "drop_newest":
+                        self.m_dropped_error.inc()
+                        self._dropped("spool_error", kind, key)
+                        return False
+                    self._space.wait(_ERROR_RETRY_S)
+                    if self._closed or self._refusing:
+                        self.m_dropped_closed.inc()
+                        self._dropped("closed", kind, key)
+                        return False
             self.m_spooled.inc()
             return True
 
-    def _note_drop(self, kind: str, now: float) -> None:
-        self.m_dropped_full.inc()
-        if not self._gap_dropped:
-            self._gap_first = now
-        self._gap_dropped += 1
-        self._gap_last = now
-        self._gap_by_kind[kind] = self._gap_by_kind.get(kind, 0) + 1
+    def _wait_for_room(self, size: int, bound: int) -> bool:
+        """Block policy: wait (lock held by the condition) until `size` fits; False when closed."""
+        waited = time.perf_counter()
+        self.waiting += 1
+        while self._bytes + size > bound and not (self._closed or self._refusing):
+            self._space.wait(0.5)
+        self.waiting -= 1
+        self._space.notify_all()  # stop_writers waits for the waiters to be gone
+        self.m_blocked.inc(time.perf_counter() - waited)
+        return not (self._closed or self._refusing)
 
-    def _write_gap(self) -> None:
-        # Room for the gap record itself is not checked: it is small and must not be lost.
-        body = events.gap_event(
-            first_seq=self._next_seq,
-            dropped=self._gap_dropped,
-            by_kind=self._gap_by_kind,
-            first_time=self._gap_first,
-            last_time=self._gap_last,
+    def _dropped(self, reason: str, kind: str, key: str) -> None:
+        if self._on_drop is not None:
+            self._on_drop(reason, kind, key)
+
+    def has_room(self, size: int) -> bool:
+        """Whether an event of `size` bytes would be kept now (the reject policy asks before forwarding)."""
+        return (
+            not self._closed
+            and self.disk_error is None
+            and self.waiting == 0
+            and self._bytes + size <= self.max_bytes
         )
-        self._write(
-            encode(self._next_seq, "gap", "gap", body["event_id"], body["time"], events.dumps(body))
-        )
-        log.warning("spool: %d events were dropped while the spool was full", self._gap_dropped)
-        self._gap_dropped = 0
-        self._gap_by_kind = {}
-        self.m_gaps.inc()
 
     def _write(self, rec: bytes) -> None:
         # The active segment is always a versioned one: past its header it holds a record.
@@ -387,6 +433,8 @@ class Spool:
         if self.fsync_policy == "always":
             os.fsync(self._fd)
         self._end += len(rec)
+        # A running mean of record sizes: the reject policy sizes the room it asks for with it.
+        self.mean_record_bytes += (len(rec) - self.mean_record_bytes) / 64
         self._segments[self._active] = self._end
         self._bytes += len(rec)
         self._next_seq += 1
@@ -423,18 +471,39 @@ class Spool:
         self._bytes += len(head)
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self._fsync_interval_s):
+        try:
+            while not self._stop.wait(self._fsync_interval_s):
+                self._flush_once()
+        except Exception:
+            log.exception("spool: the fsync thread failed; durability is no longer assured")
+            raise
+
+    def _flush_once(self) -> None:
+        with self._lock:
+            if not self._dirty or self._fd < 0:
+                return
+            self._dirty = False
+            # A private descriptor: a rotation may close the shared one meanwhile.
+            fd = os.dup(self._fd)
+        try:
+            # Outside the lock, so appends go on while the disk syncs.
+            os.fsync(fd)
+            if self.disk_error is not None and self.disk_error.startswith("fsync"):
+                self.disk_error = None
+        except OSError as exc:
+            # Counted, logged once per episode, reported by readiness; tried again next round.
+            self.m_disk_errors["fsync"].inc()
+            if self.disk_error is None:
+                log.exception("spool: fsync failed; what is spooled may not survive a power loss")
+            self.disk_error = f"fsync: {exc}"
             with self._lock:
-                if not self._dirty or self._fd < 0:
-                    continue
-                self._dirty = False
-                # A private descriptor: a rotation may close the shared one meanwhile.
-                fd = os.dup(self._fd)
-            try:
-                # Outside the lock, so appends go on while the disk syncs.
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                self._dirty = True
+        finally:
+            os.close(fd)
+
+    def fsync_alive(self) -> bool:
+        """True unless the interval policy's fsync thread has died."""
+        return self._flusher is None or self._flusher.is_alive() or self._closed
 
     # -- reading (one delivery thread) ----------------------------------
 
@@ -457,6 +526,8 @@ class Spool:
                     self._read_pos = self._start_of(nxt)
                 return []
         buf = self._read_bytes(pos.segment, pos.offset, min(limit - pos.offset, _CHUNK))
+        if self.disk_error is not None and self.disk_error.startswith("read"):
+            self.disk_error = None
         whole = pos.offset + len(buf) >= limit  # the chunk reaches the end of what is written
         out: list[Record] = []
         off = 0
@@ -513,6 +584,13 @@ class Spool:
             return any(s > pos.segment for s in self._segments)
         return pos.offset < size or pos.segment != self._active
 
+    def read_failed(self, exc: OSError) -> None:
+        """The delivery thread could not read: counted, logged once per episode, reported."""
+        self.m_disk_errors["read"].inc()
+        if self.disk_error is None or not self.disk_error.startswith("read"):
+            log.error("spool: read failed (%s); delivery waits for the disk", exc)
+        self.disk_error = f"read: {exc}"
+
     def wake_reader(self) -> None:
         """Wake a `read` waiting for records (the delivery thread has acknowledgements to handle)."""
         with self._lock:
@@ -551,7 +629,12 @@ class Spool:
     def _remove_segment(self, first: int) -> None:
         if self._reader is not None and self._reader[0] == first:
             self._close_reader()
-        (self.directory / segment_name(first)).unlink(missing_ok=True)
+        try:
+            (self.directory / segment_name(first)).unlink(missing_ok=True)
+        except OSError as exc:
+            # Acknowledged all the same: a start after this skips it (below the checkpoint).
+            self.m_disk_errors["remove"].inc()
+            log.error("spool: could not delete acknowledged segment %s: %s", first, exc)
         self._segments.pop(first, None)
         self._starts.pop(first, None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sidecar.metrics import Counter, Registry
 
-KINDS = ("decision", "explanation", "review")
+KINDS = ("decision", "explanation", "review", "gap")
 
 
 class SinkStats:

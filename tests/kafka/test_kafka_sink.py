@@ -222,15 +222,23 @@ def test_full_spool_drops_newest_counts_and_sends_a_gap_record(
     down.close(0.5)
 
     make_sink(kafka_settings(tmp_path, kafka_broker.bootstrap, kafka_topics, **small))
-    got = kafka_broker.consume(kafka_topics["topic_decisions"], len(accepted) + 1)
+    got = kafka_broker.consume(kafka_topics["topic_decisions"], len(accepted))
     by_id = bodies(got)
-    gaps = [b for b in by_id.values() if b["event_type"] == "gap"]
-    assert len(gaps) == 1
-    validate_event(gaps[0])
-    assert gaps[0]["dropped"] == dropped and gaps[0]["by_kind"] == {"decision": dropped}
-    gap_rec = next(r for r in got if orjson.loads(r.value)["event_type"] == "gap")
-    assert dict(gap_rec.headers)["ce_type"] == b"org.explaining-sidecar.gap.v1"
-    assert {b["event_id"] for b in accepted} <= set(by_id)
+    assert {b["event_type"] for b in by_id.values()} == {"decision"}
+    assert set(by_id) == {b["event_id"] for b in accepted}
+    # The gap record went on its own topic, keyed by its own id, naming every lost decision.
+    gap_recs = kafka_broker.consume(kafka_topics["topic_gaps"], 1)
+    gaps = list(bodies(gap_recs).values())
+    for g in gaps:
+        validate_event(g)
+        assert g["reason"] == "spool_full"
+        assert dict(gap_recs[0].headers)["ce_type"] == b"org.explaining-sidecar.gap.v1"
+    assert sum(g["dropped"] for g in gaps) == dropped
+    assert {"decision"} == {k for g in gaps for k in g["by_kind"]}
+    lost = {i for g in gaps for i in g["decision_ids"]}
+    made = {events.decision_event(make_decision(i))["decision_id"] for i in range(1000)}
+    assert lost == made - {b["decision_id"] for b in accepted}
+    assert gap_recs[0].key.decode() == orjson.loads(gap_recs[0].value)["event_id"]
 
 
 def test_corrupted_spool_is_recovered_from(

@@ -121,9 +121,21 @@ def test_review_events_validate_and_each_step_has_its_own_id() -> None:
 
 
 def test_gap_event_validates() -> None:
-    validate_event(
-        events.gap_event(first_seq=3, dropped=5, by_kind={"decision": 5}, first_time=1, last_time=2)
+    body = events.gap_event(
+        reason="queue_full",
+        by_kind={"decision": 2, "review": 1},
+        first_time=1,
+        last_time=2,
+        decision_ids=["r/0", "r/1"],
     )
+    validate_event(body)
+    assert body["dropped"] == 3 and body["decision_ids_complete"]
+    partial = events.gap_event(
+        reason="spool_full", by_kind={"decision": 5}, first_time=1, last_time=2, decision_ids=["a"]
+    )
+    assert not partial["decision_ids_complete"]
+    with pytest.raises(ValueError, match="gap reason"):
+        events.gap_event(reason="bored", by_kind={"decision": 1}, first_time=1, last_time=1)
 
 
 def test_schema_refuses_a_wrong_event(decision: Decision) -> None:

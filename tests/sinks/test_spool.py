@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import errno
+import os
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -20,6 +23,7 @@ from sidecar.sinks.spool_format import (
     encode,
     scan,
     segment_header,
+    segment_name,
 )
 
 
@@ -168,36 +172,106 @@ def test_garbage_file_and_bad_checkpoint_do_not_stop_the_spool(tmp_path: Path) -
     sp.close()
 
 
-def test_drop_newest_counts_and_leaves_a_gap_record(tmp_path: Path) -> None:
+def test_drop_newest_counts_and_names_each_dropped_event(tmp_path: Path) -> None:
     reg = Registry()
-    sp = make(tmp_path, reg, max_bytes=64 * 1024, segment_bytes=16 * 1024, on_full="drop_newest")
-    accepted = sum(put(sp, i, size=200) for i in range(1000))
-    dropped = 1000 - accepted
-    assert 0 < accepted < 1000
+    told: list[tuple[str, str, str]] = []
+    sp = make(
+        tmp_path,
+        reg,
+        max_bytes=64 * 1024,
+        segment_bytes=16 * 1024,
+        on_full="drop_newest",
+        on_drop=lambda *a: told.append(a),
+    )
+    kept = [i for i in range(1000) if put(sp, i, size=200)]
+    dropped = 1000 - len(kept)
+    assert 0 < len(kept) < 1000
     assert sp.bytes() <= 64 * 1024
     assert f'sidecar_events_dropped_total{{reason="spool_full"}} {dropped}' in reg.render()
-    recs = read_all(sp)
-    sp.acknowledge(recs[-1].seq + 1, None)  # the broker took everything: room again
-    assert put(sp, 5000)
-    tail = read_all(sp)
-    assert [r.kind for r in tail] == ["gap", "decision"]
-    gap = orjson.loads(tail[0].body)
-    assert gap["dropped"] == dropped and gap["by_kind"] == {"decision": dropped}
-    assert tail[0].event_id == gap["event_id"]
-    assert "sidecar_spool_gap_records_total 1" in reg.render()
+    assert told == [("spool_full", "decision", f"r{i}/0") for i in range(len(kept), 1000)]
+    assert not sp.has_room(1024)
     sp.close()
 
 
-def test_gap_survives_a_restart(tmp_path: Path) -> None:
+def test_a_forced_record_is_written_into_a_full_spool(tmp_path: Path) -> None:
     sp = make(tmp_path, max_bytes=64 * 1024, segment_bytes=16 * 1024)
     while put(sp, 0, size=500):
         pass
-    put(sp, 1, size=500)
+    assert sp.append("gap", "g", "gid", "2026-11-23T10:00:00.000000Z", b"{}", force=True)
+    assert [r.kind for r in read_all(sp)][-1] == "gap"
     sp.close()
-    sp2 = make(tmp_path, max_bytes=64 * 1024, segment_bytes=16 * 1024)
-    kinds = [r.kind for r in read_all(sp2)]
-    assert kinds[-1] == "gap"
-    sp2.close()
+
+
+def _break_disk(sp: Spool) -> int:
+    """Swap the active segment's descriptor for a read-only one: every write fails (EBADF)."""
+    good = sp._fd
+    sp._fd = os.open(sp.directory / segment_name(sp._active), os.O_RDONLY)
+    return good
+
+
+def _mend_disk(sp: Spool, good: int) -> None:
+    with sp._lock:
+        bad, sp._fd = sp._fd, good
+    os.close(bad)
+
+
+def test_a_disk_error_under_drop_newest_drops_counts_and_tells(tmp_path: Path) -> None:
+    reg = Registry()
+    told: list[tuple[str, str, str]] = []
+    sp = make(tmp_path, reg, on_drop=lambda *a: told.append(a))
+    assert put(sp, 0)
+    good = _break_disk(sp)
+    assert not put(sp, 1)
+    assert told == [("spool_error", "decision", "r1/0")]
+    assert sp.disk_error is not None and not sp.has_room(1)
+    assert 'sidecar_spool_disk_errors_total{op="append"} 1' in reg.render()
+    _mend_disk(sp, good)
+    assert put(sp, 2)
+    assert sp.disk_error is None
+    assert ids(read_all(sp)) == [0, 2]
+    sp.close()
+
+
+def test_a_disk_error_under_block_waits_until_the_disk_is_back(tmp_path: Path) -> None:
+    reg = Registry()
+    told: list[tuple[str, str, str]] = []
+    sp = make(tmp_path, reg, on_full="block", on_drop=lambda *a: told.append(a))
+    good = _break_disk(sp)
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(put(sp, 1)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while 'sidecar_spool_disk_errors_total{op="append"} 0' in reg.render():
+        assert time.monotonic() < deadline, "the append never failed"
+        time.sleep(0.01)
+    assert t.is_alive() and not result  # still waiting: the policy is to block, not to drop
+    _mend_disk(sp, good)
+    t.join(10)
+    assert result == [True] and told == []
+    assert ids(read_all(sp)) == [1]
+    sp.close()
+
+
+def test_an_fsync_error_is_counted_reported_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = Registry()
+    sp = make(tmp_path, reg, fsync="interval", fsync_interval_s=3600)
+    assert put(sp, 0)
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", eio)
+    sp._flush_once()
+    assert sp.disk_error is not None and sp.disk_error.startswith("fsync")
+    assert 'sidecar_spool_disk_errors_total{op="fsync"} 1' in reg.render()
+    assert sp.fsync_alive()
+    monkeypatch.setattr(os, "fsync", real)
+    sp._flush_once()  # the failed round left the spool dirty: it is synced again
+    assert sp.disk_error is None
+    sp.close()
 
 
 def test_block_policy_waits_for_room_then_continues(tmp_path: Path) -> None:
