@@ -98,6 +98,8 @@ class DecisionSettings(_Section):
     """Bound of the queue between the hot path and the background stages; past it decisions are shed and counted."""
     retention: int = Field(default=100_000, ge=1)
     """Decisions kept for lookup by id (oldest forgotten first)."""
+    retention_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes the lookup store may hold: decisions, their explanations and the request-id index, as counted by the store (oldest call forgotten first)."""
     flush_interval_ms: float = Field(default=25.0, gt=0, le=1000)
     """How often the background stages take what the hot path queued: decisions reach lookups, events and the spool within this (held ones at once). Longer costs less CPU per request but widens what a crash can lose."""
 

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from sidecar.dataplane.protocols import Call, ParseError, recognise
-from sidecar.decisions import Decision, accept_request_id
+from sidecar.dataplane.protocols import Call, ParseError, binary, recognise, v2
+from sidecar.decisions import Decision, client_request_id, new_call_id
 from sidecar.metrics import Counter, Registry
 from sidecar.pipeline.queue import Batch
 from sidecar.pipeline.routing import flag_set
@@ -25,8 +25,12 @@ from sidecar.types import RawHeaders
 log = logging.getLogger("sidecar.dataplane")
 
 _CALL_CACHE = 256
+# Longer paths are recognised each time rather than cached: 256 of them could otherwise
+# hold as much memory as 256 of the longest request lines.
+_CALL_CACHE_PATH = 512
 _PROTOCOLS = ("kserve_v1", "v2", "mlflow")
-_REASONS = ("request_json", "response_json", "ParseError")
+_REASONS = ("request_json", "response_json", "request_binary", "response_binary", "ParseError")
+_PARSE_ERRORS = (ParseError, TypeError, ValueError, KeyError, IndexError, RecursionError)
 
 
 class GroupSource(Protocol):
@@ -120,48 +124,101 @@ class Decider:
         except KeyError:
             pass
         call = recognise(method, path, self._mlflow_model)
-        if len(self._calls) >= _CALL_CACHE:
-            self._calls.clear()
-        self._calls[key] = call
+        if len(path) <= _CALL_CACHE_PATH:
+            if len(self._calls) >= _CALL_CACHE:
+                self._calls.clear()
+            self._calls[key] = call
         return call
 
-    def read_request(self, call: Call, body: bytes) -> tuple[Any, Any, bytes]:
-        """(the parsed request or None, its group attributes, the body to forward).
+    def read_request(
+        self, call: Call, body: bytes, headers: RawHeaders
+    ) -> tuple[Any, Any, bytes, RawHeaders]:
+        """(the parsed request or None, its group attributes, the body and headers to forward).
 
         The body is forwarded byte for byte unless the group-attribute field had
-        to be taken out of it.
+        to be taken out of it (then a binary-extension call's header length is
+        rewritten to match).
         """
+        length = None
+        if call.protocol == v2.NAME:
+            try:
+                length = binary.header_length(headers)
+            except ParseError:
+                self.parse_failed(call.protocol, "request_binary")
+                return None, None, body, headers
+        if length is None:
+            try:
+                request: Any = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                self.parse_failed(call.protocol, "request_json")
+                return None, None, body, headers
+            groups, body = self._take_groups(request, body)
+            return request, groups, body, headers
         try:
-            request: Any = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            self.parse_failed(call.protocol, "request_json")
-            return None, None, body
+            request, section = binary.split(body, length)
+            groups, header = self._take_groups(request, b"")
+            if groups is not None:
+                body = header + section.tobytes()
+                headers = [
+                    (n, str(len(header)).encode() if n == binary.HEADER else v) for n, v in headers
+                ]
+            if isinstance(request, dict):
+                binary.fill(request.get("inputs"), section)
+        except ParseError:
+            self.parse_failed(call.protocol, "request_binary")
+            return None, None, body, headers
+        return request, groups, body, headers
+
+    def _take_groups(self, request: Any, body: bytes) -> tuple[Any, bytes]:
         if self._groups is None or self._groups.body_field is None or not isinstance(request, dict):
-            return request, None, body
+            return None, body
         groups = self._groups.take_body_field(request)
         if groups is None:
-            return request, None, body
-        return request, groups, orjson.dumps(request)
+            return None, body
+        return groups, orjson.dumps(request)
+
+    def _response(self, call: Call, rbody: bytes, rheaders: RawHeaders) -> Any:
+        """The answer's body as the protocol parser reads it; None (counted) when unreadable."""
+        length = None
+        if call.protocol == v2.NAME:
+            try:
+                length = binary.header_length(rheaders)
+            except ParseError:
+                self.parse_failed(call.protocol, "response_binary")
+                return None
+        if length is None:
+            try:
+                return orjson.loads(rbody)
+            except orjson.JSONDecodeError:
+                self.parse_failed(call.protocol, "response_json")
+                return None
+        try:
+            response, section = binary.split(rbody, length)
+            if isinstance(response, dict):
+                binary.fill(response.get("outputs"), section)
+        except ParseError:
+            self.parse_failed(call.protocol, "response_binary")
+            return None
+        return response
 
     def decide(
         self,
         call: Call,
         request: Any,
         rbody: bytes,
+        rheaders: RawHeaders,
         headers: RawHeaders,
         latency: float,
         arrived: float,
         body_groups: Any,
     ) -> Batch | None:
         """The decisions of a call the upstream answered 200, or None when it cannot be recorded."""
-        try:
-            response = orjson.loads(rbody)
-        except orjson.JSONDecodeError:
-            self.parse_failed(call.protocol, "response_json")
+        response = self._response(call, rbody, rheaders)
+        if response is None:
             return None
         try:
             parsed = call.parse(request, response, self._feature_names, self._labels)
-        except (ParseError, TypeError, ValueError, KeyError, IndexError) as exc:
+        except _PARSE_ERRORS as exc:
             self.parse_failed(call.protocol, type(exc).__name__)
             log.debug("could not parse %s call: %s", call.protocol, exc)
             return None
@@ -180,7 +237,13 @@ class Decider:
                 explain = flag_set(value)
             elif name == self._review_header:
                 review = flag_set(value)
-        rid = accept_request_id(request_id)
+        client_id = client_request_id(request_id)
+        if client_id is None and call.protocol == v2.NAME and isinstance(request, dict):
+            # A V2 body's id: clients that cannot read response headers (tritonclient)
+            # find their decisions by it.
+            body_id = request.get("id")
+            client_id = client_request_id(body_id) if type(body_id) is str else None
+        call_id = new_call_id()
         version = response.get("model_version") if isinstance(response, dict) else None
         version = str(version) if version else (call.model_version or self._model_version)
         names = parsed.feature_names
@@ -203,7 +266,8 @@ class Decider:
                 )
                 groups = source.from_request(headers, body_groups, feats)
             d = Decision(
-                request_id=rid,
+                call_id=call_id,
+                request_id=client_id,
                 row=i,
                 time=arrived,
                 protocol=call.protocol,
@@ -231,7 +295,7 @@ class Decider:
         return orjson.dumps(
             {
                 "review_ticket": first_held.decision_id,
-                "decision_id": first_held.request_id,
+                "decision_id": first_held.call_id,
                 "status": "held",
                 "reason": first_held.review_reason,
                 "status_url": f"{self._control_url}/review/items/{first_held.decision_id}",

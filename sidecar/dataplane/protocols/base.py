@@ -71,17 +71,33 @@ def row_from_record(record: dict[str, Any], names: list[str]) -> list[Any]:
     return [record.get(n) for n in names]
 
 
-_DEFAULT_NAMES: dict[int, list[str]] = {}
+# Default names are cached per row width (clients send the same few widths), bounded in
+# bytes: once NAMES_CACHE_BYTES are held, other widths get a list built for the call, so
+# calls of ever new, very wide rows cannot grow it. Every row of a call shares its list.
+NAMES_CACHE_BYTES = 1 << 20
+# What one cached name costs: its str (~53 bytes for "f123") and its list slot.
+_NAME_BYTES = 64
+_default_names: dict[int, list[str]] = {}
+_cached_bytes = [0]
 
 
 def names_for(width: int, configured: Sequence[str]) -> list[str]:
     """The configured names when they fit, else f0, f1, ... (shared lists: never mutate them)."""
     if len(configured) == width:
         return configured if isinstance(configured, list) else list(configured)
-    names = _DEFAULT_NAMES.get(width)
+    names = _default_names.get(width)
     if names is None:
-        names = _DEFAULT_NAMES.setdefault(width, [f"f{i}" for i in range(width)])
+        names = [f"f{i}" for i in range(width)]
+        cost = width * _NAME_BYTES
+        if _cached_bytes[0] + cost <= NAMES_CACHE_BYTES:
+            _default_names[width] = names
+            _cached_bytes[0] += cost
     return names
+
+
+def names_cache_bytes() -> int:
+    """What the default-name cache holds, as counted against NAMES_CACHE_BYTES."""
+    return _cached_bytes[0]
 
 
 def interpret_prediction(item: Any, labels: Sequence[str]) -> Row:
