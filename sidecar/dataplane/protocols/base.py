@@ -126,6 +126,38 @@ def interpret_prediction(item: Any, labels: Sequence[str]) -> Row:
     return Row(None, item, None, None)
 
 
+# How deep a row's values or a prediction may nest (an image row is three or four deep).
+# orjson writes at most 254 levels: a decision holding deeper values could not be
+# recorded or published, and would fail the background stage for its whole batch.
+MAX_NESTING = 32
+_CONTAINERS = (list, dict)
+
+
+def check_nesting(value: Any) -> None:
+    """ParseError when `value` (a row or a prediction) nests deeper than MAX_NESTING."""
+    t = type(value)
+    if t is list:
+        # The common case, a flat row, settled by one C-level pass over the value types.
+        types = set(map(type, value))
+        if list not in types and dict not in types:
+            return
+    elif t is not dict:
+        return
+    # Iterative, level by level: nothing here may recurse as deep as the client nests.
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_NESTING:
+            raise ParseError(f"values nested deeper than {MAX_NESTING}")
+        below: list[Any] = []
+        for v in level:
+            for x in v.values() if type(v) is dict else v:
+                if type(x) in _CONTAINERS:
+                    below.append(x)
+        level = below
+
+
 def rows_from_predictions(
     features: list[Any], predictions: list[Any], labels: Sequence[str]
 ) -> list[Row]:
@@ -133,6 +165,8 @@ def rows_from_predictions(
     check_rows(len(features), len(predictions))
     rows = []
     for f, p in zip(features, predictions, strict=True):
+        check_nesting(f)
+        check_nesting(p)
         row = interpret_prediction(p, labels)
         row.features = f
         rows.append(row)
