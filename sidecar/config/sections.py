@@ -108,7 +108,7 @@ class SamplingSettings(_Section):
     """Which decisions get explained (owned by the explanation stage)."""
 
     rate: float = Field(0.1, ge=0.0, le=1.0)
-    """Fraction of decisions explained, chosen by a hash of the decision id (a replay chooses the same)."""
+    """Fraction of decisions explained, chosen by a hash of the client's request id and the row (a replay chooses the same), or of the decision id when the client sent none."""
     low_confidence_below: float | None = Field(0.6, ge=0.0, le=1.0)
     """Always explain decisions whose confidence is below this (unset: no such rule)."""
     header: str = "x-explain"
