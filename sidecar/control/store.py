@@ -131,13 +131,11 @@ class DecisionStore:
                 rows = call.rows
                 while len(rows) <= row:
                     rows.append(None)
-                if rows[row] is None:
+                old = rows[row]
+                if old is None:
                     self._rows += 1
-                else:
-                    self._bytes -= len(rows[row]) + ROW_OVERHEAD  # type: ignore[arg-type]
-                    call.nbytes -= len(rows[row]) + ROW_OVERHEAD  # type: ignore[arg-type]
                 rows[row] = data
-                size = len(data) + ROW_OVERHEAD
+                size = len(data) + ROW_OVERHEAD - (0 if old is None else len(old) + ROW_OVERHEAD)
                 call.nbytes += size
                 self._bytes += size
             self._trim()

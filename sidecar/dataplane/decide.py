@@ -31,6 +31,8 @@ _CALL_CACHE_PATH = 512
 _PROTOCOLS = ("kserve_v1", "v2", "mlflow")
 _REASONS = ("request_json", "response_json", "request_binary", "response_binary", "ParseError")
 _PARSE_ERRORS = (ParseError, TypeError, ValueError, KeyError, IndexError, RecursionError)
+# An answer that could not be read (already counted); JSON's null is a readable answer.
+_UNREADABLE = object()
 
 
 class GroupSource(Protocol):
@@ -178,27 +180,27 @@ class Decider:
         return groups, orjson.dumps(request)
 
     def _response(self, call: Call, rbody: bytes, rheaders: RawHeaders) -> Any:
-        """The answer's body as the protocol parser reads it; None (counted) when unreadable."""
+        """The answer's body as the protocol parser reads it; _UNREADABLE (counted) when not."""
         length = None
         if call.protocol == v2.NAME:
             try:
                 length = binary.header_length(rheaders)
             except ParseError:
                 self.parse_failed(call.protocol, "response_binary")
-                return None
+                return _UNREADABLE
         if length is None:
             try:
                 return orjson.loads(rbody)
             except orjson.JSONDecodeError:
                 self.parse_failed(call.protocol, "response_json")
-                return None
+                return _UNREADABLE
         try:
             response, section = binary.split(rbody, length)
             if isinstance(response, dict):
                 binary.fill(response.get("outputs"), section)
         except ParseError:
             self.parse_failed(call.protocol, "response_binary")
-            return None
+            return _UNREADABLE
         return response
 
     def decide(
@@ -214,7 +216,7 @@ class Decider:
     ) -> Batch | None:
         """The decisions of a call the upstream answered 200, or None when it cannot be recorded."""
         response = self._response(call, rbody, rheaders)
-        if response is None:
+        if response is _UNREADABLE:
             return None
         try:
             parsed = call.parse(request, response, self._feature_names, self._labels)
