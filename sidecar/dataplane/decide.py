@@ -86,6 +86,8 @@ class Decider:
         self._feature_names = feature_names
         self._labels = class_labels
         self._groups = groups
+        # Whether a request body may carry the group attributes (then it is searched).
+        self._body_field = groups is not None and groups.body_field is not None
         self._router = router
         self._explain_header = explain_header
         self._review_header = router.header_name if router is not None else None
@@ -141,29 +143,31 @@ class Decider:
         to be taken out of it (then a binary-extension call's header length is
         rewritten to match).
         """
-        length = None
-        if call.protocol == v2.NAME:
-            try:
-                length = binary.header_length(headers)
-            except ParseError:
-                self.parse_failed(call.protocol, "request_binary")
-                return None, None, body, headers
-        if length is None:
-            try:
-                request: Any = orjson.loads(body)
-            except orjson.JSONDecodeError:
+        try:
+            request: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            # A binary-extension body is JSON followed by raw bytes, so it fails here:
+            # only then are the headers searched, which keeps that off every JSON call.
+            return self._read_binary(call, body, headers)
+        if self._body_field:
+            groups, stripped = self._take_groups(request, body)
+            if groups is not None:
+                return request, groups, stripped, _header_length(headers, len(stripped))
+        return request, None, body, headers
+
+    def _read_binary(
+        self, call: Call, body: bytes, headers: RawHeaders
+    ) -> tuple[Any, Any, bytes, RawHeaders]:
+        try:
+            length = binary.header_length(headers) if call.protocol == v2.NAME else None
+            if length is None:
                 self.parse_failed(call.protocol, "request_json")
                 return None, None, body, headers
-            groups, body = self._take_groups(request, body)
-            return request, groups, body, headers
-        try:
             request, section = binary.split(body, length)
             groups, header = self._take_groups(request, b"")
             if groups is not None:
                 body = header + section.tobytes()
-                headers = [
-                    (n, str(len(header)).encode() if n == binary.HEADER else v) for n, v in headers
-                ]
+                headers = _header_length(headers, len(header))
             if isinstance(request, dict):
                 binary.fill(request.get("inputs"), section)
         except ParseError:
@@ -179,22 +183,14 @@ class Decider:
             return None, body
         return groups, orjson.dumps(request)
 
-    def _response(self, call: Call, rbody: bytes, rheaders: RawHeaders) -> Any:
-        """The answer's body as the protocol parser reads it; _UNREADABLE (counted) when not."""
-        length = None
-        if call.protocol == v2.NAME:
-            try:
-                length = binary.header_length(rheaders)
-            except ParseError:
-                self.parse_failed(call.protocol, "response_binary")
-                return _UNREADABLE
-        if length is None:
-            try:
-                return orjson.loads(rbody)
-            except orjson.JSONDecodeError:
+    def _binary_response(self, call: Call, rbody: bytes, rheaders: RawHeaders) -> Any:
+        """An answer that is not JSON, read as the binary extension when it says it is one;
+        _UNREADABLE (counted) when not."""
+        try:
+            length = binary.header_length(rheaders) if call.protocol == v2.NAME else None
+            if length is None:
                 self.parse_failed(call.protocol, "response_json")
                 return _UNREADABLE
-        try:
             response, section = binary.split(rbody, length)
             if isinstance(response, dict):
                 binary.fill(response.get("outputs"), section)
@@ -215,9 +211,12 @@ class Decider:
         body_groups: Any,
     ) -> Batch | None:
         """The decisions of a call the upstream answered 200, or None when it cannot be recorded."""
-        response = self._response(call, rbody, rheaders)
-        if response is _UNREADABLE:
-            return None
+        try:
+            response = orjson.loads(rbody)
+        except orjson.JSONDecodeError:
+            response = self._binary_response(call, rbody, rheaders)
+            if response is _UNREADABLE:
+                return None
         try:
             parsed = call.parse(request, response, self._feature_names, self._labels)
         except _PARSE_ERRORS as exc:
@@ -239,7 +238,7 @@ class Decider:
                 explain = flag_set(value)
             elif name == self._review_header:
                 review = flag_set(value)
-        client_id = client_request_id(request_id)
+        client_id = None if request_id is None else client_request_id(request_id)
         if client_id is None and call.protocol == v2.NAME and isinstance(request, dict):
             # A V2 body's id: clients that cannot read response headers (tritonclient)
             # find their decisions by it.
@@ -303,3 +302,9 @@ class Decider:
                 "status_url": f"{self._control_url}/review/items/{first_held.decision_id}",
             }
         )
+
+
+def _header_length(headers: RawHeaders, length: int) -> RawHeaders:
+    """The headers with `Inference-Header-Content-Length` (when sent) set to `length`."""
+    value = str(length).encode()
+    return [(n, value if n == binary.HEADER else v) for n, v in headers]

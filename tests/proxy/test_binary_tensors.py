@@ -280,3 +280,28 @@ def test_group_attributes_in_a_binary_body_are_taken_out(model: RecordingUpstrea
     assert data == x.tobytes()
     assert decisions[0].group_attributes == {"gender": "F"}
     assert decisions[0].probabilities == via.as_numpy("predict_proba").tolist()[0]
+
+
+def test_a_header_only_binary_body_keeps_its_length_right_when_attributes_are_taken(
+    model: RecordingUpstream,
+) -> None:
+    # No binary inputs, binary outputs asked for: the whole body is the JSON header.
+    body = orjson.dumps(
+        {
+            "id": "hdr-only",
+            "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [3.0, 4.0]}],
+            "outputs": [{"name": "predict_proba", "parameters": {"binary_data": True}}],
+            "parameters": {"group_attributes": {"gender": "F"}},
+        }
+    )
+    with running_sidecar(model.url) as svc:
+        status, headers, answer = _raw(svc.proxy_url, body, len(body))
+        decisions = _stored(svc, "hdr-only")
+        header, data = _seen_body(model)
+    assert status == 200 and "inference-header-content-length" in headers
+    assert data == b"" and "parameters" not in header
+    assert decisions[0].group_attributes == {"gender": "F"}
+    assert decisions[0].features == [3.0, 4.0]
+    n = int(headers["inference-header-content-length"])
+    proba = np.frombuffer(answer[n:], dtype="<f4").tolist()
+    assert decisions[0].probabilities == proba
