@@ -32,7 +32,7 @@ def best_of(fn: Callable[[], object], n: int, runs: int = 5) -> float:
 
 def _decision(i: int) -> Decision:
     return Decision(
-        request_id=f"hot{i}",
+        call_id=f"hot{i}",
         row=0,
         time=0.0,
         protocol="v2",

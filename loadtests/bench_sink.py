@@ -56,7 +56,7 @@ def _free_port() -> int:
 def sample_decision(i: int) -> Decision:
     """A decision shaped like the demo's: 8 features, two classes, two group attributes."""
     return Decision(
-        request_id=uuid.UUID(int=i).hex,
+        call_id=uuid.UUID(int=i).hex,
         row=0,
         time=time.time(),
         protocol="v2",

@@ -36,7 +36,7 @@ def prepare(work: Path, items: int) -> dict[str, dict[str, Any]]:
         for i in range(items):
             store.enqueue(
                 Decision(
-                    request_id=f"bench{i:08d}",
+                    call_id=f"bench{i:08d}",
                     row=0,
                     time=now,
                     protocol="v2",

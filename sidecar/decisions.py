@@ -1,7 +1,9 @@
 """The decision: one row of one recognised inference call.
 
-A request gets one id (`x-decision-id`, the incoming `x-request-id` when it
-is safe to reuse); row `i` of it is the decision `{id}/{i}`.
+Every forwarded call gets an id of its own, minted here (`x-decision-id`, a
+UUIDv7: time-ordered, unique per call even when clients reuse their request
+ids); row `i` of it is the decision `{id}/{i}`. The client's own request id
+(`x-request-id`, or a V2 body's `id`) is recorded beside it, never used as it.
 """
 
 from __future__ import annotations
@@ -9,32 +11,54 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
+# What a client's request id may be to be recorded: visible ASCII, as a query
+# parameter and an event field carry it. Anything else is not recorded.
+_CLIENT_ID = re.compile(r"[!-~]{1,128}\Z")
 
 
-# 128 bits from a generator seeded once from the OS: ids stay unique without a
-# getrandom() syscall per request (that showed in the per-request CPU). They are
-# not secrets: every lookup by id needs a control-plane token.
+# 74 random bits per id from a generator seeded once from the OS: ids stay unique
+# without a getrandom() syscall per call (that showed in the per-request CPU). They
+# are not secrets: every lookup by id needs a control-plane token.
 _ids = random.Random(os.urandom(32))
+_bits = _ids.getrandbits
+_time_ns = time.time_ns
+# Of 80 random bits, the version (7) and variant (0b10) replace 6: RFC 9562's layout.
+_RANDOM = ((1 << 80) - 1) & ~((0xF << 76) | (0b11 << 62))
+_VERSION_VARIANT = (0x7 << 76) | (0b10 << 62)
 
 
-def new_request_id() -> str:
-    return f"{_ids.getrandbits(128):032x}"
+def _reseed() -> None:
+    # A forked child would otherwise mint its parent's ids.
+    _ids.seed(os.urandom(32))
 
 
-def accept_request_id(value: str | None) -> str:
-    """Honour a client's `x-request-id` when it is a safe token, else mint one."""
-    if value and _SAFE_ID.match(value):
+os.register_at_fork(after_in_child=_reseed)
+
+
+def new_call_id() -> str:
+    """A UUIDv7 (RFC 9562: 48 bits of Unix milliseconds, then 74 random bits) as 32 hex digits.
+
+    Without the dashes, as the ids were before they were time-ordered: the four slices
+    that place them doubled the cost (0.8 against 1.3 µs, measured). `uuid.UUID(id)`
+    reads it either way; ids of different milliseconds sort by time, as strings too.
+    """
+    return f"{((_time_ns() // 1_000_000) << 80) | (_bits(80) & _RANDOM) | _VERSION_VARIANT:032x}"
+
+
+def client_request_id(value: str | None) -> str | None:
+    """The client's request id when it can be recorded as it is, else None."""
+    if value and _CLIENT_ID.match(value):
         return value
-    return new_request_id()
+    return None
 
 
-def decision_id(request_id: str, row: int) -> str:
-    return f"{request_id}/{row}"
+def decision_id(call_id: str, row: int) -> str:
+    return f"{call_id}/{row}"
 
 
 def split_decision_id(value: str) -> tuple[str, int]:
@@ -58,7 +82,8 @@ class Decision:
     review queue's copy and the control plane's dict follow `DECISION_FIELDS`.
     """
 
-    request_id: str
+    call_id: str  # minted per forwarded call: the decision id is `{call_id}/{row}`
+    request_id: str | None = None  # the client's (x-request-id, or a V2 body's id)
     row: int
     time: float  # unix seconds, when the request arrived
     protocol: str  # "kserve_v1" | "v2" | "mlflow"
@@ -82,7 +107,7 @@ class Decision:
 
     @property
     def decision_id(self) -> str:
-        return f"{self.request_id}/{self.row}"
+        return f"{self.call_id}/{self.row}"
 
 
 # The one list of a decision's fields, in declaration order. The lookup store packs

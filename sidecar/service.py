@@ -70,7 +70,9 @@ class Service:
         self.proxy_url = _url(self._proxy_sock)
         self.control_url = _url(self._control_sock)
         self.upstream = Upstream(settings.proxy)
-        self.store = DecisionStore(settings.decisions.retention, registry)
+        self.store = DecisionStore(
+            settings.decisions.retention, registry, settings.decisions.retention_bytes
+        )
         self.sink: EventSink = build_sink(settings, registry)
         r = settings.review
         self.review_store = SqliteReviewStore(

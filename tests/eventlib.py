@@ -26,7 +26,7 @@ def validate_event(body: dict[str, Any]) -> None:
 
 def make_decision(i: int = 0, **kw: Any) -> Decision:
     fields: dict[str, Any] = {
-        "request_id": f"req{i:06d}",
+        "call_id": f"req{i:06d}",
         "row": 0,
         "time": 1795392000.0 + i,
         "protocol": "v2",

@@ -44,6 +44,7 @@ API_LEFT_OUT = {"sample_reason", "explain_requested"}
 # Decision fields the console's decision view does not show. The row's id is the item id
 # in the title, and the routing reason comes from the review item, not the decision.
 CONSOLE_HIDDEN = {
+    "call_id",
     "request_id",
     "row",
     "protocol",
@@ -60,6 +61,7 @@ CONSOLE_HIDDEN = {
 def full_decision() -> Decision:
     """A decision with every field set, none to its default, each value JSON-exact."""
     return Decision(
+        call_id="call-fields",
         request_id="req-fields",
         row=3,
         time=1795392000.25,
@@ -157,7 +159,7 @@ def test_one_decision_round_trips_through_every_place_unchanged(tmp_path: Path) 
     validate_event(body)  # decision.v1.json, after a JSON round trip
     assert set(body) == set(DECISION_SCHEMA["properties"])
     assert decision_from_event(orjson.loads(events.dumps(body))) == d
-    assert body["decision_id"] == "req-fields/3"
+    assert body["decision_id"] == "call-fields/3"
     assert body["features_hash"] == events.features_hash(d.features)
     hashed = events.decision_event(d, features="hash")
     validate_event(hashed)
@@ -170,7 +172,7 @@ def test_one_decision_round_trips_through_every_place_unchanged(tmp_path: Path) 
     decisions = DecisionStore(10, registry)
     decisions.add([d])
     assert orjson.loads(pack(d)) == [getattr(d, name) for name in DECISION_FIELDS]
-    stored = decisions.get("req-fields/3")
+    stored = decisions.get("call-fields/3")
     assert stored == d and stored is not d
 
     sink = FileSink(
@@ -187,13 +189,13 @@ def test_one_decision_round_trips_through_every_place_unchanged(tmp_path: Path) 
         lookup = Explanations(
             store=review, decisions=decisions, explain_now=None, cache_size=0, registry=registry
         )
-        found = lookup.find("req-fields/3")
+        found = lookup.find("call-fields/3")
         assert found is not None
         as_dict, item = found
         assert item is None
         assert as_dict == {
             **{name: getattr(d, name) for name in DECISION_FIELDS},
-            "decision_id": "req-fields/3",
+            "decision_id": "call-fields/3",
         }
         assert decision_from_dict(as_dict) == d
 
@@ -201,7 +203,7 @@ def test_one_decision_round_trips_through_every_place_unchanged(tmp_path: Path) 
         assert review.enqueue(d) is not None
         queued = Explanations(
             store=review, decisions=None, explain_now=None, cache_size=0, registry=registry
-        ).find("req-fields/3")
+        ).find("call-fields/3")
         assert queued is not None and queued[1] is not None
         assert queued[0] == as_dict
         assert decision_from_dict(queued[0]) == d

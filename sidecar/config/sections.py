@@ -116,6 +116,8 @@ class DecisionSettings(_Section):
     """Bound of the queue between the hot path and the background stages; past it decisions are shed and counted."""
     retention: int = Field(default=100_000, ge=1)
     """Decisions kept for lookup by id (oldest forgotten first)."""
+    retention_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes the lookup store may hold: decisions, their explanations and the request-id index, as counted by the store (oldest call forgotten first)."""
     flush_interval_ms: float = Field(default=25.0, gt=0, le=1000)
     """How often the background stages take what the hot path queued: decisions reach lookups, events and the spool within this (held ones at once). Longer costs less CPU per request but widens what a crash can lose."""
     on_overload: Literal["shed", "reject"] = "shed"
@@ -126,7 +128,7 @@ class SamplingSettings(_Section):
     """Which decisions get explained (owned by the explanation stage)."""
 
     rate: float = Field(0.1, ge=0.0, le=1.0)
-    """Fraction of decisions explained, chosen by a hash of the decision id (a replay chooses the same)."""
+    """Fraction of decisions explained, chosen by a hash of the client's request id and the row (a replay chooses the same), or of the decision id when the client sent none."""
     low_confidence_below: float | None = Field(0.6, ge=0.0, le=1.0)
     """Always explain decisions whose confidence is below this (unset: no such rule)."""
     header: str = "x-explain"

@@ -1,7 +1,7 @@
 """Finding a decision and its explanation for the control plane.
 
 A decision is looked up in the decision store (recent decisions, bounded by
-`decisions.retention`) and then in the review queue (which keeps its own
+`decisions.retention` and `decisions.retention_bytes`) and then in the review queue (which keeps its own
 copy). Its explanation is the one the background stage made when it was
 sampled; otherwise it is computed on demand from the recorded features and
 kept in a bounded LRU (`review.explanation_cache_size`).
@@ -32,13 +32,20 @@ class DecisionSource(Protocol):
 
     def get_explanation(self, decision_id: str) -> dict[str, Any] | None: ...
 
+    def by_request(
+        self, request_id: str, *, after: str | None = None, limit: int = 100
+    ) -> tuple[list[Decision], bool]: ...
+
 
 def decision_from_dict(d: dict[str, Any]) -> Decision:
     """The inverse of `decision_to_dict`: `DECISION_FIELDS` by name, the rest ignored.
 
     A field missing from `d` takes its default, so a review item stored before the
-    field was added still reads back.
+    field was added still reads back. Items stored before ids were minted per call
+    carry only `request_id`, which was then the id's root: it becomes their `call_id`.
     """
+    if "call_id" not in d and "request_id" in d:
+        d = {**d, "call_id": d["request_id"]}
     return Decision(**{name: d[name] for name in DECISION_FIELDS if name in d})
 
 
@@ -78,11 +85,20 @@ class Explanations:
             return item.decision, item
         return None
 
+    def by_request(
+        self, request_id: str, *, after: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The recent decisions carrying the client's request id (as dicts), and whether more follow."""
+        if self._decisions is None:
+            return [], False
+        found, more = self._decisions.by_request(request_id, after=after, limit=limit)
+        return [decision_to_dict(d) for d in found], more
+
     def explain(
         self, decision: dict[str, Any], item: ReviewItem | None
     ) -> tuple[dict[str, Any] | None, Source | None, str | None]:
         """(explanation, where it came from, why there is none)."""
-        key = f"{decision['request_id']}/{decision['row']}"
+        key = f"{decision.get('call_id', decision.get('request_id'))}/{decision['row']}"
         if self._decisions is not None:
             sampled = self._decisions.get_explanation(key)
             if sampled is not None:

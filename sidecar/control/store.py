@@ -1,6 +1,8 @@
-"""Recent decisions and their explanations, kept for lookup by id.
+"""Recent decisions and their explanations, kept for lookup by id or by the client's request id.
 
-Bounded by `decisions.retention` (oldest forgotten first). Each entry is
+Bounded by `decisions.retention` decisions and `decisions.retention_bytes` of
+entries, explanations and index (oldest call forgotten first, all its rows at
+once): very wide rows cannot grow it past the byte bound. Each entry is
 kept serialised (orjson bytes), not as live objects: a hundred thousand
 decisions held as dataclasses, lists and dicts are half a million objects
 the garbage collector walks on every full collection (measured: pauses of
@@ -11,7 +13,8 @@ Held in memory: a restart forgets them; the event stream is the record.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -48,11 +51,45 @@ def unpack(data: bytes) -> Decision:
     return from_values(orjson.loads(data))
 
 
+# What an entry costs beyond its bytes: the bytes object's header, its slot in the
+# call's list and, per call, the call record, its OrderedDict node and key string
+# (measured with tracemalloc: counted bytes are within 10% above what is held,
+# tests/sinks/test_store_bounds.py).
+ROW_OVERHEAD = 64
+CALL_OVERHEAD = 360
+# A request id's place in the index: its key, its deque (a 64-slot block), its dict slot
+# (measured: ~840 bytes for a request id that one call carried).
+INDEX_OVERHEAD = 850
+# The largest page `by_request` returns (GET /decisions?request_id=...).
+MAX_PAGE = 100
+
+
+class _Call:
+    """One call's rows, packed; its explanations by row; what it all costs."""
+
+    __slots__ = ("explanations", "nbytes", "request_id", "rows")
+
+    def __init__(self, request_id: str | None) -> None:
+        self.request_id = request_id
+        self.rows: list[bytes | None] = []
+        self.explanations: dict[int, bytes] | None = None
+        self.nbytes = CALL_OVERHEAD
+
+    def count(self) -> int:
+        return sum(1 for r in self.rows if r is not None)
+
+
 class DecisionStore:
-    def __init__(self, retention: int, registry: Registry) -> None:
+    def __init__(
+        self, retention: int, registry: Registry, retention_bytes: int = 128 << 20
+    ) -> None:
         self._retention = retention
-        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._explanations: dict[tuple[str, int], bytes] = {}
+        self._retention_bytes = retention_bytes
+        self._calls: OrderedDict[str, _Call] = OrderedDict()
+        # The client's request id -> the calls that carried it, oldest first.
+        self._by_request: dict[str, deque[str]] = {}
+        self._rows = 0
+        self._bytes = 0
         self._lock = threading.Lock()
         self._evicted = registry.counter(
             "sidecar_decisions_forgotten_total",
@@ -61,39 +98,129 @@ class DecisionStore:
         registry.gauge(
             "sidecar_decisions_retained", "Decisions held for lookup", fn=lambda: float(len(self))
         )
+        registry.gauge(
+            "sidecar_decisions_retained_bytes",
+            "Bytes the lookup store holds (entries, explanations, index; decisions.retention_bytes)",
+            fn=lambda: float(self._bytes),
+        )
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._rows
+
+    @property
+    def nbytes(self) -> int:
+        """What the store holds, as it counts it against `decisions.retention_bytes`."""
+        return self._bytes
 
     def add(self, decisions: list[Decision]) -> None:
-        packed = [((d.request_id, d.row), pack(d)) for d in decisions]
+        packed = [(d.call_id, d.request_id, d.row, pack(d)) for d in decisions]
         with self._lock:
-            items = self._items
-            for key, data in packed:
-                items[key] = data
-            while len(items) > self._retention:
-                key, _ = items.popitem(last=False)
-                self._explanations.pop(key, None)
-                self._evicted.inc()
+            calls = self._calls
+            for call_id, request_id, row, data in packed:
+                call = calls.get(call_id)
+                if call is None:
+                    call = calls[call_id] = _Call(request_id)
+                    self._bytes += CALL_OVERHEAD
+                    if request_id is not None:
+                        ids = self._by_request.get(request_id)
+                        if ids is None:
+                            ids = self._by_request[request_id] = deque()
+                            self._bytes += INDEX_OVERHEAD + len(request_id)
+                        ids.append(call_id)
+                        self._bytes += 8
+                rows = call.rows
+                while len(rows) <= row:
+                    rows.append(None)
+                old = rows[row]
+                if old is None:
+                    self._rows += 1
+                rows[row] = data
+                size = len(data) + ROW_OVERHEAD - (0 if old is None else len(old) + ROW_OVERHEAD)
+                call.nbytes += size
+                self._bytes += size
+            self._trim()
+
+    def _trim(self) -> None:
+        calls = self._calls
+        while calls and (self._rows > self._retention or self._bytes > self._retention_bytes):
+            call_id, call = calls.popitem(last=False)
+            n = call.count()
+            self._rows -= n
+            self._bytes -= call.nbytes
+            self._evicted.inc(n)
+            rid = call.request_id
+            if rid is not None:
+                ids = self._by_request[rid]
+                if ids[0] == call_id:
+                    ids.popleft()
+                else:
+                    ids.remove(call_id)
+                self._bytes -= 8
+                if not ids:
+                    del self._by_request[rid]
+                    self._bytes -= INDEX_OVERHEAD + len(rid)
+
+    def _row(self, decision_id: str) -> tuple[_Call, int] | None:
+        call_id, row = split_decision_id(decision_id)
+        call = self._calls.get(call_id)
+        if call is None or row >= len(call.rows):
+            return None
+        return call, row
 
     def get(self, decision_id: str) -> Decision | None:
-        """By `R/i`, or a bare request id `R` for its first row."""
-        key = split_decision_id(decision_id)
+        """By `R/i`, or a bare call id `R` for its first row."""
         with self._lock:
-            data = self._items.get(key)
+            found = self._row(decision_id)
+            data = found[0].rows[found[1]] if found is not None else None
         return None if data is None else unpack(data)
 
+    def by_request(
+        self, request_id: str, *, after: str | None = None, limit: int = MAX_PAGE
+    ) -> tuple[list[Decision], bool]:
+        """The decisions carrying the client's `request_id`, oldest first: at most
+        `limit` (up to MAX_PAGE) after the decision id `after`, and whether more follow."""
+        limit = max(1, min(limit, MAX_PAGE))
+        page: list[bytes] = []
+        more = False
+        with self._lock:
+            started = after is None
+            for did, data in self._rows_of(request_id):
+                if not started:
+                    started = did == after
+                    continue
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append(data)
+        return [unpack(data) for data in page], more
+
+    def _rows_of(self, request_id: str) -> Iterator[tuple[str, bytes]]:
+        for call_id in self._by_request.get(request_id, ()):
+            for row, data in enumerate(self._calls[call_id].rows):
+                if data is not None:
+                    yield f"{call_id}/{row}", data
+
     def set_explanation(self, decision: Decision, explanation: dict[str, Any]) -> None:
-        key = (decision.request_id, decision.row)
         data = _kept(orjson.dumps(explanation, option=_OPTS))
         with self._lock:
-            if key in self._items:
-                self._explanations[key] = data
+            call = self._calls.get(decision.call_id)
+            if call is None or decision.row >= len(call.rows) or call.rows[decision.row] is None:
+                return
+            if call.explanations is None:
+                call.explanations = {}
+            old = call.explanations.get(decision.row)
+            size = len(data) + ROW_OVERHEAD - (0 if old is None else len(old) + ROW_OVERHEAD)
+            call.explanations[decision.row] = data
+            call.nbytes += size
+            self._bytes += size
+            self._trim()
 
     def get_explanation(self, decision_id: str) -> dict[str, Any] | None:
-        key = split_decision_id(decision_id)
         with self._lock:
-            data = self._explanations.get(key)
+            found = self._row(decision_id)
+            if found is None or found[0].explanations is None:
+                return None
+            data = found[0].explanations.get(found[1])
         if data is None:
             return None
         explanation: dict[str, Any] = orjson.loads(data)

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from sidecar.dataplane.protocols import Call, ParseError, recognise
-from sidecar.decisions import Decision, accept_request_id
+from sidecar.dataplane.protocols import Call, ParseError, binary, recognise, v2
+from sidecar.decisions import Decision, client_request_id, new_call_id
 from sidecar.metrics import Counter, Registry
 from sidecar.pipeline.queue import Batch
 from sidecar.pipeline.routing import flag_set
@@ -25,8 +25,14 @@ from sidecar.types import RawHeaders
 log = logging.getLogger("sidecar.dataplane")
 
 _CALL_CACHE = 256
+# Longer paths are recognised each time rather than cached: 256 of them could otherwise
+# hold as much memory as 256 of the longest request lines.
+_CALL_CACHE_PATH = 512
 _PROTOCOLS = ("kserve_v1", "v2", "mlflow")
-_REASONS = ("request_json", "response_json", "ParseError")
+_REASONS = ("request_json", "response_json", "request_binary", "response_binary", "ParseError")
+_PARSE_ERRORS = (ParseError, TypeError, ValueError, KeyError, IndexError, RecursionError)
+# An answer that could not be read (already counted); JSON's null is a readable answer.
+_UNREADABLE = object()
 
 
 class GroupSource(Protocol):
@@ -80,6 +86,8 @@ class Decider:
         self._feature_names = feature_names
         self._labels = class_labels
         self._groups = groups
+        # Whether a request body may carry the group attributes (then it is searched).
+        self._body_field = groups is not None and groups.body_field is not None
         self._router = router
         self._explain_header = explain_header
         self._review_header = router.header_name if router is not None else None
@@ -120,34 +128,83 @@ class Decider:
         except KeyError:
             pass
         call = recognise(method, path, self._mlflow_model)
-        if len(self._calls) >= _CALL_CACHE:
-            self._calls.clear()
-        self._calls[key] = call
+        if len(path) <= _CALL_CACHE_PATH:
+            if len(self._calls) >= _CALL_CACHE:
+                self._calls.clear()
+            self._calls[key] = call
         return call
 
-    def read_request(self, call: Call, body: bytes) -> tuple[Any, Any, bytes]:
-        """(the parsed request or None, its group attributes, the body to forward).
+    def read_request(
+        self, call: Call, body: bytes, headers: RawHeaders
+    ) -> tuple[Any, Any, bytes, RawHeaders]:
+        """(the parsed request or None, its group attributes, the body and headers to forward).
 
         The body is forwarded byte for byte unless the group-attribute field had
-        to be taken out of it.
+        to be taken out of it (then a binary-extension call's header length is
+        rewritten to match).
         """
         try:
             request: Any = orjson.loads(body)
         except orjson.JSONDecodeError:
-            self.parse_failed(call.protocol, "request_json")
-            return None, None, body
+            # A binary-extension body is JSON followed by raw bytes, so it fails here:
+            # only then are the headers searched, which keeps that off every JSON call.
+            return self._read_binary(call, body, headers)
+        if self._body_field:
+            groups, stripped = self._take_groups(request, body)
+            if groups is not None:
+                return request, groups, stripped, _header_length(headers, len(stripped))
+        return request, None, body, headers
+
+    def _read_binary(
+        self, call: Call, body: bytes, headers: RawHeaders
+    ) -> tuple[Any, Any, bytes, RawHeaders]:
+        try:
+            length = binary.header_length(headers) if call.protocol == v2.NAME else None
+            if length is None:
+                self.parse_failed(call.protocol, "request_json")
+                return None, None, body, headers
+            request, section = binary.split(body, length)
+            groups, header = self._take_groups(request, b"")
+            if groups is not None:
+                body = header + section.tobytes()
+                headers = _header_length(headers, len(header))
+            if isinstance(request, dict):
+                binary.fill(request.get("inputs"), section)
+        except ParseError:
+            self.parse_failed(call.protocol, "request_binary")
+            return None, None, body, headers
+        return request, groups, body, headers
+
+    def _take_groups(self, request: Any, body: bytes) -> tuple[Any, bytes]:
         if self._groups is None or self._groups.body_field is None or not isinstance(request, dict):
-            return request, None, body
+            return None, body
         groups = self._groups.take_body_field(request)
         if groups is None:
-            return request, None, body
-        return request, groups, orjson.dumps(request)
+            return None, body
+        return groups, orjson.dumps(request)
+
+    def _binary_response(self, call: Call, rbody: bytes, rheaders: RawHeaders) -> Any:
+        """An answer that is not JSON, read as the binary extension when it says it is one;
+        _UNREADABLE (counted) when not."""
+        try:
+            length = binary.header_length(rheaders) if call.protocol == v2.NAME else None
+            if length is None:
+                self.parse_failed(call.protocol, "response_json")
+                return _UNREADABLE
+            response, section = binary.split(rbody, length)
+            if isinstance(response, dict):
+                binary.fill(response.get("outputs"), section)
+        except ParseError:
+            self.parse_failed(call.protocol, "response_binary")
+            return _UNREADABLE
+        return response
 
     def decide(
         self,
         call: Call,
         request: Any,
         rbody: bytes,
+        rheaders: RawHeaders,
         headers: RawHeaders,
         latency: float,
         arrived: float,
@@ -157,11 +214,12 @@ class Decider:
         try:
             response = orjson.loads(rbody)
         except orjson.JSONDecodeError:
-            self.parse_failed(call.protocol, "response_json")
-            return None
+            response = self._binary_response(call, rbody, rheaders)
+            if response is _UNREADABLE:
+                return None
         try:
             parsed = call.parse(request, response, self._feature_names, self._labels)
-        except (ParseError, TypeError, ValueError, KeyError, IndexError) as exc:
+        except _PARSE_ERRORS as exc:
             self.parse_failed(call.protocol, type(exc).__name__)
             log.debug("could not parse %s call: %s", call.protocol, exc)
             return None
@@ -180,7 +238,13 @@ class Decider:
                 explain = flag_set(value)
             elif name == self._review_header:
                 review = flag_set(value)
-        rid = accept_request_id(request_id)
+        client_id = None if request_id is None else client_request_id(request_id)
+        if client_id is None and call.protocol == v2.NAME and isinstance(request, dict):
+            # A V2 body's id: clients that cannot read response headers (tritonclient)
+            # find their decisions by it.
+            body_id = request.get("id")
+            client_id = client_request_id(body_id) if type(body_id) is str else None
+        call_id = new_call_id()
         version = response.get("model_version") if isinstance(response, dict) else None
         version = str(version) if version else (call.model_version or self._model_version)
         names = parsed.feature_names
@@ -203,7 +267,8 @@ class Decider:
                 )
                 groups = source.from_request(headers, body_groups, feats)
             d = Decision(
-                request_id=rid,
+                call_id=call_id,
+                request_id=client_id,
                 row=i,
                 time=arrived,
                 protocol=call.protocol,
@@ -231,9 +296,15 @@ class Decider:
         return orjson.dumps(
             {
                 "review_ticket": first_held.decision_id,
-                "decision_id": first_held.request_id,
+                "decision_id": first_held.call_id,
                 "status": "held",
                 "reason": first_held.review_reason,
                 "status_url": f"{self._control_url}/review/items/{first_held.decision_id}",
             }
         )
+
+
+def _header_length(headers: RawHeaders, length: int) -> RawHeaders:
+    """The headers with `Inference-Header-Content-Length` (when sent) set to `length`."""
+    value = str(length).encode()
+    return [(n, value if n == binary.HEADER else v) for n, v in headers]

@@ -109,12 +109,12 @@ class DataPlane:
             ex.respond(503, [_JSON, (b"retry-after", b"1")], _OVERLOADED)
             return
         decider = self._decider
-        request, body_groups, body = decider.read_request(call, body)
+        request, body_groups, body, headers = decider.read_request(call, body, ex.headers)
 
         t0 = perf_counter()
         try:
             answer = await self._upstream.buffered(
-                ex.method, ex.target, ex.headers, ex.peer, "http", decider.strip, body
+                ex.method, ex.target, headers, ex.peer, "http", decider.strip, body
             )
         except UpstreamError as err:
             self._error(ex, err)
@@ -126,11 +126,13 @@ class DataPlane:
 
         batch = None
         if request is not None and status == 200:
-            batch = decider.decide(call, request, rbody, ex.headers, latency, arrived, body_groups)
+            batch = decider.decide(
+                call, request, rbody, rheaders, ex.headers, latency, arrived, body_groups
+            )
         if batch is None:
             ex.respond(status, rheaders, rbody)
             return
-        rid = batch.decisions[0].request_id
+        rid = batch.decisions[0].call_id
         reviewed = [d for d in batch.decisions if d.review is not None]
         if reviewed and decider.hold:
             batch.held = Held(status, rheaders, rbody)

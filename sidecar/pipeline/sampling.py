@@ -1,7 +1,9 @@
-"""Which decisions get explained: rules first, then a rate by hash of the decision id.
+"""Which decisions get explained: rules first, then a rate by hash of the row's id.
 
-The hash makes the choice deterministic: a replayed request (same x-request-id, so
-the same decision ids) is sampled the same way, on any replica.
+The hash makes the choice deterministic: a replayed request (same x-request-id or
+V2 `id`, so the same `{request_id}/{row}`) is sampled the same way, on any replica,
+though each call has its own decision id. Rows without a client id hash their
+decision id.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class Sampler:
             return "low_confidence"
         if self._rate <= 0.0 and not self._groups:
             return None
-        u = unit_hash(decision.decision_id)
+        rid = decision.request_id
+        u = unit_hash(decision.decision_id if rid is None else f"{rid}/{decision.row}")
         if u < self._rate:
             return "rate"
         if self._groups and decision.group_attributes:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from sidecar.config import ReviewSettings
 from sidecar.control.auth import Authenticator, Principal
 from sidecar.control.lookup import DecisionSource, ExplainFn, Explanations
+from sidecar.control.store import MAX_PAGE
 from sidecar.metrics import Registry
 from sidecar.review import console
 from sidecar.review.model import ReviewError, ReviewStore
@@ -28,6 +29,7 @@ from sidecar.review.schemas import (
     AuditHeadOut,
     AuditPageOut,
     DecideIn,
+    DecisionPageOut,
     ErrorOut,
     ItemOut,
     ItemPageOut,
@@ -40,9 +42,10 @@ from sidecar.review.schemas import (
     verify_out,
 )
 
-# The same shape decisions.accept_request_id admits.
+# A call id (x-decision-id): the sidecar mints UUIDv7s; the wider shape also admits the
+# ids of review items stored before ids were minted.
 RequestId = Annotated[
-    str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,128}$", description="The request id (x-decision-id)")
+    str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,128}$", description="The call id (x-decision-id)")
 ]
 Row = Annotated[int, Path(ge=0, le=1_000_000, description="The row within the request")]
 _MAX_SEQ = 2**62
@@ -292,6 +295,27 @@ def create_review_router(
     ) -> Any:
         """Walk the chain; `head` is a hash kept earlier, to catch truncation."""
         return verify_out(store.verify(head))
+
+    @router.get("/decisions", tags=["decisions"], responses=_errors(401, 403, 422))
+    def list_by_request(
+        request_id: Annotated[
+            str,
+            Query(
+                pattern=r"^[!-~]{1,128}$",
+                description="The client's request id (x-request-id, or a V2 body's id)",
+            ),
+        ],
+        who: Principal = anyone,
+        after: Annotated[
+            str | None, Query(max_length=200, description="next_after of the previous page")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    ) -> DecisionPageOut:
+        """Every recent decision that carries the client's request id, oldest first, a page at
+        a time: a reused id (retries, a constant id) lists each call's decisions."""
+        found, more = explanations.by_request(request_id, after=after, limit=limit)
+        page = [decision_out(d, show(who)) for d in found]
+        return DecisionPageOut(decisions=page, next_after=page[-1].decision_id if more else None)
 
     @router.get(
         "/decisions/{request_id}", tags=["decisions"], responses=_errors(401, 403, 404, 422)

@@ -1,7 +1,7 @@
 """What the review queue holds, and the interface every review store implements.
 
 Items move pending -> claimed (a lease) -> decided. The item id is the
-decision id (`{request_id}/{row}`). A shared database can implement
+decision id (`{call_id}/{row}`). A shared database can implement
 `ReviewStore` later; `SqliteReviewStore` is the embedded default.
 """
 

@@ -23,7 +23,10 @@ class MeOut(BaseModel):
 
 class DecisionOut(BaseModel):
     decision_id: str
-    request_id: str
+    call_id: str
+    """The sidecar's id for the call (x-decision-id); the decision id is `{call_id}/{row}`."""
+    request_id: str | None
+    """The client's request id (x-request-id, or a V2 body's id), when it sent one."""
     row: int
     time: float
     protocol: str
@@ -144,6 +147,13 @@ class VerifyOut(BaseModel):
     bad_seq: int | None
 
 
+class DecisionPageOut(BaseModel):
+    decisions: list[DecisionOut]
+    """Oldest first."""
+    next_after: str | None
+    """Pass as `after` for the next page; null on the last one."""
+
+
 class LookupOut(BaseModel):
     decision: DecisionOut
     explanation: dict[str, Any] | None
@@ -154,9 +164,12 @@ class LookupOut(BaseModel):
 
 
 def decision_out(d: dict[str, Any], show_groups: bool) -> DecisionOut:
+    # Review items stored before ids were minted per call have only the old root.
+    call_id = d["call_id"] if "call_id" in d else d["request_id"]
     return DecisionOut(
-        decision_id=f"{d['request_id']}/{d['row']}",
-        request_id=d["request_id"],
+        decision_id=f"{call_id}/{d['row']}",
+        call_id=call_id,
+        request_id=d.get("request_id"),
         row=d["row"],
         time=d["time"],
         protocol=d["protocol"],

@@ -96,7 +96,8 @@ def features_hash(features: list[Any] | None) -> str | None:
 # carried as they are except the three noted. The event adds its own keys: event_type,
 # schema_version, event_id, and decision_id and features_hash derived from the decision.
 DECISION_EVENT_KEYS: dict[str, str] = {
-    "request_id": "request_id",
+    "call_id": "call_id",
+    "request_id": "request_id",  # the client's, or None
     "row": "row",
     "time": "time",  # as RFC 3339
     "protocol": "protocol",

@@ -37,7 +37,7 @@ def _decisions(X: np.ndarray, rid: str = "req") -> list[Decision]:
 
 def _decision(rid: str, row: int, features: list[float | None]) -> Decision:
     return Decision(
-        request_id=rid,
+        call_id=rid,
         row=row,
         time=0.0,
         protocol="v2",

@@ -132,7 +132,8 @@ def test_group_attributes_are_recorded_and_never_forwarded(upstream: RecordingUp
     assert forwarded["parameters"] == {"keep": 1}
     assert forwarded["inputs"] == _v2([ROW])["inputs"]
     (event,) = events
-    assert event["decision_id"] == "g-1/0"
+    assert event["decision_id"] == f"{r.getheader('x-decision-id')}/0"
+    assert event["request_id"] == "g-1"
     assert event["group_attributes"] == {"gender": "F", "region": "north", "age_band": "30-39"}
 
 

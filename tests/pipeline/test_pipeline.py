@@ -69,15 +69,15 @@ def test_a_failing_batch_costs_only_itself() -> None:
 
     def stage(batches: list[Batch]) -> None:
         for b in batches:
-            if b.decisions[0].request_id == "poison":
+            if b.decisions[0].call_id == "poison":
                 raise ValueError("bad batch")
-        done.extend(b.decisions[0].request_id for b in batches)
+        done.extend(b.decisions[0].call_id for b in batches)
 
     pipeline = Pipeline(100, registry, [("publish", stage)], poll_s=30.0)
     pipeline.start()
     try:
         for rid in ("a", "poison", "b"):
-            pipeline.submit(Batch([make_decision(request_id=rid)]))
+            pipeline.submit(Batch([make_decision(call_id=rid)]))
         assert pipeline.drain(5.0)
     finally:
         pipeline.close()

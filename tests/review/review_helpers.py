@@ -67,7 +67,7 @@ def make_decision(
 ) -> Decision:
     p = confidence
     return Decision(
-        request_id=request_id,
+        call_id=request_id,
         row=row,
         time=time.time(),
         protocol="v2",

@@ -11,7 +11,7 @@ def _decision(
     rid: str, row: int = 0, confidence: float | None = 0.9, groups: dict[str, str] | None = None
 ) -> Decision:
     return Decision(
-        request_id=rid,
+        call_id=rid,
         row=row,
         time=0.0,
         protocol="v2",

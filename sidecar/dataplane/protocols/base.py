@@ -71,17 +71,33 @@ def row_from_record(record: dict[str, Any], names: list[str]) -> list[Any]:
     return [record.get(n) for n in names]
 
 
-_DEFAULT_NAMES: dict[int, list[str]] = {}
+# Default names are cached per row width (clients send the same few widths), bounded in
+# bytes: once NAMES_CACHE_BYTES are held, other widths get a list built for the call, so
+# calls of ever new, very wide rows cannot grow it. Every row of a call shares its list.
+NAMES_CACHE_BYTES = 1 << 20
+# What one cached name costs: its str (~53 bytes for "f123") and its list slot.
+_NAME_BYTES = 64
+_default_names: dict[int, list[str]] = {}
+_cached_bytes = [0]
 
 
 def names_for(width: int, configured: Sequence[str]) -> list[str]:
     """The configured names when they fit, else f0, f1, ... (shared lists: never mutate them)."""
     if len(configured) == width:
         return configured if isinstance(configured, list) else list(configured)
-    names = _DEFAULT_NAMES.get(width)
+    names = _default_names.get(width)
     if names is None:
-        names = _DEFAULT_NAMES.setdefault(width, [f"f{i}" for i in range(width)])
+        names = [f"f{i}" for i in range(width)]
+        cost = width * _NAME_BYTES
+        if _cached_bytes[0] + cost <= NAMES_CACHE_BYTES:
+            _default_names[width] = names
+            _cached_bytes[0] += cost
     return names
+
+
+def names_cache_bytes() -> int:
+    """What the default-name cache holds, as counted against NAMES_CACHE_BYTES."""
+    return _cached_bytes[0]
 
 
 def interpret_prediction(item: Any, labels: Sequence[str]) -> Row:
@@ -110,6 +126,38 @@ def interpret_prediction(item: Any, labels: Sequence[str]) -> Row:
     return Row(None, item, None, None)
 
 
+# How deep a row's values or a prediction may nest (an image row is three or four deep).
+# orjson writes at most 254 levels: a decision holding deeper values could not be
+# recorded or published, and would fail the background stage for its whole batch.
+MAX_NESTING = 32
+_CONTAINERS = (list, dict)
+
+
+def check_nesting(value: Any) -> None:
+    """ParseError when `value` (a row or a prediction) nests deeper than MAX_NESTING."""
+    t = type(value)
+    if t is list:
+        # The common case, a flat row, settled by one C-level pass over the value types.
+        types = set(map(type, value))
+        if list not in types and dict not in types:
+            return
+    elif t is not dict:
+        return
+    # Iterative, level by level: nothing here may recurse as deep as the client nests.
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_NESTING:
+            raise ParseError(f"values nested deeper than {MAX_NESTING}")
+        below: list[Any] = []
+        for v in level:
+            for x in v.values() if type(v) is dict else v:
+                if type(x) in _CONTAINERS:
+                    below.append(x)
+        level = below
+
+
 def rows_from_predictions(
     features: list[Any], predictions: list[Any], labels: Sequence[str]
 ) -> list[Row]:
@@ -117,6 +165,8 @@ def rows_from_predictions(
     check_rows(len(features), len(predictions))
     rows = []
     for f, p in zip(features, predictions, strict=True):
+        check_nesting(f)
+        check_nesting(p)
         row = interpret_prediction(p, labels)
         row.features = f
         rows.append(row)

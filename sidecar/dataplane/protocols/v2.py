@@ -42,22 +42,28 @@ _PROB_HINTS = ("prob", "proba", "score")
 _LABEL_HINTS = ("label", "predict", "class", "output")
 
 
-def _flat(data: Any) -> list[Any]:
-    if not isinstance(data, list):
+# Deeper than any tensor a model takes (numpy allows 64 dimensions); a bound, so nested
+# data cannot run the flattening into Python's recursion limit.
+MAX_DEPTH = 32
+
+
+def _flat(value: Any) -> list[Any]:
+    """Row-major nested lists, flattened one level at a time (no recursion)."""
+    if not isinstance(value, list):
         raise ParseError("tensor 'data' must be a list")
-    if data and isinstance(data[0], list):
-        return _flatten_rec(data)
+    data: list[Any] = value
+    depth = 1
+    while data and type(data[0]) is list:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise ParseError(f"tensor 'data' nested deeper than {MAX_DEPTH}")
+        out: list[Any] = []
+        for v in data:
+            if type(v) is not list:
+                raise ParseError("tensor 'data' mixes lists and values at one depth")
+            out.extend(v)
+        data = out
     return data
-
-
-def _flatten_rec(data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for v in data:
-        if isinstance(v, list):
-            out.extend(_flatten_rec(v))
-        else:
-            out.append(v)
-    return out
 
 
 def tensor(t: Any) -> tuple[str, list[int], list[Any]]:
@@ -76,6 +82,12 @@ def tensor(t: Any) -> tuple[str, list[int], list[Any]]:
         size *= d
     if dtype is not None and dtype not in _DATATYPES:
         raise ParseError(f"tensor {name!r}: unknown datatype {dtype!r}")
+    if len(shape) > MAX_DEPTH:
+        raise ParseError(f"tensor {name!r}: more than {MAX_DEPTH} dimensions")
+    # An empty tensor is no rows to record; its shape could still declare millions of
+    # them ([2000000, 0]), which must not be allocated.
+    if size == 0:
+        raise ParseError(f"tensor {name!r}: shape {shape} holds no values")
     data = _flat(t.get("data"))
     if size != len(data):
         raise ParseError(f"tensor {name!r}: shape {shape} needs {size} values, got {len(data)}")
