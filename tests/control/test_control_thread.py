@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 import urllib.request
 
 from tests.servers import RecordingUpstream, running_sidecar
@@ -23,17 +22,20 @@ def test_control_plane_answers_while_the_data_plane_loop_is_blocked(
     with running_sidecar(upstream.url) as svc:
         loop = svc._loop
         assert loop is not None
-        blocked = threading.Event()
+        blocked, release = threading.Event(), threading.Event()
 
         def block() -> None:
             blocked.set()
-            time.sleep(3.0)  # the data plane's loop does nothing else meanwhile
+            release.wait(30)  # the data plane's loop does nothing else until released
 
         loop.call_soon_threadsafe(block)
         assert blocked.wait(5)
-        # On the data plane's loop these would wait out the 3 s block.
-        assert _get(svc.control_url + "/healthz", timeout=1.5) == 200
-        assert _get(svc.control_url + "/metrics", timeout=1.5) == 200
+        try:
+            # On the data plane's loop these would wait until the release, and time out.
+            assert _get(svc.control_url + "/healthz", timeout=1.5) == 200
+            assert _get(svc.control_url + "/metrics", timeout=1.5) == 200
+        finally:
+            release.set()
 
 
 def test_control_plane_thread_is_niced_and_the_switch_interval_is_set(
