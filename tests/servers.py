@@ -126,13 +126,18 @@ def running_sidecar(upstream_url: str, **sections: dict[str, Any]) -> Iterator[S
         shutil.rmtree(state, ignore_errors=True)
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
-    """Poll a condition; fail the test with `what` if it never holds."""
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout_s: float = 10.0,
+    what: str = "",
+    interval_s: float = 0.01,
+) -> None:
+    """Poll a condition every `interval_s`; fail the test with `what` if it never holds."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
+        time.sleep(interval_s)
 
 
 def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
