@@ -32,6 +32,7 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("", {"SIDECAR_NOPE": "1"}, "SIDECAR_NOPE"),
         ("[decisions]\nflush_interval_ms = 0\n", {}, "decisions.flush_interval_ms"),
         ("[proxy\n", {}, "not valid TOML"),
+        ("[model]\nclass_labels = ['a', 'b']\nfavourable_label = 'c'\n", {}, "favourable_label"),
     ],
 )
 def test_bad_configuration_names_the_key(

@@ -105,10 +105,20 @@ class ModelSettings(_Section):
     """Feature names in the model's input order; without them features are named f0, f1, ..."""
     class_labels: list[str] = []
     """Labels of the classifier's classes, in probability order."""
+    favourable_label: str | None = None
+    """The class label that is the favourable outcome for the person (e.g. `repaid`); fairness metrics, reasons and recourse are taken relative to it. Must be one of `class_labels`."""
     artifact: Path | None = None
     """The model file the server serves (ONNX, XGBoost JSON/UBJ, LightGBM text); enables explanations."""
     background: Path | None = None
     """Background data (Parquet or CSV) for node covers and interventional SHAP."""
+
+    @model_validator(mode="after")
+    def _check_favourable(self) -> ModelSettings:
+        if self.favourable_label is not None and self.favourable_label not in self.class_labels:
+            raise ValueError(
+                f"favourable_label {self.favourable_label!r} is not one of class_labels {self.class_labels}"
+            )
+        return self
 
 
 class DecisionSettings(_Section):

@@ -65,6 +65,8 @@ def model_settings() -> dict[str, Any]:
         "version": meta.version,
         "feature_names": list(meta.feature_names),
         "class_labels": list(meta.class_labels),
+        # The bundled credit model scores the chance of default; repaying is the good outcome.
+        "favourable_label": meta.class_labels[1 - meta.positive_class],
         "artifact": str(MODEL_PATH),
         "background": str(BACKGROUND_PATH),
     }
