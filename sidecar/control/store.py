@@ -174,6 +174,11 @@ class DecisionStore:
             data = found[0].rows[found[1]] if found is not None else None
         return None if data is None else unpack(data)
 
+    def oldest_call(self) -> str | None:
+        """The oldest call id kept (None when empty): calls are added in time order."""
+        with self._lock:
+            return next(iter(self._calls), None)
+
     def by_request(
         self, request_id: str, *, after: str | None = None, limit: int = MAX_PAGE
     ) -> tuple[list[Decision], bool]:
