@@ -3,8 +3,10 @@
 An outcome for a decision the store lacks is still emitted (the decision may be
 weeks old, or another replica's): `decision_known` tells consumers what this
 sidecar can say. Call ids are UUIDv7s (time-ordered, as strings too), so an id
-newer than the oldest call the store keeps, and not in it, was never recorded
-here (`false`); an older one may have been forgotten (`null`).
+newer than every call the store has forgotten (and than the start), and not in
+it, was never recorded here (`false`; or not yet, within a flush interval of its
+answer); an older one may have been forgotten (`null`). Calls are recorded when
+answered, not in the order they were made, so the oldest call kept is no bound.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class DecisionIndex(Protocol):
     """What is asked of the lookup store (sidecar.control.store.DecisionStore)."""
 
     def get(self, decision_id: str) -> Any: ...
-    def oldest_call(self) -> str | None: ...
+    @property
+    def newest_forgotten(self) -> str | None: ...
 
 
 def call_id_at(unix_s: float) -> str:
@@ -36,8 +39,8 @@ class KnownDecisions:
 
     def __init__(self, store: DecisionIndex | None, started: float | None = None) -> None:
         self._store = store
-        # Nothing before the start was recorded by this process: with an empty store,
-        # only ids newer than the start are known to be missing.
+        # Nothing before the start was recorded by this process: until the store forgets
+        # a call, only ids newer than the start are known to be missing.
         self._started = call_id_at(time.time() if started is None else started)
 
     def __call__(self, decision_id: str) -> bool | None:
@@ -49,5 +52,6 @@ class KnownDecisions:
         call_id, _ = split_decision_id(decision_id)
         if not _CALL_ID.match(call_id):
             return None
-        horizon = store.oldest_call() or self._started
-        return False if call_id > horizon else None
+        horizon = store.newest_forgotten or self._started
+        # By millisecond: ids of one millisecond are in no order among themselves.
+        return False if call_id[:12] > horizon[:12] else None
