@@ -26,7 +26,14 @@ from pydantic import BaseModel
 from sidecar.config import OutcomeSettings
 from sidecar.control.auth import Authenticator, Principal
 from sidecar.metrics import Registry
-from sidecar.outcomes.rules import InvalidOutcome, OutcomeRules, Seen
+from sidecar.outcomes.rules import (
+    FIELDS,
+    MAX_DECISION_ID_CHARS,
+    MAX_OUTCOME_CHARS,
+    InvalidOutcome,
+    OutcomeRules,
+    Seen,
+)
 from sidecar.sinks import EventSink
 from sidecar.sinks.events import outcome_event, rfc3339
 
@@ -38,16 +45,6 @@ STATUSES: tuple[Status, ...] = (
     "invalid",
     "not_recorded",
 )
-
-
-class OutcomeIn(BaseModel):
-    decision_id: str
-    outcome: str | float
-    observed_at: str
-
-
-class OutcomesIn(BaseModel):
-    outcomes: list[OutcomeIn]
 
 
 class OutcomeResult(BaseModel):
@@ -83,6 +80,41 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise HTTPException(413, too_large)
     return bytes(body)
+
+
+def request_schema(max_items: int) -> dict[str, Any]:
+    """The body's JSON Schema for the OpenAPI document (written out: no $refs to resolve)."""
+    item = {
+        "type": "object",
+        "required": list(FIELDS),
+        "additionalProperties": False,
+        "properties": {
+            "decision_id": {
+                "type": "string",
+                "maxLength": MAX_DECISION_ID_CHARS,
+                "pattern": "^[!-~]+/[0-9]{1,9}$",
+                "description": "<call id>/<row>, as the decision event carries it",
+            },
+            "outcome": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_OUTCOME_CHARS},
+                    {"type": "number"},
+                ],
+                "description": "A class label (one of model.class_labels when configured) or a number",
+            },
+            "observed_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "RFC 3339 with an offset",
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["outcomes"],
+        "additionalProperties": False,
+        "properties": {"outcomes": {"type": "array", "maxItems": max_items, "items": item}},
+    }
 
 
 def _items(raw: bytes, max_items: int) -> list[Any]:
@@ -191,7 +223,9 @@ def create_outcomes_router(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": OutcomesIn.model_json_schema()}},
+                "content": {
+                    "application/json": {"schema": request_schema(settings.max_batch_items)}
+                },
             }
         },
     )
