@@ -6,8 +6,9 @@ its own, `<spool.directory>-outcomes-load` (a running sidecar holds the lock on 
 spool), and the command waits up to `--timeout` seconds for the broker's
 acknowledgements: what is not acknowledged by then stays in that spool and is sent
 by the next `sidecar outcomes load`. Prints one summary line; bad rows go to stderr
-with their place. Exit status: 0 every row loaded, 1 some rows bad or not recorded
-(the good ones are loaded), 2 nothing loaded (bad configuration, unreadable file).
+with their place. Exit status: 0 every row loaded, 1 some rows bad or not recorded, or
+the file unreadable past some point (the good rows before are loaded), 2 nothing
+loaded (bad configuration, unknown format, missing column, unreadable file).
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ def run_load(args: argparse.Namespace) -> int:
         print(f"{path}: {where}: {why}", file=sys.stderr)
     if len(summary.bad) > SHOWN_BAD_ROWS:
         print(f"{path}: ... and {len(summary.bad) - SHOWN_BAD_ROWS} more bad rows", file=sys.stderr)
+    if summary.stopped:
+        print(f"sidecar: stopped after {summary.rows} rows: {summary.stopped}", file=sys.stderr)
     line = summary.line(path, settings.kafka.topic_outcomes)
     if waiting:
         line += f"; {waiting} not yet acknowledged, kept in {settings.spool.directory}"
     print(line, flush=True)
-    return 1 if summary.bad or summary.not_recorded else 0
+    return 1 if summary.bad or summary.not_recorded or summary.stopped else 0

@@ -47,6 +47,7 @@ class LoadSummary:
     not_recorded: int = 0
     duplicates: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
+    stopped: str | None = None  # why the file could not be read to its end
 
     def line(self, path: Path, topic: str) -> str:
         return (
@@ -77,12 +78,23 @@ def _missing(columns: object, path: Path) -> None:
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    # Bytes that are not UTF-8 become U+FFFD: the row they are in fails its checks alone.
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
         reader = csv.DictReader(f)
         _missing(reader.fieldnames, path)
-        for record in reader:
+        last = reader.line_num
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field past csv.field_size_limit(); the reader goes on
+                yield f"line {last + 1}", str(exc)
+                last += 1
+                continue
+            last = reader.line_num
             fields = (record["decision_id"], record["outcome"], record["observed_at"])
-            yield f"line {reader.line_num}", fields
+            yield f"line {last}", fields
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
@@ -101,6 +113,10 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
                 continue
             if not isinstance(obj, dict):
                 yield where, "not a JSON object"
+                continue
+            missing = [c for c in FIELDS if c not in obj]
+            if missing:
+                yield where, f"missing {', '.join(missing)}"
                 continue
             yield where, (obj.get("decision_id"), obj.get("outcome"), obj.get("observed_at"))
 
@@ -141,7 +157,7 @@ def read_outcomes(path: Path, rules: OutcomeRules) -> Iterator[tuple[str, Outcom
                     yield where, rules.check(did, value, observed)
             except InvalidOutcome as exc:
                 yield where, str(exc)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except csv.Error as exc:
         raise LoadError(f"{path}: cannot read as {fmt}: {exc}") from None
 
 
@@ -158,7 +174,18 @@ def load_file(path: Path, rules: OutcomeRules, sink: EventSink) -> LoadSummary:
         summary.not_recorded += len(pending) - accepted
         pending.clear()
 
-    for where, got in read_outcomes(path, rules):
+    rows = read_outcomes(path, rules)
+    while True:
+        try:
+            where, got = next(rows)
+        except StopIteration:
+            break
+        except LoadError as exc:
+            if not summary.rows:
+                raise  # nothing read: nothing loaded
+            # Rows before it are loaded: say where the file stopped making sense.
+            summary.stopped = str(exc)
+            break
         summary.rows += 1
         if isinstance(got, str):
             summary.bad.append((where, got))

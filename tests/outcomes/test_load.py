@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sidecar.cli import main
+from sidecar.outcomes.load import CHUNK
 from tests.eventlib import validate_event
 from tests.outcomes.helpers import read_events
 
@@ -89,11 +90,12 @@ def test_a_jsonl_file_with_bad_rows_loads_the_good_ones_and_names_the_bad_lines(
             {"decision_id": IDS[1], "outcome": "default", "observed_at": "2026-12-01T11:00:00Z"}
         ),
         '{"decision_id": "' + "x" * 70_000 + '"}',
+        json.dumps({"decision_id": IDS[2], "outcome": "repaid"}),
     ]
     data.write_text("\n".join(rows) + "\n")
     assert load(tmp_path, data, ["default", "repaid"]) == 1
     captured = capsys.readouterr()
-    assert "8 rows, 2 emitted to sidecar.outcomes, 1 duplicates, 5 bad" in captured.out
+    assert "9 rows, 2 emitted to sidecar.outcomes, 1 duplicates, 6 bad" in captured.out
     err = captured.err.splitlines()
     assert [line.split(": ")[1] for line in err] == [
         "line 2",
@@ -101,9 +103,11 @@ def test_a_jsonl_file_with_bad_rows_loads_the_good_ones_and_names_the_bad_lines(
         "line 5",
         "line 6",
         "line 9",
+        "line 10",
     ]
     assert "not JSON" in err[0] and "not one of model.class_labels" in err[1]
     assert "RFC 3339" in err[2] and "not a JSON object" in err[3] and "longer than" in err[4]
+    assert err[5].endswith("line 10: missing observed_at")
     assert [(e["decision_id"], e["outcome"]) for e in emitted(tmp_path)] == [
         (IDS[0], "repaid"),
         (IDS[1], "default"),
@@ -163,7 +167,6 @@ def test_a_parquet_file_with_timestamps_is_loaded(
         ("truth.xlsx", b"PK", "unknown format '.xlsx'"),
         ("truth.csv", b"decision_id,outcome\nx/0,repaid\n", "no column observed_at"),
         ("truth.parquet", b"PAR1 this is not parquet", "not a readable Parquet file"),
-        ("truth.csv", b"decision_id,outcome,observed_at\n\xff\xfe,x,y\n", "cannot read as csv"),
     ],
 )
 def test_a_bad_file_loads_nothing_and_exits_2(
@@ -174,6 +177,55 @@ def test_a_bad_file_loads_nothing_and_exits_2(
     assert load(tmp_path, data) == 2
     assert why in capsys.readouterr().err
     assert emitted(tmp_path) == []
+
+
+def test_undecodable_bytes_and_an_overlong_field_are_bad_rows_and_the_rest_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "truth.csv"
+    data.write_bytes(
+        b"decision_id,outcome,observed_at\n"
+        + f"{IDS[0]},repaid,2026-12-01T10:00:00Z\n".encode()
+        + b"\xff\xfe/0,repaid,2026-12-01T10:00:00Z\n"
+        + b"x/0,"
+        + b"y" * 200_000
+        + b",2026-12-01T10:00:00Z\n"
+        + f"{IDS[1]},default,2026-12-01T10:00:00Z\n".encode()
+    )
+    assert load(tmp_path, data, ["default", "repaid"]) == 1
+    captured = capsys.readouterr()
+    assert "4 rows, 2 emitted" in captured.out
+    err = captured.err.splitlines()
+    assert err[0].startswith(f"{data}: line 3: decision_id must be")
+    assert err[1] == f"{data}: line 4: field larger than field limit (131072)"
+    assert [e["decision_id"] for e in emitted(tmp_path)] == IDS[:2]
+
+
+def test_a_parquet_file_damaged_past_its_first_rows_keeps_those_and_says_where_it_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "truth.parquet"
+    n = 2 * CHUNK
+    table = pa.table(
+        {
+            "decision_id": [f"call{i}/0" for i in range(n)],
+            "outcome": ["repaid"] * n,
+            "observed_at": ["2026-12-01T10:00:00Z"] * n,
+        }
+    )
+    pq.write_table(table, data, row_group_size=CHUNK, compression="none")
+    # Garbage over the second row group's first page header.
+    offset = pq.ParquetFile(data).metadata.row_group(1).column(0).data_page_offset
+    raw = bytearray(data.read_bytes())
+    raw[offset : offset + 32] = b"\xff" * 32
+    data.write_bytes(bytes(raw))
+    assert load(tmp_path, data, ["default", "repaid"]) == 1
+    captured = capsys.readouterr()
+    assert f"{CHUNK} rows, {CHUNK} emitted" in captured.out
+    assert (
+        f"stopped after {CHUNK} rows" in captured.err and "not a readable Parquet" in captured.err
+    )
+    assert len(emitted(tmp_path)) == CHUNK
 
 
 def test_a_missing_file_and_a_bad_config_exit_2(
