@@ -142,7 +142,12 @@ class GroupExtractor:
             if isinstance(body_obj, str):
                 bad += self._parse_into(body_obj, attrs)
             elif isinstance(body_obj, Mapping):
-                bad += self._put_object(attrs, "", body_obj, _MAX_NESTING)
+                # The flat case inline: a call per attribute showed in the request's cost.
+                for k, v in body_obj.items():
+                    if isinstance(v, dict):
+                        bad += self._put_nested(attrs, f"{k}.", v, _MAX_NESTING - 1)
+                    elif not self._put(attrs, str(k), _text(v) if v is not None else ""):
+                        bad += 1
             else:
                 bad += 1
         raw = self._header_value(headers)
@@ -201,22 +206,23 @@ class GroupExtractor:
                 bad += 1
         return bad
 
-    def _put_object(
+    def _put_nested(
         self, attrs: dict[str, str], prefix: str, obj: Mapping[str, Any], depth: int
     ) -> int:
-        """Put an object's attributes, nested objects flattened with dotted names; returns how many were malformed.
+        """Put a nested object's attributes under dotted names; returns how many were malformed.
 
         `{"applicant": {"gender": "F"}}` becomes `applicant.gender=F`: consumers get a
         flat map of strings, and the flattened name meets the same limits (name,
-        `allowed`, `max_attributes`, privacy) as one sent flat.
+        `allowed`, `max_attributes`, privacy) as one sent flat. Past `depth` levels
+        an object is ignored and counted.
         """
+        if depth < 1:
+            return len(obj) or 1
         bad = 0
         for k, v in obj.items():
             name = f"{prefix}{k}"
             if isinstance(v, dict):
-                bad += (
-                    self._put_object(attrs, name + ".", v, depth - 1) if depth > 1 else len(v) or 1
-                )
+                bad += self._put_nested(attrs, name + ".", v, depth - 1)
             elif not self._put(attrs, name, _text(v) if v is not None else ""):
                 bad += 1
         return bad
