@@ -6,8 +6,9 @@ its own, `<spool.directory>-outcomes-load` (a running sidecar holds the lock on 
 spool), and the command waits up to `--timeout` seconds for the broker's
 acknowledgements: what is not acknowledged by then stays in that spool and is sent
 by the next `sidecar outcomes load`. Prints one summary line; bad rows go to stderr
-with their place. Exit status: 0 every row loaded, 1 some rows bad or not recorded, or
-the file unreadable past some point (the good rows before are loaded), 2 nothing
+with their place. Exit status: 0 every row loaded, 1 some rows bad or not recorded,
+the file unreadable past some point (the good rows before are loaded), or events still
+waiting in the spool for the broker (run it again), 2 nothing
 loaded (bad configuration, unknown format, missing column, unreadable file).
 """
 
@@ -95,4 +96,4 @@ def run_load(args: argparse.Namespace) -> int:
     if waiting:
         line += f"; {waiting} not yet acknowledged, kept in {settings.spool.directory}"
     print(line, flush=True)
-    return 1 if summary.bad or summary.not_recorded or summary.stopped else 0
+    return 1 if summary.bad or summary.not_recorded or summary.stopped or waiting else 0

@@ -7,11 +7,17 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from sidecar.cli import main
 from sidecar.sinks.events import CE_TYPES
 from tests.eventlib import validate_event
-from tests.kafka_broker import KafkaBroker, kafka_broker, kafka_topics  # noqa: F401
+from tests.kafka_broker import (  # noqa: F401
+    KafkaBroker,
+    dead_bootstrap,
+    kafka_broker,
+    kafka_topics,
+)
 from tests.outcomes.helpers import LABELS, MODEL, TOKENS, WRITER, infer, v2_model
 from tests.servers import running_sidecar
 
@@ -107,3 +113,42 @@ def test_outcomes_load_sends_a_file_through_kafka(
     assert events["call7/0"]["outcome"] == 1 and events["call7/0"]["source"] == "file:truth.csv"
     # The loader's spool is its own: a running sidecar holds the lock on spool.directory.
     assert (tmp_path / "spool-outcomes-load").is_dir() and not (tmp_path / "spool").exists()
+
+
+def test_what_a_down_broker_did_not_take_is_sent_by_the_next_load(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_topics: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topics = with_outcomes(kafka_broker, kafka_topics)
+
+    def config(bootstrap: str) -> str:
+        f = tmp_path / "sidecar.toml"
+        f.write_text(
+            '[sink]\nkind = "kafka"\n'
+            f'[kafka]\nbootstrap_servers = "{bootstrap}"\n'
+            f'topic_outcomes = "{topics["topic_outcomes"]}"\nlinger_ms = 2\n'
+            "retry_backoff_ms = 100\n"
+            f'[spool]\ndirectory = "{tmp_path / "spool"}"\n'
+        )
+        return str(f)
+
+    def write(name: str, first: int) -> str:
+        data = tmp_path / name
+        data.write_text(
+            "decision_id,outcome,observed_at\n"
+            + "".join(f"call{i}/0,{i},2026-12-01T10:00:00Z\n" for i in range(first, first + 10))
+        )
+        return str(data)
+
+    down = config(dead_bootstrap())
+    assert main(["outcomes", "load", write("a.csv", 0), "--config", down, "--timeout", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "10 emitted" in out and "10 not yet acknowledged, kept in" in out
+    up = config(kafka_broker.bootstrap)
+    assert main(["outcomes", "load", write("b.csv", 10), "--config", up, "--timeout", "60"]) == 0
+    records = kafka_broker.consume(topics["topic_outcomes"], 20)
+    assert {orjson.loads(r.value)["decision_id"] for r in records} == {
+        f"call{i}/0" for i in range(20)
+    }
