@@ -156,6 +156,8 @@ class ModelFacts:
         if threshold is None:
             return cls(labels, favourable_label)
         label = threshold_label or (labels[-1] if labels else None)
+        if label is None:
+            raise ValueError("a decision threshold needs class labels (the class it applies to)")
         rule = {"kind": "threshold", "label": label, "threshold": float(threshold)}
         return cls(labels, favourable_label, rule)
 

@@ -35,6 +35,8 @@ def test_labels_favourable_label_and_a_threshold_rule_are_in_the_event() -> None
     assert body["decision_rule"] == {"kind": "threshold", "label": "default", "threshold": 0.35}
     # Without a label the threshold applies to the last class (a binary model's positive one).
     assert ModelFacts.of(LABELS, None, 0.5).decision_rule["label"] == "repaid"
+    with pytest.raises(ValueError, match="needs class labels"):
+        ModelFacts.of([], None, 0.5)
 
 
 @pytest.mark.parametrize(
