@@ -51,6 +51,8 @@ def test_decision_and_outcome_events_round_trip_through_kafka(
     ):
         call_id = infer(svc, groups={"applicant": {"gender": "F"}})
         did = f"{call_id}/0"
+        # Recorded first: an outcome posted before its decision is recorded is "unknown".
+        assert svc.pipeline.drain(5)
         r = httpx.post(
             f"{svc.control_url}/outcomes",
             json={
