@@ -26,6 +26,9 @@ from sidecar.dataplane.server import IdleReaper, Limits, serve
 from sidecar.dataplane.upstream import Upstream
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
+from sidecar.outcomes.api import create_outcomes_router
+from sidecar.outcomes.known import KnownDecisions
+from sidecar.outcomes.rules import OutcomeRules
 from sidecar.pipeline.explain import ExplainStage, build_explainer
 from sidecar.pipeline.queue import Pipeline
 from sidecar.pipeline.routing import ReviewRouter
@@ -34,6 +37,7 @@ from sidecar.pipeline.stages import Stages
 from sidecar.review.api import create_review_router
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks import EventSink, build_sink
+from sidecar.sinks.events import ModelFacts
 
 __all__ = ["Service", "ServiceThread", "new_event_loop"]
 
@@ -84,6 +88,12 @@ class Service:
             sampler=Sampler(settings.sampling),
             review_store=self.review_store,
             features=settings.sink.features,
+            model=ModelFacts.of(
+                settings.model.class_labels,
+                settings.model.favourable_label,
+                settings.model.decision_threshold,
+                settings.model.decision_threshold_label,
+            ),
         )
         self.explain_stage = (
             ExplainStage(settings, registry, explainer, stages.explained)
@@ -134,6 +144,14 @@ class Service:
             decisions=self.store,
             explain_now=self._explain_now if self.explain_stage is not None else None,
         )
+        outcomes_api = create_outcomes_router(
+            settings=settings.outcomes,
+            authenticator=auth,
+            sink=self.sink,
+            rules=OutcomeRules(settings.model.class_labels),
+            known=KnownDecisions(self.store),
+            registry=registry,
+        )
         self.control_app = create_control_app(
             registry=registry,
             ready_checks=[
@@ -143,7 +161,7 @@ class Service:
                 ("decision_pipeline", self._pipeline_alive),
                 *((name, partial(self._sink_health, name)) for name in self.sink.health()),
             ],
-            routers=[review_api],
+            routers=[review_api, outcomes_api],
             guard=auth.require("auditor", "admin"),
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,

@@ -36,9 +36,16 @@ DECISION_SCHEMA: dict[str, Any] = json.loads(
     resources.files("sidecar.schemas").joinpath("decision.v1.json").read_text()
 )
 
-# Keys of the decision event that are not Decision fields: what names the event, and
-# what is derived from the decision.
-EVENT_ONLY = {"event_type", "schema_version", "event_id", "decision_id", "features_hash"}
+# Keys of the decision event that are not Decision fields: what names the event, what
+# is derived from the decision, and the model's constants (class labels, rule).
+EVENT_ONLY = {
+    "event_type",
+    "schema_version",
+    "event_id",
+    "decision_id",
+    "features_hash",
+    *events.DECISION_EVENT_MODEL_KEYS,
+}
 # Decision fields the review API's DecisionOut (sidecar/review/schemas.py) leaves out.
 API_LEFT_OUT = {"sample_reason", "explain_requested"}
 # Decision fields the console's decision view does not show. The row's id is the item id

@@ -107,6 +107,10 @@ class ModelSettings(_Section):
     """Labels of the classifier's classes, in probability order."""
     favourable_label: str | None = None
     """The class label that is the favourable outcome for the person (e.g. `repaid`); fairness metrics, reasons and recourse are taken relative to it. Must be one of `class_labels`."""
+    decision_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """How the model server turns scores into predictions, told to consumers in every decision event's `decision_rule`: unset, the most probable class (`argmax`); set, `decision_threshold_label` when its probability is at least this (`threshold`). Needs `class_labels`."""
+    decision_threshold_label: str | None = None
+    """The class whose probability `decision_threshold` applies to (default: the last of `class_labels`, the positive class of a binary model). Must be one of `class_labels`."""
     artifact: Path | None = None
     """The model file the server serves (ONNX, XGBoost JSON/UBJ, LightGBM text); enables explanations."""
     background: Path | None = None
@@ -117,6 +121,13 @@ class ModelSettings(_Section):
         if self.favourable_label is not None and self.favourable_label not in self.class_labels:
             raise ValueError(
                 f"favourable_label {self.favourable_label!r} is not one of class_labels {self.class_labels}"
+            )
+        if self.decision_threshold is not None and not self.class_labels:
+            raise ValueError("decision_threshold needs class_labels (the class it applies to)")
+        label = self.decision_threshold_label
+        if label is not None and label not in self.class_labels:
+            raise ValueError(
+                f"decision_threshold_label {label!r} is not one of class_labels {self.class_labels}"
             )
         return self
 
@@ -282,6 +293,10 @@ class KafkaSettings(_Section):
     """Topic of review events."""
     topic_gaps: str = "sidecar.gaps"
     """Topic of gap records: what was shed or dropped, why, how many, of which kinds, when, which decision ids."""
+    topic_outcomes: str = "sidecar.outcomes"
+    """Topic of outcome events: the ground truth for decisions (POST /outcomes, `sidecar outcomes load`)."""
+    topic_alerts: str = "sidecar.alerts"
+    """Topic of alert events: a monitor rule fired (written by `sidecar monitor`)."""
     client_id: str = "explaining-sidecar"
     """Client id the brokers see (quotas, logs)."""
     source: str = "/explaining-sidecar"
@@ -413,14 +428,23 @@ class ReviewSettings(_Section):
         return v.lower()
 
 
+class OutcomeSettings(_Section):
+    """Ground truth for decisions: POST /outcomes and `sidecar outcomes load`."""
+
+    max_batch_items: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Most outcomes in one POST /outcomes body; more get 413 (nothing of it is emitted)."""
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest POST /outcomes body accepted; larger ones get 413."""
+
+
 class AuthSettings(_Section):
     """Control plane tokens and roles."""
 
     class Token(_Section):
         name: str = Field(min_length=1, max_length=128)
         """Who holds the token (recorded as the reviewer in the audit trail)."""
-        role: Literal["reviewer", "auditor", "admin"]
-        """What the token may do."""
+        role: Literal["reviewer", "auditor", "admin", "outcome_writer"]
+        """What the token may do (outcome_writer: only POST /outcomes)."""
 
     tokens: dict[str, Token] = {}
     """Bearer token (or "sha256:<hex digest>" of one) -> {name, role}."""

@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from sidecar.config import AuthSettings, ConfigError
 
-Role = Literal["reviewer", "auditor", "admin"]
-ROLES: tuple[Role, ...] = ("reviewer", "auditor", "admin")
+Role = Literal["reviewer", "auditor", "admin", "outcome_writer"]
+ROLES: tuple[Role, ...] = ("reviewer", "auditor", "admin", "outcome_writer")
 MIN_TOKEN_CHARS = 16
 _DIGEST_PREFIX = "sha256:"
 

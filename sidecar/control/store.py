@@ -90,6 +90,8 @@ class DecisionStore:
         self._by_request: dict[str, deque[str]] = {}
         self._rows = 0
         self._bytes = 0
+        # The newest call id forgotten so far: a call newer than it, not here, never was.
+        self._newest_forgotten: str | None = None
         self._lock = threading.Lock()
         self._evicted = registry.counter(
             "sidecar_decisions_forgotten_total",
@@ -148,6 +150,8 @@ class DecisionStore:
             self._rows -= n
             self._bytes -= call.nbytes
             self._evicted.inc(n)
+            if self._newest_forgotten is None or call_id > self._newest_forgotten:
+                self._newest_forgotten = call_id
             rid = call.request_id
             if rid is not None:
                 ids = self._by_request[rid]
@@ -173,6 +177,11 @@ class DecisionStore:
             found = self._row(decision_id)
             data = found[0].rows[found[1]] if found is not None else None
         return None if data is None else unpack(data)
+
+    @property
+    def newest_forgotten(self) -> str | None:
+        """The newest call id retention has dropped (None: none yet); call ids sort by time."""
+        return self._newest_forgotten
 
     def by_request(
         self, request_id: str, *, after: str | None = None, limit: int = MAX_PAGE

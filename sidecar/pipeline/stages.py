@@ -25,7 +25,13 @@ from sidecar.pipeline.queue import Batch, Stage
 from sidecar.pipeline.sampling import Sampler
 from sidecar.review.model import ReviewStore
 from sidecar.sinks import EventSink
-from sidecar.sinks.events import FeaturesPolicy, decision_event, explanation_event
+from sidecar.sinks.events import (
+    NO_MODEL_FACTS,
+    FeaturesPolicy,
+    ModelFacts,
+    decision_event,
+    explanation_event,
+)
 
 
 class Stages:
@@ -39,12 +45,14 @@ class Stages:
         sampler: Sampler,
         review_store: ReviewStore,
         features: FeaturesPolicy,
+        model: ModelFacts = NO_MODEL_FACTS,
     ) -> None:
         self.store = store
         self.sink = sink
         self.sampler = sampler
         self.review_store = review_store
         self.features = features
+        self.model = model
         # Set once the explain stage exists: it is built with `explained` as its callback.
         self.explain_stage: ExplainStage | None = None
         self._claim = threading.Lock()
@@ -67,10 +75,14 @@ class Stages:
         self.store.add([d for b in batches for d in b.decisions])
 
     def publish(self, batches: list[Batch]) -> None:
-        policy = self.features
+        policy, model = self.features, self.model
         self.sink.publish_many(
             "decision",
-            [(d.decision_id, decision_event(d, policy)) for b in batches for d in b.decisions],
+            [
+                (d.decision_id, decision_event(d, policy, model))
+                for b in batches
+                for d in b.decisions
+            ],
         )
 
     def explain(self, batches: list[Batch]) -> None:

@@ -30,6 +30,7 @@ def build_sink(settings: Settings, registry: Registry) -> EventSink:
             "explanation": k.topic_explanations,
             "review": k.topic_reviews,
             "gap": k.topic_gaps,
+            "outcome": k.topic_outcomes,
         },
         registry,
         rotate_bytes=settings.sink.rotate_bytes,

@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol
 
 from sidecar.sinks.gaps import GapLedger
 
-EventKind = Literal["decision", "explanation", "review", "gap"]
+EventKind = Literal["decision", "explanation", "review", "gap", "outcome"]
 
 
 class EventSink(Protocol):

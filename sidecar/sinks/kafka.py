@@ -183,6 +183,7 @@ class KafkaSink:
             "explanation": kafka.topic_explanations,
             "review": kafka.topic_reviews,
             "gap": kafka.topic_gaps,
+            "outcome": kafka.topic_outcomes,
         }
         source = kafka.source.encode()
         ce_types = {k: v.encode() for k, v in events.CE_TYPES.items()}

@@ -38,7 +38,8 @@ _TAIL = struct.Struct("<IQBHBB")  # what the crc covers first: length, seq, payl
 _FULL = struct.Struct("<HIIQBHBB")
 _CRC_FROM = 6  # the crc covers bytes [6, end) of a record
 MAX_PAYLOAD = 16 * 1024 * 1024
-KINDS = ("decision", "explanation", "review", "gap")
+# Appended only: a kind's code is its place here, written in every record.
+KINDS = ("decision", "explanation", "review", "gap", "outcome")
 _KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 SUFFIX = ".seg"
 CHECKPOINT = "acked"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sidecar.metrics import Counter, Registry
 
-KINDS = ("decision", "explanation", "review", "gap")
+KINDS = ("decision", "explanation", "review", "gap", "outcome")
 
 
 class SinkStats:
