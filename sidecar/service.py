@@ -17,6 +17,7 @@ from sidecar.config import Settings
 from sidecar.config.check import check_settings
 from sidecar.control.app import create_control_app
 from sidecar.control.auth import Authenticator, TokenTable
+from sidecar.control.lookup import Explanations
 from sidecar.control.server import ControlPlaneThread, new_event_loop
 from sidecar.control.store import DecisionStore
 from sidecar.dataplane.decide import Decider
@@ -26,6 +27,9 @@ from sidecar.dataplane.server import IdleReaper, Limits, serve
 from sidecar.dataplane.upstream import Upstream
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
+from sidecar.people.context import build_context
+from sidecar.people.reasons import reasons_or_none
+from sidecar.people.router import create_people_router
 from sidecar.pipeline.explain import ExplainStage, build_explainer
 from sidecar.pipeline.queue import Pipeline
 from sidecar.pipeline.routing import ReviewRouter
@@ -126,13 +130,32 @@ class Service:
         auth = Authenticator(
             TokenTable.from_settings(settings.auth), settings.auth.group_attribute_roles
         )
+        # One lookup (and one on-demand cache) for the review API and the people routes.
+        explanations = Explanations(
+            store=self.review_store,
+            decisions=self.store,
+            explain_now=self._explain_now if self.explain_stage is not None else None,
+            cache_size=r.explanation_cache_size,
+            registry=registry,
+        )
+        people = build_context(settings, explainer)
         review_api = create_review_router(
             settings=r,
             authenticator=auth,
             store=self.review_store,
             registry=registry,
             decisions=self.store,
-            explain_now=self._explain_now if self.explain_stage is not None else None,
+            explanations=explanations,
+            reasons_of=partial(reasons_or_none, people),
+        )
+        people_api = create_people_router(
+            settings=settings,
+            context=people,
+            authenticator=auth,
+            explanations=explanations,
+            store=self.review_store,
+            registry=registry,
+            proxy_url=self.proxy_url,
         )
         self.control_app = create_control_app(
             registry=registry,
@@ -143,7 +166,8 @@ class Service:
                 ("decision_pipeline", self._pipeline_alive),
                 *((name, partial(self._sink_health, name)) for name in self.sink.health()),
             ],
-            routers=[review_api],
+            # People first: the review router's /decisions/{id}/{row} would take their paths.
+            routers=[people_api, review_api],
             guard=auth.require("auditor", "admin"),
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,

@@ -11,6 +11,7 @@ from sidecar.config.errors import ENV_DELIMITER, ENV_PREFIX, ConfigError
 from sidecar.config.secrets import SECRET_MASK, mask_token, masked_dump, masked_extra
 from sidecar.config.sections import (
     AuthSettings,
+    ContestSettings,
     ControlSettings,
     DecisionSettings,
     ExplainerSettings,
@@ -18,6 +19,8 @@ from sidecar.config.sections import (
     KafkaSettings,
     ModelSettings,
     ProxySettings,
+    ReasonSettings,
+    RecourseSettings,
     ReviewSettings,
     SamplingSettings,
     SinkSettings,
@@ -31,6 +34,7 @@ __all__ = [
     "SECRET_MASK",
     "AuthSettings",
     "ConfigError",
+    "ContestSettings",
     "ControlSettings",
     "DecisionSettings",
     "ExplainerSettings",
@@ -38,6 +42,8 @@ __all__ = [
     "KafkaSettings",
     "ModelSettings",
     "ProxySettings",
+    "ReasonSettings",
+    "RecourseSettings",
     "ReviewSettings",
     "SamplingSettings",
     "Settings",
