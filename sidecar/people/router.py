@@ -26,7 +26,7 @@ from sidecar.metrics import Registry
 from sidecar.people.contest import ContestIn, corrected_row, rescore
 from sidecar.people.context import PeopleContext, Unanswerable
 from sidecar.people.notice import NOTICE_CSP, notice_document, notice_html
-from sidecar.people.options import recourse_for
+from sidecar.people.options import RecourseCache
 from sidecar.people.plot import waterfall_svg
 from sidecar.people.reasons import principal_reasons, usable
 from sidecar.review.api import RequestId, Row, _errors, _read_json, refuse_unknown_query
@@ -50,6 +50,8 @@ def create_people_router(
     developers = Depends(authenticator.require("reviewer", "auditor", "admin"))
     filers = Depends(authenticator.require("case_handler", "admin"))
     ctx = context
+    # As many as the on-demand explanations the lookup keeps: one per decision looked at.
+    found_recourse = RecourseCache(ctx, max(1, settings.review.explanation_cache_size))
     c = settings.contest
     body_limit = settings.review.max_body_bytes
     rescore_failed = registry.counter(
@@ -84,7 +86,7 @@ def create_people_router(
 
     def recourse(decision_id: str) -> dict[str, Any]:
         decision, _ = find(decision_id)
-        result: dict[str, Any] = answer(lambda: recourse_for(ctx, decision))
+        result: dict[str, Any] = answer(lambda: found_recourse.get(decision))
         return result
 
     def contest_state(decision_id: str, who: Principal) -> dict[str, Any]:
@@ -108,7 +110,7 @@ def create_people_router(
 
         def build() -> dict[str, Any]:
             why = reasons_doc(decision, item)
-            options = recourse_for(ctx, decision) if not why["favourable"] else None
+            options = found_recourse.get(decision) if not why["favourable"] else None
             filed = store.get_contest(decision_id)
             state = None
             if filed is not None and authenticator.may_read_contest(who, filed.filed_by):
