@@ -86,7 +86,8 @@ class RecourseCache:
 
     A decision's features and the process's model never change, so neither does its
     recourse: a notice read again (the person, then the case handler, then the reviewer)
-    does not search again (about 70 ms on a 300-tree depth-6 model, loadtests/bench_people.py).
+    does not search again (70-140 ms at the median on a 300-tree depth-6 model on a busy
+    2-core machine, loadtests/bench_people.py).
     """
 
     def __init__(self, ctx: PeopleContext, size: int) -> None:
