@@ -45,6 +45,7 @@ def create_people_router(
     registry: Registry,
     proxy_url: str,
 ) -> APIRouter:
+    """The routes above; `proxy_url` is the data plane, through which corrections are scored."""
     router = APIRouter(dependencies=[Depends(refuse_unknown_query)], tags=["people"])
     readers = Depends(authenticator.require("case_handler", "reviewer", "auditor", "admin"))
     developers = Depends(authenticator.require("reviewer", "auditor", "admin"))
