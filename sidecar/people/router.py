@@ -219,7 +219,11 @@ def create_people_router(
             """Changes to actionable features that would have made the decision favourable."""
             return recourse(decision_id)
 
-        @router.get(prefix + "/notice", responses=conflict, response_model=None)
+        @router.get(
+            prefix + "/notice",
+            responses={**conflict, 200: _NOTICE_200},
+            response_model=None,
+        )
         def get_notice(
             decision_id: str = which,
             who: Principal = readers,
@@ -228,12 +232,26 @@ def create_people_router(
             """The notice for the person: decision, reasons, what they can do, how to contest."""
             return notice(decision_id, fmt, who)
 
-        @router.get(prefix + "/plot", responses=conflict, response_model=None)
+        @router.get(
+            prefix + "/plot",
+            responses={**conflict, 200: _PLOT_200},
+            response_model=None,
+        )
         def get_plot(decision_id: str = which, who: Principal = developers) -> Response:
             """The contributions as an SVG waterfall, from the lookup's numbers."""
             return plot(decision_id)
 
-        @router.post(prefix + "/contest", responses={**conflict, **_errors(413, 415)})
+        @router.post(
+            prefix + "/contest",
+            status_code=201,
+            responses={**conflict, **_errors(413, 415), 200: _CONTEST_200},
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ContestIn.model_json_schema()}},
+                }
+            },
+        )
         async def post_contest(
             request: Request, decision_id: str = which, who: Principal = filers
         ) -> JSONResponse:
@@ -247,6 +265,20 @@ def create_people_router(
             return contest_state(decision_id, who)
 
     return router
+
+
+_NOTICE_200: dict[str, Any] = {
+    "description": "The notice: a printable page (format=html), or its document (format=json)",
+    "content": {"text/html": {"schema": {"type": "string"}}, "application/json": {}},
+}
+_PLOT_200: dict[str, Any] = {
+    "description": "The waterfall",
+    "content": {"image/svg+xml": {"schema": {"type": "string"}}},
+}
+_CONTEST_200: dict[str, Any] = {
+    "description": "Already contested: the contest filed earlier (201 when filed now)",
+    "content": {"application/json": {}},
+}
 
 
 def _first_row(request_id: RequestId) -> str:
