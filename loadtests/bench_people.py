@@ -52,7 +52,7 @@ def _summary(ms: list[float]) -> dict[str, float]:
     }
 
 
-def bench_http(requests: int, rows: int) -> dict[str, Any]:
+def bench_http(requests: int, rows: int, nice: int = 19) -> dict[str, Any]:
     from sidecar.config import load_settings
     from sidecar.demo.data import generate
     from sidecar.demo.model import model_settings, people_settings
@@ -65,7 +65,7 @@ def bench_http(requests: int, rows: int) -> dict[str, Any]:
             environ={},
             overrides={
                 "proxy": {"port": 0, "upstream": server.url},
-                "control": {"port": 0},
+                "control": {"port": 0, "nice": nice},
                 "sink": {"directory": f"{state}/events"},
                 "model": model_settings(),
                 **people_settings(),
@@ -181,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=2000, help="rounds of the four requests")
     p.add_argument("--rows", type=int, default=200, help="demo decisions made")
     p.add_argument("--searches", type=int, default=300, help="denied rows searched")
+    p.add_argument(
+        "--nice", type=int, default=19, help="control.nice (19, the default, yields to all else)"
+    )
+    p.add_argument("--no-recourse", action="store_true", help="skip the recourse search part")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    results = {
-        "http": bench_http(args.requests, args.rows),
-        "recourse": bench_recourse(args.searches),
-    }
+    results: dict[str, Any] = {"http": bench_http(args.requests, args.rows, args.nice)}
+    if not args.no_recourse:
+        results["recourse"] = bench_recourse(args.searches)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -198,15 +201,17 @@ def main(argv: list[str] | None = None) -> int:
             f"  {kind:12s} p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms"
             f"  max {r['max_ms']:7.3f} ms{ratio}"
         )
-    rc = results["recourse"]
+    ok = all(results["http"][k]["p99_ms"] <= 5.0 for k in KINDS[1:])
+    print("target p99 <= 5 ms for reasons and notice:", "met" if ok else "NOT met")
+    rc = results.get("recourse")
+    if rc is None:
+        return 0
     print(f"recourse search on {rc['model']}, {rc['searches']} denied rows:")
     print(
         f"  p50 {rc['p50_ms']:.3f} ms  p99 {rc['p99_ms']:.3f} ms  max {rc['max_ms']:.3f} ms;"
         f" rows scored p50 {rc['rows_scored_p50']} (max {rc['rows_scored_max']});"
         f" {rc['with_an_option']} with an option; pairs capped in {rc['pairs_capped']}"
     )
-    ok = all(results["http"][k]["p99_ms"] <= 5.0 for k in KINDS[1:])
-    print("target p99 <= 5 ms for reasons and notice:", "met" if ok else "NOT met")
     return 0
 
 
