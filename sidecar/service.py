@@ -69,6 +69,8 @@ class Service:
         # The model is loaded and checked before any port is opened: a model that
         # cannot be explained faithfully stops the start (ExplainerError names why).
         explainer = build_explainer(settings, registry)
+        # Reasons and recourse checked against the model, also before any port opens.
+        people = build_context(settings, explainer)
         self._proxy_sock = bind(settings.proxy.host, settings.proxy.port)
         self._control_sock = bind(settings.control.host, settings.control.port)
         self.proxy_url = _url(self._proxy_sock)
@@ -138,7 +140,6 @@ class Service:
             cache_size=r.explanation_cache_size,
             registry=registry,
         )
-        people = build_context(settings, explainer)
         review_api = create_review_router(
             settings=r,
             authenticator=auth,

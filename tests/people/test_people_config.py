@@ -86,3 +86,21 @@ def test_a_missing_text_falls_back_to_the_feature_name_and_says_so(tmp_path: Pat
     fallback = cat.reason("income", "up")
     assert (fallback.text, fallback.source) == ("Einkommen", "feature_name")
     assert cat.reason("loan_amount", None).text == "loan_amount"
+
+
+def test_config_check_reads_the_catalogue(tmp_path: Path) -> None:
+    from sidecar.config.check import check_settings
+
+    bad = tmp_path / "reasons.toml"
+    bad.write_text('language = "en"\n[features.salary]\nup = "x"\n')
+    settings = load_settings(
+        environ={},
+        overrides={
+            "model": {"feature_names": FEATURES},
+            "reasons": {"catalogue": str(bad)},
+            "review": {"db_path": str(tmp_path / "review.db")},
+            "sink": {"directory": str(tmp_path / "events")},
+        },
+    )
+    with pytest.raises(ConfigError, match=r"reasons.catalogue.*salary"):
+        check_settings(settings)
