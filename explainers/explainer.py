@@ -76,6 +76,9 @@ class Explainer:
             feature_names = background.columns
         self.feature_names = list(feature_names or [f"f{i}" for i in range(ens.n_features)])
         self.artifact_sha256 = loaded.sha256
+        # The model's own runtime (None when its native library is missing): recourse
+        # confirms what it finds on the parsed trees with it.
+        self.reference = loaded.reference
         if not ens.has_cover and opts.algorithm == "path_dependent":
             if background is None:
                 raise ModelLoadError(

@@ -17,6 +17,7 @@ from sidecar.config import Settings
 from sidecar.config.check import check_settings
 from sidecar.control.app import create_control_app
 from sidecar.control.auth import Authenticator, TokenTable
+from sidecar.control.lookup import Explanations
 from sidecar.control.server import ControlPlaneThread, new_event_loop
 from sidecar.control.store import DecisionStore
 from sidecar.dataplane.decide import Decider
@@ -29,6 +30,9 @@ from sidecar.metrics import Registry
 from sidecar.outcomes.api import create_outcomes_router
 from sidecar.outcomes.known import KnownDecisions
 from sidecar.outcomes.rules import OutcomeRules
+from sidecar.people.context import build_context
+from sidecar.people.reasons import reasons_or_none
+from sidecar.people.router import create_people_router
 from sidecar.pipeline.explain import ExplainStage, build_explainer
 from sidecar.pipeline.queue import Pipeline
 from sidecar.pipeline.routing import ReviewRouter
@@ -69,6 +73,8 @@ class Service:
         # The model is loaded and checked before any port is opened: a model that
         # cannot be explained faithfully stops the start (ExplainerError names why).
         explainer = build_explainer(settings, registry)
+        # Reasons and recourse checked against the model, also before any port opens.
+        people = build_context(settings, explainer)
         self._proxy_sock = bind(settings.proxy.host, settings.proxy.port)
         self._control_sock = bind(settings.control.host, settings.control.port)
         self.proxy_url = _url(self._proxy_sock)
@@ -136,13 +142,31 @@ class Service:
         auth = Authenticator(
             TokenTable.from_settings(settings.auth), settings.auth.group_attribute_roles
         )
+        # One lookup (and one on-demand cache) for the review API and the people routes.
+        explanations = Explanations(
+            store=self.review_store,
+            decisions=self.store,
+            explain_now=self._explain_now if self.explain_stage is not None else None,
+            cache_size=r.explanation_cache_size,
+            registry=registry,
+        )
         review_api = create_review_router(
             settings=r,
             authenticator=auth,
             store=self.review_store,
             registry=registry,
             decisions=self.store,
-            explain_now=self._explain_now if self.explain_stage is not None else None,
+            explanations=explanations,
+            reasons_of=partial(reasons_or_none, people),
+        )
+        people_api = create_people_router(
+            settings=settings,
+            context=people,
+            authenticator=auth,
+            explanations=explanations,
+            store=self.review_store,
+            registry=registry,
+            proxy_url=self.proxy_url,
         )
         outcomes_api = create_outcomes_router(
             settings=settings.outcomes,
@@ -161,7 +185,8 @@ class Service:
                 ("decision_pipeline", self._pipeline_alive),
                 *((name, partial(self._sink_health, name)) for name in self.sink.health()),
             ],
-            routers=[review_api, outcomes_api],
+            # People first: the review router's /decisions/{id}/{row} would take their paths.
+            routers=[people_api, review_api, outcomes_api],
             guard=auth.require("auditor", "admin"),
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,

@@ -37,10 +37,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def demo_settings(upstream: str, port: int, control_port: int, state: Path, token: str) -> Settings:
-    from sidecar.demo.model import model_settings
+    from sidecar.demo.model import model_settings, people_settings
 
     return load_settings(
         overrides={
+            **people_settings(),
             "proxy": {"port": port, "upstream": upstream},
             "control": {"port": control_port},
             "model": model_settings(),

@@ -11,6 +11,7 @@ from sidecar.config.errors import ENV_DELIMITER, ENV_PREFIX, ConfigError
 from sidecar.config.secrets import SECRET_MASK, mask_token, masked_dump, masked_extra
 from sidecar.config.sections import (
     AuthSettings,
+    ContestSettings,
     ControlSettings,
     DecisionSettings,
     ExplainerSettings,
@@ -19,6 +20,8 @@ from sidecar.config.sections import (
     ModelSettings,
     OutcomeSettings,
     ProxySettings,
+    ReasonSettings,
+    RecourseSettings,
     ReviewSettings,
     SamplingSettings,
     SinkSettings,
@@ -32,6 +35,7 @@ __all__ = [
     "SECRET_MASK",
     "AuthSettings",
     "ConfigError",
+    "ContestSettings",
     "ControlSettings",
     "DecisionSettings",
     "ExplainerSettings",
@@ -40,6 +44,8 @@ __all__ = [
     "ModelSettings",
     "OutcomeSettings",
     "ProxySettings",
+    "ReasonSettings",
+    "RecourseSettings",
     "ReviewSettings",
     "SamplingSettings",
     "Settings",

@@ -22,6 +22,7 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 def check_settings(settings: Settings) -> None:
     """Raise ConfigError naming the key whose file, directory or option cannot be used."""
     from sidecar.control.auth import TokenTable
+    from sidecar.people.catalogue import load_catalogue
 
     TokenTable.from_settings(settings.auth)  # reads auth.tokens_file, checks every token
     if settings.sink.kind == "kafka":
@@ -33,6 +34,7 @@ def check_settings(settings: Settings) -> None:
     elif settings.sink.kind == "files":
         _check_writable_dir("sink.directory", settings.sink.directory)
     _check_review_db(settings.review.db_path)
+    load_catalogue(settings.reasons.catalogue, settings.model.feature_names)  # reasons.catalogue
 
 
 def _check_writable_dir(key: str, path: Path) -> None:

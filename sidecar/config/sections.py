@@ -437,14 +437,63 @@ class OutcomeSettings(_Section):
     """Largest POST /outcomes body accepted; larger ones get 413."""
 
 
+class ReasonSettings(_Section):
+    """The principal reasons given to the person an unfavourable decision is about."""
+
+    count: int = Field(default=3, ge=1, le=20)
+    """How many principal reasons an unfavourable decision is given, largest first."""
+    catalogue: Path | None = None
+    """A TOML reason catalogue (`language`, `[features.NAME]` with `up`, `down`, `label`; `[notice]` texts); without one a reason's text is its feature name, and says so."""
+    exclude: list[str] = []
+    """Features never given as reasons (proxies of group attributes); features a group attribute is derived from (`groups.derive`) are never given either."""
+
+
+class RecourseSettings(_Section):
+    """Changes to actionable features that would turn an unfavourable decision favourable."""
+
+    class Actionable(_Section):
+        direction: Literal["up", "down", "both"]
+        """Which way the person can move the feature (income up, debt down)."""
+        min: float | None = None
+        """The lowest value an option may propose (none: unbounded)."""
+        max: float | None = None
+        """The highest value an option may propose (none: unbounded)."""
+        step: float = Field(default=0.0, ge=0)
+        """Proposed values are rounded to a multiple of this, away from the person's value (0: exact)."""
+
+        @model_validator(mode="after")
+        def _check_bounds(self) -> RecourseSettings.Actionable:
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise ValueError("min must not be above max")
+            return self
+
+    max_options: int = Field(default=3, ge=0, le=20)
+    """Most recourse options given for an unfavourable decision (0 turns recourse off)."""
+    features: dict[str, Actionable] = {}
+    """Feature name -> {direction, min, max, step}: the only features recourse may change."""
+    max_pair_candidates: int = Field(default=4096, ge=1, le=1_000_000)
+    """Largest grid (candidate values of one feature times the other's) searched for a pair of features; past it the values nearest the person's are kept."""
+
+
+class ContestSettings(_Section):
+    """Contests of a decision by the person it is about."""
+
+    max_statement_chars: int = Field(default=4000, ge=1, le=100_000)
+    """Longest statement a contest may carry (422 past it)."""
+    rescore_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """How long scoring corrected values through the proxy may take before the contest is filed without an answer."""
+    v2_input_name: str = "input"
+    """The input tensor name used when corrected values of a V2 decision are scored."""
+
+
 class AuthSettings(_Section):
     """Control plane tokens and roles."""
 
     class Token(_Section):
         name: str = Field(min_length=1, max_length=128)
         """Who holds the token (recorded as the reviewer in the audit trail)."""
-        role: Literal["reviewer", "auditor", "admin", "outcome_writer"]
-        """What the token may do (outcome_writer: only POST /outcomes)."""
+        role: Literal["reviewer", "auditor", "admin", "outcome_writer", "case_handler"]
+        """What the token may do (outcome_writer: only POST /outcomes; case_handler: the front office serving the person a decision is about)."""
 
     tokens: dict[str, Token] = {}
     """Bearer token (or "sha256:<hex digest>" of one) -> {name, role}."""

@@ -21,6 +21,7 @@ from sidecar.config.errors import ENV_DELIMITER, ENV_PREFIX, ConfigError
 from sidecar.config.secrets import masked_loc
 from sidecar.config.sections import (
     AuthSettings,
+    ContestSettings,
     ControlSettings,
     DecisionSettings,
     ExplainerSettings,
@@ -29,6 +30,8 @@ from sidecar.config.sections import (
     ModelSettings,
     OutcomeSettings,
     ProxySettings,
+    ReasonSettings,
+    RecourseSettings,
     ReviewSettings,
     SamplingSettings,
     SinkSettings,
@@ -61,6 +64,9 @@ class Settings(BaseSettings):
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     outcomes: OutcomeSettings = Field(default_factory=OutcomeSettings)
+    reasons: ReasonSettings = Field(default_factory=ReasonSettings)
+    recourse: RecourseSettings = Field(default_factory=RecourseSettings)
+    contest: ContestSettings = Field(default_factory=ContestSettings)
 
     def __init__(self, **values: Any) -> None:
         # load_settings lays the sources itself (the file, then EnvironSource over it), so

@@ -23,8 +23,13 @@ from pydantic import ValidationError
 
 from sidecar.config import AuthSettings, ConfigError
 
-Role = Literal["reviewer", "auditor", "admin", "outcome_writer"]
-ROLES: tuple[Role, ...] = ("reviewer", "auditor", "admin", "outcome_writer")
+# outcome_writer: only POST /outcomes.
+# case_handler: the front office serving the person a decision is about. It reads
+# reasons and notices and files contests; it never sees group attributes (they are
+# not in what it can read, and auth.group_attribute_roles cannot name it) nor the
+# contests other case handlers filed.
+Role = Literal["reviewer", "auditor", "admin", "outcome_writer", "case_handler"]
+ROLES: tuple[Role, ...] = ("reviewer", "auditor", "admin", "outcome_writer", "case_handler")
 MIN_TOKEN_CHARS = 16
 _DIGEST_PREFIX = "sha256:"
 
@@ -144,6 +149,10 @@ class Authenticator:
 
     def sees_group_attributes(self, who: Principal) -> bool:
         return who.role in self._group_roles
+
+    def may_read_contest(self, who: Principal, filed_by: str) -> bool:
+        """Object-level rule: a case handler reads only the contests it filed."""
+        return who.role != "case_handler" or who.name == filed_by
 
 
 def authenticator_from_settings(settings: AuthSettings) -> Authenticator:

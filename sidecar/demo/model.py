@@ -18,6 +18,8 @@ META_PATH = ASSETS_DIR / "model.json"
 """Name, version, feature names, class labels and group attributes of the demo model."""
 BACKGROUND_PATH = ASSETS_DIR / "background.parquet"
 """Feature rows for node covers and interventional SHAP."""
+REASONS_PATH = ASSETS_DIR / "reasons.en.toml"
+"""The reason catalogue: plain words for the principal reasons of a decision."""
 
 OUTPUT_NAMES: tuple[str, ...] = ("label", "probabilities")
 
@@ -69,6 +71,24 @@ def model_settings() -> dict[str, Any]:
         "favourable_label": meta.class_labels[1 - meta.positive_class],
         "artifact": str(MODEL_PATH),
         "background": str(BACKGROUND_PATH),
+    }
+
+
+def people_settings() -> dict[str, Any]:
+    """The `[reasons]` and `[recourse]` settings of the bundled credit model."""
+    return {
+        "reasons": {"catalogue": str(REASONS_PATH), "count": 3},
+        "recourse": {
+            "max_options": 3,
+            # What a person can change, and which way. Not age (a group attribute is derived
+            # from it), nor the record of the past (late payments, history, inquiries).
+            "features": {
+                "income": {"direction": "up", "min": 0.0, "max": 1000.0, "step": 1.0},
+                "debt_to_income": {"direction": "down", "min": 0.0, "step": 0.01},
+                "loan_amount": {"direction": "down", "min": 1.0, "step": 1.0},
+                "utilization": {"direction": "down", "min": 0.0, "step": 0.01},
+            },
+        },
     }
 
 

@@ -10,6 +10,7 @@ thread pool and the event loop never waits on the database.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -49,6 +50,8 @@ RequestId = Annotated[
 ]
 Row = Annotated[int, Path(ge=0, le=1_000_000, description="The row within the request")]
 _MAX_SEQ = 2**62
+# (decision, explanation) -> the principal reasons, or None when none can be given.
+ReasonsFn = Callable[[dict[str, Any], dict[str, Any] | None], dict[str, Any] | None]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -121,16 +124,22 @@ def create_review_router(
     registry: Registry,
     decisions: DecisionSource | None = None,
     explain_now: ExplainFn | None = None,
+    explanations: Explanations | None = None,
+    reasons_of: ReasonsFn | None = None,
 ) -> APIRouter:
-    """Everything under /review/, GET /decisions/{id}, and the console at / and /console/."""
+    """Everything under /review/, GET /decisions/{id}, and the console at / and /console/.
+
+    `explanations` is shared with other routers that read explanations (one cache);
+    `reasons_of` adds the principal reasons to the lookup."""
     router = APIRouter(dependencies=[Depends(refuse_unknown_query)])
-    explanations = Explanations(
-        store=store,
-        decisions=decisions,
-        explain_now=explain_now,
-        cache_size=settings.explanation_cache_size,
-        registry=registry,
-    )
+    if explanations is None:
+        explanations = Explanations(
+            store=store,
+            decisions=decisions,
+            explain_now=explain_now,
+            cache_size=settings.explanation_cache_size,
+            registry=registry,
+        )
     anyone = Depends(authenticator.require("reviewer", "auditor", "admin"))
     deciders = Depends(authenticator.require("reviewer", "admin"))
     auditors = Depends(authenticator.require("auditor", "admin"))
@@ -147,7 +156,10 @@ def create_review_router(
         if item is None:
             raise HTTPException(404, f"no review item {item_id}")
         explanation, _, error = explanations.explain(item.decision, item)
-        return item_out(item, show(who), explanation, error)
+        contest = store.get_contest(item_id)
+        return item_out(
+            item, show(who), explanation, error, None if contest is None else contest.to_dict()
+        )
 
     @router.get("/review/me", tags=tags, responses=_errors(401))
     def me(who: Principal = anyone) -> MeOut:
@@ -161,7 +173,10 @@ def create_review_router(
         reason: Annotated[str | None, Query(max_length=128)] = None,
         model: Annotated[str | None, Query(max_length=256)] = None,
         mine: bool = False,
-        after: Annotated[int, Query(ge=0, le=_MAX_SEQ, description="Cursor: next_after")] = 0,
+        # Contested items have negative seqs (they lead the queue): a cursor may be negative.
+        after: Annotated[
+            int, Query(ge=-_MAX_SEQ, le=_MAX_SEQ, description="Cursor: next_after")
+        ] = 0,
         limit: int = Query(min(50, page_size), ge=1, le=page_size),
     ) -> ItemPageOut:
         """The queue, oldest first, with filters; `mine` keeps the caller's claims."""
@@ -345,6 +360,7 @@ def create_review_router(
             explanation_source=source,
             explanation_error=error,
             review_item=summary_out(item) if item is not None else None,
+            reasons=reasons_of(decision, explanation) if reasons_of is not None else None,
         )
 
     console.add_routes(router)

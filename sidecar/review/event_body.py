@@ -1,7 +1,7 @@
 """Review audit records as `sidecar.reviews` events.
 
 The audit chain records finer steps than the event schema names; they map
-as: requested -> requested; claimed and renewed -> claimed; released and
+as: requested and contested -> requested (the reason says which); claimed and renewed -> claimed; released and
 lease_expired -> released (reason says which); approved and overridden ->
 decided, with the reason prefixed by the verdict ("override: ...") and the
 outcome the final answer (JSON text unless it is a string).
@@ -18,6 +18,8 @@ from sidecar.sinks import events
 SYSTEM_ACTOR = "system"
 _ACTIONS: dict[str, events.ReviewAction] = {
     "requested": "requested",
+    # A contest asks for a human review again: a review request whose reason is "contested".
+    "contested": "requested",
     "claimed": "claimed",
     "renewed": "claimed",
     "released": "released",
@@ -38,7 +40,7 @@ def review_event_body(rec: AuditRecord) -> dict[str, Any]:
     action = _ACTIONS[rec.action]
     reason: str | None
     outcome = None
-    if rec.action == "requested":
+    if rec.action in ("requested", "contested"):
         reason = rec.data.get("reason")
     elif action == "decided":
         verdict = "approve" if rec.action == "approved" else "override"

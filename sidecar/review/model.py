@@ -86,6 +86,32 @@ class ReviewItem:
         return str(self.decision.get("model_name", ""))
 
 
+@dataclass(frozen=True, slots=True)
+class Contest:
+    """A decision contested by the person it is about (one per decision)."""
+
+    item_id: str  # the decision id, and its review item's id
+    filed_at: float
+    filed_by: str  # the case handler (or admin) who filed it
+    statement: str
+    corrected: dict[str, Any] | None  # feature name -> the value the person says is right
+    rescore: dict[str, Any] | None  # the model's answer for the corrected values
+    reasons: dict[str, Any] | None  # the principal reasons when it was filed
+    resolved_at: float | None  # when its review item was decided
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.item_id,
+            "filed_at": self.filed_at,
+            "filed_by": self.filed_by,
+            "statement": self.statement,
+            "corrected_values": self.corrected,
+            "rescore": self.rescore,
+            "reasons": self.reasons,
+            "resolved_at": self.resolved_at,
+        }
+
+
 def decision_to_dict(decision: Decision) -> dict[str, Any]:
     """The decision's fields by name (`DECISION_FIELDS`), plus its `decision_id`.
 
@@ -146,6 +172,23 @@ class ReviewStore(abc.ABC):
 
     @abc.abstractmethod
     def set_explanation(self, item_id: str, explanation: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def contest(
+        self,
+        decision: dict[str, Any],
+        *,
+        actor: str,
+        statement: str,
+        corrected: dict[str, Any] | None,
+        rescore: dict[str, Any] | None,
+        reasons: dict[str, Any] | None,
+    ) -> tuple[Contest, bool]:
+        """File a contest: a "contested" item at the front of the queue, audited; idempotent
+        per decision ((the earlier contest, False) the second time)."""
+
+    @abc.abstractmethod
+    def get_contest(self, item_id: str) -> Contest | None: ...
 
     @abc.abstractmethod
     def expire_leases(self) -> int:

@@ -83,6 +83,8 @@ class ItemOut(ItemSummaryOut):
     decided_reason: str | None
     final: FinalOut | None = None
     """Only for held items."""
+    contest: dict[str, Any] | None = None
+    """When the person the decision is about contested it: their statement, the corrected values and the model's answer for them, the reasons when it was filed."""
 
 
 class ItemPageOut(BaseModel):
@@ -161,6 +163,8 @@ class LookupOut(BaseModel):
     """sampled: explained in the background; on_demand: computed for this call; cached: by an earlier lookup."""
     explanation_error: str | None = None
     review_item: ItemSummaryOut | None = None
+    reasons: dict[str, Any] | None = None
+    """The principal reasons (as GET /decisions/{id}/reasons), when they can be given."""
 
 
 def decision_out(d: dict[str, Any], show_groups: bool) -> DecisionOut:
@@ -230,6 +234,7 @@ def item_out(
     show_groups: bool,
     explanation: dict[str, Any] | None,
     explanation_error: str | None,
+    contest: dict[str, Any] | None = None,
 ) -> ItemOut:
     return ItemOut(
         **summary_out(item).model_dump(),
@@ -239,6 +244,7 @@ def item_out(
         outcome=item.outcome,
         decided_reason=item.decided_reason,
         final=final_out(item),
+        contest=contest,
     )
 
 

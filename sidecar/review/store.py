@@ -26,6 +26,7 @@ from sidecar.review.model import (
     STATUSES,
     Action,
     Conflict,
+    Contest,
     Forbidden,
     HeldAnswer,
     NotFound,
@@ -83,7 +84,45 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
 CREATE INDEX IF NOT EXISTS items_lease ON items(status, lease_expires);
+CREATE TABLE IF NOT EXISTS contests (
+    item_id TEXT PRIMARY KEY,
+    filed_at REAL NOT NULL,
+    filed_by TEXT NOT NULL,
+    statement TEXT NOT NULL,
+    corrected TEXT,
+    rescore TEXT,
+    reasons TEXT,
+    resolved_at REAL
+);
 """
+
+# Contested items go to the front of the queue: they take seqs counting up from here,
+# below every routed item's (AUTOINCREMENT starts at 1 and never reuses a seq), so the
+# queue's one order (by seq) puts them first, oldest contest first, and a page cursor
+# keeps working across both. A cursor of 0 means "from the start".
+FRONT_SEQ = -(2**40)
+# Time to resolve a contest: a human review takes minutes to days.
+RESOLUTION_BUCKETS_S = (60.0, 600.0, 3600.0, 4 * 3600.0, 86_400.0, 3 * 86_400.0, 7 * 86_400.0)
+_CONTEST_COLUMNS = (
+    "item_id, filed_at, filed_by, statement, corrected, rescore, reasons, resolved_at"
+)
+
+
+def _contest(row: tuple[Any, ...]) -> Contest:
+    def loads(v: Any) -> Any:
+        return None if v is None else json.loads(v)
+
+    return Contest(
+        item_id=row[0],
+        filed_at=float(row[1]),
+        filed_by=row[2],
+        statement=row[3],
+        corrected=loads(row[4]),
+        rescore=loads(row[5]),
+        reasons=loads(row[6]),
+        resolved_at=row[7],
+    )
+
 
 _ITEM_COLUMNS = (
     "item_id, seq, created, reason, mode, status, decision, explanation, claimed_by,"
@@ -161,6 +200,14 @@ class SqliteReviewStore(ReviewStore):
         )
         self._shed = registry.counter(
             "sidecar_review_events_shed_total", "Review events the sink refused"
+        )
+        self._contested = registry.counter(
+            "sidecar_contests_total", "Decisions contested by the person they are about"
+        )
+        self._resolution = registry.histogram(
+            "sidecar_contest_resolution_seconds",
+            "Time from a contest being filed to its review item being decided",
+            bounds=RESOLUTION_BUCKETS_S,
         )
         for status in STATUSES:
             registry.gauge(
@@ -326,7 +373,7 @@ class SqliteReviewStore(ReviewStore):
     ) -> list[ReviewItem]:
         self.expire_leases()
         where = ["seq > ?"]
-        args: list[Any] = [after]
+        args: list[Any] = [after if after else FRONT_SEQ]
         for column, value in (
             ("status", status),
             ("reason", reason),
@@ -432,8 +479,112 @@ class SqliteReviewStore(ReviewStore):
             )
             self._transitions[verb].inc()
             decided = self._row(conn, item_id)
+            resolved = self._resolve_contest(conn, item_id, now)
+        if resolved is not None:
+            self._resolution.observe(resolved)
         assert decided is not None
         return decided
+
+    # -- contests ------------------------------------------------------------------------
+
+    def _contest_row(self, conn: sqlite3.Connection, item_id: str) -> Contest | None:
+        row = conn.execute(
+            f"SELECT {_CONTEST_COLUMNS} FROM contests WHERE item_id = ?", (item_id,)
+        ).fetchone()
+        return None if row is None else _contest(row)
+
+    def _resolve_contest(self, conn: sqlite3.Connection, item_id: str, now: float) -> float | None:
+        """Seconds from filing to this decision, the first time a contested item is decided."""
+        row = conn.execute(
+            "SELECT filed_at FROM contests WHERE item_id = ? AND resolved_at IS NULL", (item_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        conn.execute("UPDATE contests SET resolved_at = ? WHERE item_id = ?", (now, item_id))
+        return max(0.0, now - float(row[0]))
+
+    def get_contest(self, item_id: str) -> Contest | None:
+        with self._lock:
+            return self._contest_row(self._conn, normalise_item_id(item_id))
+
+    def contest(
+        self,
+        decision: dict[str, Any],
+        *,
+        actor: str,
+        statement: str,
+        corrected: dict[str, Any] | None,
+        rescore: dict[str, Any] | None,
+        reasons: dict[str, Any] | None,
+    ) -> tuple[Contest, bool]:
+        """File a contest: its review item goes to the front of the queue with reason
+        "contested" (created, or moved there and reopened when decided), in one transaction
+        with its audit record. (the contest, True) when filed now; (the earlier one, False)
+        when the decision was already contested: filing is idempotent per decision."""
+        item_id = normalise_item_id(decision["decision_id"])
+        now = self._clock()
+        with self._write() as (conn, appended):
+            earlier = self._contest_row(conn, item_id)
+            if earlier is not None:
+                return earlier, False
+            self._expire(conn, appended, now)
+            (front,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), ?) + 1 FROM items WHERE seq < 0", (FRONT_SEQ,)
+            ).fetchone()
+            item = self._row(conn, item_id)
+            previous = None if item is None else item.status
+            if item is None:
+                conn.execute(
+                    "INSERT INTO items (seq, item_id, created, reason, mode, status, model_name,"
+                    " decision) VALUES (?, ?, ?, 'contested', 'queued', 'pending', ?, ?)",
+                    (front, item_id, now, str(decision.get("model_name", "")), _dumps(decision)),
+                )
+            elif item.status == "decided":
+                # A decided item is reopened: the person asks for a (new) human review. The
+                # earlier verdict stays in the audit chain.
+                conn.execute(
+                    "UPDATE items SET seq = ?, reason = 'contested', status = 'pending',"
+                    " claimed_by = NULL, lease_expires = NULL, action = NULL, outcome = NULL,"
+                    " decided_reason = NULL, decided_by = NULL, decided_at = NULL"
+                    " WHERE item_id = ?",
+                    (front, item_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE items SET seq = ?, reason = 'contested' WHERE item_id = ?",
+                    (front, item_id),
+                )
+            conn.execute(
+                f"INSERT INTO contests ({_CONTEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    item_id,
+                    now,
+                    actor,
+                    statement,
+                    None if corrected is None else _dumps(corrected),
+                    None if rescore is None else _dumps(rescore),
+                    None if reasons is None else _dumps(reasons),
+                ),
+            )
+            self._append(
+                conn,
+                appended,
+                item_id,
+                "contested",
+                actor,
+                {
+                    "reason": "contested",
+                    "previous_status": previous,
+                    "statement": statement,
+                    "corrected": corrected,
+                    "rescored_decision": None if rescore is None else rescore.get("decision_id"),
+                },
+                now,
+            )
+            filed = self._contest_row(conn, item_id)
+        self._contested.inc()
+        assert filed is not None
+        return filed, True
 
     def set_explanation(self, item_id: str, explanation: dict[str, Any]) -> None:
         with self._lock:

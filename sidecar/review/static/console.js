@@ -205,7 +205,43 @@ function renderItem(item) {
   $("groups-box").hidden = !groups || Object.keys(groups).length === 0;
   if (groups) kv($("groups"), Object.entries(groups));
   renderChart(item.explanation, item.explanation_error);
+  renderContest(item.contest);
+  $("waterfall-box").open = false;
+  $("waterfall").removeAttribute("src");
   renderActions(item);
+}
+
+// What the person said when they contested, and the model's answer for their corrections.
+function renderContest(c) {
+  $("contest-box").hidden = !c;
+  if (!c) return;
+  const pairs = [["Statement", c.statement], ["Filed", fmtTime(c.filed_at) + " by " + c.filed_by]];
+  if (c.corrected_values) pairs.push(["Corrected values", fmtValue(c.corrected_values)]);
+  if (c.rescore) {
+    pairs.push(["Model's answer for them", c.rescore.error
+      ? "none: " + c.rescore.error
+      : fmtValue(c.rescore.prediction) + " (decision " + c.rescore.decision_id + ")"]);
+  }
+  if (c.reasons && c.reasons.reasons) {
+    pairs.push(["Reasons given", c.reasons.reasons.map((r) => r.text).join("; ") || "—"]);
+  }
+  kv($("contest"), pairs);
+}
+
+// The server draws the waterfall (GET /decisions/{id}/plot, the lookup's numbers) when it is
+// opened; the token travels in the header, so it is fetched here and shown as a data: URL
+// (the CSP allows data: images).
+async function loadWaterfall() {
+  const img = $("waterfall");
+  if (!$("waterfall-box").open || !state.item || img.getAttribute("src")) return;
+  const [rid, row] = state.item.item_id.split("/");
+  const res = await fetch("/decisions/" + encodeURIComponent(rid) + "/" + encodeURIComponent(row || "0") + "/plot",
+    { headers: { Authorization: "Bearer " + token() }, credentials: "omit", cache: "no-store" });
+  if (!res.ok) { img.alt = "No waterfall: " + res.status + " " + res.statusText; return; }
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  img.src = "data:image/svg+xml;base64," + btoa(bin);
 }
 
 function renderActions(item) {
@@ -356,6 +392,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("f-status").addEventListener("change", () => loadQueue(false));
   $("more-btn").addEventListener("click", () => loadQueue(true));
   $("back-btn").addEventListener("click", openQueue);
+  $("waterfall-box").addEventListener("toggle", loadWaterfall);
   $("claim-btn").addEventListener("click", () =>
     act((id) => api("POST", itemPath(id) + "/claim"), "Claimed: it is yours until the lease ends."));
   $("release-btn").addEventListener("click", () =>

@@ -1,0 +1,150 @@
+"""What reasons and recourse need, built once at start from the settings and the explainer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from explainers.ensemble import TreeEnsemble
+from explainers.explainer import Explainer
+from explainers.recourse import Actionable, Favourable
+from explainers.reference import Reference
+from sidecar.config import ConfigError, Settings
+from sidecar.people.catalogue import Catalogue, load_catalogue
+
+RUNTIMES = {
+    "onnx": "onnxruntime",
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
+    "sklearn": "scikit-learn",
+}
+
+
+class Unanswerable(Exception):
+    """A question about a decision that cannot be answered; `status` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PeopleContext:
+    """The model's favourable outcome, what may be a reason, what may change, and the words."""
+
+    feature_names: list[str]
+    class_labels: list[str]
+    favourable_label: str | None
+    excluded: frozenset[str]
+    count: int
+    catalogue: Catalogue
+    actionable: list[Actionable]
+    max_options: int
+    max_pair_candidates: int
+    ensemble: TreeEnsemble | None
+    reference: Reference | None
+    runtime: str | None
+
+    def favourable(self, n_outputs: int) -> Favourable:
+        if self.favourable_label is None:
+            raise Unanswerable(
+                409, "model.favourable_label is not configured: no outcome is favourable"
+            )
+        try:
+            return Favourable.of(n_outputs, self.class_labels, self.favourable_label)
+        except ValueError as exc:
+            raise Unanswerable(409, str(exc)) from None
+
+    def outcome(self, decision: dict[str, Any]) -> str:
+        """The decision's class label (the model server's answer)."""
+        pred = decision.get("prediction")
+        if isinstance(pred, str) and pred in self.class_labels:
+            return pred
+        if (
+            isinstance(pred, int)
+            and not isinstance(pred, bool)
+            and 0 <= pred < len(self.class_labels)
+        ):
+            return self.class_labels[pred]
+        raise Unanswerable(
+            409, f"the decision's prediction {pred!r} is not one of model.class_labels"
+        )
+
+    def is_favourable(self, decision: dict[str, Any]) -> bool:
+        if self.favourable_label is None:
+            self.favourable(1)  # raises, naming the key
+        return self.outcome(decision) == self.favourable_label
+
+    def row(self, decision: dict[str, Any]) -> list[float]:
+        feats = decision.get("features")
+        if not feats or len(feats) != len(self.feature_names):
+            raise Unanswerable(409, "the decision has no recorded features of the model's width")
+        out: list[float] = []
+        for v in feats:
+            if v is None:
+                out.append(math.nan)
+            elif isinstance(v, bool | int | float):
+                out.append(float(v))
+            else:
+                raise Unanswerable(409, f"feature value {v!r} is not a number")
+        return out
+
+
+def shown(value: float, ens: TreeEnsemble | None) -> float | None:
+    """A value as the person should read it: the shortest decimal of the model's input type
+    (0.54, not 0.5400000214576721), None for missing."""
+    if math.isnan(value):
+        return None
+    if ens is not None and ens.input_dtype == np.float32:
+        return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+    return float(value)
+
+
+def build_context(settings: Settings, explainer: Explainer | None) -> PeopleContext:
+    """Check the `[reasons]` and `[recourse]` keys against the model; ConfigError names the key."""
+    m = settings.model
+    names = list(m.feature_names) or (list(explainer.feature_names) if explainer else [])
+    derived = {rule.feature for rule in settings.groups.derive.values()}
+    for name in settings.reasons.exclude:
+        if names and name not in names:
+            raise ConfigError(f"config key 'reasons.exclude': {name!r} is not a feature")
+    excluded = frozenset(settings.reasons.exclude) | derived
+    catalogue = load_catalogue(settings.reasons.catalogue, names)
+    actionable: list[Actionable] = []
+    for name, a in settings.recourse.features.items():
+        key = f"recourse.features.{name}"
+        if name not in names:
+            raise ConfigError(f"config key '{key}': {name!r} is not a feature of the model")
+        if name in derived:
+            raise ConfigError(f"config key '{key}': a group attribute is derived from {name!r}")
+        if name in settings.reasons.exclude:
+            raise ConfigError(f"config key '{key}': {name!r} is in reasons.exclude")
+        actionable.append(
+            Actionable(
+                feature=names.index(name),
+                allowed=a.direction,
+                low=-math.inf if a.min is None else a.min,
+                high=math.inf if a.max is None else a.max,
+                step=a.step,
+            )
+        )
+    if actionable and explainer is None:
+        raise ConfigError("config key 'recourse.features': recourse needs model.artifact")
+    return PeopleContext(
+        feature_names=names,
+        class_labels=list(m.class_labels),
+        favourable_label=m.favourable_label,
+        excluded=excluded,
+        count=settings.reasons.count,
+        catalogue=catalogue,
+        actionable=actionable,
+        max_options=settings.recourse.max_options,
+        max_pair_candidates=settings.recourse.max_pair_candidates,
+        ensemble=explainer.ensemble if explainer is not None else None,
+        reference=explainer.reference if explainer is not None else None,
+        runtime=RUNTIMES.get(explainer.format) if explainer is not None else None,
+    )
