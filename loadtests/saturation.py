@@ -61,7 +61,9 @@ async def saturate(
                     "p99_ms": c["p99_ms"],
                     "errors": c["errors"] + c["non_2xx"],
                     "backlogged": c["backlogged"],
-                    "cpu_us_per_req": 1e6 * cpu / max(c["requests"], 1) if cpu is not None else None,
+                    "cpu_us_per_req": 1e6 * cpu / max(c["requests"], 1)
+                    if cpu is not None
+                    else None,
                     "loadgen_cpu_us_per_req": c["loadgen_cpu_us_per_req"],
                     "ok": ok,
                 }
