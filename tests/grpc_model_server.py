@@ -32,6 +32,8 @@ class Seen:
     method: str
     metadata: dict[str, Any]
     raw: bytes = b""
+    # Seconds the call had left when it arrived (None: no deadline).
+    time_remaining: float | None = None
 
 
 @dataclass
@@ -45,7 +47,9 @@ class Recorder:
 
 def _hooks(context: grpc.ServicerContext, recorder: Recorder, method: str, raw: bytes) -> None:
     md = {k: v for k, v in context.invocation_metadata()}
-    recorder.calls.append(Seen(method, md, raw))
+    left = context.time_remaining()
+    # grpcio's sync server reports "no deadline" as centuries.
+    recorder.calls.append(Seen(method, md, raw, left if left is not None and left < 1e8 else None))
     context.send_initial_metadata(
         [(f"x-echo-{k}", v) for k, v in md.items() if k.startswith("x-") and not k.endswith("-bin")]
     )

@@ -145,7 +145,9 @@ class Forwarder:
         initial = end_to_end(err.initial_metadata())
         if initial and not headers_sent:
             await context.send_initial_metadata(initial)
-        await context.abort(err.code(), err.details() or "", end_to_end(err.trailing_metadata()))
+        await context.abort(
+            err.code(), err.details() or "", tuple(end_to_end(err.trailing_metadata()))
+        )
 
     async def passthrough_unary(self, method: str, request: bytes, context: Context) -> bytes:
         try:
