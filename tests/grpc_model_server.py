@@ -179,7 +179,10 @@ class RunningModelServer:
 
 
 @contextlib.contextmanager
-def grpc_model_server(max_message_bytes: int = 64 * 1024 * 1024) -> Iterator[RunningModelServer]:
+def grpc_model_server(
+    max_message_bytes: int = 64 * 1024 * 1024, tls: tuple[bytes, bytes] | None = None
+) -> Iterator[RunningModelServer]:
+    """The server on a free port; `tls` = (private key PEM, certificate chain PEM) serves TLS."""
     recorder = Recorder()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc-model"),
@@ -190,7 +193,10 @@ def grpc_model_server(max_message_bytes: int = 64 * 1024 * 1024) -> Iterator[Run
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(ModelServicer(recorder), server)
     server.add_generic_rpc_handlers((_echo_handlers(recorder),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
     server.start()
     try:
         yield RunningModelServer(f"127.0.0.1:{port}", recorder)
