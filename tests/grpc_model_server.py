@@ -153,7 +153,12 @@ def _echo_handlers(recorder: Recorder) -> grpc.GenericRpcHandler:
         return b"|".join(requests)
 
     def bidi(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        # The first message is read before the hooks run: a server that fails a stream
+        # before reading anything meets the limit the README names (INTERNAL, not its status).
+        first = next(requests, None)
         _hooks(context, recorder, "Bidi", b"")
+        for r in [first] if first is not None else []:
+            yield r.upper()
         for r in requests:
             yield r.upper()
 

@@ -154,6 +154,11 @@ def test_decision_id_in_parameters_when_configured(model_server: RunningModelSer
             response.parameters["x-decision-id"].string_param
             == dict(call.initial_metadata())["x-decision-id"]
         )
+        # In a stream, the parameters are where the id can go.
+        stream = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        (message,) = [pb.ModelStreamInferResponse.FromString(m) for m in stream(iter([data]))]
+        streamed_id = message.infer_response.parameters["x-decision-id"].string_param
+        wait_until(lambda: svc.store.get(f"{streamed_id}/0") is not None, what="decision")
 
 
 def test_hold_mode_answers_aborted_with_the_ticket(model_server: RunningModelServer) -> None:
@@ -202,3 +207,49 @@ def test_model_stream_infer_through_tritonclient(
     assert answers[address(sidecar)] == answers[model_server.address]
     for i in range(3):
         wait_until(lambda i=i: len(_decisions(sidecar, f"stream-{i}")) == i + 1, what="decisions")
+
+
+def test_reject_mode_refuses_before_forwarding_when_it_cannot_record(
+    model_server: RunningModelServer,
+) -> None:
+    with (
+        grpc_sidecar(model_server.url, decisions={"on_overload": "reject", "queue_size": 1}) as svc,
+        grpc.insecure_channel(address(svc)) as ch,
+    ):
+        # The pipeline's stages are stopped so the queue stays full.
+        svc.pipeline.close()
+        data = _typed_request(_rows(1), "reject-1").SerializeToString()
+        before = sum(1 for s in model_server.recorder.calls if s.method == "ModelInfer")
+        codes = []
+        for _ in range(3):
+            try:
+                ch.unary_unary(INFER)(data)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                codes.append(err.code())
+                assert "decisions.on_overload = reject" in (err.details() or "")
+        assert grpc.StatusCode.UNAVAILABLE in codes
+        forwarded = sum(1 for s in model_server.recorder.calls if s.method == "ModelInfer") - before
+        assert forwarded == codes.count(grpc.StatusCode.OK)
+
+
+def test_a_held_stream_answer_is_an_error_message_not_a_model_output(
+    model_server: RunningModelServer,
+) -> None:
+    with (
+        grpc_sidecar(model_server.url, review={"mode": "hold"}) as svc,
+        grpc.insecure_channel(address(svc)) as ch,
+    ):
+        stream = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        requests = [_typed_request(_rows(1), f"sh-{i}").SerializeToString() for i in range(2)]
+        answers = [
+            pb.ModelStreamInferResponse.FromString(m)
+            for m in stream(iter(requests), metadata=(("x-review", "1"),))
+        ]
+        assert len(answers) == 2
+        for a in answers:
+            assert not a.HasField("infer_response")
+            assert a.error_message.startswith("held for human review: ticket ")
+        ticket = answers[0].error_message.split("ticket ")[1].split(";")[0]
+        status, _ = http_get(f"{svc.control_url}/review/items/{ticket}", TOKEN)
+        assert status == 200

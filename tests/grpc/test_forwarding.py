@@ -216,3 +216,33 @@ def test_concurrent_calls_share_the_listener(channel: grpc.Channel) -> None:
     for t in threads:
         t.join(10)
     assert sorted(results) == sorted(str(i).encode()[::-1] for i in range(20))
+
+
+def test_calls_past_the_concurrency_limit_are_resource_exhausted(
+    model_server: RunningModelServer,
+) -> None:
+    with (
+        grpc_sidecar(model_server.url, proxy={"grpc_max_concurrent_rpcs": 2}) as svc,
+        grpc.insecure_channel(address(svc)) as ch,
+    ):
+        echo = ch.unary_unary("/test.Echo/Unary")
+        held = [
+            echo.future(b"x", metadata=(("x-test-sleep", "20"), ("x-n", str(i)))) for i in range(2)
+        ]
+        wait_until(
+            lambda: sum(1 for s in model_server.recorder.calls if "x-n" in s.metadata) >= 2,
+            what="two calls upstream",
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            echo(b"y")
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        for f in held:
+            f.cancel()
+        wait_until(lambda: _answers(echo), what="served again once the two are gone")
+
+
+def _answers(echo: grpc.UnaryUnaryMultiCallable) -> bool:
+    try:
+        return bool(echo(b"ok") == b"ko")
+    except grpc.RpcError:
+        return False

@@ -56,9 +56,9 @@ def test_bad_grpc_settings_fail_naming_the_key(proxy: dict[str, object], message
 
 
 def test_a_listen_address_in_use_fails_the_start_naming_the_key() -> None:
-    with grpc_model_server() as server:
-        with (
-            pytest.raises(RuntimeError, match="proxy.grpc_listen"),
-            grpc_sidecar(server.url, proxy={"grpc_listen": server.address}),
-        ):
-            pass
+    with (
+        grpc_model_server() as server,
+        pytest.raises(RuntimeError, match=r"proxy\.grpc_listen"),
+        grpc_sidecar(server.url, proxy={"grpc_listen": server.address}),
+    ):
+        pass
