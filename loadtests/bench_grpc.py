@@ -5,8 +5,8 @@
 Starts a gRPC model server (the demo onnxruntime model behind grpcio's asyncio
 server, answering ModelInfer with raw contents as Triton does; `--serve-model PORT`
 runs it alone) and `sidecar serve` with `proxy.grpc_listen` in front of it, warms
-both paths, then runs `--rounds` rounds of `duration / rounds` seconds per path,
-alternating the order (ABBA) as loadtests/bench_proxy.py does. The load is open
+the paths, then runs `--rounds` rounds of `duration / rounds` seconds per path,
+rotating the order each round as loadtests/bench_proxy.py does. The load is open
 loop: call i is started at t0 + i/rate whatever the server does, and its latency
 counts from that scheduled time, so a stall is charged for the calls it held back.
 One single-row FP32 call in `raw_input_contents` (what tritonclient sends), with
@@ -14,6 +14,12 @@ a request id and group attributes in the metadata, so every call through the
 sidecar is a recorded decision. Prints calls/s and p50/p99/p99.9 per path, what
 the sidecar adds, and its CPU time per call (utime + stime from /proc over its
 rounds). Writes the result as JSON to loadtests/results/.
+
+A third path, `passthrough`, is the same-run baseline for what grpcio charges for the
+hop: the same message through the same sidecar under a method it forwards without
+reading (`ModelStatistics`, one of the protocol's unary methods, which this model
+server answers as it answers ModelInfer), so no decision is made (`--no-passthrough`
+leaves it out).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from sidecar.demo.model import META_PATH, MODEL_PATH, OnnxClassifier, load_meta
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 SERVER_READY = "/inference.GRPCInferenceService/ServerReady"
+# Forwarded unary and unread by the sidecar; answered like ModelInfer here (the baseline path).
+PASSTHROUGH = "/inference.GRPCInferenceService/ModelStatistics"
 TARGETS = {"added_p50_ms": 0.3, "added_p99_ms": 1.0}
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -58,6 +66,7 @@ class _ModelHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._model = OnnxClassifier(MODEL_PATH, load_meta(META_PATH))
         self._handlers = {
             INFER: grpc.unary_unary_rpc_method_handler(self._infer),
+            PASSTHROUGH: grpc.unary_unary_rpc_method_handler(self._infer),
             SERVER_READY: grpc.unary_unary_rpc_method_handler(self._ready),
         }
 
@@ -101,14 +110,16 @@ def _payload() -> bytes:
     return data
 
 
-async def run_load(target: str, payload: bytes, rate: float, duration_s: float) -> dict[str, Any]:
+async def run_load(
+    target: str, payload: bytes, rate: float, duration_s: float, method: str = INFER
+) -> dict[str, Any]:
     """Open loop at `rate` calls/s for `duration_s`; latencies from each call's scheduled time."""
     metadata = (("x-request-id", "bench"), ("x-group-attributes", "gender=F; age_band=30-39"))
     latencies: list[float] = []
     errors: dict[str, int] = {}
     lag_max = 0.0
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = channel.unary_unary(INFER)
+        stub = channel.unary_unary(method)
         await stub(payload, metadata=metadata, timeout=10)
 
         async def one(scheduled: float) -> None:
@@ -179,11 +190,14 @@ def _report(result: dict[str, Any]) -> str:
     lines = [
         f"gRPC ModelInfer, open loop {result['rate']:g} calls/s, "
         f"{result['rounds']} rounds x {result['round_s']:g} s per path, {result['date']}",
-        "path       calls/s   p50 ms   p99 ms  p99.9 ms  errors",
+        "path        calls/s   p50 ms   p99 ms  p99.9 ms  errors",
     ]
-    for name, r in (("direct", d), ("sidecar", s)):
+    paths = [("direct", d), ("sidecar", s)]
+    if "passthrough" in result:
+        paths.append(("passthrough", result["passthrough"]))
+    for name, r in paths:
         lines.append(
-            f"{name:<9} {r['calls_per_s']:8.1f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
+            f"{name:<11} {r['calls_per_s']:6.1f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
             f"{r['p999_ms']:9.3f}  {r['errors'] or '-'}"
         )
     a = result["added"]
@@ -192,6 +206,13 @@ def _report(result: dict[str, Any]) -> str:
         f"p99 {a['p99_ms']:.3f} ms (target <= {TARGETS['added_p99_ms']}); "
         f"ratios p50 x{s['p50_ms'] / d['p50_ms']:.2f}, p99 x{s['p99_ms'] / d['p99_ms']:.2f}"
     )
+    if "passthrough" in result:
+        p = result["passthrough"]
+        lines.append(
+            f"passthrough (no decision) added: p50 {p['p50_ms'] - d['p50_ms']:.3f} ms, "
+            f"p99 {p['p99_ms'] - d['p99_ms']:.3f} ms; "
+            f"its sidecar CPU per call: {result['passthrough_cpu_us_per_call']:.0f} us"
+        )
     lines.append(
         f"sidecar CPU per call: {result['sidecar_cpu_us_per_call']:.0f} us; "
         f"load generator lag max {max(d['loadgen_lag_max_ms'], s['loadgen_lag_max_ms']):.1f} ms"
@@ -218,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per path")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
+    parser.add_argument("--no-passthrough", action="store_true", help="leave the baseline path out")
     parser.add_argument("--serve-model", type=int, metavar="PORT", help="only run the model server")
     args = parser.parse_args(argv)
     if args.serve_model:
@@ -249,22 +272,29 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "sidecar.cli"], config, _REPO, work / "sidecar.log", None
         )
         urls = sidecar.start()
-        targets = {"direct": f"127.0.0.1:{model_port}", "sidecar": f"127.0.0.1:{grpc_port}"}
+        paths = {
+            "direct": (f"127.0.0.1:{model_port}", INFER),
+            "sidecar": (f"127.0.0.1:{grpc_port}", INFER),
+        }
+        if not args.no_passthrough:
+            paths["passthrough"] = (f"127.0.0.1:{grpc_port}", PASSTHROUGH)
         payload = _payload()
-        for target in targets.values():
-            uvloop.run(run_load(target, payload, args.rate, args.warmup))
+        for target, method in paths.values():
+            uvloop.run(run_load(target, payload, args.rate, args.warmup, method))
         per_round = args.duration / args.rounds
-        rounds: dict[str, list[dict[str, Any]]] = {"direct": [], "sidecar": []}
-        cpu = 0.0
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+        cpu = dict.fromkeys(paths, 0.0)
+        names = list(paths)
         for i in range(args.rounds):
-            order = ["direct", "sidecar"] if i % 2 == 0 else ["sidecar", "direct"]
+            # Rotated each round, so drift in the machine hits every path alike.
+            order = names[i % len(names) :] + names[: i % len(names)]
             for name in order:
+                target, method = paths[name]
                 c0 = cpu_seconds(sidecar.pid)
                 rounds[name].append(
-                    uvloop.run(run_load(targets[name], payload, args.rate, per_round))
+                    uvloop.run(run_load(target, payload, args.rate, per_round, method))
                 )
-                if name == "sidecar":
-                    cpu += cpu_seconds(sidecar.pid) - c0
+                cpu[name] += cpu_seconds(sidecar.pid) - c0
         direct, through = _summary(rounds["direct"]), _summary(rounds["sidecar"])
         result = {
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -278,12 +308,18 @@ def main(argv: list[str] | None = None) -> int:
                 "p50_ms": through["p50_ms"] - direct["p50_ms"],
                 "p99_ms": through["p99_ms"] - direct["p99_ms"],
             },
-            "sidecar_cpu_us_per_call": 1e6 * cpu / max(through["calls"], 1),
+            "sidecar_cpu_us_per_call": 1e6 * cpu["sidecar"] / max(through["calls"], 1),
             "decisions": _decisions(urls["control"]),
         }
+        if "passthrough" in rounds:
+            passthrough = _summary(rounds["passthrough"])
+            result["passthrough"] = passthrough
+            result["passthrough_cpu_us_per_call"] = (
+                1e6 * cpu["passthrough"] / max(passthrough["calls"], 1)
+            )
         print(_report(result))
-        RESULTS_DIR.mkdir(exist_ok=True)
-        out = RESULTS_DIR / f"grpc-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
+        args.out.mkdir(parents=True, exist_ok=True)
+        out = args.out / f"grpc-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
         out.write_text(json.dumps(result, indent=1))
         print(f"result: {out}")
     finally:
