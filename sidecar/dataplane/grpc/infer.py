@@ -173,7 +173,7 @@ class InferHandlers:
         if reviewed and self._decider.hold:
             batch.held = Held(200, _HELD_HEADERS, orjson.dumps(answer))
             if self._pipeline.submit(batch, urgent=True):
-                await self._hold(context, rid, reviewed[0])
+                await self._hold(context, rid, reviewed[0])  # raises: the call ends ABORTED
             # Shed (the gap record names it): a ticket for it would answer 404.
             await context.send_initial_metadata(headers)
             return response
