@@ -253,3 +253,33 @@ def test_a_held_stream_answer_is_an_error_message_not_a_model_output(
         ticket = answers[0].error_message.split("ticket ")[1].split(";")[0]
         status, _ = http_get(f"{svc.control_url}/review/items/{ticket}", TOKEN)
         assert status == 200
+
+
+def test_stream_requests_past_the_pending_bound_are_not_recorded_nor_mismatched(
+    sidecar: Service,
+) -> None:
+    assert sidecar.grpc is not None and sidecar.grpc.infer is not None
+    infer = sidecar.grpc.infer
+    infer.max_pending = 2
+    try:
+        with grpc.insecure_channel(address(sidecar)) as ch:
+            stream = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+            requests = [_typed_request(_rows(1), f"pend-{i}").SerializeToString() for i in range(5)]
+            # The model server reads nothing for a while: all five wait for their answers.
+            answers = [
+                pb.ModelStreamInferResponse.FromString(m)
+                for m in stream(iter(requests), metadata=(("x-test-sleep", "1.5"),))
+            ]
+    finally:
+        infer.max_pending = 1024
+    # Every answer goes back unchanged ...
+    assert [a.infer_response.id for a in answers] == [f"pend-{i}" for i in range(5)]
+    # ... the two still waiting become decisions; the three given up on are not paired with
+    # anything else, and are counted.
+    for i in (3, 4):
+        wait_until(lambda i=i: len(_decisions(sidecar, f"pend-{i}")) == 1, what="decision")
+    assert all(_decisions(sidecar, f"pend-{i}") == [] for i in range(3))
+    _, body = http_get(f"{sidecar.control_url}/metrics")
+    text = body.decode()
+    assert 'reason="stream_unanswered"} 3.0' in text
+    assert 'reason="stream_unmatched"} 3.0' in text

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 import orjson
+from google.protobuf.message import DecodeError
 from grpc.aio import AioRpcError
 
 from sidecar.dataplane.decide import Decider
@@ -100,6 +101,8 @@ class InferHandlers:
         self._id_in_parameters = decision_id_in_parameters
         self._body_field = body_field
         self._calls: dict[tuple[str, str], Call] = {}
+        # Requests of one stream waiting for their answer (an attribute so tests can lower it).
+        self.max_pending = MAX_PENDING
 
     def _call(self, model: str, version: str) -> Call:
         key = (model, version)
@@ -203,6 +206,22 @@ class InferHandlers:
         )
         await context.abort(grpc.StatusCode.ABORTED, self._ticket(held))
 
+    def _match(
+        self, pending: deque[tuple[_Request, float, float]], answer_id: str
+    ) -> tuple[_Request, float, float] | None:
+        """The request an answer belongs to, taken off `pending`: by id, else the oldest."""
+        if not answer_id:
+            return pending.popleft()
+        for i, entry in enumerate(pending):
+            parsed = entry[0].parsed
+            if parsed is not None and parsed["id"] == answer_id:
+                del pending[i]
+                return entry
+        # Its request is no longer waiting (given up on, or answered already): pairing the
+        # answer with another request would record a wrong decision.
+        self._decider.parse_failed(v2.NAME, "stream_unmatched")
+        return None
+
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> None:
         """Each request message is matched with its answer (by `id`, else in order) and decided."""
         fwd = self._fwd
@@ -214,7 +233,7 @@ class InferHandlers:
             async for data in requests:
                 req = self._read(data)
                 # Unreadable ones too: answers without an id are matched in order.
-                if len(pending) >= MAX_PENDING:
+                if len(pending) >= self.max_pending:
                     pending.popleft()
                     self._decider.parse_failed(v2.NAME, "stream_unanswered")
                 pending.append((req, wall_clock(), perf_counter()))
@@ -248,21 +267,16 @@ class InferHandlers:
         or the decision id goes in its parameters)."""
         try:
             message = ModelStreamInferResponse.FromString(data)
-        except Exception:
+        except DecodeError:
             self._decider.parse_failed(v2.NAME, "response_protobuf")
             return data
-        if not message.HasField("infer_response") or not pending:
+        if not pending:
             return data
-        answer_id = message.infer_response.id
-        entry = None
-        if answer_id:
-            for i, (req, _, _) in enumerate(pending):
-                if req.parsed is not None and req.parsed["id"] == answer_id:
-                    entry = pending[i]
-                    del pending[i]
-                    break
-        if entry is None:
-            entry = pending.popleft()
+        answered = message.HasField("infer_response")
+        entry = self._match(pending, message.infer_response.id if answered else "")
+        if entry is None or not answered or message.error_message:
+            # An error answers its request too (it is no longer waiting), but is no decision.
+            return data
         req, arrived, t0 = entry
         answer = self._answer(message.infer_response)
         if answer is None or req.call is None or req.parsed is None:

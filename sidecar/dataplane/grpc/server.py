@@ -212,6 +212,7 @@ class GrpcServer:
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.infer: InferHandlers | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -222,7 +223,7 @@ class GrpcServer:
         self._channel, target = channel_for(s)
         strip = frozenset(name.decode("latin-1") for name in self._decider.strip)
         forwarder = Forwarder(self._channel, target, s.timeout_s, strip)
-        infer = InferHandlers(
+        self.infer = infer = InferHandlers(
             forwarder,
             self._decider,
             self._pipeline,
