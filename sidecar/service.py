@@ -22,6 +22,7 @@ from sidecar.control.server import ControlPlaneThread, new_event_loop
 from sidecar.control.store import DecisionStore
 from sidecar.dataplane.decide import Decider
 from sidecar.dataplane.groups import GroupExtractor
+from sidecar.dataplane.grpc.server import GrpcServer
 from sidecar.dataplane.http import DataPlane
 from sidecar.dataplane.server import IdleReaper, Limits, serve
 from sidecar.dataplane.upstream import Upstream
@@ -139,6 +140,18 @@ class Service:
             registry=registry,
             max_body=settings.proxy.max_inference_body_bytes,
         )
+        # The gRPC listener, beside the HTTP one on the same loop (proxy.grpc_listen).
+        self.grpc = (
+            GrpcServer(
+                settings.proxy,
+                self.decider,
+                self.pipeline,
+                registry,
+                body_field=settings.groups.body_field or None,
+            )
+            if settings.proxy.grpc_listen is not None
+            else None
+        )
         auth = Authenticator(
             TokenTable.from_settings(settings.auth), settings.auth.group_attribute_roles
         )
@@ -184,6 +197,7 @@ class Service:
                 ("explainer", self._explainer_ready),
                 ("decision_pipeline", self._pipeline_alive),
                 *((name, partial(self._sink_health, name)) for name in self.sink.health()),
+                *([("grpc_upstream", self.grpc.ready)] if self.grpc is not None else []),
             ],
             # People first: the review router's /decisions/{id}/{row} would take their paths.
             routers=[people_api, review_api, outcomes_api],
@@ -227,6 +241,8 @@ class Service:
         self._data_server, self._reaper = await serve(
             self.dataplane.handle, self._proxy_sock, Limits.of(self.settings.proxy)
         )
+        if self.grpc is not None:
+            await self.grpc.start()
         self._control = ControlPlaneThread(
             self.control_app,
             self._control_sock,
@@ -275,6 +291,8 @@ class Service:
             self._data_server.close()
         if self._reaper is not None:
             self._reaper.stop()
+        if self.grpc is not None:
+            await self.grpc.stop()
         await loop.run_in_executor(None, self._stop_background)
         await self.upstream.close()
         for sock in (self._proxy_sock, self._control_sock):

@@ -55,6 +55,16 @@ class ProxySettings(_Section):
     """Rows beyond this in one call are forwarded but not recorded as decisions (counted)."""
     upstream_ca_file: Path | None = None
     """PEM bundle of the CAs that sign an https:// upstream's certificate (default: the system's)."""
+    grpc_listen: str | None = None
+    """gRPC listen address `host:port` (port 0 picks a free one); unset: no gRPC listener."""
+    grpc_upstream: str | None = None
+    """The gRPC model server every RPC is forwarded to: http://host:port (plaintext HTTP/2) or https://host:port (TLS, verified as the HTTP upstream is, against upstream_ca_file if set). Required with grpc_listen."""
+    grpc_decision_id_in_parameters: bool = False
+    """Also put the decision id in ModelInfer answers' `parameters["x-decision-id"]` (re-serialises the answer); off: the message is the model server's, byte for byte, and the id is in the initial metadata only."""
+    grpc_max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=2**31 - 1)
+    """Largest gRPC message taken from a client or from the upstream, either way; larger ones end the call with RESOURCE_EXHAUSTED."""
+    grpc_max_concurrent_rpcs: int = Field(default=1024, ge=1)
+    """gRPC calls served at once; one past it is answered RESOURCE_EXHAUSTED."""
 
     @field_validator("upstream_ca_file")
     @classmethod
@@ -65,6 +75,27 @@ class ProxySettings(_Section):
             except (OSError, ssl.SSLError) as exc:
                 raise ValueError(f"cannot load CA certificates from {v}: {exc}") from None
         return v
+
+    @field_validator("grpc_listen")
+    @classmethod
+    def _check_grpc_listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8090 ([::1]:8090 for IPv6)")
+        return v
+
+    @field_validator("grpc_upstream")
+    @classmethod
+    def _check_grpc_upstream(cls, v: str | None) -> str | None:
+        return None if v is None else cls._check_upstream(v)
+
+    @model_validator(mode="after")
+    def _check_grpc(self) -> ProxySettings:
+        if self.grpc_listen is not None and self.grpc_upstream is None:
+            raise ValueError("proxy.grpc_upstream is required when proxy.grpc_listen is set")
+        return self
 
     @field_validator("upstream")
     @classmethod

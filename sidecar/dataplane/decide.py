@@ -217,6 +217,19 @@ class Decider:
             response = self._binary_response(call, rbody, rheaders)
             if response is _UNREADABLE:
                 return None
+        return self.decide_parsed(call, request, response, headers, latency, arrived, body_groups)
+
+    def decide_parsed(
+        self,
+        call: Call,
+        request: Any,
+        response: Any,
+        headers: RawHeaders,
+        latency: float,
+        arrived: float,
+        body_groups: Any,
+    ) -> Batch | None:
+        """`decide` for an answer already read into the V2 JSON shape (the gRPC adapter's)."""
         try:
             parsed = call.parse(request, response, self._feature_names, self._labels)
         except _PARSE_ERRORS as exc:

@@ -79,7 +79,7 @@ def fill(tensors: Any, data: memoryview) -> None:
             continue
         if type(size) is not int or size < 0 or offset + size > len(data):
             raise ParseError(f"tensor {t.get('name')!r}: binary_data_size {size!r} out of bounds")
-        t["data"] = _decode(t, data[offset : offset + size])
+        t["data"] = decode(t, data[offset : offset + size])
         offset += size
     if offset != len(data):
         raise ParseError(f"{len(data) - offset} bytes of binary data belong to no tensor")
@@ -97,7 +97,8 @@ def _count(t: dict[str, Any]) -> int:
     return n
 
 
-def _decode(t: dict[str, Any], raw: memoryview) -> list[Any]:
+def decode(t: dict[str, Any], raw: memoryview) -> list[Any]:
+    """One tensor's raw bytes as its flat `data` list (the gRPC raw contents use the same layout)."""
     dtype_name = t.get("datatype")
     n = _count(t)
     if dtype_name == "BYTES":
