@@ -109,12 +109,31 @@ class Upstream:
         return pool.stream(head, body, chunked, method == "HEAD")
 
     async def reachable(self, timeout_s: float = 1.0) -> bool:
-        """Readiness: can a TCP connection to the upstream be opened?"""
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), timeout_s
+        """Readiness: does the upstream answer HTTP/1.1 (TLS verified for https://)?
+
+        An open TCP port is not enough: a gRPC-only server (HTTP/2 with prior
+        knowledge) accepts the connection and then answers every HTTP/1.1 call
+        with frames no client can read. The probe is `OPTIONS *` (RFC 9110
+        §9.3.7: about the server, touching no resource); any status line counts.
+        """
+        probe = (
+            f"OPTIONS * HTTP/1.1\r\nHost: {self._pool.host_header.decode('latin-1')}"
+            "\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+
+        async def ask() -> bytes:
+            tls = self._pool.tls if self._https else None
+            reader, writer = await asyncio.open_connection(
+                self._host, self._port, ssl=tls, server_hostname=self._host if tls else None
             )
-        except (OSError, TimeoutError):
+            try:
+                writer.write(probe)
+                return await reader.read(8)
+            finally:
+                writer.close()
+
+        try:
+            first = await asyncio.wait_for(ask(), timeout_s)
+        except (OSError, TimeoutError, ssl.SSLError):
             return False
-        writer.close()
-        return True
+        return first.startswith(b"HTTP/1.")

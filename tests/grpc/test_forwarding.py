@@ -11,7 +11,7 @@ from tritonclient.grpc import service_pb2 as pb
 from sidecar.service import Service
 from tests.grpc.conftest import address, grpc_sidecar
 from tests.grpc_model_server import RunningModelServer
-from tests.servers import free_port, http_get, wait_until
+from tests.servers import free_port, http_get, recording_upstream, running_sidecar, wait_until
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
@@ -246,3 +246,15 @@ def _answers(echo: grpc.UnaryUnaryMultiCallable) -> bool:
         return bool(echo(b"ok") == b"ko")
     except grpc.RpcError:
         return False
+
+
+def test_readyz_is_not_ready_when_the_http_upstream_is_a_grpc_port(
+    model_server: RunningModelServer,
+) -> None:
+    # The port accepts TCP, but speaks HTTP/2 only: no HTTP/1.1 call could be answered.
+    with running_sidecar(model_server.url, proxy={"connect_timeout_s": 1.0}) as svc:
+        status, body = http_get(f"{svc.control_url}/readyz")
+        assert status == 503 and b'"upstream":false' in body
+    with recording_upstream() as up, running_sidecar(up.url) as svc:
+        status, body = http_get(f"{svc.control_url}/readyz")
+        assert b'"upstream":true' in body
