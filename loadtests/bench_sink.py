@@ -239,6 +239,7 @@ async def _phase(
     c0, t0 = cpu_seconds(pid), time.perf_counter()
     res = await run_load(url, reqs, rate, duration)
     out = res.summary()
+    out["slowest"] = res.slowest(5)  # when in the phase (s) the tail happened
     out["sidecar_cpu_share"] = (cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
     return out
 
