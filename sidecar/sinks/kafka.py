@@ -257,7 +257,7 @@ class KafkaSink:
         if kind == "decision":
             counted = 1
         elif kind == "gap":
-            counted = body["by_kind"].get("decision", 0)
+            counted = body.get("by_kind", {}).get("decision", 0)
         else:
             counted = 0
         try:
