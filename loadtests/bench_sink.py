@@ -9,6 +9,10 @@
 4. Files sink: events/s.
 5. With --proxy-broker-down: the proxy benchmark (loadtests.bench_proxy) with sink.kind = kafka
    and a broker that is down: the proxy's p99 must stay within the same budget.
+6. With --proxy-broker-hung (run alone, nothing else): the proxy under load before, while and
+   after its broker is hung (SIGSTOP past request_timeout_ms and delivery_timeout_ms: the
+   kernel still accepts connections, nothing answers), with the sidecar's CPU idle and
+   loaded in each phase and how long delivery takes to catch up once the broker is back.
 
 Without --bootstrap it starts its own broker with scripts/kafka.sh on free ports. Writes the
 result as JSON to loadtests/results/.
@@ -22,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -34,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench_proxy import LOCK_PATH, _exclusive
+from loadtests.loadgen import run_load
+from loadtests.procs import cpu_seconds
 from sidecar.config import load_settings
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
@@ -114,7 +121,8 @@ def bench_build(n: int) -> dict[str, Any]:
 
 
 @contextmanager
-def own_broker(cpus: set[int] | None) -> Iterator[str]:
+def own_broker(cpus: set[int] | None) -> Iterator[tuple[str, Path]]:
+    """A broker on free ports: (bootstrap, data directory with its kafka.pid)."""
     port, cport = _free_port(), _free_port()
     data = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
     env = dict(
@@ -128,7 +136,7 @@ def own_broker(cpus: set[int] | None) -> Iterator[str]:
 
     subprocess.run([script, "start"], env=env, check=True, preexec_fn=pin)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", data
     finally:
         subprocess.run([script, "stop"], env=env, check=False)
         shutil.rmtree(data, ignore_errors=True)
@@ -225,6 +233,137 @@ def proxy_broker_down(work: Path, duration: float, rate: float) -> int:
     )
 
 
+async def _phase(
+    url: str, reqs: list[bytes], rate: float, duration: float, pid: int
+) -> dict[str, Any]:
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    res = await run_load(url, reqs, rate, duration)
+    out = res.summary()
+    out["slowest"] = res.slowest(5)  # when in the phase (s) the tail happened
+    out["sidecar_cpu_share"] = (cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
+    return out
+
+
+def _idle_share(pid: int, seconds: float) -> float:
+    """The sidecar's CPU, as a share of one core, over `seconds` without load."""
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
+
+
+def proxy_broker_hung(
+    duration: float, rate: float, request_timeout_ms: int, delivery_timeout_ms: int
+) -> dict[str, Any]:
+    """The proxy's tail and the sidecar's CPU before, while and after its broker hangs."""
+    import uvloop
+
+    from loadtests.bench_proxy import _metrics, _sidecar_command, write_config
+    from loadtests.payloads import V2_PATH, v2_requests
+    from loadtests.procs import FastUpstreamProcess, SidecarProcess
+
+    cores = sorted(os.sched_getaffinity(0))
+    # As bench_proxy pins: load generator and upstream on one core, the sidecar on another.
+    near = {cores[0]} if len(cores) >= 2 else None
+    far = {cores[1]} if len(cores) >= 2 else None
+    work = Path(tempfile.mkdtemp(prefix="bench-hung-"))
+    upstream = FastUpstreamProcess(cpus=near)
+    sidecar: SidecarProcess | None = None
+    out: dict[str, Any] = {
+        "request_timeout_ms": request_timeout_ms,
+        "delivery_timeout_ms": delivery_timeout_ms,
+        "rate": rate,
+        "duration_s": duration,
+    }
+    try:
+        with own_broker(None) as (bootstrap, data):
+            broker = int((data / "kafka.pid").read_text())
+            config = work / "sidecar.toml"
+            write_config(
+                config,
+                upstream.start(),
+                {
+                    "sink": {"kind": "kafka"},
+                    "kafka": {
+                        "bootstrap_servers": bootstrap,
+                        "request_timeout_ms": request_timeout_ms,
+                        "delivery_timeout_ms": delivery_timeout_ms,
+                    },
+                    "spool": {"directory": str(work / "spool")},
+                    "review": {"db_path": str(work / "review.db")},
+                },
+            )
+            sidecar = SidecarProcess(_sidecar_command(), config, work, work / "sidecar.log", far)
+            urls = sidecar.start()
+            pid = sidecar.pid
+            url = urls["proxy"] + V2_PATH
+            reqs = v2_requests(*_host_port(urls["proxy"]))
+            uvloop.run(_phase(url, reqs, rate, min(duration, 5.0), pid))  # warm-up
+            out["idle_up"] = _idle_share(pid, 5.0)
+            out["before"] = uvloop.run(_phase(url, reqs, rate, duration, pid))
+            os.kill(broker, signal.SIGSTOP)
+            hung_at = time.monotonic()
+            try:
+                # Past request_timeout_ms: where kafka-python's sender used to spin.
+                time.sleep(request_timeout_ms / 1000 + 1.0)
+                out["idle_hung"] = _idle_share(pid, 5.0)
+                out["hung"] = uvloop.run(_phase(url, reqs, rate, duration, pid))
+                # Past delivery_timeout_ms too before the broker comes back.
+                left = delivery_timeout_ms / 1000 + 1.0 - (time.monotonic() - hung_at)
+                if left > 0:
+                    time.sleep(left)
+                out["hung_s"] = time.monotonic() - hung_at
+                out["lag_at_return"] = _metrics(urls["control"]).get("sidecar_spool_lag_events")
+            finally:
+                os.kill(broker, signal.SIGCONT)
+            back = time.monotonic()
+            # Without load first: how long what waited takes to reach the broker.
+            deadline = back + 300
+            while _metrics(urls["control"]).get("sidecar_spool_lag_events", 1) > 0:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            out["caught_up_s"] = time.monotonic() - back
+            out["after"] = uvloop.run(_phase(url, reqs, rate, duration, pid))
+            out["metrics"] = {
+                k: v
+                for k, v in _metrics(urls["control"]).items()
+                if "producer" in k or "spool" in k or "gap" in k
+            }
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        upstream.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.split("//", 1)[1].rpartition(":")
+    return host, int(port)
+
+
+def report_hung(r: dict[str, Any]) -> str:
+    lines = [
+        f"broker hung {r['hung_s']:.1f} s (request_timeout_ms {r['request_timeout_ms']}, "
+        f"delivery_timeout_ms {r['delivery_timeout_ms']}); {r['rate']:g} req/s, "
+        f"{r['duration_s']:g} s per phase",
+        f"sidecar CPU without load: broker up {r['idle_up']:.3f} core, hung {r['idle_hung']:.3f} core",
+    ]
+    for phase in ("before", "hung", "after"):
+        p = r[phase]
+        lines.append(
+            f"{phase:>6}: p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, "
+            f"p99.9 {p['p999_ms']:.2f} ms, {p['ok']}/{p['sent']} 2xx, "
+            f"sidecar CPU {p['sidecar_cpu_share']:.3f} core"
+        )
+    lines.append(
+        f"p99 hung / before: {r['hung']['p99_ms'] / r['before']['p99_ms']:.2f}x; "
+        f"{r['lag_at_return']:.0f} events waiting at the broker's return, all delivered "
+        f"{r['caught_up_s']:.1f} s after it"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.bench_sink", description=__doc__.splitlines()[0]
@@ -238,10 +377,34 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run the proxy benchmark with the broker down",
     )
+    parser.add_argument(
+        "--proxy-broker-hung",
+        action="store_true",
+        help="only the proxy before, while and after its broker hangs (SIGSTOP)",
+    )
+    parser.add_argument("--hung-request-timeout-ms", type=int, default=3000)
+    parser.add_argument("--hung-delivery-timeout-ms", type=int, default=10_000)
     parser.add_argument("--proxy-duration", type=float, default=20.0)
     parser.add_argument("--proxy-rate", type=float, default=500.0)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+
+    if args.proxy_broker_hung:
+        with _exclusive(LOCK_PATH):
+            hung = proxy_broker_hung(
+                args.proxy_duration,
+                args.proxy_rate,
+                args.hung_request_timeout_ms,
+                args.hung_delivery_timeout_ms,
+            )
+        hung["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        hung["loadavg_1m_at_end"] = os.getloadavg()[0]
+        print(report_hung(hung))
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"sink-hung-{hung['date'].replace(':', '')}.json"
+        path.write_text(json.dumps(hung, indent=2))
+        print(f"result: {path}")
+        return 0
 
     cores = sorted(os.sched_getaffinity(0))
     # The sink gets one core of its own; the broker (and everything else) the others.
@@ -269,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.events, args.bootstrap, work, args.linger_ms, args.batch_size
                 )
             else:
-                with own_broker(broker_cpus) as bootstrap:
+                with own_broker(broker_cpus) as (bootstrap, _):
                     result["kafka"] = bench_kafka(
                         args.events, bootstrap, work, args.linger_ms, args.batch_size
                     )

@@ -25,6 +25,7 @@ from typing import Literal
 
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
+from sidecar.sinks.crash import ANSWERED, HANDED_UNTIL, LAST_ANSWER, detached
 from sidecar.sinks.gaps import GapLedger
 
 log = logging.getLogger("sidecar.pipeline.queue")
@@ -126,6 +127,11 @@ class Pipeline:
         self._in = 0
         self._out = 0
         self._busy = False
+        # Counters in the sink's crash ledger once `start` finds it open. Written by the
+        # data plane's loop only (one store per call, not atomic across threads).
+        self._answered: memoryview[int]
+        self._answer_times: memoryview[float]
+        self._answered, self._answer_times = detached()
 
     def admits(self) -> bool:
         """Reject policy: whether a call may be forwarded (its decisions would be recorded).
@@ -151,6 +157,9 @@ class Pipeline:
         ticket should be readable at once); it costs a thread hand-off, so it is rare.
         """
         n = len(batch.decisions)
+        # The crash ledger: answered, shed or not (a shed batch is credited by its gap record).
+        self._answered[ANSWERED] += n
+        self._answer_times[LAST_ANSWER] = batch.decisions[0].time
         if len(self._queue) >= self._limit and not self.rejecting:
             self._shed.inc(n)
             if self._gaps is not None:
@@ -174,6 +183,9 @@ class Pipeline:
             self._bell.release()
 
     def start(self) -> None:
+        crash = self._gaps.crash if self._gaps is not None else None
+        if crash is not None and crash.opened:
+            self._answered, self._answer_times = crash.counts, crash.times
         self._thread = threading.Thread(target=self._run, name="decision-pipeline", daemon=True)
         self._thread.start()
         if self._held_stage is not None:
@@ -197,8 +209,12 @@ class Pipeline:
         q = self._queue
         wait = self._bell.acquire
         poll_s = self._poll_s
+        times = self._answer_times
         while True:
             if not q:
+                # Nothing waits: every decision answered before now is handed over (a
+                # crash's gap record starts here).
+                times[HANDED_UNTIL] = time.time()
                 if self._stopping:
                     return
                 wait(timeout=poll_s)

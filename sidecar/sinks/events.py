@@ -291,7 +291,7 @@ def review_event(
     }
 
 
-GAP_REASONS = ("queue_full", "spool_full", "spool_error", "closed", "invalid")
+GAP_REASONS = ("queue_full", "spool_full", "spool_error", "closed", "invalid", "crashed")
 
 
 def gap_event(

@@ -23,6 +23,7 @@ from typing import Any
 
 from sidecar.metrics import Registry
 from sidecar.sinks import events
+from sidecar.sinks.crash import CrashLedger
 
 log = logging.getLogger("sidecar.sinks.gaps")
 
@@ -61,6 +62,8 @@ class GapLedger:
         self._seq = 0
         self._registry = registry
         self._noted: dict[tuple[str, str], Any] = {}
+        # The sink's crash ledger, when it keeps one: the pipeline counts answered decisions in it.
+        self.crash: CrashLedger | None = None
         self.m_records = registry.counter(
             "sidecar_gap_records_total", "Gap records handed to the sink"
         )
@@ -75,9 +78,19 @@ class GapLedger:
         )
 
     def note(
-        self, reason: str, kind: str, n: int, ids: Iterable[str] = (), when: float | None = None
+        self,
+        reason: str,
+        kind: str,
+        n: int,
+        ids: Iterable[str] = (),
+        when: float | None = None,
+        since: float | None = None,
     ) -> None:
-        """`n` events of `kind` were lost for `reason`; `ids` are the decision ids, when known."""
+        """`n` events of `kind` were lost for `reason`; `ids` are the decision ids, when known.
+
+        `when` is the time of the loss (now by default); `since`, when the losses span a
+        time range known only by its ends (a crash's), is where that range begins.
+        """
         if n <= 0:
             return
         now = time.time() if when is None else when
@@ -90,11 +103,12 @@ class GapLedger:
                     {"reason": reason, "kind": kind},
                 )
             c.inc(n)
+            start = now if since is None else min(since, now)
             g = self._open.get(reason)
             if g is None:
-                g = self._open[reason] = _Open(now, now)
+                g = self._open[reason] = _Open(start, now)
             g.last = max(g.last, now)
-            g.first = min(g.first, now)
+            g.first = min(g.first, start)
             g.by_kind[kind] = g.by_kind.get(kind, 0) + n
             if kind == "decision" and g.ids_complete:
                 room = MAX_IDS - len(g.ids)

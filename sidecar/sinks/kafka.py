@@ -20,6 +20,7 @@ from sidecar.config import ConfigError, KafkaSettings, SpoolSettings
 from sidecar.metrics import Registry
 from sidecar.sinks import events
 from sidecar.sinks.base import EventKind
+from sidecar.sinks.crash import CrashLedger
 from sidecar.sinks.delivery import Delivery, Producer, crc32_partition
 from sidecar.sinks.gaps import GapLedger
 from sidecar.sinks.spool import Spool
@@ -178,6 +179,9 @@ class KafkaSink:
             fsync_interval_s=spool.fsync_interval_ms / 1000,
             on_drop=self._spool_dropped,
         )
+        # Answered against handed over, in a file beside the spool: a SIGKILL leaves a trace.
+        self.crash = CrashLedger(spool.directory)
+        self.spool.crash = self.gaps.crash = self.crash
         topics = {
             "decision": kafka.topic_decisions,
             "explanation": kafka.topic_explanations,
@@ -227,6 +231,9 @@ class KafkaSink:
             # sidecar_producer_errors_total; set the "kafka" logger's level to see the client's.
             client_log.setLevel(logging.CRITICAL)
         self.spool.open()
+        loss = self.crash.open(self.spool.next_seq)
+        if loss is not None:
+            self.gaps.note(loss.reason, "decision", loss.decisions, (), loss.last, loss.first)
         self.delivery.start()
         self.gaps.start(lambda key, body: self.publish("gap", key, body))
         self._started = True
@@ -248,9 +255,22 @@ class KafkaSink:
                 "kafka sink: a %s event for %s lacks event_id/time or is not JSON", kind, key
             )
             return False
+        if kind == "decision":
+            counted = 1
+        elif kind == "gap":
+            counted = body.get("by_kind", {}).get("decision", 0)
+        else:
+            counted = 0
         try:
             return self.spool.append(
-                kind, key, eid, when, data, force=kind == "gap", reserved=kind == "review"
+                kind,
+                key,
+                eid,
+                when,
+                data,
+                force=kind == "gap",
+                reserved=kind == "review",
+                counted=counted,
             )
         except ValueError:  # over the record size limit, or an over-long key
             self._invalid.inc()
@@ -290,3 +310,4 @@ class KafkaSink:
         self.gaps.close()
         self.delivery.stop(timeout_s)
         self.spool.close()
+        self.crash.close()

@@ -33,6 +33,7 @@ from typing import BinaryIO, Literal
 import orjson
 
 from sidecar.metrics import Registry
+from sidecar.sinks.crash import CrashLedger
 from sidecar.sinks.spool_format import (
     CHECKPOINT,
     FORMAT_VERSION,
@@ -125,6 +126,8 @@ class Spool:
         self._flusher: threading.Thread | None = None
         self.waiting = 0  # publishers blocked for room (block policy)
         self._lock_fd = -1
+        # Set by the sink: counts the decisions each written record accounts for.
+        self.crash: CrashLedger | None = None
 
         self.m_spooled = registry.counter(
             "sidecar_events_spooled_total", "Events appended to the spool"
@@ -347,12 +350,15 @@ class Spool:
         *,
         force: bool = False,
         reserved: bool = False,
+        counted: int = 0,
     ) -> bool:
         """Append one event; False when it was dropped (spool full under drop_newest, disk error, closed).
 
         `force` writes past `max_bytes` (gap records: small, and the only trace of a loss);
         `reserved` may use a reserve of max_bytes/8 beyond it (review events: the audit
-        trail, and a held answer's review must not wait behind a full spool).
+        trail, and a held answer's review must not wait behind a full spool). `counted`
+        is how many answered decisions the record accounts for, credited in the crash
+        ledger (when one is attached) exactly when the record is written.
         """
         size = HEADER.size + PAYLOAD.size + len(key) + len(event_id) + len(time_) + len(body)
         bound = self.max_bytes + (self.max_bytes // 8 if reserved else 0)
@@ -370,12 +376,17 @@ class Spool:
                     self.m_dropped_closed.inc()
                     self._dropped("closed", kind, key)
                     return False
+            crash = self.crash if counted else None
             while True:
                 try:
+                    if crash is not None:
+                        crash.begin(self._next_seq, counted)
                     self._write(encode(self._next_seq, kind, key, event_id, time_, body))
                     self.disk_error = None
                     break
                 except OSError as exc:
+                    if crash is not None:
+                        crash.abort()
                     self.m_disk_errors["append"].inc()
                     first = self.disk_error is None
                     self.disk_error = f"append: {exc}"
@@ -391,6 +402,8 @@ class Spool:
                         self.m_dropped_closed.inc()
                         self._dropped("closed", kind, key)
                         return False
+            if crash is not None:
+                crash.commit()
             self.m_spooled.inc()
             return True
 

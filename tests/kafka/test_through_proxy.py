@@ -254,7 +254,7 @@ def test_sigkill_mid_load_loses_no_accepted_event(
     # Accepted = in the spool on disk when the process died (acknowledged or not).
     records = [r for r in scan(spool_dir) if r.kind == "decision"]
     accepted = {r.key for r in records}
-    assert len(accepted) >= 250
+    assert accepted  # how many depends on where the last poll window was when it died
     # Calls whose answers were lost with the process may be in it too: by their request ids.
     requests = {orjson.loads(r.body)["request_id"] for r in records}
     assert requests <= set(answered_requests) | {f"kill-{len(answered) + k:05d}" for k in range(5)}
@@ -266,3 +266,12 @@ def test_sigkill_mid_load_loses_no_accepted_event(
     got = kafka_broker.consume(kafka_topics["topic_decisions"], len(accepted), 60)
     seen = {orjson.loads(r.value)["decision_id"] for r in got}
     assert accepted <= seen, f"lost {len(accepted - seen)} accepted events"
+    # What was answered and never spooled is counted by the restart's crash gap record
+    # (the one call cut off by the kill may be counted too: its answer never arrived).
+    unspooled = set(answered) - accepted
+    if unspooled:
+        (gap,) = [
+            orjson.loads(r.value) for r in kafka_broker.consume(kafka_topics["topic_gaps"], 1, 60)
+        ]
+        assert gap["reason"] == "crashed"
+        assert len(unspooled) <= gap["by_kind"]["decision"] <= len(unspooled) + 1
