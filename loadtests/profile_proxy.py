@@ -5,11 +5,13 @@
 Starts the fast upstream and `sidecar serve` in front of it, pinned as `bench_proxy`
 pins them (load generator and upstream on the first core, the sidecar on the second),
 drives the sidecar open loop at `--rate` and samples it with py-spy (`record --format raw
---nonblocking`, every thread, idle ones left out) for `--seconds`. Each sample is put in
-one bucket by its innermost frame that belongs to one (`BUCKETS`, first match from the
-leaf), and each bucket's share of the samples is turned into µs per request with the
-sidecar's own CPU time over the same seconds (/proc). Samples are wall-clock stacks of
-running threads, so a bucket's µs are an estimate of its CPU; the total is measured.
+--nonblocking --gil`: the stack of whichever thread holds the interpreter) for
+`--seconds`, after `--warm` seconds of the same load (the explainer compiles its kernels
+on the first sampled rows). Each sample is put in one bucket by its innermost frame that
+belongs to one (`BUCKETS`, first match from the leaf), and each bucket's share of the
+samples is turned into µs per request with the sidecar's own CPU time over the same
+seconds (/proc). A bucket's µs are an estimate (system calls are charged to the Python
+frame that made them, uvloop's C code to the loop's frame); the total is measured.
 
 py-spy comes with the `bench` extra (`pip install -e .[bench]`); it reads the sidecar's
 memory from outside, which needs ptrace permission (root, or
@@ -55,9 +57,10 @@ BUCKETS: list[tuple[str, str, str]] = [
     ("background thread (poll, hand-off)", r"pipeline/queue\.py", r"_run|_run_stage"),
     ("enqueue (submit)", r"pipeline/queue\.py", r".*"),
     ("group attributes", r"dataplane/groups\.py", r".*"),
-    ("decide (response parse, decisions, routing)", r"dataplane/decide\.py", r"decide$"),
+    ("parse (protocols/: rows, predictions, confidences)", r"dataplane/protocols/", r".*"),
+    ("decide (answer's JSON, decisions, routing)", r"dataplane/decide\.py", r"decide$"),
     ("decide (decision objects, ids)", r"sidecar/decisions\.py", r".*"),
-    ("parse request (body, group field)", r"dataplane/(decide|protocols/)", r".*"),
+    ("read request (JSON, group field)", r"dataplane/decide\.py", r".*"),
     ("headers (forwarded, answer)", r"dataplane/headers\.py", r".*"),
     ("forward (upstream client)", r"dataplane/(upstream|client|connection|streamed)\.py", r".*"),
     ("answer (respond, write)", r"dataplane/exchange\.py", r"respond|start|write|end"),
@@ -181,10 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             urls = sidecar.start()
             reqs = v2_requests(*_host_port(urls["proxy"]))
             cmd = [py_spy, "record", "--pid", str(sidecar.pid), "--rate", str(args.sample_rate),
-                   "--duration", str(int(args.seconds)), "--format", "raw", "--nonblocking",
-                   "--output", str(raw_path)]  # fmt: skip
-            if args.native:
-                cmd.append("--native")
+                   "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw_path)]  # fmt: skip
+            # Native stacks need the process paused per sample; Python stacks do not.
+            cmd.append("--native" if args.native else "--nonblocking")
             if not args.all_threads:
                 cmd.append("--gil")
             served, cpu = uvloop.run(_load(urls["proxy"] + V2_PATH, reqs, args, sidecar.pid, cmd))
