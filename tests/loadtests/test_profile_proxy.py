@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadtests.profile_proxy import breakdown, classify, report
+from loadtests.profile_proxy import WRITES, breakdown, classify, report
 
 _LOOP = "<module> (sidecar:6);main (sidecar/cli.py:37);run (sidecar/commands/serve.py:41)"
 _STAGE = "Thread.run (threading.py:982);Pipeline._run (sidecar/pipeline/queue.py:209)"
@@ -29,17 +29,20 @@ def test_breakdown_sums_counts_and_report_scales_to_the_measured_cpu() -> None:
         [
             f"{_LOOP};HttpConnection.data_received (sidecar/dataplane/server.py:115) 30",
             f"{_LOOP} 10",
-            f"{_STAGE};DecisionStore.add (sidecar/control/store.py:122) 60",
+            f"{_STAGE};DecisionStore.add (sidecar/control/store.py:122) 50",
+            f"{_LOOP};Exchange.respond (sidecar/dataplane/exchange.py:177);HttpConnection.write (sidecar/dataplane/server.py:413) 10",
             "not a stack line",
         ]
     )
     counts = breakdown(raw)
     assert counts == {
-        "http server (parse head, body)": 30,
+        "http server (parse head, body)": 40,
         "event loop (asyncio, uvloop)": 10,
-        "lookup store": 60,
+        "lookup store": 50,
+        WRITES: 10,
     }
     text = report(counts, 200.0)
-    # 60% of 200 µs.
-    assert "lookup store" in text and "120.0" in text
+    # Half of 200 µs; the writes are a tenth, counted within the buckets, not beside them.
+    assert "lookup store" in text and "100.0" in text
+    assert next(line for line in text.splitlines() if line.startswith(WRITES)).endswith("20.0")
     assert "200.0" in text.splitlines()[-1]
