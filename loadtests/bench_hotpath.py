@@ -1,14 +1,25 @@
-"""Per-call cost of the hot path's rule steps: group attributes from a header, review routing, crash ledger counts.
+"""Per-call cost of the hot path's steps, without sockets (crash ledger counts included), and of the background stages per decision.
 
-    python -m loadtests.bench_hotpath
+    python -m loadtests.bench_hotpath [--steps]
 
 Unit tests hold no timings (a loaded CI box makes them flaky, a quiet one makes them
-pass whatever happens); these figures come from here, best of five runs of N calls.
+pass whatever happens); these figures come from here, best of five runs of N calls,
+in CPU time of the thread (`time.thread_time`), so other work on a busy machine moves
+them less than wall-clock figures.
+
+`--steps` times each step an inference call takes through the sidecar's own code, on
+the proxy benchmark's request and the fast upstream's answer (`loadtests.payloads`,
+`loadtests.upstreams`), with the service's default settings: what the HTTP server and
+the kernel add is `profile_proxy`'s and `bench_proxy`'s to show. The background stages
+(sample, record, review, publish to the files sink; no explainer) are timed per decision
+over batches of `--batch` calls, as the pipeline hands them over. Run it with another
+checkout first on PYTHONPATH for an A/B of two versions of the code on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,10 +63,134 @@ def _decision(i: int) -> Decision:
     )
 
 
+def best_cpu(fn: Callable[[], object], n: int, runs: int = 5) -> float:
+    """CPU seconds of this thread per call: the best of `runs` runs of `n` calls."""
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.thread_time()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.thread_time() - t0) / n)
+    return best
+
+
+def steps(n: int, batch: int) -> list[tuple[str, float]]:
+    """(step, µs per call) of one single-row V2 call through the data plane's own code."""
+    from loadtests.payloads import v2_requests
+    from loadtests.upstreams import FAST_RESPONSE_BODY
+    from sidecar.control.store import DecisionStore
+    from sidecar.dataplane.decide import Decider
+    from sidecar.dataplane.headers import request_head, response_headers
+    from sidecar.demo.model import model_settings
+    from sidecar.pipeline.queue import Batch
+    from sidecar.pipeline.sampling import Sampler
+    from sidecar.pipeline.stages import Stages
+    from sidecar.review.store import SqliteReviewStore
+    from sidecar.sinks import build_sink
+
+    work = Path(tempfile.mkdtemp(prefix="bench-hotpath-"))
+    try:
+        settings = load_settings(
+            environ={},
+            overrides={
+                "model": model_settings(),
+                "sink": {"directory": str(work / "events")},
+                "review": {"db_path": str(work / "review.db")},
+            },
+        )
+        registry = Registry()
+        m = settings.model
+        decider = Decider(
+            registry=registry,
+            max_rows=settings.proxy.max_rows_per_request,
+            mlflow_model="model",
+            model_version=m.version,
+            feature_names=list(m.feature_names),
+            class_labels=list(m.class_labels),
+            groups=GroupExtractor(settings.groups, registry),
+            router=ReviewRouter(settings.review),
+        )
+        raw = v2_requests("127.0.0.1", 8080)[0]
+        head, body = raw.split(b"\r\n\r\n", 1)
+        headers = [
+            (name.lower(), value)
+            for name, _, value in (line.partition(b": ") for line in head.split(b"\r\n")[1:])
+        ]
+        upstream_headers = [(b"content-type", b"application/json"), (b"content-length", b"200")]
+        path = "/v2/models/credit/infer"
+        call = decider.recognise("POST", path)
+        assert call is not None
+        request, groups, fwd_body, fwd_headers = decider.read_request(call, body, headers)
+        out: list[tuple[str, float]] = []
+
+        def step(name: str, fn: Callable[[], object]) -> None:
+            out.append((name, best_cpu(fn, n) * 1e6))
+
+        step("recognise the call", lambda: decider.recognise("POST", path))
+        step("read the request (JSON)", lambda: decider.read_request(call, body, headers))
+        step(
+            "forwarded request head",
+            lambda: request_head(
+                "POST", path.encode(), fwd_headers, "127.0.0.1", "http", decider.strip,
+                len(fwd_body), b"upstream:80",
+            ),
+        )  # fmt: skip
+        step("answer's headers", lambda: response_headers(upstream_headers))
+        step(
+            "decide (answer's JSON, rows, decisions, routing)",
+            lambda: decider.decide(
+                call, request, FAST_RESPONSE_BODY, upstream_headers, headers, 0.001, 0.0, groups
+            ),
+        )
+        sink = build_sink(settings, registry)
+        review = SqliteReviewStore(settings.review.db_path, sink=sink, registry=registry)
+        store = DecisionStore(settings.decisions.retention, registry)
+        stages = Stages(
+            store=store,
+            sink=sink,
+            sampler=Sampler(settings.sampling),
+            review_store=review,
+            features=settings.sink.features,
+        )
+        sink.start()
+
+        def one_batch() -> list[Batch]:
+            made = [
+                decider.decide(
+                    call, request, FAST_RESPONSE_BODY, upstream_headers, headers, 0.001, 0.0, groups
+                )
+                for _ in range(batch)
+            ]
+            return [b for b in made if b is not None]
+
+        def background() -> None:
+            batches = one_batch()
+            for _, stage in stages.ordered():
+                stage(batches)
+
+        # Per decision, less the cost of making the batch's decisions (timed above).
+        make = best_cpu(one_batch, max(n // batch, 3)) / batch
+        total = best_cpu(background, max(n // batch, 3)) / batch
+        out.append((f"background stages per decision (batches of {batch})", (total - make) * 1e6))
+        sink.close()
+        review.close()
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench_hotpath")
     parser.add_argument("-n", type=int, default=2000, help="calls per run")
+    parser.add_argument(
+        "--steps", action="store_true", help="time each step of an inference call, and the stages"
+    )
+    parser.add_argument("--batch", type=int, default=64, help="--steps: calls per background batch")
     args = parser.parse_args(argv)
+    if args.steps:
+        for name, us in steps(args.n, args.batch):
+            print(f"{name}: {us:.2f} µs")
+        return 0
     settings = load_settings(
         environ={},
         overrides={

@@ -263,6 +263,10 @@ async def _rounds(
         out["bare_cpu_us_per_req"] = bare
         out["sidecar_cpu_over_bare_us_per_req"] = out["sidecar_cpu_us_per_req"] - bare
         out["sidecar_cpu_ratio_to_bare"] = out["sidecar_cpu_us_per_req"] / bare if bare else None
+    if "base" in combined:
+        base = 1e6 * cpu_hot["base"] / max(combined["base"]["requests"], 1)
+        out["base_cpu_us_per_req"] = base
+        out["sidecar_cpu_ratio_to_base"] = out["sidecar_cpu_us_per_req"] / base if base else None
     if "nginx" in combined:
         ngx = 1e6 * cpu_hot["nginx"] / max(combined["nginx"]["requests"], 1)
         out["nginx_cpu_us_per_req"] = ngx
@@ -323,6 +327,8 @@ def report(result: dict[str, Any]) -> str:
         rows.append(("bare", result["bare"]))
     if "nginx" in result:
         rows.append(("nginx", result["nginx"]))
+    if "base" in result:
+        rows.append(("base", result["base"]))
     if "sidecar+control" in result:
         rows.append(("+control", result["sidecar+control"]))
     if "sidecar+hostile" in result:
@@ -358,6 +364,11 @@ def report(result: dict[str, Any]) -> str:
             for name, row in rows
         )
     )
+    if "base_cpu_us_per_req" in result:
+        lines.append(
+            f"base sidecar CPU (--base-sidecar): {result['base_cpu_us_per_req']:.0f} µs per request"
+            f" in the same run; this code's is {result['sidecar_cpu_ratio_to_base']:.3f}x the base's"
+        )
     if "nginx_cpu_us_per_req" in result:
         ratio = result["sidecar_cpu_ratio_to_nginx"]
         lines.append(
@@ -482,6 +493,14 @@ def main(argv: list[str] | None = None) -> int:
         "--sidecar", default=None, help="sidecar command (default: `sidecar` next to --python)"
     )
     parser.add_argument(
+        "--base-sidecar",
+        default=None,
+        metavar="COMMAND",
+        help="add a path: a second sidecar run by COMMAND (e.g. `env PYTHONPATH=/tmp/base"
+        " .venv/bin/sidecar` for an export of another commit), same config, pinned alike:"
+        " an A/B of two versions of the code in one run",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the work dir (config, sidecar log)"
     )
     parser.add_argument(
@@ -535,6 +554,7 @@ def _run(
     sidecar: SidecarProcess | None = None
     bare: BareProxyProcess | None = None
     nginx: NginxProcess | None = None
+    base: SidecarProcess | None = None
     try:
         if upstream is not None:
             upstream_url = upstream.start()
@@ -554,6 +574,14 @@ def _run(
         )
         paths = {"direct": upstream_url, "sidecar": urls["proxy"]}
         pids = {"sidecar": sidecar.pid}
+        if args.base_sidecar:
+            # Its own folder: the two sidecars' sinks and stores must not share files.
+            (work / "base").mkdir()
+            base = SidecarProcess(
+                shlex.split(args.base_sidecar), config, work / "base", work / "base.log", far
+            )
+            paths["base"] = base.start()["proxy"]
+            pids["base"] = base.pid
         if not args.no_bare:
             bare = BareProxyProcess(upstream_url, far, python=args.python)
             paths["bare"] = bare.start()
@@ -594,6 +622,8 @@ def _run(
             nginx.stop()
         if sidecar is not None:
             sidecar.stop()
+        if base is not None:
+            base.stop()
         if upstream is not None:
             upstream.stop()
 

@@ -135,16 +135,40 @@ def _pick(outputs: list[tuple[str, list[int], list[Any]]], hints: tuple[str, ...
     return None
 
 
+# Which output holds the probabilities and which the label, by the outputs' names: a
+# model answers with the same names every time, so the name search runs once per layout.
+# Bounded as the call cache is: cleared when full, so a stream of new names cannot grow it.
+_LAYOUTS: dict[tuple[str, ...], tuple[int | None, int | None]] = {}
+_LAYOUT_CACHE = 64
+_LAYOUT_NAMES = 8
+
+
+def _layout(outputs: list[tuple[str, list[int], list[Any]]]) -> tuple[int | None, int | None]:
+    """(index of the probabilities output, index of the label output) among `outputs`."""
+    key = tuple(o[0] for o in outputs)
+    found = _LAYOUTS.get(key)
+    if found is not None:
+        return found
+    p_i = _pick(outputs, _PROB_HINTS)
+    rest = [i for i in range(len(outputs)) if i != p_i]
+    l_i = _pick([outputs[i] for i in rest], _LABEL_HINTS)
+    label_i = rest[l_i] if l_i is not None else (rest[0] if rest else None)
+    found = (p_i, label_i)
+    if len(key) <= _LAYOUT_NAMES:
+        if len(_LAYOUTS) >= _LAYOUT_CACHE:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = found
+    return found
+
+
 def predictions_of(response: Any, n: int, labels: Sequence[str]) -> list[Row]:
     if not isinstance(response, dict) or not isinstance(response.get("outputs"), list):
         raise ParseError("response has no 'outputs' list")
     outputs = [tensor(t) for t in response["outputs"]]
     if not outputs:
         raise ParseError("response has no output tensors")
-    p_i = _pick(outputs, _PROB_HINTS)
-    others = outputs if p_i is None else outputs[:p_i] + outputs[p_i + 1 :]
-    l_i = _pick(others, _LABEL_HINTS)
-    label_out = others[l_i] if l_i is not None else (others[0] if others else None)
+    p_i, label_i = _layout(outputs)
+    label_out = outputs[label_i] if label_i is not None else None
     prob_rows = None
     if p_i is not None:
         _, shape, data = outputs[p_i]
