@@ -42,7 +42,7 @@ import numpy as np
 import uvloop
 
 from loadtests.bench_proxy import RESULTS_DIR, write_config
-from loadtests.procs import SidecarProcess, cpu_seconds
+from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import (
     ModelInferRequest,
     ModelInferResponse,
@@ -254,14 +254,16 @@ def main(argv: list[str] | None = None) -> int:
         cwd=_REPO,
     )
     sidecar = None
+    # The HTTP upstream carries no load here, but /readyz asks it an HTTP/1.1 question,
+    # which the gRPC port cannot answer: a fixed-answer HTTP server stands beside it.
+    http_upstream = FastUpstreamProcess()
     try:
         _wait_grpc(f"127.0.0.1:{model_port}")
         config = work / "sidecar.toml"
         upstream = f"http://127.0.0.1:{model_port}"
         write_config(
             config,
-            # The HTTP upstream is unused; /readyz only checks that it accepts connections.
-            upstream,
+            http_upstream.start(),
             {
                 "proxy": {"grpc_listen": f"127.0.0.1:{grpc_port}", "grpc_upstream": upstream},
                 "sink": {"directory": str(work / "events")},
@@ -325,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sidecar is not None:
             sidecar.stop()
+        http_upstream.stop()
         model.terminate()
         model.wait(10)
     return 0
