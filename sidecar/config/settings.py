@@ -25,6 +25,7 @@ from sidecar.config.sections import (
     DecisionSettings,
     ExplainerSettings,
     GroupSettings,
+    HubSettings,
     KafkaSettings,
     ModelSettings,
     ProxySettings,
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
 
     def __init__(self, **values: Any) -> None:
         # load_settings lays the sources itself (the file, then EnvironSource over it), so
