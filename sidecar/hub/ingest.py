@@ -93,6 +93,9 @@ class Ingest:
             "sidecar_hub_offset_commits_failed_total",
             "Offset commits refused (a rebalance moved the partition; its events come again)",
         )
+        self._assigned = registry.gauge(
+            "sidecar_hub_partitions_assigned", "Topic partitions this hub consumes now"
+        )
         self._errors = registry.counter(
             "sidecar_hub_ingest_errors_total", "Batches that failed and were retried"
         )
@@ -128,6 +131,7 @@ class Ingest:
             topics = self._topics
             while not self._stop.is_set():
                 polled = consumer.poll(timeout_ms=self._poll_ms)
+                self._assigned.set(len(consumer.assignment()))
                 if not polled:
                     continue
                 rows = Rows()
@@ -152,6 +156,7 @@ class Ingest:
                     log.warning("offset commit refused after a rebalance; events will repeat")
         finally:
             self.connected.clear()
+            self._assigned.set(0)
             try:
                 consumer.close(autocommit=False)
             except KafkaError:
