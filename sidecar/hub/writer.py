@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import psycopg
+
 from sidecar.hub import review, schema
 from sidecar.hub.db import Conn
 from sidecar.hub.rows import Rows
@@ -67,6 +69,15 @@ class Writer:
                 )
 
     def write(self, rows: Rows) -> Written:
+        try:
+            return self._write(rows)
+        except psycopg.errors.CheckViolation:
+            # No partition for a row: retention (on any hub) dropped one this writer had
+            # made. Forget what it knew and make them again.
+            self._days.clear()
+            return self._write(rows)
+
+    def _write(self, rows: Rows) -> Written:
         conn = self._conn
         new_days = rows.days - self._days
         if new_days:
