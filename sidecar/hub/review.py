@@ -208,9 +208,20 @@ class HubReviewStore(ReviewStore):
             return self._row(conn, normalise_item_id(decision.decision_id))
 
     def get(self, item_id: str) -> ReviewItem | None:
-        self.expire_leases()
+        key = normalise_item_id(item_id)
         with self._pool.connection() as conn:
-            return self._row(conn, normalise_item_id(item_id))
+            item = self._row(conn, key)
+        # Only an item whose own lease lapsed needs the expiry now (one round trip less on
+        # every lookup); the hub's housekeeping returns the others.
+        if (
+            item is not None
+            and item.status == "claimed"
+            and (item.lease_expires or 0) <= self._clock()
+        ):
+            self.expire_leases()
+            with self._pool.connection() as conn:
+                item = self._row(conn, key)
+        return item
 
     def list_items(
         self,
