@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     import psycopg
 
+    from explainers.errors import ExplainerError
     from sidecar.config import ConfigError, load_settings
     from sidecar.hub.service import Hub
 
@@ -27,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
         hub = Hub(settings)
     except ConfigError as exc:
         print(f"sidecar hub: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except ExplainerError as exc:
+        print(f"sidecar hub: cannot start: {exc}", file=sys.stderr)
         return 2
     except (psycopg.Error, TimeoutError) as exc:
         print(f"sidecar hub: cannot use the database (hub.database_url): {exc}", file=sys.stderr)

@@ -448,6 +448,19 @@ class AuthSettings(_Section):
             yield name, value
 
 
+class HubModel(_Section):
+    """A model artifact the hub explains decisions of on demand."""
+
+    artifact: Path
+    """The model file its servers serve (ONNX, XGBoost JSON/UBJ, LightGBM text)."""
+    version: str | None = None
+    """Only decisions of this model version are explained with it (null: any version)."""
+    background: Path | None = None
+    """Background data (Parquet or CSV) for node covers and interventional SHAP."""
+    feature_names: list[str] = []
+    """Feature names in the model's input order."""
+
+
 class HubSettings(_Section):
     """The fleet hub (`sidecar hub`): Kafka consumer group -> PostgreSQL, serving lookup and review."""
 
@@ -469,6 +482,8 @@ class HubSettings(_Section):
     """Decided review items are kept this many days (7 years by default); the audit chain is never trimmed."""
     pool_size: int = Field(default=8, ge=1, le=256)
     """Database connections the hub's API may hold."""
+    models: dict[str, HubModel] = {}
+    """Model name -> {artifact, version, background, feature_names}: decisions of these models that were not sampled are explained on demand at lookup (with the `[explainer]` options) and the result kept in the database."""
 
     @field_validator("database_url")
     @classmethod

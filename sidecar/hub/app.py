@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from sidecar.config import ReviewSettings
 from sidecar.control.app import ReadyCheck, create_control_app
 from sidecar.control.auth import Authenticator, Principal
+from sidecar.control.lookup import ExplainFn
 from sidecar.control.store import MAX_PAGE
 from sidecar.hub.lookup import HubDecisions
 from sidecar.metrics import Registry
@@ -100,6 +101,7 @@ def create_hub_app(
     ready_checks: list[ReadyCheck],
     open_health: bool = True,
     open_metrics: bool = True,
+    explain_now: ExplainFn | None = None,
 ) -> FastAPI:
     review_api = create_review_router(
         settings=review,
@@ -107,7 +109,7 @@ def create_hub_app(
         store=store,
         registry=registry,
         decisions=decisions,
-        explain_now=None,
+        explain_now=explain_now,
     )
     app = create_control_app(
         registry=registry,

@@ -53,7 +53,8 @@ class HubDecisions:
     def get_explanation(self, decision_id: str) -> dict[str, Any] | None:
         with self._pool.connection() as conn:
             row = conn.execute(
-                "SELECT body FROM explanations WHERE decision_id = %s ORDER BY time DESC LIMIT 1",
+                "SELECT body FROM explanations WHERE decision_id = %s"
+                " AND body->>'source' IS DISTINCT FROM 'on_demand' ORDER BY time DESC LIMIT 1",
                 (normalise_item_id(decision_id),),
             ).fetchone()
         if row is None:

@@ -14,6 +14,7 @@ from sidecar.control.server import ControlPlaneThread
 from sidecar.hub import retention, schema
 from sidecar.hub.app import create_hub_app
 from sidecar.hub.db import connect, pool
+from sidecar.hub.explain import HubExplainer, load_models
 from sidecar.hub.ingest import Ingest
 from sidecar.hub.lookup import HubDecisions
 from sidecar.hub.review import HubReviewStore
@@ -44,6 +45,8 @@ class Hub:
         self.registry = registry = Registry()
         url = database_url(settings)
         authenticator = authenticator_from_settings(settings.auth)
+        # Loaded (and checked for fidelity) before anything opens: ExplainerError names the key.
+        explainers = load_models(h.models, settings.explainer)
         # Migrations before anything serves: a hub never answers over a schema it lacks.
         with connect(url, application_name="sidecar-hub-migrate") as conn:
             applied = schema.migrate(conn)
@@ -64,6 +67,7 @@ class Hub:
             ready_checks=[("database", self._database_ready), ("ingest", self._ingest_ready)],
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,
+            explain_now=HubExplainer(self.pool, h.models, explainers) if explainers else None,
         )
         self._sock = bind(h.host, h.port)
         host, port = self._sock.getsockname()[:2]

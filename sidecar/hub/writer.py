@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from sidecar.hub import audit as chain
 from sidecar.hub import review, schema
 from sidecar.hub.db import Conn
 from sidecar.hub.rows import Rows
@@ -84,6 +85,10 @@ class Writer:
             schema.ensure_partitions(conn, new_days)
             self._days |= new_days
         with conn.transaction():
+            if rows.requests:
+                # The chain's lock before any row: a review transaction takes it first too,
+                # so the two never wait on each other's locks in opposite orders.
+                chain.lock(conn)
             counts = [self._insert(table, getattr(rows, table)) for table in _TABLES]
             items = review.request_many(conn, rows.requests, self._clock())
         return Written(counts[0], counts[1], counts[2], items)
