@@ -254,3 +254,13 @@ def test_the_chain_verifies_over_http_and_with_the_command_and_catches_an_edit(h
     finally:
         with connect(hubs.url) as conn:
             conn.execute("UPDATE audit SET actor = 'system' WHERE seq = 1")
+
+
+def test_the_console_metrics_and_health_are_served_by_the_hub(hubs: Hubs) -> None:
+    page = hubs.a.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert hubs.a.get("/console/console.js").status_code == 200
+    assert hubs.a.get("/healthz").json() == {"status": "ok"}
+    metrics = hubs.a.get("/metrics").text
+    assert 'sidecar_review_items{status="pending"}' in metrics
