@@ -94,13 +94,18 @@ def fresh_database(server_url: str) -> str:
     return url
 
 
+_RANDOM = ((1 << 80) - 1) & ~((0xF << 76) | (0b11 << 62))
+_VERSION_VARIANT = (0x7 << 76) | (0b10 << 62)
+
+
 def messages(n: int, start: int = 0) -> list[bytes]:
     now = time.time()
     out = []
     for i in range(start, start + n):
         d = sample_decision(i)
-        d.time = now - (i % 86_400)  # spread over two days' partitions
-        d.call_id = uuid.uuid4().hex
+        d.time = now - (i % (3 * 86_400))  # spread over three or four days' partitions
+        # A UUIDv7 of that time, as the sidecar mints it when the call arrives.
+        d.call_id = f"{(int(d.time * 1000) << 80) | (random.getrandbits(80) & _RANDOM) | _VERSION_VARIANT:032x}"
         out.append(events.dumps(events.decision_event(d)))
     return out
 

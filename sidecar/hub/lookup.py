@@ -16,9 +16,25 @@ from psycopg_pool import ConnectionPool
 
 from sidecar.control.lookup import decision_from_dict
 from sidecar.control.store import MAX_PAGE
-from sidecar.decisions import DECISION_FIELDS, Decision
+from sidecar.decisions import DECISION_FIELDS, Decision, split_decision_id
 from sidecar.hub.db import Conn
 from sidecar.review.model import normalise_item_id
+
+# A call id is a UUIDv7 minted when the call arrived (`sidecar.decisions.new_call_id`), and
+# the decision's time is when it arrived, on the same clock: a lookup by id reads only the
+# partitions within a day of the time its id carries, not every day kept.
+ID_WINDOW_S = 86_400.0
+
+
+def id_time(decision_id: str) -> float | None:
+    """The Unix time a sidecar-minted decision id carries; None for ids of another shape."""
+    call_id, _ = split_decision_id(decision_id)
+    if len(call_id) != 32 or call_id[12] != "7":
+        return None
+    try:
+        return int(call_id[:12], 16) / 1000.0
+    except ValueError:
+        return None
 
 
 def decision_dict(body: dict[str, Any], epoch: float) -> dict[str, Any]:
@@ -38,12 +54,14 @@ class HubDecisions:
 
     def get_dict(self, decision_id: str) -> dict[str, Any] | None:
         key = normalise_item_id(decision_id)
+        at = id_time(key)
+        sql = "SELECT body, extract(epoch FROM time)::float8 FROM decisions WHERE decision_id = %s"
+        args: list[Any] = [key]
+        if at is not None:
+            sql += " AND time >= to_timestamp(%s) AND time < to_timestamp(%s)"
+            args += [at - ID_WINDOW_S, at + ID_WINDOW_S]
         with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT body, extract(epoch FROM time)::float8 FROM decisions"
-                " WHERE decision_id = %s LIMIT 1",
-                (key,),
-            ).fetchone()
+            row = conn.execute(f"{sql} LIMIT 1".encode(), args).fetchone()
         return None if row is None else decision_dict(row[0], float(row[1]))
 
     def get(self, decision_id: str) -> Decision | None:
@@ -51,11 +69,17 @@ class HubDecisions:
         return None if found is None else decision_from_dict(found)
 
     def get_explanation(self, decision_id: str) -> dict[str, Any] | None:
+        key = normalise_item_id(decision_id)
+        at = id_time(key)
+        # Explained after it was made: only a lower bound.
+        since = "" if at is None else " AND time >= to_timestamp(%s)"
+        args: list[Any] = [key] if at is None else [key, at - ID_WINDOW_S]
         with self._pool.connection() as conn:
             row = conn.execute(
                 "SELECT body FROM explanations WHERE decision_id = %s"
-                " AND body->>'source' IS DISTINCT FROM 'on_demand' ORDER BY time DESC LIMIT 1",
-                (normalise_item_id(decision_id),),
+                f"{since} AND body->>'source' IS DISTINCT FROM 'on_demand'"
+                " ORDER BY time DESC LIMIT 1".encode(),
+                args,
             ).fetchone()
         if row is None:
             return None

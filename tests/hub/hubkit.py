@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from sidecar.decisions import Decision, new_call_id
+from sidecar.decisions import Decision
 from sidecar.sinks import events
 from tests.kafka_broker import free_port
 from tests.servers import wait_until
@@ -33,6 +34,15 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def call_id_at(at: float) -> str:
+    """A UUIDv7 call id minted at `at`, as a sidecar would have minted it then."""
+    return f"{(int(at * 1000) << 80) | (random.getrandbits(80) & _RANDOM) | _VERSION_VARIANT:032x}"
+
+
+_RANDOM = ((1 << 80) - 1) & ~((0xF << 76) | (0b11 << 62))
+_VERSION_VARIANT = (0x7 << 76) | (0b10 << 62)
+
+
 def decision(
     *,
     call_id: str | None = None,
@@ -43,11 +53,12 @@ def decision(
     at: float | None = None,
     review: str | None = None,
 ) -> Decision:
+    when = time.time() if at is None else at
     return Decision(
-        call_id=call_id or new_call_id(),
+        call_id=call_id or call_id_at(when),
         request_id=request_id,
         row=row,
-        time=time.time() if at is None else at,
+        time=when,
         protocol="v2",
         model_name=model,
         model_version="1",

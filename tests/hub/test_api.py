@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -264,3 +265,29 @@ def test_the_console_metrics_and_health_are_served_by_the_hub(hubs: Hubs) -> Non
     assert hubs.a.get("/healthz").json() == {"status": "ok"}
     metrics = hubs.a.get("/metrics").text
     assert 'sidecar_review_items{status="pending"}' in metrics
+
+
+def test_a_lookup_by_id_reads_only_the_days_around_the_time_its_id_carries(hubs: Hubs) -> None:
+    from tests.hub.hubkit import call_id_at
+
+    # Ten days of decisions: an id's lookup is bounded to a day either side of its id's time.
+    days = [decision(at=T0 - k * 86_400) for k in range(10)]
+    # An event whose time is three days from its id's (a broken clock): outside the window.
+    skewed = decision(call_id=call_id_at(T0), at=T0 - 3 * 86_400)
+    hubs.write(*(("decision", decision_message(d)) for d in [*days, skewed]))
+    for d in days:
+        assert hubs.a.get(f"/decisions/{_path(d)}", headers=bearer(ALICE)).status_code == 200
+    assert hubs.a.get(f"/decisions/{_path(skewed)}", headers=bearer(ALICE)).status_code == 404
+    with connect(hubs.url) as conn:
+        plan = "\n".join(
+            str(r[0])
+            for r in conn.execute(
+                "EXPLAIN SELECT body FROM decisions WHERE decision_id = 'x/0'"
+                " AND time >= to_timestamp(%s) AND time < to_timestamp(%s)",
+                (T0 - 86_400, T0 + 86_400),
+            ).fetchall()
+        )
+    read = set(re.findall(r"decisions_p\d{8}", plan))
+    assert read == {"decisions_p20261119", "decisions_p20261120"}
+    with connect(hubs.url) as conn:
+        assert len(schema.partitions(conn, "decisions")) >= 10
