@@ -13,7 +13,7 @@ import threading
 from functools import partial
 from typing import Any
 
-from sidecar.config import Settings
+from sidecar.config import ConfigError, Settings
 from sidecar.config.check import check_settings
 from sidecar.control.app import create_control_app
 from sidecar.control.auth import Authenticator, TokenTable
@@ -40,6 +40,8 @@ from sidecar.pipeline.routing import ReviewRouter
 from sidecar.pipeline.sampling import Sampler
 from sidecar.pipeline.stages import Stages
 from sidecar.review.api import create_review_router
+from sidecar.review.forward import HubForwardingStore
+from sidecar.review.model import ReviewStore
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks import EventSink, build_sink
 from sidecar.sinks.events import ModelFacts
@@ -71,6 +73,10 @@ class Service:
         self.registry = registry = Registry()
         # What `sidecar config --check` checks, in the same function, before any port opens.
         check_settings(settings)
+        if settings.review.store == "hub" and settings.sink.kind != "kafka":
+            raise ConfigError(
+                'review.store = "hub" needs sink.kind = "kafka" (the hub reads Kafka)'
+            )
         # The model is loaded and checked before any port is opened: a model that
         # cannot be explained faithfully stops the start (ExplainerError names why).
         explainer = build_explainer(settings, registry)
@@ -86,9 +92,13 @@ class Service:
         )
         self.sink: EventSink = build_sink(settings, registry)
         r = settings.review
-        self.review_store = SqliteReviewStore(
-            r.db_path, sink=self.sink, registry=registry, lease_seconds=r.lease_seconds
-        )
+        self.review_store: ReviewStore
+        if r.store == "hub":
+            self.review_store = HubForwardingStore(sink=self.sink, registry=registry)
+        else:
+            self.review_store = SqliteReviewStore(
+                r.db_path, sink=self.sink, registry=registry, lease_seconds=r.lease_seconds
+            )
         self.stages = stages = Stages(
             store=self.store,
             sink=self.sink,

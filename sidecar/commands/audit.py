@@ -25,10 +25,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument("--db", help="the review database (default: review.db_path)")
     verify.add_argument("--head", help="a head hash kept earlier; catches truncation")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument(
+        "--hub",
+        action="store_true",
+        help="check the fleet hub's chain in PostgreSQL (hub.database_url) instead",
+    )
     verify.set_defaults(func=run_verify)
 
 
+def _verify_hub(args: argparse.Namespace, head: str | None) -> audit.VerifyResult | int:
+    import psycopg
+
+    from sidecar.hub import audit as hub_audit
+    from sidecar.hub.db import connect
+    from sidecar.hub.service import database_url
+
+    try:
+        url = database_url(load_settings(args.config))
+    except ConfigError as exc:
+        print(f"sidecar audit verify: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with connect(url, application_name="sidecar-audit-verify") as conn:
+            return hub_audit.verify(conn, head)
+    except psycopg.Error as exc:
+        print(f"sidecar audit verify: cannot read the hub database: {exc}", file=sys.stderr)
+        return 2
+
+
 def run_verify(args: argparse.Namespace) -> int:
+    head = args.head.strip().lower() if args.head else None
+    if args.hub:
+        if head is not None and (len(head) != 64 or any(c not in "0123456789abcdef" for c in head)):
+            print("sidecar audit verify: --head must be a 64-digit hex SHA-256", file=sys.stderr)
+            return 2
+        found = _verify_hub(args, head)
+        if isinstance(found, int):
+            return found
+        return _report(args, found)
     if args.db is not None:
         path = Path(args.db)
     else:
@@ -53,6 +87,10 @@ def run_verify(args: argparse.Namespace) -> int:
     except sqlite3.DatabaseError as exc:
         print(f"sidecar audit verify: cannot read {path}: {exc}", file=sys.stderr)
         return 2
+    return _report(args, result)
+
+
+def _report(args: argparse.Namespace, result: audit.VerifyResult) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     elif result.ok:

@@ -430,6 +430,16 @@ class ReviewSettings(_Section):
     """Longest reason a reviewer may give."""
     explanation_cache_size: int = Field(default=10_000, ge=0)
     """On-demand explanations kept for decision lookups (least recently used dropped first)."""
+    store: Literal["local", "hub"] = "local"
+    """local: the queue and audit chain in `db_path` (SQLite); hub: routed decisions are sent as review-requested events to the fleet hub's one queue (needs sink.kind = "kafka"), nothing is written locally."""
+
+    @model_validator(mode="after")
+    def _check_store(self) -> ReviewSettings:
+        if self.store == "hub" and self.mode == "hold":
+            raise ValueError(
+                "review.mode = hold needs review.store = local (the hub's queue holds no answers)"
+            )
+        return self
 
     @field_validator("band")
     @classmethod
@@ -540,3 +550,48 @@ class AuthSettings(_Section):
             if name == "tokens":
                 value = {mask_token(k): v for k, v in value.items()}
             yield name, value
+
+
+class HubModel(_Section):
+    """A model artifact the hub explains decisions of on demand."""
+
+    artifact: Path
+    """The model file its servers serve (ONNX, XGBoost JSON/UBJ, LightGBM text)."""
+    version: str | None = None
+    """Only decisions of this model version are explained with it (null: any version)."""
+    background: Path | None = None
+    """Background data (Parquet or CSV) for node covers and interventional SHAP."""
+    feature_names: list[str] = []
+    """Feature names in the model's input order."""
+
+
+class HubSettings(_Section):
+    """The fleet hub (`sidecar hub`): Kafka consumer group -> PostgreSQL, serving lookup and review."""
+
+    host: str = "127.0.0.1"
+    """Hub listen address (API, console, metrics, health)."""
+    port: int = Field(default=8082, ge=0, le=65535)
+    """Hub listen port (0 picks a free one)."""
+    database_url: SecretStr | None = None
+    """PostgreSQL URL (postgresql://user:password@host:port/db); prefer SIDECAR_HUB__DATABASE_URL over the file. Required by `sidecar hub`."""
+    group_id: str = Field(default="sidecar-hub", min_length=1, max_length=255)
+    """Kafka consumer group: hubs with the same group share the topics' partitions."""
+    batch_max_events: int = Field(default=5000, ge=1, le=100_000)
+    """Most events written in one database transaction (one offset commit)."""
+    poll_timeout_ms: int = Field(default=200, ge=1, le=60_000)
+    """How long one poll waits for events before the hub writes what it has."""
+    retention_days: int = Field(default=30, ge=1, le=3650)
+    """Decisions and explanations are kept this many days (whole daily partitions are dropped past it)."""
+    review_retention_days: int = Field(default=2555, ge=1, le=36_500)
+    """Decided review items are kept this many days (7 years by default); the audit chain is never trimmed."""
+    pool_size: int = Field(default=8, ge=1, le=256)
+    """Database connections the hub's API may hold."""
+    models: dict[str, HubModel] = {}
+    """Model name -> {artifact, version, background, feature_names}: decisions of these models that were not sampled are explained on demand at lookup (with the `[explainer]` options) and the result kept in the database."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v

@@ -26,6 +26,7 @@ from sidecar.config.sections import (
     DecisionSettings,
     ExplainerSettings,
     GroupSettings,
+    HubSettings,
     KafkaSettings,
     ModelSettings,
     OutcomeSettings,
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     reasons: ReasonSettings = Field(default_factory=ReasonSettings)
     recourse: RecourseSettings = Field(default_factory=RecourseSettings)
     contest: ContestSettings = Field(default_factory=ContestSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
 
     def __init__(self, **values: Any) -> None:
         # load_settings lays the sources itself (the file, then EnvironSource over it), so

@@ -30,7 +30,7 @@ from sidecar.people.options import RecourseCache
 from sidecar.people.plot import waterfall_svg
 from sidecar.people.reasons import principal_reasons, usable
 from sidecar.review.api import RequestId, Row, _errors, _read_json, refuse_unknown_query
-from sidecar.review.model import ReviewItem, ReviewStore
+from sidecar.review.model import CONTESTS_NOT_IN_FLEET, ReviewItem, ReviewStore
 
 Found = tuple[dict[str, Any], ReviewItem | None]
 
@@ -143,6 +143,8 @@ def create_people_router(
         )
 
     async def file(decision_id: str, request: Request, who: Principal) -> JSONResponse:
+        if not store.takes_contests:
+            raise HTTPException(409, CONTESTS_NOT_IN_FLEET)
         raw = await _read_json(request, body_limit)
         try:
             body = ContestIn.model_validate_json(raw)

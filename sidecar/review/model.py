@@ -39,6 +39,9 @@ class Conflict(ReviewError):
     status = 409
 
 
+CONTESTS_NOT_IN_FLEET = "contests are not taken with review.store = hub yet: file them on a sidecar with the local store"
+
+
 class Forbidden(ReviewError):
     status = 403
 
@@ -128,6 +131,9 @@ def decision_to_dict(decision: Decision) -> dict[str, Any]:
 
 class ReviewStore(abc.ABC):
     """The queue of decisions awaiting people, and the audit chain of what they did."""
+
+    # Whether `contest` files contests here (the fleet stores do not yet: see their note).
+    takes_contests: bool = True
 
     @abc.abstractmethod
     def enqueue(

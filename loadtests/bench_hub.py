@@ -1,0 +1,477 @@
+"""The hub benchmark: ingest into PostgreSQL, lookup latency over many decisions, time to visible.
+
+    python -m loadtests.bench_hub [--events 100000] [--decisions 1000000] [--lookups 5000]
+                                  [--rate 500] [--duration 20] [--database-url URL] [--bootstrap HOST:PORT]
+
+1. Write methods (same run, alternating): decision events/s through the hub's writer
+   (parse + one transaction per 5,000-event batch) with COPY into a staging table against
+   pipelined INSERTs, this process pinned to one core and PostgreSQL on the others.
+2. Ingest: events/s from Kafka into PostgreSQL through the hub's consumer (the chosen
+   method), pinned to one core (target >= 20,000 events/s).
+3. Lookup: with `--decisions` stored decisions, GET /decisions/{id} at a running hub over
+   HTTP, one client, keep-alive: p50/p99 (target p99 <= 5 ms); the database's share too.
+4. Visible: a sidecar (sink.kind = kafka) in front of the fixed-response upstream, a hub, and
+   `--rate` calls/s for `--duration` s: time from the proxy's answer to the decision being
+   in the hub's database (polled every 5 ms), p50/p99 (target p99 <= 1 s at 500/s).
+
+Without --database-url / --bootstrap it starts PostgreSQL (scripts/postgres.sh) and Kafka
+(scripts/kafka.sh) on free ports. Writes the result as JSON to loadtests/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from loadtests.bench_proxy import LOCK_PATH, _exclusive
+from loadtests.bench_sink import _free_port, own_broker, sample_decision
+from loadtests.procs import FastUpstreamProcess, SidecarProcess
+from sidecar.hub import schema
+from sidecar.hub.db import connect
+from sidecar.hub.ingest import Ingest
+from sidecar.hub.rows import Rows, add
+from sidecar.hub.writer import Method, Writer
+from sidecar.metrics import Registry
+from sidecar.sinks import events
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "loadtests" / "results"
+TARGETS = {"ingest_events_per_s": 20_000.0, "lookup_p99_ms": 5.0, "visible_p99_ms": 1000.0}
+TOKEN = "bench-reviewer-token-0123"
+BATCH = 5000
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextmanager
+def own_postgres(cpus: set[int] | None) -> Iterator[str]:
+    parent = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    parent.chmod(0o755)  # as root the server runs as `postgres`, who must reach its folder
+    port = _free_port()
+    env = dict(os.environ, PG_PORT=str(port), PG_DATA=str(parent / "data"))
+    script = str(ROOT / "scripts" / "postgres.sh")
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    subprocess.run([script, "start"], env=env, check=True, preexec_fn=pin)
+    try:
+        yield f"postgresql://sidecar@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([script, "stop"], env=env, check=False)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def fresh_database(server_url: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    url = server_url.rsplit("/", 1)[0] + f"/{name}"
+    with connect(url) as conn:
+        schema.migrate(conn)
+    return url
+
+
+_RANDOM = ((1 << 80) - 1) & ~((0xF << 76) | (0b11 << 62))
+_VERSION_VARIANT = (0x7 << 76) | (0b10 << 62)
+
+
+def messages(n: int, start: int = 0) -> list[bytes]:
+    now = time.time()
+    out = []
+    for i in range(start, start + n):
+        d = sample_decision(i)
+        d.time = now - (i % (3 * 86_400))  # spread over three or four days' partitions
+        # A UUIDv7 of that time, as the sidecar mints it when the call arrives.
+        d.call_id = f"{(int(d.time * 1000) << 80) | (random.getrandbits(80) & _RANDOM) | _VERSION_VARIANT:032x}"
+        out.append(events.dumps(events.decision_event(d)))
+    return out
+
+
+def bench_writer(url: str, n: int, rounds: int) -> dict[str, Any]:
+    """Events/s per write method, alternating A/B so both see the same machine."""
+    out: dict[str, list[float]] = {"copy": [], "pipeline": []}
+    cpu: dict[str, list[float]] = {"copy": [], "pipeline": []}
+    for r in range(rounds):
+        for method in ("copy", "pipeline") if r % 2 == 0 else ("pipeline", "copy"):
+            msgs = messages(n)
+            with connect(url) as conn:
+                writer = Writer(conn, method)  # type: ignore[arg-type]
+                c0, t0 = time.process_time(), time.perf_counter()
+                for i in range(0, n, BATCH):
+                    rows = Rows()
+                    for m in msgs[i : i + BATCH]:
+                        add(rows, "decision", m)
+                    writer.write(rows)
+                out[method].append(n / (time.perf_counter() - t0))
+                cpu[method].append((time.process_time() - c0) / n * 1e6)
+    return {
+        "events": n,
+        "batch": BATCH,
+        "rounds": rounds,
+        **{f"{m}_events_per_s": max(v) for m, v in out.items()},
+        **{f"{m}_cpu_us_per_event": min(v) for m, v in cpu.items()},
+        "all": out,
+    }
+
+
+def bench_ingest(url: str, bootstrap: str, n: int, method: Method) -> dict[str, Any]:
+    from kafka import KafkaProducer
+
+    from sidecar.config import load_settings
+
+    topic = f"bench{uuid.uuid4().hex[:8]}.decisions"
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024)
+    for m in messages(n):
+        producer.send(topic, m)
+    producer.flush(120)
+    producer.close()
+    settings = load_settings(
+        environ={},
+        overrides={
+            "kafka": {"bootstrap_servers": bootstrap, "topic_decisions": topic},
+            "hub": {"group_id": f"bench{uuid.uuid4().hex[:8]}", "batch_max_events": BATCH},
+        },
+    )
+    ingest = Ingest(
+        database_url=url, kafka=settings.kafka, hub=settings.hub, registry=Registry(), method=method
+    )
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    ingest.start()
+    with connect(url) as conn:
+        while True:
+            row = conn.execute("SELECT count(*) FROM decisions").fetchone()
+            if row is not None and row[0] >= n:
+                break
+            time.sleep(0.05)
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    ingest.stop()
+    return {
+        "events": n,
+        "method": method,
+        "ingest_events_per_s": n / elapsed,
+        "process_cpu_us_per_event": cpu / n * 1e6,
+    }
+
+
+@contextmanager
+def hub_process(url: str, bootstrap: str, topics: dict[str, str], log: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        SIDECAR_HUB__DATABASE_URL=url,
+        SIDECAR_HUB__PORT=str(port),
+        SIDECAR_HUB__GROUP_ID=f"bench{uuid.uuid4().hex[:8]}",
+        SIDECAR_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+        SIDECAR_AUTH__TOKENS=json.dumps({TOKEN: {"name": "bench", "role": "reviewer"}}),
+        **{f"SIDECAR_KAFKA__{k.upper()}": v for k, v in topics.items()},
+    )
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "hub"], env=env, stdout=out, stderr=out
+        )
+    base = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"hub did not start: {log.read_text()[-2000:]}")
+            try:
+                c = http.client.HTTPConnection(base, timeout=1)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def load_decisions(url: str, n: int) -> tuple[list[str], float]:
+    """n decisions stored through the writer (COPY); their ids and the load's events/s."""
+    ids: list[str] = []
+    t0 = time.perf_counter()
+    chunk = 20_000
+    with connect(url) as conn:
+        writer = Writer(conn, "copy")
+        for start in range(0, n, chunk):
+            msgs = messages(min(chunk, n - start), start)
+            rows = Rows()
+            for m in msgs:
+                add(rows, "decision", m)
+            ids += [r[2] for r in rows.decisions]
+            for i in range(0, len(msgs), BATCH):
+                part = Rows(decisions=rows.decisions[i : i + BATCH], days=rows.days)
+                writer.write(part)
+        conn.execute("ANALYZE decisions")
+    return ids, n / (time.perf_counter() - t0)
+
+
+def bench_lookup(url: str, base: str, ids: list[str], lookups: int) -> dict[str, Any]:
+    rng = random.Random(7)
+    picks = [rng.choice(ids) for _ in range(lookups)]
+    db_ms: list[float] = []
+    with connect(url) as conn:
+        for did in picks:
+            t0 = time.perf_counter()
+            conn.execute(
+                "SELECT body FROM decisions WHERE decision_id = %s LIMIT 1", (did,)
+            ).fetchone()
+            db_ms.append((time.perf_counter() - t0) * 1000)
+    http_ms: list[float] = []
+    conn_http = http.client.HTTPConnection(base, timeout=10)
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    for did in picks:
+        t0 = time.perf_counter()
+        conn_http.request("GET", f"/decisions/{did}", headers=headers)
+        resp = conn_http.getresponse()
+        resp.read()
+        http_ms.append((time.perf_counter() - t0) * 1000)
+        if resp.status != 200:
+            raise RuntimeError(f"lookup of {did} answered {resp.status}")
+    conn_http.close()
+    return {
+        "stored_decisions": len(ids),
+        "lookups": lookups,
+        "db_p50_ms": _pct(db_ms, 0.5),
+        "db_p99_ms": _pct(db_ms, 0.99),
+        "lookup_p50_ms": _pct(http_ms, 0.5),
+        "lookup_p99_ms": _pct(http_ms, 0.99),
+    }
+
+
+def bench_visible(
+    url: str, bootstrap: str, rate: float, duration: float, work: Path
+) -> dict[str, Any]:
+    topics = {
+        "topic_decisions": f"vis{uuid.uuid4().hex[:8]}.decisions",
+        "topic_explanations": f"vis{uuid.uuid4().hex[:8]}.explanations",
+        "topic_reviews": f"vis{uuid.uuid4().hex[:8]}.reviews",
+    }
+    upstream = FastUpstreamProcess()
+    up_url = upstream.start()
+    config = work / "sidecar.toml"
+    proxy_port, control_port = _free_port(), _free_port()
+    config.write_text(
+        f"""
+[proxy]
+port = {proxy_port}
+upstream = "{up_url}"
+[control]
+port = {control_port}
+[sink]
+kind = "kafka"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_decisions = "{topics["topic_decisions"]}"
+topic_explanations = "{topics["topic_explanations"]}"
+topic_reviews = "{topics["topic_reviews"]}"
+[spool]
+directory = "{work / "spool"}"
+[review]
+enabled = false
+"""
+    )
+    sidecar = SidecarProcess(
+        [sys.executable, "-m", "sidecar.cli"], config, ROOT, work / "sidecar.log", None
+    )
+    answered: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+    try:
+        urls = sidecar.start()
+        with hub_process(url, bootstrap, topics, work / "hub.log"):
+
+            def poll() -> None:
+                with connect(url) as conn:
+                    while not done.is_set() or len(seen) < len(answered):
+                        with lock:
+                            pending = [d for d in answered if d not in seen]
+                        if pending:
+                            rows = conn.execute(
+                                "SELECT decision_id FROM decisions WHERE decision_id = ANY(%s)",
+                                (pending,),
+                            ).fetchall()
+                            now = time.time()
+                            for (did,) in rows:
+                                seen.setdefault(str(did), now)
+                        time.sleep(0.005)
+                        if done.is_set() and time.time() - last[0] > 30:
+                            return
+
+            last = [time.time()]
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            host, port = urls["proxy"].removeprefix("http://").split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            body = b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [[1, 2, 3]]}]}'
+            interval = 1.0 / rate
+            t_next = time.perf_counter()
+            end = t_next + duration
+            while t_next < end:
+                delay = t_next - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                conn.request(
+                    "POST",
+                    "/v2/models/m/infer",
+                    body=body,
+                    headers={"content-type": "application/json"},
+                )
+                resp = conn.getresponse()
+                resp.read()
+                did = resp.getheader("x-decision-id")
+                if did:
+                    with lock:
+                        answered[f"{did}/0"] = time.time()
+                t_next += interval
+            last[0] = time.time()
+            done.set()
+            poller.join(60)
+    finally:
+        sidecar.stop()
+        upstream.stop()
+    lat = [(seen[d] - t) * 1000 for d, t in answered.items() if d in seen]
+    return {
+        "rate": rate,
+        "duration_s": duration,
+        "answered": len(answered),
+        "visible": len(lat),
+        "visible_p50_ms": _pct(lat, 0.5) if lat else float("nan"),
+        "visible_p99_ms": _pct(lat, 0.99) if lat else float("nan"),
+        "visible_max_ms": max(lat) if lat else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.bench_hub", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds of the write methods")
+    parser.add_argument("--decisions", type=int, default=1_000_000)
+    parser.add_argument("--lookups", type=int, default=5000)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--database-url", default=None, help="a server to create databases on")
+    parser.add_argument("--bootstrap", default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    cores = sorted(os.sched_getaffinity(0))
+    one, others = {cores[-1]}, set(cores[:-1]) or None
+    work = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_1m_at_start": os.getloadavg()[0],
+            "hub_cpu": sorted(one),
+        },
+        "targets": TARGETS,
+    }
+    try:
+        with (
+            _exclusive(LOCK_PATH),
+            contextmanager_or(args.database_url, own_postgres, others) as pg,
+            contextmanager_or(args.bootstrap, own_broker, others) as bootstrap,
+        ):
+            os.sched_setaffinity(0, one)
+            result["writer"] = w = bench_writer(fresh_database(pg), args.events, args.rounds)
+            method: Method = (
+                "copy" if w["copy_events_per_s"] >= w["pipeline_events_per_s"] else "pipeline"
+            )
+            result["ingest"] = bench_ingest(fresh_database(pg), bootstrap, args.events, method)
+            os.sched_setaffinity(0, set(cores))
+            url = fresh_database(pg)
+            ids, load_rate = load_decisions(url, args.decisions)
+            empty = {k: f"{k}.unused" for k in ("topic_decisions", "topic_explanations")}
+            empty["topic_reviews"] = "reviews.unused"
+            with hub_process(url, bootstrap, empty, work / "hub-lookup.log") as base:
+                result["lookup"] = bench_lookup(url, base, ids, args.lookups)
+            result["lookup"]["load_events_per_s"] = load_rate
+            result["visible"] = bench_visible(
+                fresh_database(pg), bootstrap, args.rate, args.duration, work
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    w, i, lk, v = result["writer"], result["ingest"], result["lookup"], result["visible"]
+    print(f"machine: {os.cpu_count()} cores, load {result['machine']['loadavg_1m_at_start']:.2f}")
+    print(
+        f"writer, one core, batches of {BATCH}: copy {w['copy_events_per_s']:,.0f} events/s,"
+        f" pipeline {w['pipeline_events_per_s']:,.0f} events/s (best of {w['rounds']} alternating);"
+        f" hub CPU per event: copy {w['copy_cpu_us_per_event']:.1f} µs,"
+        f" pipeline {w['pipeline_cpu_us_per_event']:.1f} µs"
+    )
+    print(
+        f"ingest Kafka -> PostgreSQL ({i['method']}), one core: {i['ingest_events_per_s']:,.0f}"
+        f" events/s, {i['process_cpu_us_per_event']:.1f} µs CPU per event"
+    )
+    print(
+        f"lookup over {lk['stored_decisions']:,} decisions: HTTP p50 {lk['lookup_p50_ms']:.2f} ms"
+        f" p99 {lk['lookup_p99_ms']:.2f} ms (database p50 {lk['db_p50_ms']:.2f} ms"
+        f" p99 {lk['db_p99_ms']:.2f} ms);"
+        f" loaded at {lk['load_events_per_s']:,.0f} events/s"
+    )
+    print(
+        f"visible at the hub, {v['rate']:.0f}/s for {v['duration_s']:.0f} s: {v['visible']}/{v['answered']},"
+        f" p50 {v['visible_p50_ms']:.0f} ms p99 {v['visible_p99_ms']:.0f} ms max {v['visible_max_ms']:.0f} ms"
+    )
+    ok = v["visible"] == v["answered"]
+    for key, value, limit, better in (
+        ("ingest_events_per_s", i["ingest_events_per_s"], TARGETS["ingest_events_per_s"], ">="),
+        ("lookup_p99_ms", lk["lookup_p99_ms"], TARGETS["lookup_p99_ms"], "<="),
+        ("visible_p99_ms", v["visible_p99_ms"], TARGETS["visible_p99_ms"], "<="),
+    ):
+        passed = value <= limit if better == "<=" else value >= limit
+        ok &= passed
+        print(f"target {key} {better} {limit:g}: {value:,.2f} {'PASS' if passed else 'FAIL'}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"hub-{result['date'].replace(':', '')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"result: {path}")
+    return 0 if ok else 1
+
+
+@contextmanager
+def contextmanager_or(given: str | None, start: Any, cpus: set[int] | None) -> Iterator[str]:
+    """`given` when set, else what `start(cpus)` runs for the duration."""
+    if given:
+        yield given
+        return
+    with start(cpus) as value:
+        yield value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

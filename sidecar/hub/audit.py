@@ -1,0 +1,97 @@
+"""The fleet's one audit chain, in PostgreSQL.
+
+The records and their hashes are those of `sidecar.review.audit` (same
+canonical form, same table columns), so one verifier checks either store.
+Every append takes a transaction-scoped advisory lock first and reads the
+head under it: whichever hub serves a review action, the chain is extended
+one record at a time, in the order the locks were granted, and the lock is
+held until the transaction that wrote the record (and the state change it
+records) commits.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sidecar.hub.db import Conn
+from sidecar.hub.schema import AUDIT_LOCK
+from sidecar.review.audit import (
+    GENESIS,
+    AuditRecord,
+    VerifyResult,
+    canonical,
+    canonical_data,
+    chain_hash,
+    verify_rows,
+)
+
+_COLUMNS = "seq, time, item_id, decision_id, action, actor, data, prev_hash, hash"
+
+
+def lock(conn: Conn) -> None:
+    """Take the chain's lock for the rest of the current transaction."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+
+
+def head(conn: Conn) -> tuple[int, str]:
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+
+
+def append(
+    conn: Conn,
+    *,
+    time: float,
+    item_id: str,
+    action: str,
+    actor: str,
+    data: dict[str, Any],
+) -> AuditRecord:
+    """Append one record; the caller's transaction holds the lock (`lock`)."""
+    prev_seq, prev_hash = head(conn)
+    seq = prev_seq + 1
+    data_json = canonical_data(data)
+    digest = chain_hash(prev_hash, canonical(seq, time, item_id, item_id, action, actor, data_json))
+    conn.execute(
+        f"INSERT INTO audit ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (seq, time, item_id, item_id, action, actor, data_json, prev_hash, digest),
+    )
+    return AuditRecord(seq, time, item_id, item_id, action, actor, data, prev_hash, digest)
+
+
+def _record(row: tuple[Any, ...]) -> AuditRecord:
+    return AuditRecord(
+        int(row[0]),
+        float(row[1]),
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        json.loads(row[6]),
+        row[7],
+        row[8],
+    )
+
+
+def records(
+    conn: Conn, *, after: int = 0, limit: int = 100, item_id: str | None = None
+) -> list[AuditRecord]:
+    if item_id is None:
+        cur = conn.execute(
+            f"SELECT {_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
+        )
+    else:
+        cur = conn.execute(
+            f"SELECT {_COLUMNS} FROM audit WHERE item_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (item_id, after, limit),
+        )
+    return [_record(r) for r in cur.fetchall()]
+
+
+def verify(conn: Conn, expected_head: str | None = None) -> VerifyResult:
+    """Walk the whole chain from genesis (streamed: a server-side cursor, not one big fetch)."""
+    with conn.transaction(), conn.cursor(name="audit_verify") as cur:
+        cur.itersize = 10_000
+        cur.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq")
+        return verify_rows(cur, expected_head)

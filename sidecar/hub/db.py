@@ -1,0 +1,30 @@
+"""Database connections of the hub: psycopg 3, autocommit outside explicit transactions."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool
+
+Conn: TypeAlias = psycopg.Connection[TupleRow]
+
+
+def connect(url: str, *, application_name: str = "sidecar-hub") -> Conn:
+    """One connection; `with conn.transaction():` opens each transaction explicitly."""
+    return psycopg.connect(url, autocommit=True, application_name=application_name)
+
+
+def pool(url: str, size: int) -> ConnectionPool[Conn]:
+    """The API's connections: opened at start, so a bad URL stops the start."""
+    p: ConnectionPool[Conn] = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "application_name": "sidecar-hub-api"},
+        open=False,
+        name="hub-api",
+    )
+    p.open(wait=True, timeout=30.0)
+    return p

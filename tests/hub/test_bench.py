@@ -1,0 +1,31 @@
+"""Smoke runs of the hub benchmark's pieces against a real PostgreSQL (no timing assertions)."""
+
+from __future__ import annotations
+
+import psycopg
+
+from loadtests.bench_hub import _pct, bench_writer, fresh_database, load_decisions
+from tests.postgres_server import PostgresServer
+
+
+def test_the_write_methods_store_every_event_of_every_round(
+    postgres_server: PostgresServer,
+) -> None:
+    url = fresh_database(postgres_server.url())
+    try:
+        result = bench_writer(url, 600, 2)
+        assert [len(v) for v in result["all"].values()] == [2, 2]
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*), count(DISTINCT event_id) FROM decisions"
+            ).fetchone()
+        assert row == (2400, 2400)
+        ids, _ = load_decisions(url, 700)
+        assert len(set(ids)) == 700
+    finally:
+        postgres_server.drop_database(url)
+
+
+def test_percentiles_are_of_the_sorted_values() -> None:
+    values = [float(v) for v in range(100, 0, -1)]
+    assert (_pct(values, 0.5), _pct(values, 0.99), _pct([3.0], 0.99)) == (51.0, 100.0, 3.0)

@@ -1,0 +1,95 @@
+"""Batched writes: idempotent on event_id, both write methods, bad messages counted and skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sidecar.hub import schema
+from sidecar.hub.db import Conn, connect
+from sidecar.hub.rows import Rows, add
+from sidecar.hub.writer import Method, Writer
+from sidecar.review.audit import GENESIS
+from tests.hub.hubkit import decision, decision_message, explanation_message, request_message
+from tests.postgres_server import PostgresServer
+
+
+@pytest.fixture
+def conn(postgres_server: PostgresServer) -> Iterator[Conn]:
+    url = postgres_server.create_database()
+    with connect(url) as c:
+        schema.migrate(c)
+        yield c
+    postgres_server.drop_database(url)
+
+
+def _count(conn: Conn, table: str) -> int:
+    row = conn.execute(f"SELECT count(*) FROM {table}".encode()).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("method", ["copy", "pipeline"])
+def test_a_batch_written_twice_is_stored_once(conn: Conn, method: Method) -> None:
+    ds = [decision(request_id="r1", at=1_764_460_800.0 + i * 3600) for i in range(30)]
+    rows = Rows()
+    for d in ds:
+        add(rows, "decision", decision_message(d))
+        add(rows, "explanation", explanation_message(d))
+    # The same event twice in one batch, too (a producer retry before the broker de-duplicated).
+    add(rows, "decision", decision_message(ds[0]))
+    writer = Writer(conn, method)
+    first = writer.write(rows)
+    again = writer.write(rows)
+    assert (first.decisions, first.explanations) == (30, 30)
+    assert (again.decisions, again.explanations) == (0, 0)
+    assert _count(conn, "decisions") == 30
+    assert _count(conn, "explanations") == 30
+    # Thirty hours from midnight (2025-11-30): two daily partitions for them.
+    names = {name for name, _ in schema.partitions(conn, "decisions")}
+    assert {"decisions_p20251130", "decisions_p20251201"} <= names
+    assert "decisions_p20251202" not in names
+
+
+def test_messages_that_are_not_events_of_their_topic_are_counted_and_skipped(conn: Conn) -> None:
+    d = decision()
+    rows = Rows()
+    for bad in (b"not json", b"[]", b'{"event_type": "decision"}', None, explanation_message(d)):
+        add(rows, "decision", bad)
+    add(rows, "decision", decision_message(d))
+    assert rows.invalid == 5
+    assert Writer(conn).write(rows).decisions == 1
+
+
+def test_a_review_request_queues_the_decision_once_with_its_audit_record(conn: Conn) -> None:
+    d = decision(review="queued")
+    rows = Rows()
+    add(rows, "decision", decision_message(d))
+    add(rows, "review", request_message(d))
+    writer = Writer(conn, clock=lambda: 1000.0)
+    assert writer.write(rows).review_items == 1
+    assert writer.write(rows).review_items == 0
+    assert _count(conn, "review_items") == 1
+    assert _count(conn, "review_events") == 1
+    audit = conn.execute("SELECT seq, item_id, action, prev_hash FROM audit").fetchall()
+    assert audit == [(1, d.decision_id, "requested", GENESIS)]
+
+
+def test_a_local_mode_review_step_is_kept_as_an_event_but_not_queued(conn: Conn) -> None:
+    from sidecar.sinks import events
+
+    d = decision(review="queued")
+    body = events.review_event(
+        decision_id=d.decision_id,
+        action="requested",
+        reason="low_confidence",
+        reviewer=None,
+        outcome=None,
+        previous_audit_hash=GENESIS,
+        audit_hash="ab" * 32,
+    )
+    rows = Rows()
+    add(rows, "review", events.dumps(body))
+    written = Writer(conn).write(rows)
+    assert (written.review_events, written.review_items) == (1, 0)
