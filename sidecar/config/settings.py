@@ -27,6 +27,7 @@ from sidecar.config.sections import (
     GroupSettings,
     KafkaSettings,
     ModelSettings,
+    MonitorSettings,
     ProxySettings,
     ReviewSettings,
     SamplingSettings,
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     def __init__(self, **values: Any) -> None:
         # load_settings lays the sources itself (the file, then EnvironSource over it), so
