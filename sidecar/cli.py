@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("serve", "demo", "explain", "audit", "config")
+COMMANDS = ("serve", "demo", "explain", "audit", "config", "monitor")
 
 
 def build_parser() -> argparse.ArgumentParser:
