@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.monitor.state import EXPLAINED, SHAP0, Window
+from sidecar.monitor.state import EXPLAINED, FIX, SHAP0, Window
 
 PSI_EPSILON = 1e-5
 
@@ -140,7 +140,7 @@ def importance(window: Window, feature_names: list[str], key: Any) -> dict[str, 
     c = window.groups.get(key)
     if c is None or not c[EXPLAINED]:
         return {}
-    return {f: c[SHAP0 + j] / c[EXPLAINED] for j, f in enumerate(feature_names)}
+    return {f: c[SHAP0 + j] / FIX / c[EXPLAINED] for j, f in enumerate(feature_names)}
 
 
 def top(imp: dict[str, float], k: int) -> list[str]:

@@ -28,6 +28,7 @@ from sidecar.monitor.state import (
     DECIDED,
     EXPLAINED,
     FAV,
+    FIX,
     FN,
     FP,
     N,
@@ -97,13 +98,13 @@ def group_figures(c: list[float], opts: Options) -> dict[str, Any]:
     for name, (num, den) in RATES.items():
         fig[name] = _rate(num(c), den(c), opts)
     fig["outcomes"] = c[TP] + c[FP] + c[FN] + c[TN]
-    fig["mean_score"] = c[SCORE_SUM] / c[SCORED] if c[SCORED] else None
-    fig["mean_time_to_decision_s"] = c[TTD_SUM] / c[TTD_N] if c[TTD_N] else None
+    fig["mean_score"] = c[SCORE_SUM] / FIX / c[SCORED] if c[SCORED] else None
+    fig["mean_time_to_decision_s"] = c[TTD_SUM] / FIX / c[TTD_N] if c[TTD_N] else None
     fig["reviews_decided"] = c[DECIDED]
     bins = []
     ece, total = 0.0, 0.0
     for b in range(CAL_BINS):
-        n, s, pos = c[CAL0 + 3 * b], c[CAL0 + 3 * b + 1], c[CAL0 + 3 * b + 2]
+        n, s, pos = c[CAL0 + 3 * b], c[CAL0 + 3 * b + 1] / FIX, c[CAL0 + 3 * b + 2]
         if n > 0:
             bins.append(
                 {
@@ -122,7 +123,7 @@ def group_figures(c: list[float], opts: Options) -> dict[str, Any]:
     }
     fig["explained"] = c[EXPLAINED]
     fig["mean_abs_shap"] = (
-        {f: c[SHAP0 + j] / c[EXPLAINED] for j, f in enumerate(opts.feature_names)}
+        {f: c[SHAP0 + j] / FIX / c[EXPLAINED] for j, f in enumerate(opts.feature_names)}
         if c[EXPLAINED]
         else {}
     )

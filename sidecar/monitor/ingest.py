@@ -27,6 +27,7 @@ from sidecar.monitor.state import (
     DECIDED,
     EXPLAINED,
     FAV,
+    FIX,
     FN,
     FP,
     N,
@@ -104,7 +105,6 @@ class Ingest:
         self._n_features = len(state.feature_names)
         self.class_labels: list[str] = list(class_labels)
         self.favourable_label = favourable_label
-        self.decision_rules: dict[str, int] = {}
         self._handlers = {
             "decision": self.decision,
             "outcome": self.outcome,
@@ -245,7 +245,7 @@ class Ingest:
             self.favourable_label = ev["favourable_label"]
         rule = ev.get("decision_rule")
         rule_kind = rule.get("kind", "?") if isinstance(rule, dict) else "argmax"
-        self.decision_rules[rule_kind] = self.decision_rules.get(rule_kind, 0) + 1
+        st.decision_rules[rule_kind] = st.decision_rules.get(rule_kind, 0) + 1
         start = int(ts // self._window_s) * self._window_s
         win = st.window(start)
         fav, score = self._judge(ev)
@@ -258,6 +258,7 @@ class Ingest:
             st.traffic["unjudged"] += 1
         else:
             routed = ev.get("review") is not None
+            fixed = int(score * FIX) if score is not None else 0
             groups = win.groups
             nf = self._n_features
             for key in keys:
@@ -269,7 +270,7 @@ class Ingest:
                     c[FAV] += 1
                 if score is not None:
                     c[SCORED] += 1
-                    c[SCORE_SUM] += score
+                    c[SCORE_SUM] += fixed
                 if routed:
                     c[ROUTED] += 1
         self._histogram(ev, win.hist, win.missing)
@@ -363,7 +364,7 @@ class Ingest:
             if cal >= 0:
                 base = CAL0 + 3 * cal
                 c[base] += delta
-                c[base + 1] += delta * rec[_SCORE]
+                c[base + 1] += delta * int(rec[_SCORE] * FIX)
                 if truth:
                     c[base + 2] += delta
 
@@ -389,7 +390,7 @@ class Ingest:
                 if override:
                     c[OVERRIDDEN] += 1
                 if wait is not None:
-                    c[TTD_SUM] += wait
+                    c[TTD_SUM] += int(wait * FIX)
                     c[TTD_N] += 1
 
     def explanation(self, ev: dict[str, Any]) -> None:
@@ -414,7 +415,7 @@ class Ingest:
             return
         rec[_EXPLAINED] = True
         self.state.traffic["explanations"] += 1
-        mags = [abs(v) if isinstance(v, int | float) else 0.0 for v in values]
+        mags = [int(abs(v) * FIX) if isinstance(v, int | float) else 0 for v in values]
         groups = self.state.windows[rec[_W]].groups
         for key in rec[_KEYS]:
             c = groups[key]

@@ -26,7 +26,6 @@ class ModelInfo:
     class_labels: list[str]
     favourable_label: str | None
     artifact: Path | None = None
-    decision_rules: dict[str, int] | None = None
 
 
 def artifact_sha256(path: Path | None) -> str | None:
@@ -115,7 +114,7 @@ def build(
             "artifact_sha256": artifact_sha256(model.artifact),
             "class_labels": model.class_labels,
             "favourable_label": model.favourable_label,
-            "decision_rules": model.decision_rules or {},
+            "decision_rules": dict(state.decision_rules),
         },
         "period": {
             "start": rfc3339(state.first_time) if state.first_time is not None else None,

@@ -10,6 +10,7 @@ adding counts, so n instances report what one would.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -79,7 +80,6 @@ def model_info(settings: Settings, ing: Ingest) -> ModelInfo:
         class_labels=ing.class_labels,
         favourable_label=ing.favourable_label,
         artifact=settings.model.artifact,
-        decision_rules=dict(ing.decision_rules),
     )
 
 
@@ -194,7 +194,8 @@ class Continuous:
         state = self.ingest.snapshot()
         state.traffic["invalid"] += self.tail.invalid
         self.tail.invalid = 0
-        _write_atomic(self.partial, orjson.dumps(state.to_dict()))
+        # The stdlib's JSON: the fixed-point sums outgrow the 64-bit integers orjson writes.
+        _write_atomic(self.partial, json.dumps(state.to_dict()).encode())
         if self.settings.monitor.instance != 0:
             return None
         merged = self.merged()
@@ -217,7 +218,7 @@ class Continuous:
             path = self.state_dir / f"partial-{i}-of-{m.instances}.json"
             if not path.is_file():
                 continue
-            part = State.from_dict(orjson.loads(path.read_bytes()))
+            part = State.from_dict(json.loads(path.read_bytes()))
             if total is None:
                 total = part
             else:

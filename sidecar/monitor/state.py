@@ -40,6 +40,11 @@ CAL_BINS = 10
 CAL0 = 14  # calibration: per score bin, (decisions with outcome, score sum, favourable outcomes)
 SHAP0 = CAL0 + 3 * CAL_BINS  # then one sum of |contribution| per feature
 SCORE_EDGES = [i / CAL_BINS for i in range(1, CAL_BINS)]
+# Sums of real values (scores, |SHAP|, seconds) are kept as integers in units of 2**-60:
+# integer addition does not depend on order, so instances that read the same events in
+# another order, or in parts, merge to exactly the same sums (float sums differ in the
+# last bits). Values below 2**-60 are lost, far below any figure's precision.
+FIX = float(1 << 60)
 
 
 def new_counts(n_features: int) -> list[float]:
@@ -121,6 +126,7 @@ class State:
     traffic: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRAFFIC_KEYS, 0))
     gap_reasons: dict[str, int] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)  # "name@version" -> decisions
+    decision_rules: dict[str, int] = field(default_factory=dict)  # rule kind -> decisions
     first_time: float | None = None
     last_time: float | None = None
     # Left unjoined: events whose decision this state has not seen (yet).
@@ -153,6 +159,7 @@ class State:
             (self.traffic, other.traffic),
             (self.gap_reasons, other.gap_reasons),
             (self.models, other.models),
+            (self.decision_rules, other.decision_rules),
             (self.pending, other.pending),
         ):
             for k, v in theirs.items():
@@ -171,6 +178,7 @@ class State:
             "traffic": self.traffic,
             "gap_reasons": self.gap_reasons,
             "models": self.models,
+            "decision_rules": self.decision_rules,
             "first_time": self.first_time,
             "last_time": self.last_time,
             "pending": self.pending,
@@ -187,6 +195,7 @@ class State:
             traffic={**dict.fromkeys(TRAFFIC_KEYS, 0), **d["traffic"]},
             gap_reasons=dict(d["gap_reasons"]),
             models=dict(d["models"]),
+            decision_rules=dict(d.get("decision_rules", {})),
             first_time=d["first_time"],
             last_time=d["last_time"],
             pending=dict(d["pending"]),
