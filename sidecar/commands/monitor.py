@@ -18,7 +18,9 @@ from sidecar.config import ConfigError, Settings, load_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("monitor", help="fairness, error rates, drift and alerts over the event stream")
+    p = sub.add_parser(
+        "monitor", help="fairness, error rates, drift and alerts over the event stream"
+    )
     p.add_argument("--config", help="TOML config file (the [monitor] and [model] sections)")
     p.set_defaults(func=run_continuous)
     actions = p.add_subparsers(dest="monitor_command", metavar="ACTION")

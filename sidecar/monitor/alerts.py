@@ -43,7 +43,9 @@ def _threshold(rule: Rule) -> dict[str, Any]:
     return out
 
 
-def evaluate(scope: dict[str, Any], window: dict[str, Any] | str, rules: list[Rule]) -> list[dict[str, Any]]:
+def evaluate(
+    scope: dict[str, Any], window: dict[str, Any] | str, rules: list[Rule]
+) -> list[dict[str, Any]]:
     """The alerts the rules raise on one scope (a window's figures, or the period's)."""
     out: list[dict[str, Any]] = []
 
@@ -76,7 +78,7 @@ def evaluate(scope: dict[str, Any], window: dict[str, Any] | str, rules: list[Ru
                         )
         elif m in DISPARITIES:
             for attr, a in scope["attributes"].items():
-                for g, per in a["disparities"]["by_group"].items():
+                for per in a["disparities"]["by_group"].values():
                     d = per.get(m)
                     if d is not None and _fires(d["value"], d["interval"], rule):
                         alert(
@@ -127,7 +129,9 @@ def evaluate(scope: dict[str, Any], window: dict[str, Any] | str, rules: list[Ru
     return out
 
 
-def alert_event(alert: dict[str, Any], model: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+def alert_event(
+    alert: dict[str, Any], model: dict[str, Any], now: float | None = None
+) -> dict[str, Any]:
     """The `sidecar.alerts` body; its id is the same however often the same firing is seen."""
     window = alert["window"]
     start = window["start"] if isinstance(window, dict) else window

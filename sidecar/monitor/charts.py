@@ -70,7 +70,13 @@ def rate_over_time(windows: list[dict[str, Any]], attribute: str, metric: str) -
 
 
 def bars(
-    title: str, values: dict[str, float | None], *, lo: float, hi: float, line: float | None, cls: str,
+    title: str,
+    values: dict[str, float | None],
+    *,
+    lo: float,
+    hi: float,
+    line: float | None,
+    cls: str,
     intervals: dict[str, list[float] | None] | None = None,
 ) -> str:
     """One bar per name, an optional reference line (the 0.8 rule, a PSI threshold)."""

@@ -31,7 +31,6 @@ from sidecar.monitor.state import (
     FIX,
     FN,
     FP,
-    N,
     OVERRIDDEN,
     ROUTED,
     SCORE_SUM,
@@ -42,6 +41,7 @@ from sidecar.monitor.state import (
     TTD_N,
     TTD_SUM,
     Key,
+    N,
 )
 
 # Rate name -> (numerator, denominator) over the counts.
@@ -139,9 +139,7 @@ def _counts(fig: dict[str, Any], name: str) -> tuple[float, float]:
     return fig[name]["numerator"], fig[name]["denominator"]
 
 
-def _extremes(
-    figs: dict[str, dict[str, Any]], name: str
-) -> tuple[str, float, str, float] | None:
+def _extremes(figs: dict[str, dict[str, Any]], name: str) -> tuple[str, float, str, float] | None:
     have = sorted((g, v) for g, f in figs.items() if (v := _value(f, name)) is not None)
     if len(have) < 2:
         return None

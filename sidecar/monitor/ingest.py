@@ -14,6 +14,7 @@ every event about them), as Kafka's partitioning by key does.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -30,7 +31,6 @@ from sidecar.monitor.state import (
     FIX,
     FN,
     FP,
-    N,
     OVERRIDDEN,
     ROUTED,
     SCORE_EDGES,
@@ -42,6 +42,7 @@ from sidecar.monitor.state import (
     TTD_N,
     TTD_SUM,
     Key,
+    N,
     State,
     new_counts,
 )
@@ -168,10 +169,8 @@ class Ingest:
         out = tuple(keys)
         if len(self._key_cache) >= _KEY_CACHE_MAX:
             self._key_cache.clear()
-        try:
+        with contextlib.suppress(TypeError):  # an unhashable value: not cached
             self._key_cache[cache_key] = out
-        except TypeError:
-            pass
         return out
 
     def _label(self, value: object, labels: Sequence[str]) -> str | None:
@@ -197,6 +196,8 @@ class Ingest:
             return None, None
         probs = ev.get("probabilities")
         score = None
+        if not isinstance(fav, str):
+            return None, None
         if isinstance(probs, list) and len(probs) == len(labels) and fav in labels:
             score = _number(probs[labels.index(fav)])
         rule = ev.get("decision_rule")
@@ -204,7 +205,7 @@ class Ingest:
         if label is None and isinstance(probs, list) and len(probs) == len(labels) and labels:
             if isinstance(rule, dict) and rule.get("kind") == "threshold":
                 target = rule.get("label")
-                if target in labels and len(labels) == 2:
+                if isinstance(target, str) and target in labels and len(labels) == 2:
                     p = _number(probs[labels.index(target)])
                     t = _number(rule.get("threshold"))
                     if p is not None and t is not None:

@@ -10,7 +10,7 @@ from sidecar.monitor import charts
 
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
-        return "–"
+        return "-"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
@@ -18,14 +18,14 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def _rate(f: dict[str, Any]) -> str:
     if f["status"] != "ok":
-        return f["status"]
+        return str(f["status"])
     lo, hi = f["interval"]
     return f"{f['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _disp(d: dict[str, Any]) -> str:
     if d.get("value") is None:
-        return d.get("status", "–")
+        return str(d.get("status", "-"))
     ci = d.get("interval")
     text = f"{d['value']:.3f}"
     if ci:
@@ -58,11 +58,17 @@ def _tables(rep: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
         (
             "Model",
             ["model", "version", "artifact", "favourable label", "period", "decisions", "coverage"],
-            [[
-                _fmt(m["name"]), _fmt(m["version"]), _fmt(m["artifact_sha256"]),
-                _fmt(m["favourable_label"]), f"{_fmt(p['start'])} – {_fmt(p['end'])}",
-                str(t["decisions"]), _fmt(t["coverage"]),
-            ]],
+            [
+                [
+                    _fmt(m["name"]),
+                    _fmt(m["version"]),
+                    _fmt(m["artifact_sha256"]),
+                    _fmt(m["favourable_label"]),
+                    f"{_fmt(p['start'])} - {_fmt(p['end'])}",
+                    str(t["decisions"]),
+                    _fmt(t["coverage"]),
+                ]
+            ],
         )
     )
     cum = rep["cumulative"]
@@ -83,8 +89,10 @@ def _tables(rep: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
             (
                 "Drift (whole period against the reference)",
                 ["feature", "PSI", "KS", "values", "missing"],
-                [[f, _fmt(v["psi"], 4), _fmt(v["ks"], 4), str(v["count"]), str(v["missing"])]
-                 for f, v in drift["features"].items()],
+                [
+                    [f, _fmt(v["psi"], 4), _fmt(v["ks"], 4), str(v["count"]), str(v["missing"])]
+                    for f, v in drift["features"].items()
+                ],
             )
         )
     imp = (cum["overall"] or {}).get("mean_abs_shap") or {}
@@ -100,11 +108,17 @@ def _tables(rep: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
         (
             "Alerts",
             ["rule", "window", "attribute", "groups / feature", "value", "interval"],
-            [[
-                a["rule"], a["window"] if isinstance(a["window"], str) else a["window"]["start"],
-                _fmt(a.get("attribute")), ", ".join(a["groups"]) or _fmt(a.get("feature")),
-                _fmt(a["value"]), _fmt(a["interval"]),
-            ] for a in rep["alerts"]],
+            [
+                [
+                    a["rule"],
+                    a["window"] if isinstance(a["window"], str) else a["window"]["start"],
+                    _fmt(a.get("attribute")),
+                    ", ".join(a["groups"]) or _fmt(a.get("feature")),
+                    _fmt(a["value"]),
+                    _fmt(a["interval"]),
+                ]
+                for a in rep["alerts"]
+            ],
         )
     )
     return out
@@ -115,10 +129,18 @@ def markdown(rep: dict[str, Any]) -> str:
     lines = [f"# Model card: {m['name']} {m['version']}", ""]
     gate = rep["gate"]
     lines.append(
-        "Gate: **passed**" if gate["passed"] else f"Gate: **failed** ({', '.join(gate['failed_rules'])})"
+        "Gate: **passed**"
+        if gate["passed"]
+        else f"Gate: **failed** ({', '.join(gate['failed_rules'])})"
     )
     for title, header, rows in _tables(rep):
-        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + " --- |" * len(header),
+        ]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines.append("")
     return "\n".join(lines)
@@ -137,24 +159,56 @@ def chart_blocks(rep: dict[str, Any]) -> list[tuple[str, str]]:
     out = []
     cum = rep["cumulative"]
     for attr, a in cum["attributes"].items():
-        out.append((f"Selection rate by {attr}, per window (band: {rep['method']['confidence']:.0%} interval)",
-                    charts.rate_over_time(rep["windows"], attr, "selection_rate")))
+        out.append(
+            (
+                f"Selection rate by {attr}, per window (band: {rep['method']['confidence']:.0%} interval)",
+                charts.rate_over_time(rep["windows"], attr, "selection_rate"),
+            )
+        )
         per = a["disparities"]["by_group"]
         ratios = {g: per[g].get("demographic_parity_ratio", {}).get("value") for g in a["groups"]}
         cis = {g: per[g].get("demographic_parity_ratio", {}).get("interval") for g in a["groups"]}
-        out.append((f"Selection rate ratio to the best {attr} group (four-fifths line)",
-                    charts.bars(f"demographic parity ratio by {attr}", ratios, lo=0.0, hi=1.2, line=0.8, cls="ratio", intervals=cis)))
+        out.append(
+            (
+                f"Selection rate ratio to the best {attr} group (four-fifths line)",
+                charts.bars(
+                    f"demographic parity ratio by {attr}",
+                    ratios,
+                    lo=0.0,
+                    hi=1.2,
+                    line=0.8,
+                    cls="ratio",
+                    intervals=cis,
+                ),
+            )
+        )
         for metric in ("false_positive_rate", "true_positive_rate"):
             vals = {g: f[metric]["value"] for g, f in a["groups"].items()}
             cis = {g: f[metric]["interval"] for g, f in a["groups"].items()}
-            out.append((f"{metric.replace('_', ' ')} by {attr}",
-                        charts.bars(f"{metric} by {attr}", vals, lo=0.0, hi=1.0, line=None, cls="error-rate", intervals=cis)))
+            out.append(
+                (
+                    f"{metric.replace('_', ' ')} by {attr}",
+                    charts.bars(
+                        f"{metric} by {attr}",
+                        vals,
+                        lo=0.0,
+                        hi=1.0,
+                        line=None,
+                        cls="error-rate",
+                        intervals=cis,
+                    ),
+                )
+            )
     feats = cum["drift"]["features"]
     if feats:
         vals = {f: v["psi"] for f, v in feats.items()}
         hi = max([0.3] + [v for v in vals.values() if v is not None])
-        out.append(("PSI per feature (whole period against the reference)",
-                    charts.bars("PSI per feature", vals, lo=0.0, hi=hi, line=0.2, cls="psi")))
+        out.append(
+            (
+                "PSI per feature (whole period against the reference)",
+                charts.bars("PSI per feature", vals, lo=0.0, hi=hi, line=0.2, cls="psi"),
+            )
+        )
     return out
 
 

@@ -51,7 +51,9 @@ def reference(settings: Settings) -> Reference | None:
     path = settings.monitor.reference or settings.model.background
     if path is None:
         return None
-    return load_reference(Path(path), list(settings.model.feature_names), settings.monitor.drift_bins)
+    return load_reference(
+        Path(path), list(settings.model.feature_names), settings.monitor.drift_bins
+    )
 
 
 def new_ingest(settings: Settings, ref: Reference | None) -> Ingest:
@@ -146,7 +148,13 @@ class FigureCollector:
             w = a["window"] if isinstance(a["window"], str) else a["window"]["start"]
             if w in ("cumulative", latest):
                 alerts.add_metric(
-                    [a["rule"], w, a.get("attribute") or "", "|".join(a["groups"]), a.get("feature") or ""],
+                    [
+                        a["rule"],
+                        w,
+                        a.get("attribute") or "",
+                        "|".join(a["groups"]),
+                        a.get("feature") or "",
+                    ],
                     1.0,
                 )
         yield alerts
@@ -250,7 +258,9 @@ class Continuous:
                 self.step()
             except Exception:
                 log.exception("monitor: a step failed; retrying next interval")
-            self._stop.wait(max(0.0, self.settings.monitor.interval_s - (time.monotonic() - started)))
+            self._stop.wait(
+                max(0.0, self.settings.monitor.interval_s - (time.monotonic() - started))
+            )
         self.alerts_out.close()
 
     def stop(self) -> None:

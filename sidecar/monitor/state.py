@@ -143,9 +143,7 @@ class State:
         return w
 
     def cumulative(self) -> Window:
-        total = Window(
-            hist=[[0] * (len(e) + 1) for e in self.edges], missing=[0] * len(self.edges)
-        )
+        total = Window(hist=[[0] * (len(e) + 1) for e in self.edges], missing=[0] * len(self.edges))
         for start in sorted(self.windows):
             total.merge(self.windows[start])
         return total

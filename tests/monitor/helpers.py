@@ -45,6 +45,4 @@ def report(
     events: list[dict[str, Any]], s: MonitorSettings, reference: Reference | None = None
 ) -> dict[str, Any]:
     ing = ingest(events, s, reference)
-    return build(
-        ing.snapshot(), s, ModelInfo(LABELS, FAVOURABLE), reference, now=1_800_000_000.0
-    )
+    return build(ing.snapshot(), s, ModelInfo(LABELS, FAVOURABLE), reference, now=1_800_000_000.0)

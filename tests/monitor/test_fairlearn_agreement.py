@@ -46,11 +46,15 @@ def _group_name(key: Any) -> str:
 
 
 @pytest.mark.parametrize("dim", ["gender", "age_band", "gender&age_band"])
-def test_selection_rate_and_demographic_parity(data: Generated, rep: dict[str, Any], dim: str) -> None:
+def test_selection_rate_and_demographic_parity(
+    data: Generated, rep: dict[str, Any], dim: str
+) -> None:
     everyone = np.ones(len(data.y_pred), dtype=bool)
     sf = _sensitive(data, dim, everyone)
     y = data.y_pred
-    mf = MetricFrame(metrics={"selection_rate": selection_rate}, y_true=y, y_pred=y, sensitive_features=sf)
+    mf = MetricFrame(
+        metrics={"selection_rate": selection_rate}, y_true=y, y_pred=y, sensitive_features=sf
+    )
     attr = rep["cumulative"]["attributes"][dim]
     for key, row in mf.by_group.iterrows():
         fig = attr["groups"][_group_name(key)]
@@ -58,8 +62,16 @@ def test_selection_rate_and_demographic_parity(data: Generated, rep: dict[str, A
         lo, hi = fig["selection_rate"]["interval"]
         assert lo < fig["selection_rate"]["value"] < hi
     d = attr["disparities"]
-    assert isclose(d["demographic_parity_difference"]["value"], demographic_parity_difference(y, y, sensitive_features=sf), TOL)
-    assert isclose(d["demographic_parity_ratio"]["value"], demographic_parity_ratio(y, y, sensitive_features=sf), TOL)
+    assert isclose(
+        d["demographic_parity_difference"]["value"],
+        demographic_parity_difference(y, y, sensitive_features=sf),
+        TOL,
+    )
+    assert isclose(
+        d["demographic_parity_ratio"]["value"],
+        demographic_parity_ratio(y, y, sensitive_features=sf),
+        TOL,
+    )
     overall = rep["cumulative"]["overall"]
     assert isclose(overall["selection_rate"]["value"], selection_rate(y, y), TOL)
 
@@ -82,8 +94,16 @@ def test_error_rates_with_late_outcomes(data: Generated, rep: dict[str, Any], di
         for name in metrics:
             assert isclose(fig[name]["value"], row[name], TOL), (key, name)
     d = attr["disparities"]
-    assert isclose(d["equalized_odds_difference"]["value"], equalized_odds_difference(yt, yp, sensitive_features=sf), TOL)
-    assert isclose(d["equal_opportunity_difference"]["value"], equal_opportunity_difference(yt, yp, sensitive_features=sf), TOL)
+    assert isclose(
+        d["equalized_odds_difference"]["value"],
+        equalized_odds_difference(yt, yp, sensitive_features=sf),
+        TOL,
+    )
+    assert isclose(
+        d["equal_opportunity_difference"]["value"],
+        equal_opportunity_difference(yt, yp, sensitive_features=sf),
+        TOL,
+    )
 
 
 def test_each_window_agrees_too(data: Generated, rep: dict[str, Any]) -> None:
@@ -93,10 +113,18 @@ def test_each_window_agrees_too(data: Generated, rep: dict[str, Any]) -> None:
         sf = pd.Series(data.gender[mask])
         yt, yp = data.y_true[mask], data.y_pred[mask]
         d = window["attributes"]["gender"]["disparities"]
-        assert isclose(d["equalized_odds_difference"]["value"], equalized_odds_difference(yt, yp, sensitive_features=sf), TOL)
+        assert isclose(
+            d["equalized_odds_difference"]["value"],
+            equalized_odds_difference(yt, yp, sensitive_features=sf),
+            TOL,
+        )
         everyone = data.day == day
         y = data.y_pred[everyone]
-        assert isclose(d["demographic_parity_ratio"]["value"], demographic_parity_ratio(y, y, sensitive_features=data.gender[everyone]), TOL)
+        assert isclose(
+            d["demographic_parity_ratio"]["value"],
+            demographic_parity_ratio(y, y, sensitive_features=data.gender[everyone]),
+            TOL,
+        )
 
 
 def test_review_and_attribution_per_group(data: Generated, rep: dict[str, Any]) -> None:
@@ -105,7 +133,9 @@ def test_review_and_attribution_per_group(data: Generated, rep: dict[str, Any]) 
         mask = data.gender == g
         assert fig["review_rate"]["numerator"] == int(data.routed[mask].sum())
         decided = data.overridden[mask]
-        assert isclose(fig["override_rate"]["value"], float((decided == 1).sum() / (decided >= 0).sum()), TOL)
+        assert isclose(
+            fig["override_rate"]["value"], float((decided == 1).sum() / (decided >= 0).sum()), TOL
+        )
         assert isclose(fig["mean_time_to_decision_s"], 60.0, 1e-6)
         shap = data.shap[mask]
         for j, f in enumerate(FEATURES):
@@ -127,4 +157,9 @@ def test_a_small_group_is_insufficient_not_computed() -> None:
     fig = rep["cumulative"]["attributes"]["gender"]["groups"]["A"]
     assert fig["selection_rate"]["status"] == "insufficient"
     assert fig["selection_rate"]["value"] is None
-    assert rep["cumulative"]["attributes"]["gender"]["disparities"]["demographic_parity_ratio"]["value"] is None
+    assert (
+        rep["cumulative"]["attributes"]["gender"]["disparities"]["demographic_parity_ratio"][
+            "value"
+        ]
+        is None
+    )

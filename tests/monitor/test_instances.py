@@ -27,7 +27,9 @@ def folder(tmp_path: Path) -> Path:
 
 
 def _settings(root: Path, **monitor: Any) -> Any:
-    write_config(root / "m.toml", root / "reference.parquet", state_dir=str(root / "state"), **monitor)
+    write_config(
+        root / "m.toml", root / "reference.parquet", state_dir=str(root / "state"), **monitor
+    )
     return load_settings(root / "m.toml")
 
 
@@ -51,7 +53,11 @@ def test_continuous_mode_follows_new_events_and_alerts_once(folder: Path) -> Non
     rep = mon.step()
     assert rep is not None and rep["traffic"]["decisions"] == 4000
     alerts_dir = folder / "events" / "sidecar.alerts"
-    first = [orjson.loads(x) for p in sorted(alerts_dir.glob("*.jsonl")) for x in p.read_bytes().splitlines()]
+    first = [
+        orjson.loads(x)
+        for p in sorted(alerts_dir.glob("*.jsonl"))
+        for x in p.read_bytes().splitlines()
+    ]
     assert first and {a["attribute"] for a in first if a["rule"] == "four_fifths"} == {"gender"}
     assert all(a["event_type"] == "alert" and a["window"] != "cumulative" for a in first)
     # More events arrive (a later day); the same firings are not emitted again.
@@ -62,7 +68,11 @@ def test_continuous_mode_follows_new_events_and_alerts_once(folder: Path) -> Non
     write_folder(folder / "events", later.events)
     rep = mon.step()
     assert rep is not None and rep["traffic"]["decisions"] == 4500
-    again = [orjson.loads(x) for p in sorted(alerts_dir.glob("*.jsonl")) for x in p.read_bytes().splitlines()]
+    again = [
+        orjson.loads(x)
+        for p in sorted(alerts_dir.glob("*.jsonl"))
+        for x in p.read_bytes().splitlines()
+    ]
     ids = [a["event_id"] for a in again]
     assert len(ids) == len(set(ids)) and len(again) >= len(first)
     # A restarted monitor knows what was emitted.

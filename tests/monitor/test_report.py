@@ -124,7 +124,9 @@ def test_fairness_alerts_name_the_shifted_group_only(rep: dict[str, Any]) -> Non
     assert all(a["interval"][1] < 0.8 for a in fair if a["rule"] == "four_fifths")
 
 
-def test_gaps_and_traffic_are_reported(rep: dict[str, Any], shifted: tuple[Path, Generated, Path]) -> None:
+def test_gaps_and_traffic_are_reported(
+    rep: dict[str, Any], shifted: tuple[Path, Generated, Path]
+) -> None:
     t = rep["traffic"]
     assert t["decisions"] == 6000
     assert t["gaps"] == {"records": 1, "decisions_missing": 12, "by_reason": {"queue_full": 1}}
@@ -151,8 +153,15 @@ def test_psi_equals_popmon_and_ks_equals_scipy(
             assert abs(got - expected) < 1e-6, (day, f, got, expected)
             idx_ref = np.searchsorted(ref.edges[j], ref_rows[:, j], side="right")
             idx_cur = np.searchsorted(ref.edges[j], cur[:, j], side="right")
-            assert abs(window["drift"]["features"][f]["ks"] - ks_2samp(idx_ref, idx_cur).statistic) < 1e-12
-    psi_alerts = {(a["window"]["start"][:10], a["feature"]) for a in rep["alerts"] if a["rule"] == "psi" and a["window"] != "cumulative"}
+            assert (
+                abs(window["drift"]["features"][f]["ks"] - ks_2samp(idx_ref, idx_cur).statistic)
+                < 1e-12
+            )
+    psi_alerts = {
+        (a["window"]["start"][:10], a["feature"])
+        for a in rep["alerts"]
+        if a["rule"] == "psi" and a["window"] != "cumulative"
+    }
     # Income moved from day 1 on, and the score with it; nothing else did.
     assert {f for _, f in psi_alerts} == {"income", "(score)"}
     assert {d for d, _ in psi_alerts} == {"2026-11-24", "2026-11-25"}
@@ -172,7 +181,11 @@ def test_markdown_and_html_forms(shifted: tuple[Path, Generated, Path]) -> None:
     assert "# Model card" in text and "## Disparities by gender" in text and "four_fifths" in text
     code, html = run_report(root, config, "html", gate=False)
     page = html.read_text()
-    assert code == 0 and page.count("<svg") >= 4 and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert (
+        code == 0
+        and page.count("<svg") >= 4
+        and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    )
 
 
 def test_an_unbiased_period_passes_the_gate(tmp_path: Path) -> None:
@@ -196,13 +209,18 @@ def test_lines_past_the_limit_and_broken_lines_are_counted_not_read(tmp_path: Pa
     write_config(tmp_path / "m.toml", tmp_path / "r.parquet", max_event_bytes=4096)
     code, out = run_report(tmp_path, tmp_path / "m.toml", gate=False)
     rep = orjson.loads(out.read_bytes())
-    assert rep["traffic"]["invalid"] == 3 and rep["traffic"]["decisions"] == 200
+    assert code == 0 and rep["traffic"]["invalid"] == 3 and rep["traffic"]["decisions"] == 200
 
 
-def test_bad_config_and_missing_folder_fail_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_config_and_missing_folder_fail_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[[monitor.alerts]]\nname = "x"\nmetric = "psi"\n')
-    assert main(["monitor", "report", "--config", str(bad), "--events", str(tmp_path), "--out", "-"]) == 2
+    assert (
+        main(["monitor", "report", "--config", str(bad), "--events", str(tmp_path), "--out", "-"])
+        == 2
+    )
     assert "monitor.alerts" in capsys.readouterr().err
     assert main(["monitor", "report", "--events", str(tmp_path / "nope"), "--out", "-"]) == 2
     assert "not a folder" in capsys.readouterr().err
