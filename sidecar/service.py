@@ -26,6 +26,7 @@ from sidecar.dataplane.server import IdleReaper, Limits, serve
 from sidecar.dataplane.upstream import Upstream
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
+from sidecar.monitor.dashboard import create_dashboard_router
 from sidecar.pipeline.explain import ExplainStage, build_explainer
 from sidecar.pipeline.queue import Pipeline
 from sidecar.pipeline.routing import ReviewRouter
@@ -143,7 +144,10 @@ class Service:
                 ("decision_pipeline", self._pipeline_alive),
                 *((name, partial(self._sink_health, name)) for name in self.sink.health()),
             ],
-            routers=[review_api],
+            routers=[
+                review_api,
+                create_dashboard_router(settings, auth.require("auditor", "admin")),
+            ],
             guard=auth.require("auditor", "admin"),
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,

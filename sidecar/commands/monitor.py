@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from kafka.errors import KafkaError
 
 from sidecar.config import ConfigError, Settings, load_settings
 
@@ -26,7 +27,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = p.add_subparsers(dest="monitor_command", metavar="ACTION")
     r = actions.add_parser("report", help="one report over a period: the living model card")
     r.add_argument("--config", help="TOML config file")
-    r.add_argument("--events", required=True, help="the files sink's folder")
+    r.add_argument(
+        "--events", required=True, help="the files sink's folder, or a Kafka bootstrap host:port"
+    )
     r.add_argument("--outcomes", help="outcomes file (CSV, JSON Lines or Parquet)")
     r.add_argument("--format", choices=("json", "md", "html"), default="json")
     r.add_argument("--out", required=True, help="where to write the report ('-': stdout)")
@@ -42,11 +45,6 @@ def _settings(args: argparse.Namespace, name: str) -> Settings | None:
         return None
 
 
-def _folder(source: str) -> Path | None:
-    path = Path(source)
-    return path if path.is_dir() else None
-
-
 def run_report(args: argparse.Namespace) -> int:
     from sidecar.monitor import render
     from sidecar.monitor.runner import report_once
@@ -55,17 +53,10 @@ def run_report(args: argparse.Namespace) -> int:
     settings = _settings(args, " report")
     if settings is None:
         return 2
-    folder = _folder(args.events)
-    if folder is None:
-        print(
-            f"sidecar monitor report: --events {args.events} is not a folder (the files sink's)",
-            file=sys.stderr,
-        )
-        return 2
     try:
         outcomes = list(outcome_rows(Path(args.outcomes))) if args.outcomes else []
-        rep: dict[str, Any] = report_once(settings, folder, outcomes)
-    except (OSError, ValueError) as exc:
+        rep: dict[str, Any] = report_once(settings, args.events, outcomes)
+    except (OSError, ValueError, KafkaError) as exc:
         print(f"sidecar monitor report: {exc}", file=sys.stderr)
         return 2
     if args.format == "json":
@@ -93,18 +84,14 @@ def run_continuous(args: argparse.Namespace) -> int:
     settings = _settings(args, "")
     if settings is None:
         return 2
-    source = settings.monitor.source or str(settings.sink.directory)
-    folder = _folder(source)
-    if folder is None:
-        print(
-            f"sidecar monitor: monitor.source {source} is not a folder; this build follows the"
-            " files sink's folder (read Kafka topics into it, or use `monitor report`)",
-            file=sys.stderr,
-        )
-        return 2
+    source = settings.monitor.source or (
+        settings.kafka.bootstrap_servers
+        if settings.sink.kind == "kafka"
+        else str(settings.sink.directory)
+    )
     try:
-        monitor = Continuous(settings, folder)
-    except (OSError, ValueError) as exc:
+        monitor = Continuous(settings, source)
+    except (OSError, ValueError, KafkaError) as exc:
         print(f"sidecar monitor: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: monitor.stop())

@@ -515,17 +515,15 @@ class MonitorSettings(_Section):
     interval_s: float = Field(default=30.0, gt=0)
     """How often the continuous monitor reads new events, re-evaluates and writes its state."""
     state_dir: Path = Path("var/monitor")
-    """Where the continuous monitor writes its partial state, its latest report and (files source) offsets."""
+    """Where the continuous monitor writes its partial state and its latest report (which the dashboard shows); instances share it."""
     instance: int = Field(default=0, ge=0)
-    """This instance's index among `instances` (files source: each takes the decisions whose id hashes to it)."""
+    """This instance's index among `instances`: it takes the decisions whose id hashes to it (files source), or partitions p with p mod instances = instance (Kafka)."""
     instances: int = Field(default=1, ge=1, le=1024)
-    """Monitor instances sharing the files source; their partial states in `state_dir` merge into one."""
+    """Monitor instances sharing the stream; their partial states in `state_dir` merge into one report."""
     topic_outcomes: str = "sidecar.outcomes"
     """Topic (files sink folder) of outcome events."""
     topic_alerts: str = "sidecar.alerts"
     """Topic (files sink folder) the monitor's alert events go to."""
-    consumer_group: str = "sidecar-monitor"
-    """Kafka consumer group of the continuous monitor."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Port of the continuous monitor's Prometheus /metrics (null: none)."""
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from html import escape
 from typing import Any
 
@@ -154,6 +156,10 @@ STYLE = (
 )
 
 
+# The page's one stylesheet is inline; a Content-Security-Policy admits it by its hash.
+STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+
+
 def chart_blocks(rep: dict[str, Any]) -> list[tuple[str, str]]:
     """(caption, svg) for every chart of the report."""
     out = []
@@ -215,7 +221,7 @@ def chart_blocks(rep: dict[str, Any]) -> list[tuple[str, str]]:
 def html(rep: dict[str, Any], title: str = "Model card") -> str:
     m, gate = rep["model"], rep["gate"]
     parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        '<!doctype html><html lang=en><head><meta charset=utf-8><link rel=icon href="data:,">',
         f"<title>{escape(title)}: {escape(str(m['name']))} {escape(str(m['version']))}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}: {escape(str(m['name']))} {escape(str(m['version']))}</h1>",

@@ -56,7 +56,34 @@ def reference(settings: Settings) -> Reference | None:
     )
 
 
-def new_ingest(settings: Settings, ref: Reference | None) -> Ingest:
+def is_folder(source: str | Path) -> bool:
+    return Path(source).is_dir()
+
+
+def open_source(settings: Settings, source: str | Path, *, shard: bool) -> Any:
+    """A FolderTail or a KafkaTail over the event topics; `shard`: only this instance's share."""
+    m = settings.monitor
+    if is_folder(source):
+        return FolderTail(Path(source), topics(settings), m.max_event_bytes)
+    text = str(source)
+    hosts = [h.strip() for h in text.split(",") if h.strip()]
+    if not hosts or not all(h.rpartition(":")[2].isdigit() for h in hosts):
+        raise ValueError(f"{text} is neither a folder nor a Kafka bootstrap host:port")
+    from sidecar.monitor.kafka_source import KafkaTail
+
+    return KafkaTail(
+        settings.kafka,
+        text,
+        topics(settings),
+        instance=m.instance if shard else 0,
+        instances=m.instances if shard else 1,
+        max_event_bytes=m.max_event_bytes,
+    )
+
+
+def new_ingest(settings: Settings, ref: Reference | None, *, hash_shard: bool = True) -> Ingest:
+    """`hash_shard`: take only the decisions whose id hashes to this instance (files source;
+    a Kafka source is sharded by its partitions instead)."""
     m = settings.monitor
     names = list(settings.model.feature_names) or (ref.feature_names if ref else [])
     if ref is not None and ref.feature_names != names:
@@ -71,8 +98,8 @@ def new_ingest(settings: Settings, ref: Reference | None) -> Ingest:
         favourable_label=settings.model.favourable_label,
         attributes=m.attributes,
         intersections=m.intersections,
-        instance=m.instance,
-        instances=m.instances,
+        instance=m.instance if hash_shard else 0,
+        instances=m.instances if hash_shard else 1,
         max_tracked=m.max_tracked_decisions,
     )
 
@@ -86,13 +113,20 @@ def model_info(settings: Settings, ing: Ingest) -> ModelInfo:
 
 
 def report_once(
-    settings: Settings, folder: Path, outcomes: Iterable[dict[str, Any]] = ()
+    settings: Settings, source: str | Path, outcomes: Iterable[dict[str, Any]] = ()
 ) -> dict[str, Any]:
-    """The report over everything in the files sink's folder (plus outcomes from a file)."""
+    """The report over everything in the files sink's folder or the Kafka topics (plus outcomes from a file)."""
     ref = reference(settings)
-    ing = new_ingest(settings, ref)
-    tail = FolderTail(folder, topics(settings), settings.monitor.max_event_bytes)
-    ing.feed(tail.read())
+    single = settings.model_copy(
+        update={"monitor": settings.monitor.model_copy(update={"instance": 0, "instances": 1})}
+    )
+    ing = new_ingest(single, ref)
+    tail = open_source(single, source, shard=False)
+    try:
+        ing.feed(tail.read())
+    finally:
+        if hasattr(tail, "close"):
+            tail.close()
     ing.feed(outcomes)
     ing.state.traffic["invalid"] += tail.invalid
     return build(
@@ -169,19 +203,29 @@ class FigureCollector:
 class Continuous:
     """`sidecar monitor`: follow the files sink's folder; merge partial states; alert."""
 
-    def __init__(self, settings: Settings, folder: Path) -> None:
+    def __init__(self, settings: Settings, source: str | Path) -> None:
         self.settings = settings
         m = settings.monitor
         self.ref = reference(settings)
-        self.ingest = new_ingest(settings, self.ref)
-        self.tail = FolderTail(folder, topics(settings), m.max_event_bytes)
+        folder = is_folder(source)
+        self.ingest = new_ingest(settings, self.ref, hash_shard=folder)
+        self.tail = open_source(settings, source, shard=True)
         self.state_dir = m.state_dir
         self.partial = m.state_dir / f"partial-{m.instance}-of-{m.instances}.json"
-        self.alerts_out = RotatingFile(folder / m.topic_alerts, 64 * 1024 * 1024, 86_400.0, 48)
+        self.alerts_out: Any
+        if folder:
+            self.alerts_out = RotatingFile(
+                Path(source) / m.topic_alerts, 64 * 1024 * 1024, 86_400.0, 48
+            )
+            self._emitted = self._emitted_before(Path(source) / m.topic_alerts)
+        else:
+            from sidecar.monitor.kafka_source import KafkaAlerts
+
+            self.alerts_out = KafkaAlerts(settings.kafka, str(source), m.topic_alerts)
+            self._emitted = set()  # consumers de-duplicate a re-emitted alert on its event id
         self.collector = FigureCollector()
         self.registry = CollectorRegistry()
         self.registry.register(self.collector)  # type: ignore[arg-type]
-        self._emitted = self._emitted_before(folder / m.topic_alerts)
         self._stop = threading.Event()
         self.report: dict[str, Any] | None = None
 
@@ -261,7 +305,12 @@ class Continuous:
             self._stop.wait(
                 max(0.0, self.settings.monitor.interval_s - (time.monotonic() - started))
             )
+        self.close()
+
+    def close(self) -> None:
         self.alerts_out.close()
+        if hasattr(self.tail, "close"):
+            self.tail.close()
 
     def stop(self) -> None:
         self._stop.set()

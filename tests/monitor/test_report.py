@@ -223,4 +223,4 @@ def test_bad_config_and_missing_folder_fail_naming_them(
     )
     assert "monitor.alerts" in capsys.readouterr().err
     assert main(["monitor", "report", "--events", str(tmp_path / "nope"), "--out", "-"]) == 2
-    assert "not a folder" in capsys.readouterr().err
+    assert "neither a folder nor a Kafka bootstrap" in capsys.readouterr().err
