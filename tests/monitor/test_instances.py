@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.config import load_settings
 from sidecar.monitor.runner import Continuous, report_once
+from tests.eventlib import validate_event
 from tests.monitor.gen import generate
 from tests.monitor.test_report import write_config, write_folder, write_reference
 
@@ -60,6 +61,8 @@ def test_continuous_mode_follows_new_events_and_alerts_once(folder: Path) -> Non
     ]
     assert first and {a["attribute"] for a in first if a["rule"] == "four_fifths"} == {"gender"}
     assert all(a["event_type"] == "alert" and a["window"] != "cumulative" for a in first)
+    for a in first:
+        validate_event(a)
     # More events arrive (a later day); the same firings are not emitted again.
     later = generate(500, seed=22, shift=0.3)
     for ev in later.events:
