@@ -62,7 +62,8 @@ def _outcome(did: str, outcome: str, observed: str, eid: str) -> dict[str, Any]:
 
 
 def _cells(ing: Ingest) -> list[float]:
-    c = ing.state.windows[next(iter(ing.state.windows))].groups[ALL]
+    st = ing.snapshot()
+    c = st.windows[next(iter(st.windows))].groups[ALL]
     return [c[TP], c[FP], c[FN], c[TN]]
 
 
@@ -107,7 +108,8 @@ def test_labels_rule_and_fallbacks() -> None:
             _decision("e/0", prediction={"odd": 1}, probabilities=None),  # unreadable
         ]
     )
-    c = ing.state.windows[next(iter(ing.state.windows))].groups[ALL]
+    st = ing.snapshot()
+    c = st.windows[next(iter(st.windows))].groups[ALL]
     fig = group_figures(c, Options(1, 0.95, tuple(FEATURES)))
     assert fig["count"] == 4 and fig["selection_rate"]["numerator"] == 3
     assert ing.state.traffic["unjudged"] == 1
