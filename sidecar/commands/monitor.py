@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run_continuous)
     actions = p.add_subparsers(dest="monitor_command", metavar="ACTION")
     r = actions.add_parser("report", help="one report over a period: the living model card")
-    r.add_argument("--config", help="TOML config file")
+    # SUPPRESS: `sidecar monitor --config F report ...` keeps F.
+    r.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file")
     r.add_argument(
         "--events", required=True, help="the files sink's folder, or a Kafka bootstrap host:port"
     )

@@ -107,6 +107,7 @@ class Ingest:
         # its decision's one cell, not each of its groups (overall, each attribute, each
         # intersection); `snapshot` adds cells up into groups. A quarter of the work per event.
         self._cells: dict[int, dict[tuple[Key, ...], list[float]]] = {}
+        self._gap_ids: set[Any] = set()
         self._n_features = len(state.feature_names)
         self.class_labels: list[str] = list(class_labels)
         self.favourable_label = favourable_label
@@ -443,6 +444,11 @@ class Ingest:
         # Gap records belong to no decision: one instance counts them.
         if self._instance != 0:
             return
+        eid = ev.get("event_id")
+        if eid in self._gap_ids:  # a replayed record
+            self.state.traffic["duplicates"] += 1
+            return
+        self._gap_ids.add(eid)
         st = self.state
         st.traffic["gap_records"] += 1
         by_kind = ev.get("by_kind")

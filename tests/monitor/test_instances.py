@@ -90,3 +90,33 @@ def test_continuous_mode_follows_new_events_and_alerts_once(folder: Path) -> Non
     text = generate_latest(restarted.registry).decode()
     assert 'sidecar_monitor_alert{attribute="gender"' in text
     assert 'sidecar_monitor_events{kind="decisions"} 4500.0' in text
+
+
+def test_the_command_runs_continuously_until_terminated(folder: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.servers import wait_until
+
+    settings = _settings(folder, interval_s=0.2, source=str(folder / "events"))
+    report = settings.monitor.state_dir / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "monitor", "--config", str(folder / "m.toml")],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(report.is_file, timeout_s=60, what="the monitor's first report", interval_s=0.1)
+        wait_until(
+            lambda: orjson.loads(report.read_bytes())["traffic"]["decisions"] == 4000,
+            timeout_s=30,
+            what="every decision read",
+            interval_s=0.1,
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
