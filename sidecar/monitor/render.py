@@ -44,6 +44,7 @@ GROUP_COLUMNS = (
     ("precision", "precision"),
     ("review_rate", "to review"),
     ("override_rate", "overridden"),
+    ("mean_time_to_decision_s", "review time (s)"),
 )
 
 
@@ -99,11 +100,20 @@ def _tables(rep: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
         )
     imp = (cum["overall"] or {}).get("mean_abs_shap") or {}
     if imp:
+        columns = [
+            (f"{attr}={g}", fig["mean_abs_shap"])
+            for attr, a in cum["attributes"].items()
+            if "&" not in attr
+            for g, fig in a["groups"].items()
+        ]
         out.append(
             (
-                "Feature importance (mean |SHAP|)",
-                ["feature", "overall"],
-                [[f, _fmt(v, 4)] for f, v in sorted(imp.items(), key=lambda fv: -fv[1])],
+                "Feature importance (mean |SHAP|), overall and per group",
+                ["feature", "overall"] + [name for name, _ in columns],
+                [
+                    [f, _fmt(v, 4)] + [_fmt(col.get(f), 4) for _, col in columns]
+                    for f, v in sorted(imp.items(), key=lambda fv: -fv[1])
+                ],
             )
         )
     out.append(
@@ -117,7 +127,7 @@ def _tables(rep: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
                     _fmt(a.get("attribute")),
                     ", ".join(a["groups"]) or _fmt(a.get("feature")),
                     _fmt(a["value"]),
-                    _fmt(a["interval"]),
+                    f"[{a['interval'][0]:.3f}, {a['interval'][1]:.3f}]" if a["interval"] else "-",
                 ]
                 for a in rep["alerts"]
             ],
