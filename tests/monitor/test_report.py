@@ -224,3 +224,32 @@ def test_bad_config_and_missing_folder_fail_naming_them(
     assert "monitor.alerts" in capsys.readouterr().err
     assert main(["monitor", "report", "--events", str(tmp_path / "nope"), "--out", "-"]) == 2
     assert "neither a folder nor a Kafka bootstrap" in capsys.readouterr().err
+
+
+def test_outcomes_from_a_file_join_their_decisions(tmp_path: Path) -> None:
+    data = generate(1500, seed=12, shift=0.3)
+    in_stream = [e for e in data.events if e["event_type"] != "outcome"]
+    write_folder(tmp_path / "events", in_stream)
+    rows = [e for e in data.events if e["event_type"] == "outcome"]
+    csv = tmp_path / "outcomes.csv"
+    csv.write_text(
+        "decision_id,outcome,observed_at\n"
+        + "".join(f"{e['decision_id']},{e['outcome']},{e['observed_at']}\n" for e in rows)
+        + "unknown/0,repaid,2026-12-30T00:00:00Z\n"
+    )
+    write_reference(tmp_path / "r.parquet", generate(500, seed=1))
+    write_config(tmp_path / "m.toml", tmp_path / "r.parquet")
+    out = tmp_path / "r.json"
+    argv = ["monitor", "report", "--config", str(tmp_path / "m.toml")]
+    argv += ["--events", str(tmp_path / "events"), "--outcomes", str(csv), "--out", str(out)]
+    assert main(argv) == 0
+    rep = orjson.loads(out.read_bytes())
+    assert rep["traffic"]["outcomes"] == len(rows)
+    assert rep["traffic"]["waiting_outcome_ids"] == ["unknown/0"]
+    with_all = tmp_path / "all"
+    write_folder(with_all / "events", data.events)
+    argv = ["monitor", "report", "--config", str(tmp_path / "m.toml")]
+    argv += ["--events", str(with_all / "events"), "--out", str(with_all / "r.json")]
+    assert main(argv) == 0
+    same = orjson.loads((with_all / "r.json").read_bytes())
+    assert rep["cumulative"]["attributes"] == same["cumulative"]["attributes"]
