@@ -5,8 +5,9 @@ Stated methods, all closed-form (no scipy at run time):
   behaves at small n and at rates near 0 or 1, unlike the normal approximation;
 - a difference of two independent rates: Newcombe's hybrid score interval
   (Newcombe 1998, method 10), built from the two Wilson intervals;
-- a ratio of two independent rates: the Katz log interval (Katz et al. 1978),
-  undefined when either rate has no successes.
+- a ratio of two independent rates: the Katz log interval (Katz et al. 1978), with
+  0.5 added to each cell of the 2x2 table when a count is zero (Haldane-Anscombe), so a
+  group with no favourable prediction at all still gets an interval an alert can read.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def newcombe(k1: float, n1: float, k2: float, n2: float, z: float) -> Interval |
 
 
 def katz_ratio(k1: float, n1: float, k2: float, n2: float, z: float) -> Interval | None:
-    """Katz log interval of p1 / p2 (None when either has no successes)."""
-    if k1 <= 0 or k2 <= 0 or n1 <= 0 or n2 <= 0:
+    """Katz log interval of p1 / p2 (None when a group is empty)."""
+    if n1 <= 0 or n2 <= 0:
         return None
+    if k1 == 0 or k2 == 0 or k1 == n1 or k2 == n2:
+        k1, n1, k2, n2 = k1 + 0.5, n1 + 1.0, k2 + 0.5, n2 + 1.0
     p1, p2 = k1 / n1, k2 / n2
     se = math.sqrt(max((1.0 - p1) / k1 + (1.0 - p2) / k2, 0.0))
     centre = math.log(p1 / p2)

@@ -26,7 +26,12 @@ def test_intervals_match_published_examples() -> None:
     lo, hi = katz_ratio(10, 100, 20, 100, Z)  # type: ignore[misc]
     assert lo == pytest.approx(0.5 * 2.718281828459045 ** (-Z * (0.9 / 10 + 0.8 / 20) ** 0.5))
     assert hi == pytest.approx(0.5 * 2.718281828459045 ** (Z * (0.9 / 10 + 0.8 / 20) ** 0.5))
-    assert katz_ratio(0, 10, 5, 10, Z) is None and wilson(0, 0, Z) is None
+    # A zero count: 0.5 added to each cell, so the interval exists and lies low.
+    lo, hi = katz_ratio(0, 40, 20, 40, Z)  # type: ignore[misc]
+    p1, p2 = 0.5 / 41, 20.5 / 41
+    se = ((1 - p1) / 0.5 + (1 - p2) / 20.5) ** 0.5
+    assert hi == pytest.approx(p1 / p2 * 2.718281828459045 ** (Z * se)) and hi < 0.8
+    assert katz_ratio(0, 0, 5, 10, Z) is None and wilson(0, 0, Z) is None
 
 
 def _ingest(**kw: Any) -> Ingest:
