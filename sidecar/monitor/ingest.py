@@ -261,6 +261,12 @@ class Ingest:
             self.class_labels = list(ev["class_labels"])
         if ev.get("favourable_label") and self.favourable_label is None:
             self.favourable_label = ev["favourable_label"]
+        if not st.feature_names and not self._cells:
+            # No names configured: the stream's first decision names the features (for SHAP).
+            names = ev.get("feature_names")
+            if isinstance(names, list) and all(isinstance(n, str) for n in names):
+                st.feature_names = list(names)
+                self._n_features = len(names)
         rule = ev.get("decision_rule")
         rule_kind = rule.get("kind", "?") if isinstance(rule, dict) else "argmax"
         st.decision_rules[rule_kind] = st.decision_rules.get(rule_kind, 0) + 1

@@ -150,7 +150,11 @@ class State:
 
     def merge(self, other: State) -> None:
         if other.feature_names != self.feature_names or other.edges != self.edges:
-            raise ValueError("cannot merge states over different features or bin edges")
+            # A state that has seen no decision yet has no names of its own to disagree with.
+            if not self.windows and not self.feature_names:
+                self.feature_names, self.edges = list(other.feature_names), list(other.edges)
+            elif other.windows or other.feature_names:
+                raise ValueError("cannot merge states over different features or bin edges")
         for start, w in other.windows.items():
             self.window(start).merge(w)
         for table, theirs in (
