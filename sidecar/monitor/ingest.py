@@ -105,7 +105,9 @@ class Ingest:
         self._key_cache: dict[tuple[tuple[str, Any], ...], tuple[Key, ...]] = {}
         # Counts per (window, cell): a cell is one combination of group keys. An event updates
         # its decision's one cell, not each of its groups (overall, each attribute, each
-        # intersection); `snapshot` adds cells up into groups. A quarter of the work per event.
+        # intersection), and a remembered decision holds its cell, so a late outcome needs no
+        # look-up; `snapshot` adds cells up into groups. (An alternating A/B on the busy
+        # machine showed no difference in events/s either way: parsing dominates.)
         self._cells: dict[int, dict[tuple[Key, ...], list[float]]] = {}
         self._gap_ids: set[Any] = set()
         self._n_features = len(state.feature_names)
