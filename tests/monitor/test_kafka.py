@@ -151,3 +151,105 @@ def test_kafka_report_two_instances_and_alerts(
     fair = [a for a in alerts if a["rule"] == "four_fifths"]
     assert fair and {a["attribute"] for a in fair} == {"gender"}
     assert all(a["groups"][0] == "C" for a in fair)
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[str]:
+    from sidecar.demo.process import ModelServerProcess
+
+    with ModelServerProcess() as server:
+        yield server.url
+
+
+def test_the_demo_model_through_the_sidecar_and_kafka(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    topics: dict[str, str],
+    model_server: str,
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from sidecar.demo.data import generate as demo_rows
+    from sidecar.demo.model import model_settings
+    from sidecar.sinks.events import event_id, rfc3339
+    from tests.integration.test_service_e2e import _post, _v2
+    from tests.servers import running_sidecar, wait_until
+
+    model = model_settings()
+    kafka = {
+        "bootstrap_servers": kafka_broker.bootstrap,
+        "linger_ms": 2,
+        "topic_decisions": topics["decision"],
+        "topic_explanations": topics["explanation"],
+        "topic_reviews": topics["review"],
+        "topic_gaps": topics["gap"],
+    }
+    data = demo_rows(200, seed=17)
+    with running_sidecar(
+        model_server,
+        model=model,
+        sink={"kind": "kafka"},
+        kafka=kafka,
+        spool={"directory": str(tmp_path / "spool"), "fsync": "never"},
+        sampling={"rate": 0.5},
+    ) as svc:
+        for i in range(0, 200, 4):
+            rows = [
+                [None if np.isnan(v) else float(v) for v in data.features[j]]
+                for j in range(i, i + 4)
+            ]
+            gender = "F" if (i // 4) % 2 else "M"
+            r = _post(
+                svc,
+                "/v2/models/credit/infer",
+                _v2(rows),
+                {"x-group-attributes": f"gender={gender}"},
+            )
+            assert r.status == 200
+        assert svc.pipeline.drain(10)
+        assert svc.explain_stage is not None and svc.explain_stage.drain(30)
+        settings = load_settings(
+            environ={},
+            overrides={
+                "model": model,
+                "kafka": kafka,
+                "monitor": {"min_group_size": 20, "topic_outcomes": topics["outcome"]},
+            },
+        )
+        wait_until(
+            lambda: report_once(settings, kafka_broker.bootstrap)["traffic"]["decisions"] == 200,
+            timeout_s=60,
+            what="200 decisions in Kafka",
+            interval_s=0.5,
+        )
+    # Ground truth a month later, keyed by decision id as every event is.
+    decisions = report_once(settings, kafka_broker.bootstrap)
+    consumer = KafkaConsumer(
+        topics["decision"],
+        bootstrap_servers=kafka_broker.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    ids = sorted(orjson.loads(m.value)["decision_id"] for m in consumer)
+    consumer.close()
+    assert len(ids) == 200 and decisions["traffic"]["explanations"] > 0
+    labels = model["class_labels"]
+    outcomes = [
+        {
+            "event_type": "outcome",
+            "event_id": event_id(did, "outcome"),
+            "decision_id": did,
+            "outcome": labels[k % 2],
+            "observed_at": rfc3339(1_800_000_000.0 + 30 * 86_400),
+            "source": "test",
+        }
+        for k, did in enumerate(ids[::2])
+    ]
+    _publish(settings, topics, outcomes)
+    rep = report_once(settings, kafka_broker.bootstrap)
+    t = rep["traffic"]
+    assert t["decisions"] == 200 and t["outcomes"] == 100 and t["waiting"]["outcomes"] == 0
+    groups = rep["cumulative"]["attributes"]["gender"]["groups"]
+    assert groups["F"]["count"] == groups["M"]["count"] == 100
+    assert groups["F"]["outcomes"] + groups["M"]["outcomes"] == 100
+    assert groups["F"]["true_positive_rate"]["denominator"] > 0
