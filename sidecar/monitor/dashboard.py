@@ -9,9 +9,11 @@ so the routes take the roles that see them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sidecar.config import Settings
 from sidecar.monitor import render
 
+log = logging.getLogger("sidecar.monitor.dashboard")
 NO_CACHE = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 PAGE_HEADERS = {
     **NO_CACHE,
@@ -42,12 +45,17 @@ class LatestReport:
         self._lock = threading.Lock()
         self._at = -float("inf")
         self._report: dict[str, Any] | None = None
+        self.error: str | None = None
 
     def get(self) -> dict[str, Any] | None:
         with self._lock:
             now = time.monotonic()
             if now - self._at >= self._settings.monitor.interval_s:
-                self._report = self._load()
+                try:
+                    self._report, self.error = self._load(), None
+                except (OSError, ValueError) as exc:  # a bad reference file, a torn state file
+                    log.warning("monitor dashboard: %s", exc)
+                    self._report, self.error = None, str(exc)
                 self._at = now
             return self._report
 
@@ -75,8 +83,13 @@ def create_dashboard_router(settings: Settings, guard: Callable[..., Any]) -> AP
         if rep is None or not rep["windows"]:
             body = (
                 "<!doctype html><html lang=en><head><meta charset=utf-8><title>Monitor</title>"
-                "</head><body><h1>Monitor</h1><p id=empty>No decisions in the stream yet.</p>"
-                "</body></html>"
+                "</head><body><h1>Monitor</h1><p id=empty>"
+                + (
+                    f"The figures cannot be computed: {escape(latest.error)}"
+                    if latest.error
+                    else "No decisions in the stream yet."
+                )
+                + "</p></body></html>"
             )
         else:
             body = render.html(rep, title="Monitor")

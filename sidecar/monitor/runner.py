@@ -48,12 +48,16 @@ def topics(settings: Settings) -> dict[str, str]:
 
 
 def reference(settings: Settings) -> Reference | None:
+    key = "monitor.reference" if settings.monitor.reference else "model.background"
     path = settings.monitor.reference or settings.model.background
     if path is None:
         return None
-    return load_reference(
-        Path(path), list(settings.model.feature_names), settings.monitor.drift_bins
-    )
+    try:
+        return load_reference(
+            Path(path), list(settings.model.feature_names), settings.monitor.drift_bins
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"config key '{key}': cannot read the drift reference: {exc}") from None
 
 
 def is_folder(source: str | Path) -> bool:

@@ -17,13 +17,13 @@ from tests.monitor.test_report import write_folder
 AUDITOR, REVIEWER = "auditor-token-0123456789abcdef", "reviewer-token-0123456789abcdef"
 
 
-def _client(tmp_path: Path) -> TestClient:
+def _client(tmp_path: Path, **monitor: str) -> TestClient:
     settings = load_settings(
         environ={},
         overrides={
             "sink": {"directory": str(tmp_path / "events")},
             "model": {"class_labels": ["default", "repaid"], "favourable_label": "repaid"},
-            "monitor": {"state_dir": str(tmp_path / "monitor"), "interval_s": 0.001},
+            "monitor": {"state_dir": str(tmp_path / "monitor"), "interval_s": 0.001, **monitor},
             "auth": {
                 "tokens": {
                     AUDITOR: {"name": "ann", "role": "auditor"},
@@ -66,3 +66,11 @@ def test_roles_empty_state_and_policy(tmp_path: Path) -> None:
         "debt_ratio",
         "zip_risk",
     }
+
+
+def test_a_bad_reference_is_told_on_the_page_not_a_500(tmp_path: Path) -> None:
+    client = _client(tmp_path, reference=str(tmp_path / "gone.parquet"))
+    write_folder(tmp_path / "events", generate(100, seed=5).events)
+    page = client.get("/monitor", headers={"authorization": f"Bearer {AUDITOR}"})
+    assert page.status_code == 200
+    assert "cannot be computed" in page.text and "monitor.reference" in page.text

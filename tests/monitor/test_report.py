@@ -253,3 +253,23 @@ def test_outcomes_from_a_file_join_their_decisions(tmp_path: Path) -> None:
     assert main(argv) == 0
     same = orjson.loads((with_all / "r.json").read_bytes())
     assert rep["cumulative"]["attributes"] == same["cumulative"]["attributes"]
+
+
+def test_a_bad_window_or_reference_fails_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "events").mkdir()
+    bad = tmp_path / "w.toml"
+    bad.write_text('[monitor]\nwindow = "3x"\n')
+    argv = ["monitor", "report", "--events", str(tmp_path / "events"), "--out", "-"]
+    assert main([*argv, "--config", str(bad)]) == 2
+    assert "monitor.window" in capsys.readouterr().err
+    missing = tmp_path / "r.toml"
+    missing.write_text(f'[monitor]\nreference = "{tmp_path / "nope.parquet"}"\n')
+    assert main([*argv, "--config", str(missing)]) == 2
+    assert "config key 'monitor.reference'" in capsys.readouterr().err
+    notareport = tmp_path / "x.json"
+    notareport.write_text("{}")
+    missing.write_text(f'[monitor]\nreference = "{notareport}"\n')
+    assert main([*argv, "--config", str(missing)]) == 2
+    assert "not a monitor report" in capsys.readouterr().err
