@@ -98,9 +98,10 @@ def test_the_command_runs_continuously_until_terminated(folder: Path) -> None:
     import subprocess
     import sys
 
-    from tests.servers import wait_until
+    from tests.servers import free_port, http_get, wait_until
 
-    settings = _settings(folder, interval_s=0.2, source=str(folder / "events"))
+    port = free_port()
+    settings = _settings(folder, interval_s=0.2, source=str(folder / "events"), metrics_port=port)
     report = settings.monitor.state_dir / "report.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar.cli", "monitor", "--config", str(folder / "m.toml")],
@@ -116,6 +117,12 @@ def test_the_command_runs_continuously_until_terminated(folder: Path) -> None:
             what="every decision read",
             interval_s=0.1,
         )
+        # Prometheus scrapes the figures and the open alerts.
+        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        text = body.decode()
+        assert status == 200 and 'sidecar_monitor_events{kind="decisions"} 4000.0' in text
+        assert 'sidecar_monitor_alert{attribute="gender"' in text
+        assert 'sidecar_monitor_figure{attribute="gender",bound="lower",group="C"' in text
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
