@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("serve", "demo", "explain", "audit", "config", "outcomes", "hub")
+COMMANDS = ("serve", "demo", "explain", "audit", "config", "outcomes", "hub", "monitor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ from sidecar.dataplane.server import IdleReaper, Limits, serve
 from sidecar.dataplane.upstream import Upstream
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
+from sidecar.monitor.dashboard import create_dashboard_router
 from sidecar.outcomes.api import create_outcomes_router
 from sidecar.outcomes.known import KnownDecisions
 from sidecar.outcomes.rules import OutcomeRules
@@ -210,7 +211,12 @@ class Service:
                 *([("grpc_upstream", self.grpc.ready)] if self.grpc is not None else []),
             ],
             # People first: the review router's /decisions/{id}/{row} would take their paths.
-            routers=[people_api, review_api, outcomes_api],
+            routers=[
+                people_api,
+                review_api,
+                outcomes_api,
+                create_dashboard_router(settings, auth.require("auditor", "admin")),
+            ],
             guard=auth.require("auditor", "admin"),
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,

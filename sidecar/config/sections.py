@@ -595,3 +595,116 @@ class HubSettings(_Section):
         if v is not None and not v.get_secret_value().startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return v
+
+
+MONITOR_METRICS = (
+    "selection_rate",
+    "true_positive_rate",
+    "false_positive_rate",
+    "accuracy",
+    "precision",
+    "override_rate",
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equalized_odds_difference",
+    "equal_opportunity_difference",
+    "psi",
+    "ks",
+    "top_features",
+)
+
+
+def _seconds(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value, unit = text[:-1], text[-1:]
+    if unit not in units or not value.isdigit() or int(value) <= 0:
+        raise ValueError(f"{text!r} is not a duration like 15m, 1h, 1d or 1w")
+    return int(value) * units[unit]
+
+
+class MonitorSettings(_Section):
+    """`sidecar monitor`: per-group fairness, error rates, drift and alerts over the event stream."""
+
+    class Rule(_Section):
+        name: str = Field(min_length=1, max_length=128)
+        """The rule's name, carried by its alerts."""
+        metric: str
+        """A per-group or per-feature figure of the report: one of MONITOR_METRICS."""
+        above: float | None = None
+        """Fire when the figure is above this."""
+        below: float | None = None
+        """Fire when the figure is below this."""
+        use: Literal["value", "interval"] = "value"
+        """value: the point figure passes the threshold; interval: its whole confidence interval does."""
+        k: int = Field(default=3, ge=1, le=50)
+        """top_features: how many features by mean |SHAP| must match the reference's."""
+        gate: bool = True
+        """A firing on the whole period fails `sidecar monitor report --gate`."""
+
+        @model_validator(mode="after")
+        def _check_rule(self) -> MonitorSettings.Rule:
+            if self.metric not in MONITOR_METRICS:
+                raise ValueError(
+                    f"metric {self.metric!r} is not one of {', '.join(MONITOR_METRICS)}"
+                )
+            if self.metric != "top_features" and (self.above is None) == (self.below is None):
+                raise ValueError(f"rule {self.name!r}: give exactly one of above, below")
+            return self
+
+    source: str | None = None
+    """Where events are read: the files sink's folder, or a Kafka bootstrap `host:port` (default: `sink.directory`, or `kafka.bootstrap_servers` when `sink.kind` = kafka)."""
+    window: str = "1d"
+    """Tumbling event-time window (15m, 1h, 1d, 1w); figures are kept per window and for the whole period."""
+    min_group_size: int = Field(default=30, ge=1)
+    """A rate whose denominator is below this is reported as insufficient, not computed."""
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    """Confidence level of the intervals (Wilson, Newcombe, Katz)."""
+    attributes: list[str] = []
+    """Group attributes to monitor (empty: every attribute the decisions carry)."""
+    intersections: list[list[str]] = []
+    """Attribute combinations monitored as one (e.g. [["gender", "age_band"]])."""
+    reference: Path | None = None
+    """Drift reference: an earlier report's JSON (approved), or Parquet/CSV rows of features (default: `model.background`)."""
+    drift_against: Literal["reference", "first_window"] = "reference"
+    """Compare each window with the reference, or with the period's first window (bins still from the reference)."""
+    drift_bins: int = Field(default=10, ge=2, le=100)
+    """Bins per feature (quantiles of the reference rows) for PSI and KS."""
+    alerts: list[Rule] = []
+    """Alert rules: tables of name, metric, above or below, use, k, gate (see the README's Monitor section)."""
+    interval_s: float = Field(default=30.0, gt=0)
+    """How often the continuous monitor reads new events, re-evaluates and writes its state."""
+    state_dir: Path = Path("var/monitor")
+    """Where the continuous monitor writes its partial state and its latest report (which the dashboard shows); instances share it."""
+    instance: int = Field(default=0, ge=0)
+    """This instance's index among `instances`: it takes the decisions whose id hashes to it (files source), or partitions p with p mod instances = instance (Kafka)."""
+    instances: int = Field(default=1, ge=1, le=1024)
+    """Monitor instances sharing the stream; their partial states in `state_dir` merge into one report."""
+    topic_outcomes: str = "sidecar.outcomes"
+    """Topic (files sink folder) of outcome events."""
+    topic_alerts: str = "sidecar.alerts"
+    """Topic (files sink folder) the monitor's alert events go to."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the continuous monitor's Prometheus /metrics (null: none)."""
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Event lines longer than this are skipped and counted as invalid."""
+    max_tracked_decisions: int = Field(default=2_000_000, ge=1000)
+    """Decisions remembered for joining late outcomes, reviews and explanations; past it the oldest are forgotten (their late events are counted as unmatched)."""
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, v: str) -> str:
+        _seconds(v)
+        return v
+
+    @property
+    def window_s(self) -> int:
+        return _seconds(self.window)
+
+    @model_validator(mode="after")
+    def _check_instances(self) -> MonitorSettings:
+        if self.instance >= self.instances:
+            raise ValueError(f"instance {self.instance} must be below instances {self.instances}")
+        for combo in self.intersections:
+            if len(combo) < 2 or len(set(combo)) != len(combo):
+                raise ValueError(f"intersection {combo} must name two or more distinct attributes")
+        return self

@@ -29,6 +29,7 @@ from sidecar.config.sections import (
     HubSettings,
     KafkaSettings,
     ModelSettings,
+    MonitorSettings,
     OutcomeSettings,
     ProxySettings,
     ReasonSettings,
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
     recourse: RecourseSettings = Field(default_factory=RecourseSettings)
     contest: ContestSettings = Field(default_factory=ContestSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     def __init__(self, **values: Any) -> None:
         # load_settings lays the sources itself (the file, then EnvironSource over it), so
