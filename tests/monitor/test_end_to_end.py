@@ -5,10 +5,12 @@ arriving late, `sidecar monitor report` over the folder, and the dashboard in he
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -18,14 +20,14 @@ from sidecar.cli import main
 from sidecar.demo.data import generate as demo_rows
 from sidecar.demo.model import model_settings
 from sidecar.demo.process import ModelServerProcess
-from sidecar.sinks.events import event_id, rfc3339
-from sidecar.sinks.files import RotatingFile
+from sidecar.sinks.events import rfc3339
 from tests.integration.test_service_e2e import _post, _v2
 from tests.monitor.test_events_e2e_helpers import events_of
 from tests.review.test_console_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 from tests.servers import http_get, running_sidecar
 
 AUDITOR = "monitor-auditor-token-0123456789"
+WRITER = "monitor-outcome-writer-token-0123"
 DAY = 86_400
 
 
@@ -40,7 +42,12 @@ def test_traffic_outcomes_report_and_dashboard(model_server: str, tmp_path: Path
     sections: dict[str, Any] = {
         "model": model,
         "sampling": {"rate": 0.5},
-        "auth": {"tokens": {AUDITOR: {"name": "ann", "role": "auditor"}}},
+        "auth": {
+            "tokens": {
+                AUDITOR: {"name": "ann", "role": "auditor"},
+                WRITER: {"name": "lender", "role": "outcome_writer"},
+            }
+        },
         "monitor": {
             "min_group_size": 20,
             "state_dir": str(tmp_path / "monitor"),
@@ -67,25 +74,29 @@ def test_traffic_outcomes_report_and_dashboard(model_server: str, tmp_path: Path
         folder = Path(svc.settings.sink.directory)
         decisions = events_of(folder, "sidecar.decisions")
         assert len(decisions) == 400
-        # Ground truth learned a month later, written as the outcomes writer does.
+        # Ground truth learned a month later, posted as a lender's system would.
         labels = model["class_labels"]
-        out = RotatingFile(folder / "sidecar.outcomes", 1 << 30, 3600.0, 10)
         truth = {}
+        items = []
         for k, d in enumerate(decisions[::2]):
             label = labels[k % 2]
             truth[d["decision_id"]] = label
-            body = {
-                "event_type": "outcome",
-                "event_id": event_id(d["decision_id"], "outcome"),
-                "decision_id": d["decision_id"],
-                "outcome": label,
-                "observed_at": rfc3339(1_800_000_000.0 + 30 * DAY),
-                "received_at": rfc3339(1_800_000_000.0 + 30 * DAY),
-                "source": "test",
-                "decision_known": True,
-            }
-            out.write(orjson.dumps(body) + b"\n")
-        out.close()
+            items.append(
+                {
+                    "decision_id": d["decision_id"],
+                    "outcome": label,
+                    "observed_at": rfc3339(time.time() + 30 * DAY),
+                }
+            )
+        posted = httpx.post(
+            f"{svc.control_url}/outcomes",
+            json={"outcomes": items},
+            headers={"authorization": f"Bearer {WRITER}"},
+            timeout=30,
+        )
+        assert posted.status_code == 200, posted.text
+        assert svc.pipeline.drain(10)
+        assert len(events_of(folder, "sidecar.outcomes")) == 200
 
         config = tmp_path / "monitor.toml"
         config.write_text(
