@@ -149,3 +149,15 @@ def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def read_until(s: socket.socket, ending: bytes) -> bytes:
+    """Read until what came ends with `ending` (a pass-through answer's head and body may
+    come in separate segments), or the connection closes."""
+    out = b""
+    while not out.endswith(ending):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from tests.servers import RecordingUpstream, running_sidecar
+from tests.servers import RecordingUpstream, read_until, running_sidecar
 
 V2 = b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}'
 V2_OUT = b'{"outputs":[{"name":"probabilities","shape":[1,2],"datatype":"FP32","data":[0.4,0.6]}]}'
@@ -150,7 +150,7 @@ def test_idle_keep_alive_connections_are_closed(upstream: RecordingUpstream) -> 
     with running_sidecar(upstream.url, proxy={"idle_timeout_s": 0.4}) as svc:
         s = _sock(svc.proxy_url)
         s.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
-        first = s.recv(65536)
+        first = read_until(s, b"hi")
         assert first.endswith(b"hi")
         s.settimeout(5)
         t0 = time.monotonic()
