@@ -11,22 +11,21 @@ records) commits.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sidecar.hub.db import Conn
 from sidecar.hub.schema import AUDIT_LOCK
 from sidecar.review.audit import (
+    AUDIT_COLUMNS,
     GENESIS,
     AuditRecord,
     VerifyResult,
     canonical,
     canonical_data,
     chain_hash,
+    record_of_row,
     verify_rows,
 )
-
-_COLUMNS = "seq, time, item_id, decision_id, action, actor, data, prev_hash, hash"
 
 
 def lock(conn: Conn) -> None:
@@ -54,24 +53,10 @@ def append(
     data_json = canonical_data(data)
     digest = chain_hash(prev_hash, canonical(seq, time, item_id, item_id, action, actor, data_json))
     conn.execute(
-        f"INSERT INTO audit ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (seq, time, item_id, item_id, action, actor, data_json, prev_hash, digest),
     )
     return AuditRecord(seq, time, item_id, item_id, action, actor, data, prev_hash, digest)
-
-
-def _record(row: tuple[Any, ...]) -> AuditRecord:
-    return AuditRecord(
-        int(row[0]),
-        float(row[1]),
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        json.loads(row[6]),
-        row[7],
-        row[8],
-    )
 
 
 def records(
@@ -79,19 +64,20 @@ def records(
 ) -> list[AuditRecord]:
     if item_id is None:
         cur = conn.execute(
-            f"SELECT {_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (after, limit)
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after, limit),
         )
     else:
         cur = conn.execute(
-            f"SELECT {_COLUMNS} FROM audit WHERE item_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE item_id = %s AND seq > %s ORDER BY seq LIMIT %s",
             (item_id, after, limit),
         )
-    return [_record(r) for r in cur.fetchall()]
+    return [record_of_row(r) for r in cur.fetchall()]
 
 
 def verify(conn: Conn, expected_head: str | None = None) -> VerifyResult:
     """Walk the whole chain from genesis (streamed: a server-side cursor, not one big fetch)."""
     with conn.transaction(), conn.cursor(name="audit_verify") as cur:
         cur.itersize = 10_000
-        cur.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq")
+        cur.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
         return verify_rows(cur, expected_head)

@@ -34,17 +34,16 @@ from sidecar.metrics import Registry
 from sidecar.review import audit
 from sidecar.review.event_body import SYSTEM_ACTOR
 from sidecar.review.model import (
-    CONTESTS_NOT_IN_FLEET,
     STATUSES,
     Action,
     Conflict,
-    Contest,
     Forbidden,
+    NoContests,
     NotFound,
     ReviewError,
     ReviewItem,
-    ReviewStore,
     Status,
+    decidable,
     normalise_item_id,
 )
 
@@ -110,28 +109,8 @@ def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> i
     return new
 
 
-class HubReviewStore(ReviewStore):
+class HubReviewStore(NoContests):
     """`ReviewStore` over the hub's database, shared by every hub."""
-
-    # Contests in fleet mode would need the statement and corrected values carried to the
-    # hub in the review event and a contests table there; until then they are refused
-    # (409, naming the setting) before anything is scored.
-    takes_contests = False
-
-    def get_contest(self, item_id: str) -> Contest | None:
-        return None
-
-    def contest(
-        self,
-        decision: dict[str, Any],
-        *,
-        actor: str,
-        statement: str,
-        corrected: dict[str, Any] | None,
-        rescore: dict[str, Any] | None,
-        reasons: dict[str, Any] | None,
-    ) -> tuple[Contest, bool]:
-        raise Conflict(CONTESTS_NOT_IN_FLEET)
 
     def __init__(
         self,
@@ -338,16 +317,7 @@ class HubReviewStore(ReviewStore):
         with self._write() as conn:
             item = self._current(conn, item_id, now)
             self._refuse_decided(item)
-            if item.status == "pending":
-                self._conflicts.inc()
-                raise Conflict(
-                    f"item {item_id} is not claimed (or the lease expired); claim it first"
-                )
-            if item.claimed_by != reviewer:
-                raise Forbidden(
-                    f"item {item_id} is claimed by someone else; a reviewer decides only what they claimed"
-                )
-            final = item.decision.get("prediction") if action == "approve" else outcome
+            final = decidable(item, reviewer, action, outcome, self._conflicts)
             conn.execute(
                 "UPDATE review_items SET status = 'decided', action = %s, outcome = %s,"
                 " decided_reason = %s, decided_by = %s, decided_at = %s, lease_expires = NULL"

@@ -116,10 +116,11 @@ def append(
     return AuditRecord(seq, time, item_id, decision_id, action, actor, data, prev_hash, digest)
 
 
-_COLUMNS = "seq, time, item_id, decision_id, action, actor, data, prev_hash, hash"
+AUDIT_COLUMNS = "seq, time, item_id, decision_id, action, actor, data, prev_hash, hash"
 
 
-def _record(row: tuple[Any, ...]) -> AuditRecord:
+def record_of_row(row: tuple[Any, ...]) -> AuditRecord:
+    """An AuditRecord from a row selected as `AUDIT_COLUMNS` (SQLite here, PostgreSQL at the hub)."""
     return AuditRecord(
         int(row[0]),
         float(row[1]),
@@ -138,14 +139,14 @@ def records(
 ) -> list[AuditRecord]:
     if item_id is None:
         cur = conn.execute(
-            f"SELECT {_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         )
     else:
         cur = conn.execute(
-            f"SELECT {_COLUMNS} FROM audit WHERE item_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE item_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (item_id, after, limit),
         )
-    return [_record(r) for r in cur.fetchall()]
+    return [record_of_row(r) for r in cur.fetchall()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,7 @@ class VerifyResult:
 def _raw_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
     # seq is the rowid, so this is stored order; seq is inside each hash, so a record moved
     # to another seq no longer matches its hash.
-    yield from conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq")
+    yield from conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
 
 
 def verify_rows(rows: Iterable[tuple[Any, ...]], expected_head: str | None = None) -> VerifyResult:

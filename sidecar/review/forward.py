@@ -18,14 +18,11 @@ from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 from sidecar.review import audit
 from sidecar.review.model import (
-    CONTESTS_NOT_IN_FLEET,
     Action,
-    Conflict,
-    Contest,
+    NoContests,
     NotFound,
     ReviewError,
     ReviewItem,
-    ReviewStore,
     Status,
 )
 from sidecar.sinks import events
@@ -36,28 +33,8 @@ log = logging.getLogger("sidecar.review")
 _AT_HUB = "review.store = hub: this decision is reviewed at the fleet hub, not on this sidecar"
 
 
-class HubForwardingStore(ReviewStore):
+class HubForwardingStore(NoContests):
     """A `ReviewStore` that only emits review-requested events for the hub."""
-
-    # Contests in fleet mode would need the statement and corrected values carried to the
-    # hub in the review event and a contests table there; until then they are refused
-    # (409, naming the setting) before anything is scored.
-    takes_contests = False
-
-    def get_contest(self, item_id: str) -> Contest | None:
-        return None
-
-    def contest(
-        self,
-        decision: dict[str, Any],
-        *,
-        actor: str,
-        statement: str,
-        corrected: dict[str, Any] | None,
-        rescore: dict[str, Any] | None,
-        reasons: dict[str, Any] | None,
-    ) -> tuple[Contest, bool]:
-        raise Conflict(CONTESTS_NOT_IN_FLEET)
 
     def __init__(self, *, sink: EventSink, registry: Registry) -> None:
         self._sink = sink

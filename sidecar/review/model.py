@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sidecar.decisions import DECISION_FIELDS, Decision, field_values, split_decision_id
+from sidecar.metrics import Counter
 from sidecar.review import audit
 
 Status = Literal["pending", "claimed", "decided"]
@@ -223,3 +224,42 @@ def normalise_item_id(item_id: str) -> str:
     """`R` and `R/0` name the same item."""
     rid, row = split_decision_id(item_id)
     return f"{rid}/{row}"
+
+
+class NoContests(ReviewStore):
+    """For the fleet stores: contests would need the statement and corrected values carried
+    to the hub in the review event and a contests table there; until then they are refused
+    (409, naming the setting) before anything is scored."""
+
+    takes_contests = False
+
+    def get_contest(self, item_id: str) -> Contest | None:
+        return None
+
+    def contest(
+        self,
+        decision: dict[str, Any],
+        *,
+        actor: str,
+        statement: str,
+        corrected: dict[str, Any] | None,
+        rescore: dict[str, Any] | None,
+        reasons: dict[str, Any] | None,
+    ) -> tuple[Contest, bool]:
+        raise Conflict(CONTESTS_NOT_IN_FLEET)
+
+
+def decidable(
+    item: ReviewItem, reviewer: str, action: Action, outcome: Any, conflicts: Counter
+) -> Any:
+    """The final outcome if `reviewer` may decide `item` now (every store's rule); raises otherwise.
+
+    Approving keeps the model's answer as the final outcome."""
+    if item.status == "pending":
+        conflicts.inc()
+        raise Conflict(f"item {item.item_id} is not claimed (or the lease expired); claim it first")
+    if item.claimed_by != reviewer:
+        raise Forbidden(
+            f"item {item.item_id} is claimed by someone else; a reviewer decides only what they claimed"
+        )
+    return item.decision.get("prediction") if action == "approve" else outcome

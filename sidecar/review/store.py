@@ -34,6 +34,7 @@ from sidecar.review.model import (
     ReviewItem,
     ReviewStore,
     Status,
+    decidable,
     decision_to_dict,
     normalise_item_id,
 )
@@ -457,17 +458,7 @@ class SqliteReviewStore(ReviewStore):
         with self._write() as (conn, appended):
             item = self._current(conn, appended, item_id, now)
             self._refuse_decided(item)
-            if item.status == "pending":
-                self._conflicts.inc()
-                raise Conflict(
-                    f"item {item_id} is not claimed (or the lease expired); claim it first"
-                )
-            if item.claimed_by != reviewer:
-                raise Forbidden(
-                    f"item {item_id} is claimed by someone else; a reviewer decides only what they claimed"
-                )
-            # Approving keeps the model's answer as the final outcome.
-            final = item.decision.get("prediction") if action == "approve" else outcome
+            final = decidable(item, reviewer, action, outcome, self._conflicts)
             conn.execute(
                 "UPDATE items SET status = 'decided', action = ?, outcome = ?, decided_reason = ?,"
                 " decided_by = ?, decided_at = ?, lease_expires = NULL WHERE item_id = ?",

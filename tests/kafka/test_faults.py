@@ -100,9 +100,12 @@ class Load:
         return 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-def drive(sidecar: Sidecar, n: int, workers: int = 6, tag: str = "") -> Load:
-    """`n` inference calls from `workers` keep-alive clients; each answer is tallied."""
-    out = Load()
+def drive(
+    sidecar: Sidecar, n: int, workers: int = 6, tag: str = "", out: Load | None = None
+) -> Load:
+    """`n` inference calls from `workers` keep-alive clients; each answer is tallied (into
+    `out` when given, so another thread can watch the load progress)."""
+    out = Load() if out is None else out
     lock = threading.Lock()
     it = iter(range(n))
 
@@ -350,10 +353,7 @@ def test_a_hung_broker_costs_no_cpu_and_delivery_resumes_after_it(faulty: Faulty
     print(f"every event delivered {resumed:.1f} s after the broker's return")
     assert_accounted(Load(answered=want), stream)
     assert stream.gaps == []
-    deadline = time.monotonic() + 10
-    while sidecar.metric("sidecar_producer_connected") != 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: sidecar.metric("sidecar_producer_connected") == 1, 10, "reconnected", 0.1)
     assert sidecar.metric("sidecar_oldest_unacked_event_age_seconds") == 0
 
 
@@ -361,17 +361,21 @@ def test_broker_killed_and_restarted_under_load_loses_no_answered_decision(
     faulty: Faulty,
 ) -> None:
     sidecar = faulty.start()
-    box: list[Load] = []
-    t = threading.Thread(target=lambda: box.append(drive(sidecar, 3000, workers=3, tag="k")))
+    load = Load()
+    t = threading.Thread(
+        target=drive, args=(sidecar, 3000), kwargs={"workers": 3, "tag": "k", "out": load}
+    )
     t.start()
     try:
-        time.sleep(1.0)
+        # Killed under load, and down while a good share more of it is answered.
+        wait_until(lambda: len(load.answered) >= 500, 60, "500 answers before the kill", 0.05)
         os.kill(broker_pid(faulty.broker), signal.SIGKILL)
-        time.sleep(2.0)
+        wait_until(
+            lambda: len(load.answered) >= 1500, 60, "1,000 answers with the broker dead", 0.05
+        )
     finally:
         faulty.broker.start()  # the same data directory: what it acknowledged is still there
         t.join(120)
-    (load,) = box
     assert load.statuses == {200: 3000}
     stream = read_stream(faulty.broker, faulty.topics, load.answered)
     assert_accounted(load, stream)
@@ -390,10 +394,12 @@ def test_an_unwritable_spool_directory_is_reported_and_accounted_for(faulty: Fau
     try:
         during = drive(sidecar, 300, tag="v")
         assert during.statuses == {200: 300}  # the answers never wait on the disk
-        deadline = time.monotonic() + 10
-        while sidecar.metric('sidecar_spool_disk_errors_total{op="append"}') == 0:
-            assert time.monotonic() < deadline, "no disk error seen"
-            time.sleep(0.1)
+        wait_until(
+            lambda: sidecar.metric('sidecar_spool_disk_errors_total{op="append"}') > 0,
+            10,
+            "a disk error",
+            0.1,
+        )
         assert not sidecar._ready()  # /readyz: spool_disk
     finally:
         spool.unlink()
