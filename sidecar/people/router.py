@@ -176,12 +176,14 @@ def create_people_router(
         if earlier is not None:
             # Idempotent: the same decision contested again is the contest already filed.
             return JSONResponse(await run_in_threadpool(contest_state, decision_id, who))
+        ctx: PeopleContext | None = None
+        no_context = ""
         try:
-            ctx: PeopleContext | None = context_for(decision)
+            ctx = context_for(decision)
         except Unanswerable as exc:
             # The person may contest whatever the configuration; only corrections need the
             # model's features and labels.
-            ctx, no_context = None, exc.message
+            no_context = exc.message
         rescored = None
         if body.corrected_values:
             if ctx is None:
