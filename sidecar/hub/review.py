@@ -12,6 +12,9 @@ An item is requested by a review-requested event (ingested in the ingest
 transaction, `request_many`); its decision is the decision event of the
 same id, joined at read time. Until that event has arrived the item is not
 shown (a lookup answers 404), since there is nothing yet to review.
+
+Contests (`sidecar.hub.contest`) are filed in the same kind of transaction:
+the chain's lock makes filing idempotent per decision across hubs.
 """
 
 from __future__ import annotations
