@@ -432,6 +432,8 @@ class ReviewSettings(_Section):
     """On-demand explanations kept for decision lookups (least recently used dropped first)."""
     store: Literal["local", "hub"] = "local"
     """local: the queue and audit chain in `db_path` (SQLite); hub: routed decisions are sent as review-requested events to the fleet hub's one queue (needs sink.kind = "kafka"), nothing is written locally."""
+    hub_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    """The fleet hub's URL as people reach it (http(s)://host[:port]); with review.store = "hub", a contest filed on this sidecar is refused (409) with where to file it at the hub."""
 
     @model_validator(mode="after")
     def _check_store(self) -> ReviewSettings:
@@ -563,6 +565,24 @@ class HubModel(_Section):
     """Background data (Parquet or CSV) for node covers and interventional SHAP."""
     feature_names: list[str] = []
     """Feature names in the model's input order."""
+    class_labels: list[str] = []
+    """Labels of the model's classes, in probability order (as `model.class_labels`); the people routes at the hub need them."""
+    favourable_label: str | None = None
+    """The class label that is the favourable outcome for the person (as `model.favourable_label`); reasons, recourse and notices at the hub are taken relative to it. Must be one of `class_labels`."""
+    reasons: ReasonSettings | None = None
+    """This model's reasons ({count, catalogue, exclude}, as `[reasons]`); none: the hub file's own `[reasons]`."""
+    recourse: RecourseSettings | None = None
+    """This model's recourse ({max_options, features, max_pair_candidates}, as `[recourse]`); none: the hub file's own `[recourse]`."""
+    proxy_url: str | None = Field(default=None, pattern=r"^http://[^\s/]+/?$")
+    """A sidecar's data plane in front of this model (http://host:port): corrected values of a contest filed at the hub are scored through it, as a new decision with request id `contest:{id}`; none: contests are recorded without a re-score, and say so."""
+
+    @model_validator(mode="after")
+    def _check_favourable(self) -> HubModel:
+        if self.favourable_label is not None and self.favourable_label not in self.class_labels:
+            raise ValueError(
+                f"favourable_label {self.favourable_label!r} is not one of class_labels {self.class_labels}"
+            )
+        return self
 
 
 class HubSettings(_Section):
@@ -587,7 +607,7 @@ class HubSettings(_Section):
     pool_size: int = Field(default=8, ge=1, le=256)
     """Database connections the hub's API may hold."""
     models: dict[str, HubModel] = {}
-    """Model name -> {artifact, version, background, feature_names}: decisions of these models that were not sampled are explained on demand at lookup (with the `[explainer]` options) and the result kept in the database."""
+    """Model name -> {artifact, version, background, feature_names, class_labels, favourable_label, reasons, recourse, proxy_url}: decisions of these models that were not sampled are explained on demand at lookup (with the `[explainer]` options) and the result kept in the database; the people routes (reasons, notice, recourse, plot, contest) use the same artifact."""
 
     @field_validator("database_url")
     @classmethod

@@ -17,9 +17,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from sidecar.config import ReviewSettings
 from sidecar.control.app import ReadyCheck, create_control_app
 from sidecar.control.auth import Authenticator, Principal
-from sidecar.control.lookup import ExplainFn
+from sidecar.control.lookup import ExplainFn, Explanations
 from sidecar.control.store import MAX_PAGE
 from sidecar.hub.lookup import HubDecisions
+from sidecar.hub.people import HubPeople
 from sidecar.metrics import Registry
 from sidecar.review.api import create_review_router, refuse_unknown_query
 from sidecar.review.model import ReviewStore
@@ -102,7 +103,16 @@ def create_hub_app(
     open_health: bool = True,
     open_metrics: bool = True,
     explain_now: ExplainFn | None = None,
+    people: HubPeople | None = None,
 ) -> FastAPI:
+    # One lookup (one cache of explanations) for the review and the people routes.
+    explanations = Explanations(
+        store=store,
+        decisions=decisions,
+        explain_now=explain_now,
+        cache_size=review.explanation_cache_size,
+        registry=registry,
+    )
     review_api = create_review_router(
         settings=review,
         authenticator=authenticator,
@@ -110,11 +120,26 @@ def create_hub_app(
         registry=registry,
         decisions=decisions,
         explain_now=explain_now,
+        explanations=explanations,
+        reasons_of=people.reasons_of if people is not None else None,
+    )
+    people_api = (
+        []
+        if people is None
+        else [
+            people.router(
+                authenticator=authenticator,
+                explanations=explanations,
+                store=store,
+                registry=registry,
+            )
+        ]
     )
     app = create_control_app(
         registry=registry,
         ready_checks=ready_checks,
-        routers=[create_search_router(authenticator, decisions), review_api],
+        # People before review: the review router's /decisions/{id}/{row} would take their paths.
+        routers=[create_search_router(authenticator, decisions), *people_api, review_api],
         guard=authenticator.require("auditor", "admin"),
         open_health=open_health,
         open_metrics=open_metrics,

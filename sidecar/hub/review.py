@@ -12,6 +12,9 @@ An item is requested by a review-requested event (ingested in the ingest
 transaction, `request_many`); its decision is the decision event of the
 same id, joined at read time. Until that event has arrived the item is not
 shown (a lookup answers 404), since there is nothing yet to review.
+
+Contests (`sidecar.hub.contest`) are filed in the same kind of transaction:
+the chain's lock makes filing idempotent per decision across hubs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from psycopg_pool import ConnectionPool
 
 from sidecar.decisions import Decision
 from sidecar.hub import audit as chain
+from sidecar.hub import contest as contests
 from sidecar.hub.db import Conn
 from sidecar.hub.lookup import decision_dict
 from sidecar.hub.rows import ReviewRequest
@@ -37,15 +41,17 @@ from sidecar.review.model import (
     STATUSES,
     Action,
     Conflict,
+    Contest,
     Forbidden,
-    NoContests,
     NotFound,
     ReviewError,
     ReviewItem,
+    ReviewStore,
     Status,
     decidable,
     normalise_item_id,
 )
+from sidecar.review.store import FRONT_SEQ, RESOLUTION_BUCKETS_S
 
 COUNTS_MAX_AGE_S = 1.0
 
@@ -109,7 +115,7 @@ def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> i
     return new
 
 
-class HubReviewStore(NoContests):
+class HubReviewStore(ReviewStore):
     """`ReviewStore` over the hub's database, shared by every hub."""
 
     def __init__(
@@ -132,6 +138,14 @@ class HubReviewStore(NoContests):
         }
         self._conflicts = registry.counter(
             "sidecar_review_conflicts_total", "Claims or decisions refused with 409"
+        )
+        self._contested = registry.counter(
+            "sidecar_contests_total", "Decisions contested by the person they are about"
+        )
+        self._resolution = registry.histogram(
+            "sidecar_contest_resolution_seconds",
+            "Time from a contest being filed to its review item being decided",
+            bounds=RESOLUTION_BUCKETS_S,
         )
         for status in STATUSES:
             registry.gauge(
@@ -236,7 +250,9 @@ class HubReviewStore(NoContests):
     ) -> list[ReviewItem]:
         self.expire_leases()
         where = ["i.seq > %s"]
-        args: list[Any] = [after]
+        # Contested items sit before every other, at seqs from FRONT_SEQ up: a cursor of 0 is
+        # "from the start", theirs included.
+        args: list[Any] = [after if after else FRONT_SEQ]
         for column, value in (
             ("i.status", status),
             ("i.reason", reason),
@@ -335,8 +351,45 @@ class HubReviewStore(NoContests):
             )
             self._transitions[verb].inc()
             decided = self._row(conn, item_id)
+            resolved = contests.resolve(conn, item_id, now)
+        if resolved is not None:
+            self._resolution.observe(resolved)
         assert decided is not None
         return decided
+
+    def get_contest(self, item_id: str) -> Contest | None:
+        with self._pool.connection() as conn:
+            return contests.get(conn, normalise_item_id(item_id))
+
+    def contest(
+        self,
+        decision: dict[str, Any],
+        *,
+        actor: str,
+        statement: str,
+        corrected: dict[str, Any] | None,
+        rescore: dict[str, Any] | None,
+        reasons: dict[str, Any] | None,
+    ) -> tuple[Contest, bool]:
+        """File a contest (`sidecar.hub.contest`) in one review transaction: idempotent per
+        decision across hubs, since the chain's lock orders every filing."""
+        item_id = normalise_item_id(decision["decision_id"])
+        now = self._clock()
+        with self._write() as conn:
+            self._expire(conn, now)
+            filed, created = contests.file(
+                conn,
+                item_id,
+                now=now,
+                actor=actor,
+                statement=statement,
+                corrected=corrected,
+                rescore=rescore,
+                reasons=reasons,
+            )
+        if created:
+            self._contested.inc()
+        return filed, created
 
     def _set_explanation(self, conn: Conn, item_id: str, explanation: dict[str, Any]) -> None:
         conn.execute(

@@ -99,6 +99,24 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_item ON audit (item_id);
 """,
     ),
+    (
+        2,
+        # Contests filed at the hub (`sidecar.hub.contest`): one per decision; a contest goes
+        # with its review item (retention deletes decided items past
+        # `hub.review_retention_days`).
+        """
+CREATE TABLE contests (
+    item_id text PRIMARY KEY REFERENCES review_items (item_id) ON DELETE CASCADE,
+    filed_at double precision NOT NULL,
+    filed_by text NOT NULL,
+    statement text NOT NULL,
+    corrected jsonb,
+    rescore jsonb,
+    reasons jsonb,
+    resolved_at double precision
+);
+""",
+    ),
 )
 
 

@@ -17,6 +17,7 @@ from sidecar.hub.db import connect, pool
 from sidecar.hub.explain import HubExplainer, load_models
 from sidecar.hub.ingest import Ingest
 from sidecar.hub.lookup import HubDecisions
+from sidecar.hub.people import HubPeople
 from sidecar.hub.review import HubReviewStore
 from sidecar.metrics import Registry
 from sidecar.service import bind
@@ -47,6 +48,8 @@ class Hub:
         authenticator = authenticator_from_settings(settings.auth)
         # Loaded (and checked for fidelity) before anything opens: ExplainerError names the key.
         explainers = load_models(h.models, settings.explainer)
+        # Each model's reasons and recourse, checked against it before anything opens.
+        people = HubPeople(settings, explainers)
         # Migrations before anything serves: a hub never answers over a schema it lacks.
         with connect(url, application_name="sidecar-hub-migrate") as conn:
             applied = schema.migrate(conn)
@@ -68,6 +71,7 @@ class Hub:
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,
             explain_now=HubExplainer(self.pool, h.models, explainers) if explainers else None,
+            people=people,
         )
         self._sock = bind(h.host, h.port)
         host, port = self._sock.getsockname()[:2]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import http.client
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -22,6 +22,13 @@ from sidecar.dataplane.protocols.base import ParseError, interpret_prediction
 from sidecar.dataplane.protocols.v2 import predictions_of
 
 LINK_PREFIX = "contest:"
+NOT_RESCORED = (
+    "no proxy is configured for this model (hub.models.<model>.proxy_url): the corrected"
+    " values were recorded, not scored"
+)
+
+# The data plane through which a decision's corrected values are scored, or None where none is.
+ProxyFor = Callable[[dict[str, Any]], str | None]
 
 
 class ContestIn(BaseModel):
@@ -74,6 +81,19 @@ def _prediction(protocol: Any, body: Any, labels: Sequence[str]) -> tuple[Any, l
         raise ParseError("the answer has no single prediction")
     got = interpret_prediction(preds[0], labels)
     return got.prediction, got.probabilities
+
+
+def not_rescored(decision: dict[str, Any], row: list[float | None]) -> dict[str, Any]:
+    """The contest's record of corrections that were not scored (no proxy to score them)."""
+    return {
+        "request_id": None,
+        "features": row,
+        "decision_id": None,
+        "status": None,
+        "prediction": None,
+        "probabilities": None,
+        "error": NOT_RESCORED.replace("<model>", str(decision.get("model_name") or "model")),
+    }
 
 
 def rescore(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,8 @@ from explainers.ensemble import TreeEnsemble
 from explainers.explainer import Explainer
 from explainers.recourse import Actionable, Favourable
 from explainers.reference import Reference
-from sidecar.config import ConfigError, Settings
+from sidecar.config import ConfigError, ReasonSettings, RecourseSettings, Settings
+from sidecar.people.catalogue import KEY as CATALOGUE_KEY
 from sidecar.people.catalogue import Catalogue, load_catalogue
 
 RUNTIMES = {
@@ -33,6 +35,20 @@ class Unanswerable(Exception):
 
 
 @dataclass(frozen=True)
+class Keys:
+    """Where a context's settings are, for the messages that name them."""
+
+    reasons: str = "reasons"
+    recourse: str = "recourse"
+    artifact: str = "model.artifact"
+    favourable: str = "model.favourable_label"
+
+
+# What the people routes need per decision: the sidecar's one context, or the hub's per model.
+ContextFor = Callable[[dict[str, Any]], "PeopleContext"]
+
+
+@dataclass(frozen=True)
 class PeopleContext:
     """The model's favourable outcome, what may be a reason, what may change, and the words."""
 
@@ -48,11 +64,13 @@ class PeopleContext:
     ensemble: TreeEnsemble | None
     reference: Reference | None
     runtime: str | None
+    # The key that sets favourable_label, named when it is missing.
+    favourable_key: str = "model.favourable_label"
 
     def favourable(self, n_outputs: int) -> Favourable:
         if self.favourable_label is None:
             raise Unanswerable(
-                409, "model.favourable_label is not configured: no outcome is favourable"
+                409, f"{self.favourable_key} is not configured: no outcome is favourable"
             )
         try:
             return Favourable.of(n_outputs, self.class_labels, self.favourable_label)
@@ -107,22 +125,53 @@ def shown(value: float, ens: TreeEnsemble | None) -> float | None:
 def build_context(settings: Settings, explainer: Explainer | None) -> PeopleContext:
     """Check the `[reasons]` and `[recourse]` keys against the model; ConfigError names the key."""
     m = settings.model
-    names = list(m.feature_names) or (list(explainer.feature_names) if explainer else [])
-    derived = {rule.feature for rule in settings.groups.derive.values()}
-    for name in settings.reasons.exclude:
+    return context_of(
+        feature_names=list(m.feature_names),
+        class_labels=list(m.class_labels),
+        favourable_label=m.favourable_label,
+        derived={rule.feature for rule in settings.groups.derive.values()},
+        reasons=settings.reasons,
+        recourse=settings.recourse,
+        explainer=explainer,
+    )
+
+
+def context_of(
+    *,
+    feature_names: list[str],
+    class_labels: list[str],
+    favourable_label: str | None,
+    derived: set[str],
+    reasons: ReasonSettings,
+    recourse: RecourseSettings,
+    explainer: Explainer | None,
+    keys: Keys | None = None,
+) -> PeopleContext:
+    """One model's context from its sections; ConfigError names the key as `keys` spell it
+    (the sidecar's own sections by default; the hub names each model's)."""
+    k = keys or Keys()
+    names = feature_names or (list(explainer.feature_names) if explainer else [])
+    for name in reasons.exclude:
         if names and name not in names:
-            raise ConfigError(f"config key 'reasons.exclude': {name!r} is not a feature")
-    excluded = frozenset(settings.reasons.exclude) | derived
-    catalogue = load_catalogue(settings.reasons.catalogue, names)
+            raise ConfigError(f"config key '{k.reasons}.exclude': {name!r} is not a feature")
+    excluded = frozenset(reasons.exclude) | derived
+    try:
+        catalogue = load_catalogue(reasons.catalogue, names)
+    except ConfigError as exc:
+        if k.reasons == "reasons":
+            raise
+        raise ConfigError(
+            str(exc).replace(f"'{CATALOGUE_KEY}'", f"'{k.reasons}.catalogue'")
+        ) from None
     actionable: list[Actionable] = []
-    for name, a in settings.recourse.features.items():
-        key = f"recourse.features.{name}"
+    for name, a in recourse.features.items():
+        key = f"{k.recourse}.features.{name}"
         if name not in names:
             raise ConfigError(f"config key '{key}': {name!r} is not a feature of the model")
         if name in derived:
             raise ConfigError(f"config key '{key}': a group attribute is derived from {name!r}")
-        if name in settings.reasons.exclude:
-            raise ConfigError(f"config key '{key}': {name!r} is in reasons.exclude")
+        if name in reasons.exclude:
+            raise ConfigError(f"config key '{key}': {name!r} is in {k.reasons}.exclude")
         actionable.append(
             Actionable(
                 feature=names.index(name),
@@ -133,18 +182,19 @@ def build_context(settings: Settings, explainer: Explainer | None) -> PeopleCont
             )
         )
     if actionable and explainer is None:
-        raise ConfigError("config key 'recourse.features': recourse needs model.artifact")
+        raise ConfigError(f"config key '{k.recourse}.features': recourse needs {k.artifact}")
     return PeopleContext(
         feature_names=names,
-        class_labels=list(m.class_labels),
-        favourable_label=m.favourable_label,
+        class_labels=class_labels,
+        favourable_label=favourable_label,
         excluded=excluded,
-        count=settings.reasons.count,
+        count=reasons.count,
         catalogue=catalogue,
         actionable=actionable,
-        max_options=settings.recourse.max_options,
-        max_pair_candidates=settings.recourse.max_pair_candidates,
+        max_options=recourse.max_options,
+        max_pair_candidates=recourse.max_pair_candidates,
         ensemble=explainer.ensemble if explainer is not None else None,
         reference=explainer.reference if explainer is not None else None,
         runtime=RUNTIMES.get(explainer.format) if explainer is not None else None,
+        favourable_key=k.favourable,
     )

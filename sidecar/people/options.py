@@ -84,26 +84,26 @@ def recourse_for(ctx: PeopleContext, decision: dict[str, Any]) -> dict[str, Any]
 class RecourseCache:
     """The recourse found per decision id, least recently used dropped past `size`.
 
-    A decision's features and the process's model never change, so neither does its
+    A decision's features and its model's context never change, so neither does its
     recourse: a notice read again (the person, then the case handler, then the reviewer)
     does not search again (70-140 ms at the median on a 300-tree depth-6 model on a busy
     2-core machine, loadtests/bench_people.py).
     """
 
-    def __init__(self, ctx: PeopleContext, size: int) -> None:
-        self._ctx = ctx
+    def __init__(self, size: int) -> None:
         self._size = size
         self._found: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, decision: dict[str, Any]) -> dict[str, Any]:
+    def get(self, ctx: PeopleContext, decision: dict[str, Any]) -> dict[str, Any]:
+        """`decision`'s recourse under `ctx` (its model's context: one id, one model)."""
         key = str(decision["decision_id"])
         with self._lock:
             hit = self._found.get(key)
             if hit is not None:
                 self._found.move_to_end(key)
                 return hit
-        body = recourse_for(self._ctx, decision)
+        body = recourse_for(ctx, decision)
         with self._lock:
             self._found[key] = body
             while len(self._found) > self._size:

@@ -12,7 +12,8 @@ Included before the review router: its /decisions/{id}/{row} would take these pa
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,36 +24,45 @@ from sidecar.config import Settings
 from sidecar.control.auth import Authenticator, Principal
 from sidecar.control.lookup import Explanations
 from sidecar.metrics import Registry
-from sidecar.people.contest import ContestIn, corrected_row, rescore
-from sidecar.people.context import PeopleContext, Unanswerable
+from sidecar.people.contest import ContestIn, ProxyFor, corrected_row, not_rescored, rescore
+from sidecar.people.context import ContextFor, PeopleContext, Unanswerable
 from sidecar.people.notice import NOTICE_CSP, notice_document, notice_html
 from sidecar.people.options import RecourseCache
 from sidecar.people.plot import waterfall_svg
 from sidecar.people.reasons import principal_reasons, usable
 from sidecar.review.api import RequestId, Row, _errors, _read_json, refuse_unknown_query
-from sidecar.review.model import CONTESTS_NOT_IN_FLEET, ReviewItem, ReviewStore
+from sidecar.review.model import CONTESTS_AT_HUB, CONTESTS_NOT_IN_FLEET, ReviewItem, ReviewStore
 
 Found = tuple[dict[str, Any], ReviewItem | None]
+T = TypeVar("T")
 
 
 def create_people_router(
     *,
     settings: Settings,
-    context: PeopleContext,
+    context: PeopleContext | ContextFor,
     authenticator: Authenticator,
     explanations: Explanations,
     store: ReviewStore,
     registry: Registry,
-    proxy_url: str,
+    proxy_url: str | ProxyFor,
 ) -> APIRouter:
-    """The routes above; `proxy_url` is the data plane, through which corrections are scored."""
+    """The routes above; `proxy_url` is the data plane, through which corrections are scored.
+
+    On a sidecar both are one value; at the hub, where decisions of many models meet,
+    each is a function of the decision (its model's context, its model's proxy, or None
+    where none is configured: the contest is then filed without a re-score, saying so)."""
     router = APIRouter(dependencies=[Depends(refuse_unknown_query)], tags=["people"])
     readers = Depends(authenticator.require("case_handler", "reviewer", "auditor", "admin"))
     developers = Depends(authenticator.require("reviewer", "auditor", "admin"))
     filers = Depends(authenticator.require("case_handler", "admin"))
-    ctx = context
+    context_for = context if callable(context) else _always(context)
+    proxy_for = proxy_url if callable(proxy_url) else _always(proxy_url)
     # As many as the on-demand explanations the lookup keeps: one per decision looked at.
-    found_recourse = RecourseCache(ctx, max(1, settings.review.explanation_cache_size))
+    found_recourse = RecourseCache(max(1, settings.review.explanation_cache_size))
+    refused = CONTESTS_NOT_IN_FLEET
+    if settings.review.hub_url is not None:
+        refused = f"{CONTESTS_AT_HUB}: POST {settings.review.hub_url.rstrip('/')}/decisions/{{id}}/contest"
     c = settings.contest
     body_limit = settings.review.max_body_bytes
     rescore_failed = registry.counter(
@@ -75,6 +85,7 @@ def create_people_router(
             raise HTTPException(exc.status, exc.message) from None
 
     def reasons_doc(decision: dict[str, Any], item: ReviewItem | None) -> dict[str, Any]:
+        ctx = context_for(decision)
         explanation, source, error = explanations.explain(decision, item)
         body = principal_reasons(ctx, decision, usable(explanation, error))
         body["explanation_source"] = source
@@ -87,7 +98,7 @@ def create_people_router(
 
     def recourse(decision_id: str) -> dict[str, Any]:
         decision, _ = find(decision_id)
-        result: dict[str, Any] = answer(lambda: found_recourse.get(decision))
+        result: dict[str, Any] = answer(lambda: found_recourse.get(context_for(decision), decision))
         return result
 
     def contest_state(decision_id: str, who: Principal) -> dict[str, Any]:
@@ -110,8 +121,9 @@ def create_people_router(
         decision, item = find(decision_id)
 
         def build() -> dict[str, Any]:
+            ctx = context_for(decision)
             why = reasons_doc(decision, item)
-            options = found_recourse.get(decision) if not why["favourable"] else None
+            options = found_recourse.get(ctx, decision) if not why["favourable"] else None
             filed = store.get_contest(decision_id)
             state = None
             if filed is not None and authenticator.may_read_contest(who, filed.filed_by):
@@ -144,7 +156,7 @@ def create_people_router(
 
     async def file(decision_id: str, request: Request, who: Principal) -> JSONResponse:
         if not store.takes_contests:
-            raise HTTPException(409, CONTESTS_NOT_IN_FLEET)
+            raise HTTPException(409, refused.replace("{id}", decision_id))
         raw = await _read_json(request, body_limit)
         try:
             body = ContestIn.model_validate_json(raw)
@@ -164,30 +176,45 @@ def create_people_router(
         if earlier is not None:
             # Idempotent: the same decision contested again is the contest already filed.
             return JSONResponse(await run_in_threadpool(contest_state, decision_id, who))
+        ctx: PeopleContext | None = None
+        no_context = ""
+        try:
+            ctx = context_for(decision)
+        except Unanswerable as exc:
+            # The person may contest whatever the configuration; only corrections need the
+            # model's features and labels.
+            no_context = exc.message
         rescored = None
         if body.corrected_values:
+            if ctx is None:
+                raise HTTPException(409, f"corrected values cannot be read: {no_context}")
             try:
                 row = corrected_row(
                     decision.get("features") or [], ctx.feature_names, body.corrected_values
                 )
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
-            rescored = await run_in_threadpool(
-                lambda: rescore(
-                    proxy_url,
-                    decision,
-                    row,
-                    names=ctx.feature_names,
-                    labels=ctx.class_labels,
-                    input_name=c.v2_input_name,
-                    explain_header=settings.sampling.header,
-                    timeout_s=c.rescore_timeout_s,
+            through = proxy_for(decision)
+            if through is None:
+                rescored = not_rescored(decision, row)
+            else:
+                rescored = await run_in_threadpool(
+                    partial(
+                        rescore,
+                        through,
+                        decision,
+                        row,
+                        names=ctx.feature_names,
+                        labels=ctx.class_labels,
+                        input_name=c.v2_input_name,
+                        explain_header=settings.sampling.header,
+                        timeout_s=c.rescore_timeout_s,
+                    )
                 )
-            )
-            if rescored.get("error"):
-                rescore_failed.inc()
-            elif ctx.favourable_label is not None:
-                rescored["favourable"] = rescored.get("prediction") == ctx.favourable_label
+                if rescored.get("error"):
+                    rescore_failed.inc()
+                elif ctx.favourable_label is not None:
+                    rescored["favourable"] = rescored.get("prediction") == ctx.favourable_label
         try:
             why: dict[str, Any] | None = await run_in_threadpool(reasons_doc, decision, item)
         except Unanswerable as exc:
@@ -281,6 +308,15 @@ _CONTEST_200: dict[str, Any] = {
     "description": "Already contested: the contest filed earlier (201 when filed now)",
     "content": {"application/json": {}},
 }
+
+
+def _always(value: T) -> Callable[[dict[str, Any]], T]:
+    """One value for every decision (the sidecar's one model)."""
+
+    def of(_decision: dict[str, Any]) -> T:
+        return value
+
+    return of
 
 
 def _first_row(request_id: RequestId) -> str:

@@ -40,7 +40,10 @@ class Conflict(ReviewError):
     status = 409
 
 
-CONTESTS_NOT_IN_FLEET = "contests are not taken with review.store = hub yet: file them on a sidecar with the local store"
+CONTESTS_AT_HUB = "with review.store = hub, contests are filed at the fleet hub"
+CONTESTS_NOT_IN_FLEET = (
+    f"{CONTESTS_AT_HUB} (POST /decisions/{{id}}/contest there; review.hub_url names it)"
+)
 
 
 class Forbidden(ReviewError):
@@ -133,7 +136,7 @@ def decision_to_dict(decision: Decision) -> dict[str, Any]:
 class ReviewStore(abc.ABC):
     """The queue of decisions awaiting people, and the audit chain of what they did."""
 
-    # Whether `contest` files contests here (the fleet stores do not yet: see their note).
+    # Whether `contest` files contests here (a sidecar in fleet mode does not: see NoContests).
     takes_contests: bool = True
 
     @abc.abstractmethod
@@ -227,9 +230,9 @@ def normalise_item_id(item_id: str) -> str:
 
 
 class NoContests(ReviewStore):
-    """For the fleet stores: contests would need the statement and corrected values carried
-    to the hub in the review event and a contests table there; until then they are refused
-    (409, naming the setting) before anything is scored."""
+    """For a sidecar with review.store = hub: its contests are filed at the hub (which scores
+    corrections through the model's proxy itself), so here they are refused (409, naming
+    the setting, and the hub when review.hub_url is set) before anything is scored."""
 
     takes_contests = False
 

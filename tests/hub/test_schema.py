@@ -12,6 +12,9 @@ from sidecar.hub import schema
 from sidecar.hub.db import connect
 from tests.postgres_server import PostgresServer
 
+# Every migration, in order: a fresh database gets them all at once.
+ALL = [version for version, _ in schema.MIGRATIONS]
+
 
 @pytest.fixture
 def fresh_url(postgres_server: PostgresServer) -> str:
@@ -22,7 +25,7 @@ def fresh_url(postgres_server: PostgresServer) -> str:
 
 def test_migrate_creates_every_table_once(fresh_url: str) -> None:
     with connect(fresh_url) as conn:
-        assert schema.migrate(conn) == [1]
+        assert schema.migrate(conn) == ALL
         assert schema.migrate(conn) == []
         tables = {
             str(r[0])
@@ -30,7 +33,14 @@ def test_migrate_creates_every_table_once(fresh_url: str) -> None:
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
             ).fetchall()
         }
-    assert {"decisions", "explanations", "review_events", "review_items", "audit"} <= tables
+    assert {
+        "decisions",
+        "explanations",
+        "review_events",
+        "review_items",
+        "audit",
+        "contests",
+    } <= tables
 
 
 def test_hubs_starting_together_apply_each_migration_once(fresh_url: str) -> None:
@@ -52,7 +62,7 @@ def test_hubs_starting_together_apply_each_migration_once(fresh_url: str) -> Non
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(results) == [[], [], [], [1]]
+    assert sorted(results) == [[], [], [], ALL]
 
 
 def test_partitions_are_daily_and_created_once(fresh_url: str) -> None:
