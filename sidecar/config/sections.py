@@ -674,13 +674,15 @@ class MonitorSettings(_Section):
     interval_s: float = Field(default=30.0, gt=0)
     """How often the continuous monitor reads new events, re-evaluates and writes its state."""
     state_dir: Path = Path("var/monitor")
-    """Where the continuous monitor writes its partial state and its latest report (which the dashboard shows); instances share it."""
+    """Where the continuous monitor writes its latest report (which the dashboard shows) and, with state_store = folder, its shards' checkpoints; instances then share it."""
+    state_store: Literal["folder", "database"] = "folder"
+    """Where each shard's statistics are kept with its read offsets, and merged: folder (state_dir) or database (the hub's PostgreSQL, hub.database_url)."""
+    group_id: str = Field(default="sidecar-monitor", min_length=1, max_length=255)
+    """Monitors with the same group share their shards' states in the database (state_store = database) and the hub's dashboard shows that group."""
     instance: int = Field(default=0, ge=0)
     """This instance's index among `instances`: it takes the decisions whose id hashes to it (files source), or partitions p with p mod instances = instance (Kafka)."""
     instances: int = Field(default=1, ge=1, le=1024)
-    """Monitor instances sharing the stream; their partial states in `state_dir` merge into one report."""
-    topic_outcomes: str = "sidecar.outcomes"
-    """Topic (files sink folder) of outcome events."""
+    """Monitor instances sharing the stream; their shards' states merge into one report."""
     topic_alerts: str = "sidecar.alerts"
     """Topic (files sink folder) the monitor's alert events go to."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -689,6 +691,16 @@ class MonitorSettings(_Section):
     """Event lines longer than this are skipped and counted as invalid."""
     max_tracked_decisions: int = Field(default=2_000_000, ge=1000)
     """Decisions remembered for joining late outcomes, reviews and explanations; past it the oldest are forgotten (their late events are counted as unmatched)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "topic_outcomes" in data:
+            raise ValueError(
+                "monitor.topic_outcomes was removed: the monitor reads outcomes from"
+                " kafka.topic_outcomes (the topic the sidecar writes them to); set that instead"
+            )
+        return data
 
     @field_validator("window")
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
+from sidecar.hub import monitor_state
 from sidecar.hub.db import Conn
 
 # Arbitrary, fixed: the advisory lock ids the hubs agree on.
@@ -99,6 +100,7 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_item ON audit (item_id);
 """,
     ),
+    (monitor_state.MIGRATION_VERSION, monitor_state.MIGRATION),
 )
 
 

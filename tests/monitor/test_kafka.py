@@ -61,11 +61,11 @@ def _settings(root: Path, bootstrap: str, names: dict[str, str], **monitor: Any)
                 "topic_explanations": names["explanation"],
                 "topic_reviews": names["review"],
                 "topic_gaps": names["gap"],
+                "topic_outcomes": names["outcome"],
             },
             "monitor": {
                 "min_group_size": 30,
                 "reference": str(root / "reference.parquet"),
-                "topic_outcomes": names["outcome"],
                 "topic_alerts": names["alert"],
                 "state_dir": str(root / "state"),
                 "alerts": RULES,
@@ -108,10 +108,10 @@ def test_kafka_report_two_instances_and_alerts(
             )
     from_files = report_once(settings, tmp_path / "events")
     config = tmp_path / "m.toml"
-    write_config(config, tmp_path / "reference.parquet", topic_outcomes=topics["outcome"])
+    write_config(config, tmp_path / "reference.parquet")
     with config.open("a") as f:
         f.write("[kafka]\n")
-        for key in ("decision", "explanation", "review", "gap"):
+        for key in ("decision", "explanation", "review", "gap", "outcome"):
             f.write(f'topic_{key}s = "{topics[key]}"\n')
     out = tmp_path / "kafka-report.json"
     argv = ["monitor", "report", "--config", str(config), "--events", kafka_broker.bootstrap]
@@ -136,7 +136,10 @@ def test_kafka_report_two_instances_and_alerts(
     finally:
         second.close()
         first.close()
-    halves = [second.ingest.state.traffic["decisions"], first.ingest.state.traffic["decisions"]]
+    halves = [
+        second.local_state().traffic["decisions"],
+        first.local_state().traffic["decisions"],
+    ]
     assert sum(halves) == 3000 and min(halves) > 0
     assert merged is not None and _without_time(merged) == _without_time(one)
 
@@ -183,6 +186,7 @@ def test_the_demo_model_through_the_sidecar_and_kafka(
         "topic_explanations": topics["explanation"],
         "topic_reviews": topics["review"],
         "topic_gaps": topics["gap"],
+        "topic_outcomes": topics["outcome"],
     }
     data = demo_rows(200, seed=17)
     with running_sidecar(
@@ -213,7 +217,7 @@ def test_the_demo_model_through_the_sidecar_and_kafka(
             overrides={
                 "model": model,
                 "kafka": kafka,
-                "monitor": {"min_group_size": 20, "topic_outcomes": topics["outcome"]},
+                "monitor": {"min_group_size": 20},
             },
         )
         wait_until(
