@@ -102,6 +102,7 @@ def create_hub_app(
     open_health: bool = True,
     open_metrics: bool = True,
     explain_now: ExplainFn | None = None,
+    monitor: APIRouter | None = None,
 ) -> FastAPI:
     review_api = create_review_router(
         settings=review,
@@ -114,7 +115,8 @@ def create_hub_app(
     app = create_control_app(
         registry=registry,
         ready_checks=ready_checks,
-        routers=[create_search_router(authenticator, decisions), review_api],
+        routers=[create_search_router(authenticator, decisions), review_api]
+        + ([monitor] if monitor is not None else []),
         guard=authenticator.require("auditor", "admin"),
         open_health=open_health,
         open_metrics=open_metrics,

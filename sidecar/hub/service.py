@@ -17,6 +17,7 @@ from sidecar.hub.db import connect, pool
 from sidecar.hub.explain import HubExplainer, load_models
 from sidecar.hub.ingest import Ingest
 from sidecar.hub.lookup import HubDecisions
+from sidecar.hub.monitor_dashboard import create_hub_monitor_router
 from sidecar.hub.review import HubReviewStore
 from sidecar.metrics import Registry
 from sidecar.service import bind
@@ -68,6 +69,9 @@ class Hub:
             open_health=settings.control.open_health,
             open_metrics=settings.control.open_metrics,
             explain_now=HubExplainer(self.pool, h.models, explainers) if explainers else None,
+            monitor=create_hub_monitor_router(
+                settings, self.pool, authenticator.require("auditor", "admin")
+            ),
         )
         self._sock = bind(h.host, h.port)
         host, port = self._sock.getsockname()[:2]
