@@ -669,6 +669,8 @@ class MonitorSettings(_Section):
     """Compare each window with the reference, or with the period's first window (bins still from the reference)."""
     drift_bins: int = Field(default=10, ge=2, le=100)
     """Bins per feature (quantiles of the reference rows) for PSI and KS."""
+    psi_convention: Literal["popmon", "evidently"] = "popmon"
+    """How PSI keeps an empty bin finite: popmon (1e-5 added to every bin's share) or evidently (an empty bin's share replaced by 1e-4, or the smallest share / 10^6 when that is at most 1e-4)."""
     alerts: list[Rule] = []
     """Alert rules: tables of name, metric, above or below, use, k, gate (see the README's Monitor section)."""
     interval_s: float = Field(default=30.0, gt=0)
