@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -694,14 +694,18 @@ class MonitorSettings(_Section):
     max_tracked_decisions: int = Field(default=2_000_000, ge=1000)
     """Decisions remembered for joining late outcomes, reviews and explanations; past it the oldest are forgotten (their late events are counted as unmatched)."""
 
+    # Keys that were removed -> the key to set instead (refused naming it, file or environment).
+    REMOVED: ClassVar[dict[str, str]] = {"topic_outcomes": "kafka.topic_outcomes"}
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_removed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "topic_outcomes" in data:
-            raise ValueError(
-                "monitor.topic_outcomes was removed: the monitor reads outcomes from"
-                " kafka.topic_outcomes (the topic the sidecar writes them to); set that instead"
-            )
+        for name, instead in cls.REMOVED.items():
+            if isinstance(data, dict) and name in data:
+                raise ValueError(
+                    f"monitor.{name} was removed: the monitor reads outcomes from {instead}"
+                    " (the topic the sidecar writes them to); set that instead"
+                )
         return data
 
     @field_validator("window")

@@ -156,6 +156,10 @@ def test_monitor_topic_outcomes_is_refused_naming_its_replacement(root: Path) ->
     with pytest.raises(ConfigError) as err:
         load_settings(root / "m.toml")
     assert "monitor.topic_outcomes" in str(err.value) and "kafka.topic_outcomes" in str(err.value)
+    with pytest.raises(
+        ConfigError, match=r"SIDECAR_MONITOR__TOPIC_OUTCOMES.*kafka\.topic_outcomes"
+    ):
+        load_settings(environ={"SIDECAR_MONITOR__TOPIC_OUTCOMES": "x.outcomes"})
 
 
 def test_the_database_store_needs_the_hubs_database_url(root: Path) -> None:
