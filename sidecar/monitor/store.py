@@ -21,14 +21,19 @@ import base64
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import psycopg
+
+from sidecar.hub.db import Conn
 from sidecar.hub.monitor_state import StaleShard
 from sidecar.monitor.checkpoint import Checkpoint, decode_resume, encode_resume
 
 __all__ = ["DatabaseStore", "FolderStore", "StaleShard", "StateStore", "current_shard"]
 
+T = TypeVar("T")
 _SHARD = re.compile(r"^(kafka-p\d+|files-\d+-of-\d+)$")
 
 
@@ -124,15 +129,38 @@ class DatabaseStore:
         from sidecar.hub.db import connect
 
         self.group = group
-        self.conn = connect(url, application_name="sidecar-monitor")
-        # The hub's migrations: a monitor that starts before any hub creates the tables.
-        schema.migrate(self.conn)
+        self._url = url
+        try:
+            self._conn = connect(url, application_name="sidecar-monitor")
+            # The hub's migrations: a monitor that starts before any hub creates the tables.
+            schema.migrate(self._conn)
+        except psycopg.Error as exc:
+            raise ValueError(
+                f"config key 'hub.database_url': cannot use the database: {exc}"
+            ) from None
         self._versions: dict[str, int] = {}
+
+    def _call(self, fn: Callable[[Conn], T]) -> T:
+        """`fn` on the connection; once more on a new one when the old one turns out dead (a
+        database restarted under a long-running monitor). A write that failed on a dead
+        connection was not committed (one whose commit was lost finds its version moved on:
+        StaleShard, never a double count)."""
+        from sidecar.hub.db import connect
+
+        if self._conn.closed or self._conn.broken:
+            self._conn = connect(self._url, application_name="sidecar-monitor")
+        try:
+            return fn(self._conn)
+        except psycopg.OperationalError:
+            if not self._conn.broken:
+                raise
+        self._conn = connect(self._url, application_name="sidecar-monitor")
+        return fn(self._conn)
 
     def load(self, shard: str) -> Checkpoint | None:
         from sidecar.hub import monitor_state
 
-        row = monitor_state.load(self.conn, self.group, shard)
+        row = self._call(lambda conn: monitor_state.load(conn, self.group, shard))
         if row is None:
             return None
         version, offsets, state, meta, resume = row
@@ -153,14 +181,14 @@ class DatabaseStore:
             )
             for ck in checkpoints
         ]
-        monitor_state.save(self.conn, self.group, rows)
+        self._call(lambda conn: monitor_state.save(conn, self.group, rows))
         for ck in checkpoints:
             self._versions[ck.shard] = self._versions.get(ck.shard, 0) + 1
 
     def states(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         from sidecar.hub import monitor_state
 
-        return monitor_state.states(self.conn, self.group)
+        return self._call(lambda conn: monitor_state.states(conn, self.group))
 
     def close(self) -> None:
-        self.conn.close()
+        self._conn.close()

@@ -131,6 +131,7 @@ def test_two_monitors_taking_one_shard_are_refused(root: Path) -> None:
     write_folder(root / "events", generate(300, seed=2).events)
     a = Continuous(_settings(root), root / "events")
     b = Continuous(_settings(root), root / "events")
+    c = Continuous(_settings(root), root / "events")
     try:
         a.step()
         with pytest.raises(StaleShard, match=r"monitor\.instance"):
@@ -138,6 +139,9 @@ def test_two_monitors_taking_one_shard_are_refused(root: Path) -> None:
     finally:
         a.close()
         b.close()
+    # Running, the monitor stops rather than go on counting another's events.
+    c.run()
+    assert isinstance(c.failed, StaleShard)
 
 
 def test_an_old_state_folder_is_not_mistaken_for_checkpoints(root: Path) -> None:

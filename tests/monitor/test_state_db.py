@@ -110,10 +110,18 @@ def test_a_restart_resumes_from_the_database_and_a_second_writer_is_refused(
     write_folder(root / "events", events[:1200])
     mon = Continuous(_settings(root, hub_database, group), root / "events")
     mon.step()
+    # The database drops the monitor's connection (a restart, a failover): it reconnects.
+    with psycopg.connect(hub_database, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'sidecar-monitor' AND datname = current_database()"
+        )
+    write_folder(root / "events", events[1200:1300])
+    assert mon.step() is not None
     mon.close()
     for path in (root / "events").rglob("*.jsonl"):
         path.unlink()  # read, then pruned: only the checkpoint remembers them
-    write_folder(root / "events", events[1200:])
+    write_folder(root / "events", events[1300:])
     other = Continuous(_settings(root, hub_database, group), root / "events")
     restarted = Continuous(_settings(root, hub_database, group), root / "events")
     try:
