@@ -8,12 +8,16 @@ for a quarter, a review request and decision for a tenth, an outcome for half, i
 stream order. Measured on one core (the process is pinned to one CPU): `ingest` parses
 each line with orjson and folds it into the state; the baseline in the same run is
 orjson's parse alone over the same lines, the floor any Python consumer pays. `report`
-is the time to build the JSON report from the folded state. Best of `--repeat`.
+is the time to build the JSON report from the folded state. `checkpoint` is what the
+continuous monitor pays to store a shard that holds every decision (its sums, join index
+and offsets, encoded as the state stores write them), and `restore` what a restarted one
+pays to read it back. Best of `--repeat`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import time
@@ -23,6 +27,7 @@ from typing import Any
 import orjson
 
 from sidecar.config.sections import MonitorSettings
+from sidecar.monitor.checkpoint import Checkpoint, capture, decode_resume, encode_resume, restore
 from sidecar.monitor.ingest import Ingest
 from sidecar.monitor.report import ModelInfo, build
 from sidecar.monitor.state import State
@@ -142,7 +147,8 @@ def _rss_kib() -> int:
 def run(decisions: int, repeat: int) -> dict[str, Any]:
     settings = MonitorSettings(window="1h", intersections=[["gender", "age_band"]])
     lines = event_lines(decisions)
-    parse, ingest, report = [], [], []
+    parse, ingest, report, checkpoint, restoring = [], [], [], [], []
+    stored = 0
     rss_before = _rss_kib()
     state_kib = 0
     for _ in range(repeat):
@@ -157,7 +163,22 @@ def run(decisions: int, repeat: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         build(ing.snapshot(), settings, ModelInfo(LABELS, "repaid"), None)
         report.append(time.perf_counter() - t0)
-        del ing
+        t0 = time.perf_counter()
+        ck = capture("kafka-p0", ing, {"sidecar.decisions": len(lines)})
+        # As the stores write it: the sums as JSON, the join index compressed.
+        state_json = json.dumps(ck.state).encode()
+        resume = encode_resume(ck.resume)
+        checkpoint.append(time.perf_counter() - t0)
+        stored = len(state_json) + len(resume)
+        del ing, ck
+        t0 = time.perf_counter()
+        again = _ingest([], settings)
+        restore(
+            again,
+            Checkpoint("kafka-p0", json.loads(state_json), decode_resume(resume), {}),
+        )
+        restoring.append(time.perf_counter() - t0)
+        del again, state_json, resume
     n = len(lines)
     return {
         "decisions": decisions,
@@ -169,6 +190,10 @@ def run(decisions: int, repeat: int) -> dict[str, Any]:
         "report_build_s": min(report),
         # The join index and the statistics: resident memory the first ingest added.
         "state_bytes_per_decision": state_kib * 1024 / decisions,
+        "checkpoint_s": min(checkpoint),
+        "checkpoint_to_ingest_ratio": min(checkpoint) / min(ingest),
+        "checkpoint_bytes_per_decision": stored / decisions,
+        "restore_s": min(restoring),
     }
 
 

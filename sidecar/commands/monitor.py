@@ -100,4 +100,7 @@ def run_continuous(args: argparse.Namespace) -> int:
         monitor.run()
     except KeyboardInterrupt:
         monitor.stop()
+    if monitor.failed is not None:
+        print(f"sidecar monitor: stopped: {monitor.failed}", file=sys.stderr)
+        return 1
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -689,18 +689,22 @@ class MonitorSettings(_Section):
     """Compare each window with the reference, or with the period's first window (bins still from the reference)."""
     drift_bins: int = Field(default=10, ge=2, le=100)
     """Bins per feature (quantiles of the reference rows) for PSI and KS."""
+    psi_convention: Literal["popmon", "evidently"] = "popmon"
+    """How PSI keeps an empty bin finite: popmon (1e-5 added to every bin's share) or evidently (an empty bin's share replaced by 1e-4, or the smallest share / 10^6 when that is at most 1e-4)."""
     alerts: list[Rule] = []
     """Alert rules: tables of name, metric, above or below, use, k, gate (see the README's Monitor section)."""
     interval_s: float = Field(default=30.0, gt=0)
     """How often the continuous monitor reads new events, re-evaluates and writes its state."""
     state_dir: Path = Path("var/monitor")
-    """Where the continuous monitor writes its partial state and its latest report (which the dashboard shows); instances share it."""
+    """Where the continuous monitor writes its latest report (which the dashboard shows) and, with state_store = folder, its shards' checkpoints; instances then share it."""
+    state_store: Literal["folder", "database"] = "folder"
+    """Where each shard's statistics are kept with its read offsets, and merged: folder (state_dir) or database (the hub's PostgreSQL, hub.database_url)."""
+    group_id: str = Field(default="sidecar-monitor", min_length=1, max_length=255)
+    """Monitors with the same group share their shards' states in the database (state_store = database) and the hub's dashboard shows that group."""
     instance: int = Field(default=0, ge=0)
     """This instance's index among `instances`: it takes the decisions whose id hashes to it (files source), or partitions p with p mod instances = instance (Kafka)."""
     instances: int = Field(default=1, ge=1, le=1024)
-    """Monitor instances sharing the stream; their partial states in `state_dir` merge into one report."""
-    topic_outcomes: str = "sidecar.outcomes"
-    """Topic (files sink folder) of outcome events."""
+    """Monitor instances sharing the stream; their shards' states merge into one report."""
     topic_alerts: str = "sidecar.alerts"
     """Topic (files sink folder) the monitor's alert events go to."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -709,6 +713,20 @@ class MonitorSettings(_Section):
     """Event lines longer than this are skipped and counted as invalid."""
     max_tracked_decisions: int = Field(default=2_000_000, ge=1000)
     """Decisions remembered for joining late outcomes, reviews and explanations; past it the oldest are forgotten (their late events are counted as unmatched)."""
+
+    # Keys that were removed -> the key to set instead (refused naming it, file or environment).
+    REMOVED: ClassVar[dict[str, str]] = {"topic_outcomes": "kafka.topic_outcomes"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_removed(cls, data: Any) -> Any:
+        for name, instead in cls.REMOVED.items():
+            if isinstance(data, dict) and name in data:
+                raise ValueError(
+                    f"monitor.{name} was removed: the monitor reads outcomes from {instead}"
+                    " (the topic the sidecar writes them to); set that instead"
+                )
+        return data
 
     @field_validator("window")
     @classmethod

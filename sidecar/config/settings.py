@@ -114,6 +114,11 @@ def _check_env_keys(environ: Mapping[str, str]) -> None:
                 and issubclass(model, BaseModel)
                 and name not in model.model_fields
             ):
+                replaced = getattr(model, "REMOVED", {}).get(name)
+                if replaced:
+                    raise ConfigError(
+                        f"environment variable {raw}: {section}.{name} was removed; set {replaced}"
+                    )
                 raise ConfigError(f"unknown environment variable {raw}: no key {section}.{name}")
 
 

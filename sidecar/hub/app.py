@@ -104,6 +104,7 @@ def create_hub_app(
     open_metrics: bool = True,
     explain_now: ExplainFn | None = None,
     people: HubPeople | None = None,
+    monitor: APIRouter | None = None,
 ) -> FastAPI:
     # One lookup (one cache of explanations) for the review and the people routes.
     explanations = Explanations(
@@ -139,7 +140,8 @@ def create_hub_app(
         registry=registry,
         ready_checks=ready_checks,
         # People before review: the review router's /decisions/{id}/{row} would take their paths.
-        routers=[create_search_router(authenticator, decisions), *people_api, review_api],
+        routers=[create_search_router(authenticator, decisions), *people_api, review_api]
+        + ([monitor] if monitor is not None else []),
         guard=authenticator.require("auditor", "admin"),
         open_health=open_health,
         open_metrics=open_metrics,

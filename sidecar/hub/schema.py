@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
+from sidecar.hub import monitor_state
 from sidecar.hub.db import Conn
 
 # Arbitrary, fixed: the advisory lock ids the hubs agree on.
@@ -117,6 +118,7 @@ CREATE TABLE contests (
 );
 """,
     ),
+    (monitor_state.MIGRATION_VERSION, monitor_state.MIGRATION),
 )
 
 

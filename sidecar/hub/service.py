@@ -17,6 +17,7 @@ from sidecar.hub.db import connect, pool
 from sidecar.hub.explain import HubExplainer, load_models
 from sidecar.hub.ingest import Ingest
 from sidecar.hub.lookup import HubDecisions
+from sidecar.hub.monitor_dashboard import create_hub_monitor_router
 from sidecar.hub.people import HubPeople
 from sidecar.hub.review import HubReviewStore
 from sidecar.metrics import Registry
@@ -72,6 +73,9 @@ class Hub:
             open_metrics=settings.control.open_metrics,
             explain_now=HubExplainer(self.pool, h.models, explainers) if explainers else None,
             people=people,
+            monitor=create_hub_monitor_router(
+                settings, self.pool, authenticator.require("auditor", "admin")
+            ),
         )
         self._sock = bind(h.host, h.port)
         host, port = self._sock.getsockname()[:2]

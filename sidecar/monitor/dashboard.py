@@ -2,7 +2,8 @@
 
 The figures come from the continuous monitor's latest report (`monitor.state_dir/report.json`)
 when one is running; otherwise the page computes a report over the files sink's folder,
-at most once per `monitor.interval_s`. The page has no script and loads nothing from
+at most once per `monitor.interval_s`. The hub serves the same routes over another
+`load`: the shards' states merged from its database (`sidecar.hub.monitor_dashboard`). The page has no script and loads nothing from
 elsewhere: the charts are drawn on the server. Per-group figures show group attributes,
 so the routes take the roles that see them.
 """
@@ -40,8 +41,11 @@ PAGE_HEADERS = {
 class LatestReport:
     """The report the dashboard shows, computed or read at most once per interval."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, load: Callable[[], dict[str, Any] | None] | None = None
+    ) -> None:
         self._settings = settings
+        self._loader = load or self._load
         self._lock = threading.Lock()
         self._at = -float("inf")
         self._report: dict[str, Any] | None = None
@@ -52,7 +56,7 @@ class LatestReport:
             now = time.monotonic()
             if now - self._at >= self._settings.monitor.interval_s:
                 try:
-                    self._report, self.error = self._load(), None
+                    self._report, self.error = self._loader(), None
                 except (OSError, ValueError) as exc:  # a bad reference file, a torn state file
                     log.warning("monitor dashboard: %s", exc)
                     self._report, self.error = None, str(exc)
@@ -73,9 +77,15 @@ class LatestReport:
         return report_once(self._settings, folder)
 
 
-def create_dashboard_router(settings: Settings, guard: Callable[..., Any]) -> APIRouter:
+def create_dashboard_router(
+    settings: Settings,
+    guard: Callable[..., Any],
+    load: Callable[[], dict[str, Any] | None] | None = None,
+) -> APIRouter:
+    """`/monitor` and `/monitor/report.json`; `load` gives the report (default: the control
+    plane's, from `state_dir/report.json` or the files sink's folder)."""
     router = APIRouter(dependencies=[Depends(guard)], tags=["monitor"])
-    latest = LatestReport(settings)
+    latest = LatestReport(settings, load)
 
     @router.get("/monitor", include_in_schema=False)
     def dashboard() -> Response:

@@ -6,6 +6,8 @@ earlier report's edges), so histograms of different windows and instances add up
 - PSI = sum over bins of (p - q) * ln(p / q), with p and q the reference's and the
   window's shares of each bin plus 1e-5, so an empty bin stays finite: popmon's
   convention (`popmon.analysis.comparison.comparisons.population_stability_index`).
+  With `monitor.psi_convention = "evidently"`, Evidently's instead: the bins either
+  side uses, an empty one's share replaced (see `_filled`).
 - KS is the largest gap between the two cumulative shares at the bin edges: the
   two-sample Kolmogorov-Smirnov statistic of the binned values (equal to the exact
   one when values fall on the bin grid; a lower bound otherwise).
@@ -113,11 +115,28 @@ def load_reference(path: Path, feature_names: list[str], bins: int) -> Reference
     return Reference(source=str(path), feature_names=names, edges=edges, hist=hist)
 
 
-def psi(reference: list[int], current: list[int]) -> float | None:
+def _filled(shares: list[float]) -> list[float]:
+    # Evidently's: an empty bin's share becomes 1e-4, or the smallest share / 10^6 when that
+    # is at most 1e-4 (evidently.legacy.calculations.stattests.utils.get_binned_data).
+    least = min(x for x in shares if x > 0)
+    fill = least / 10**6 if least <= 0.0001 else 0.0001
+    return [x if x > 0 else fill for x in shares]
+
+
+def psi(reference: list[int], current: list[int], convention: str = "popmon") -> float | None:
+    """Σ (p - q) ln(p / q) over the bins' shares; `convention` says how an empty bin stays finite."""
     rt, ct = sum(reference), sum(current)
     if rt == 0 or ct == 0:
         return None
     total = 0.0
+    if convention == "evidently":
+        # Only bins that either side uses, as Evidently's categories are the values seen.
+        used = [(r, c) for r, c in zip(reference, current, strict=True) if r or c]
+        ps = _filled([r / rt for r, _ in used])
+        qs = _filled([c / ct for _, c in used])
+        for p, q in zip(ps, qs, strict=True):
+            total += (p - q) * math.log(p / q)
+        return total
     for r, c in zip(reference, current, strict=True):
         p, q = r / rt + PSI_EPSILON, c / ct + PSI_EPSILON
         total += (p - q) * math.log(p / q)
@@ -156,12 +175,13 @@ def drift_figures(
     ref_importance: dict[str, float] | None,
     current_importance: dict[str, float],
     k: int,
+    psi_convention: str = "popmon",
 ) -> dict[str, Any]:
     features: dict[str, Any] = {}
     if ref_hist is not None and window.hist:
         for j, name in enumerate(feature_names):
             features[name] = {
-                "psi": psi(ref_hist[j], window.hist[j]),
+                "psi": psi(ref_hist[j], window.hist[j], psi_convention),
                 "ks": ks(ref_hist[j], window.hist[j]),
                 "count": sum(window.hist[j]),
                 "missing": window.missing[j],
@@ -169,7 +189,7 @@ def drift_figures(
     prediction = None
     if ref_score is not None:
         prediction = {
-            "psi": psi(ref_score, window.score_hist),
+            "psi": psi(ref_score, window.score_hist, psi_convention),
             "ks": ks(ref_score, window.score_hist),
         }
     attribution = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import heapq
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -157,14 +158,18 @@ class Ingest:
         return self.state
 
     def waiting_outcomes(self, limit: int = 20) -> list[str]:
-        """Decision ids of outcomes still waiting for their decision (up to `limit`)."""
-        out = []
-        for did, evs in self._waiting.items():
-            if any(e["event_type"] == "outcome" for e in evs):
-                out.append(did)
-                if len(out) >= limit:
-                    break
-        return out
+        """The `limit` smallest decision ids of outcomes still waiting for their decision.
+
+        The smallest, not the first read: shards' lists then merge into exactly the list
+        one reader of every event would give."""
+        return heapq.nsmallest(
+            limit,
+            (
+                did
+                for did, evs in self._waiting.items()
+                if any(e["event_type"] == "outcome" for e in evs)
+            ),
+        )
 
     # -- decisions ----------------------------------------------------------------------
 

@@ -5,15 +5,18 @@ through a consumer group): the sidecar keys every event by its decision id and
 partitions by CRC-32 of the key, so with equal partition counts a decision and
 every event about it (its outcome weeks later included) land in the same
 partition number of their topics, and so with the same instance. The assignment
-never moves, so no instance's state has to be handed over. A restarted instance
-reads its partitions again from the beginning (what retention keeps).
+never moves, so no instance's state has to be handed over. The continuous
+monitor keeps one state per partition number and stores it with that
+partition's offsets (`sidecar.monitor.checkpoint`): `resume` tells the tail
+where each newly assigned partition goes on from (from the beginning where it
+has no checkpoint).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -58,6 +61,7 @@ class KafkaTail:
         instance: int,
         instances: int,
         max_event_bytes: int,
+        resume: Callable[[int], Mapping[str, int]] | None = None,
     ) -> None:
         from kafka import KafkaConsumer
 
@@ -74,6 +78,26 @@ class KafkaTail:
             max_partition_fetch_bytes=max(max_event_bytes, 1024 * 1024),
         )
         self._assigned: set[Any] = set()
+        self._resume = resume
+
+    def check_partitions(self) -> None:
+        """Refuse topics that could put a decision and its events in different partition numbers.
+
+        The sidecar partitions by the key's hash modulo the partition count, so only topics
+        with equal counts put a decision's outcome (explanation, review) in the decision's
+        partition number, and so in the state that holds the decision."""
+        counts = {
+            topic: len(parts)
+            for kind, topic in self.topics.items()
+            if kind != "gaps" and (parts := self.consumer.partitions_for_topic(topic))
+        }
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{t}: {n}" for t, n in sorted(counts.items()))
+            raise ValueError(
+                "the event topics have different partition counts"
+                f" ({listed}); the monitor joins a decision and the events about it by"
+                " partition number: give the topics the same count"
+            )
 
     def _assign(self) -> None:
         from kafka import TopicPartition
@@ -87,11 +111,37 @@ class KafkaTail:
         if wanted != self._assigned:
             new = wanted - self._assigned
             self.consumer.assign(sorted(wanted))
-            self.consumer.seek_to_beginning(*new)
+            if self._resume is None:
+                self.consumer.seek_to_beginning(*new)
+            else:
+                self.check_partitions()
+                for p in sorted({tp.partition for tp in new}):
+                    offsets = self._resume(p)
+                    for tp in (tp for tp in new if tp.partition == p):
+                        if tp.topic in offsets:
+                            self.consumer.seek(tp, offsets[tp.topic])
+                        else:
+                            self.consumer.seek_to_beginning(tp)
             self._assigned = wanted
+
+    def positions(self, partition: int) -> dict[str, int]:
+        """Topic -> next offset to read, of the assigned partitions numbered `partition`."""
+        return {
+            tp.topic: self.consumer.position(tp)
+            for tp in self._assigned
+            if tp.partition == partition
+        }
 
     def read(self, deadline_s: float = 60.0) -> Iterator[dict[str, Any]]:
         """Every record of the assigned partitions up to their end offsets as of this call."""
+        for _, events, invalid in self.read_partitions(deadline_s):
+            self.invalid += invalid
+            yield from events
+
+    def read_partitions(
+        self, deadline_s: float = 60.0
+    ) -> Iterator[tuple[int, list[dict[str, Any]], int]]:
+        """As `read`, a fetched batch at a time: (partition number, its events, invalid records)."""
         self._assign()
         if not self._assigned:
             return
@@ -101,21 +151,24 @@ class KafkaTail:
         limit = self.max_event_bytes
         while behind and time.monotonic() < give_up:
             batch = self.consumer.poll(timeout_ms=200, max_records=10_000)
-            for records in batch.values():
+            for tp, records in batch.items():
+                events: list[dict[str, Any]] = []
+                invalid = 0
                 for rec in records:
                     value = rec.value
                     if value is None or len(value) > limit:
-                        self.invalid += 1
+                        invalid += 1
                         continue
                     try:
                         ev = orjson.loads(value)
                     except orjson.JSONDecodeError:
-                        self.invalid += 1
+                        invalid += 1
                         continue
                     if isinstance(ev, dict):
-                        yield ev
+                        events.append(ev)
                     else:
-                        self.invalid += 1
+                        invalid += 1
+                yield tp.partition, events, invalid
             behind = {tp for tp in behind if self.consumer.position(tp) < end[tp]}
         if behind:
             log.warning("monitor: %d partitions still behind after %.0f s", len(behind), deadline_s)

@@ -19,6 +19,13 @@ from sidecar.monitor.state import ALL, State
 from sidecar.sinks.events import rfc3339
 
 REPORT_VERSION = 1
+PSI_METHODS = {
+    "popmon": "sum (p - q) ln(p / q) over bins, shares plus 1e-5 (popmon's convention)",
+    "evidently": (
+        "sum (p - q) ln(p / q) over the bins either side uses, an empty bin's share 1e-4"
+        " or the smallest share / 10^6 when that is at most 1e-4 (Evidently's convention)"
+    ),
+}
 
 
 @dataclass
@@ -83,6 +90,7 @@ def build(
             ref_importance=ref_imp,
             current_importance=importance(window, names, ALL),
             k=k,
+            psi_convention=settings.psi_convention,
         )
         return figs
 
@@ -143,7 +151,7 @@ def build(
             "min_group_size": settings.min_group_size,
             "intervals": METHODS,
             "positive_class": "the favourable label",
-            "psi": "sum (p - q) ln(p / q) over bins, shares plus 1e-5 (popmon's convention)",
+            "psi": PSI_METHODS[settings.psi_convention],
             "ks": "largest gap between cumulative bin shares",
             "drift_against": against,
             "drift_reference": reference.source if reference is not None else None,

@@ -1,16 +1,18 @@
-"""The monitor as a command: one report over a period, or continuously over the files sink's folder.
+"""The monitor as a command: one report over a period, or continuously over the stream.
 
-Continuous mode reads new events every `monitor.interval_s`, writes this
-instance's partial state to `state_dir/partial-<i>-of-<n>.json` (atomically),
-and instance 0 merges every partial it finds into the report
+Continuous mode reads new events every `monitor.interval_s` into its shards
+(one per Kafka partition number it owns, or its hash share of the files sink's
+folder), writes each shard's checkpoint (statistics, join index and read
+position together, `sidecar.monitor.checkpoint`) to the state store, and
+instance 0 merges every shard's stored state into the report
 (`state_dir/report.json`), emits the alerts not emitted before to
-`sidecar.alerts` and serves them as Prometheus metrics. States merge by
-adding counts, so n instances report what one would.
+`sidecar.alerts` and serves them as Prometheus metrics. States merge by adding
+counts, so n instances report what one would, and a restarted instance goes on
+from its checkpoints.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -25,11 +27,14 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from sidecar.config import Settings
 from sidecar.monitor import alerts as alert_rules
+from sidecar.monitor.checkpoint import capture, restore
 from sidecar.monitor.drift import Reference, load_reference
 from sidecar.monitor.ingest import Ingest
+from sidecar.monitor.merge import merged_report, open_store
 from sidecar.monitor.report import ModelInfo, build
 from sidecar.monitor.source import FolderTail
 from sidecar.monitor.state import State
+from sidecar.monitor.store import StaleShard
 from sidecar.sinks.events import dumps
 from sidecar.sinks.files import RotatingFile
 
@@ -43,7 +48,7 @@ def topics(settings: Settings) -> dict[str, str]:
         "explanations": k.topic_explanations,
         "reviews": k.topic_reviews,
         "gaps": k.topic_gaps,
-        "outcomes": settings.monitor.topic_outcomes,
+        "outcomes": k.topic_outcomes,
     }
 
 
@@ -205,18 +210,38 @@ class FigureCollector:
 
 
 class Continuous:
-    """`sidecar monitor`: follow the files sink's folder; merge partial states; alert."""
+    """`sidecar monitor`: follow the stream shard by shard; checkpoint; merge; alert."""
 
     def __init__(self, settings: Settings, source: str | Path) -> None:
         self.settings = settings
         m = settings.monitor
         self.ref = reference(settings)
-        folder = is_folder(source)
-        self.ingest = new_ingest(settings, self.ref, hash_shard=folder)
-        self.tail = open_source(settings, source, shard=True)
+        self.folder = folder = is_folder(source)
+        self.store = open_store(settings)
+        self.shards: dict[str, Ingest] = {}
         self.state_dir = m.state_dir
-        self.partial = m.state_dir / f"partial-{m.instance}-of-{m.instances}.json"
-        self.alerts_out: Any
+        self.alerts_out: Any = None
+        try:
+            if folder:
+                self.tail: Any = FolderTail(Path(source), topics(settings), m.max_event_bytes)
+                key = f"files-{m.instance}-of-{m.instances}"
+                self.tail.offsets = dict(self._shard(key, hash_shard=True))
+            else:
+                from sidecar.monitor.kafka_source import KafkaTail
+
+                self.tail = KafkaTail(
+                    settings.kafka,
+                    str(source),
+                    topics(settings),
+                    instance=m.instance,
+                    instances=m.instances,
+                    max_event_bytes=m.max_event_bytes,
+                    resume=lambda p: self._shard(f"kafka-p{p}", hash_shard=False),
+                )
+                self.tail.check_partitions()  # at start, not at the first step
+        except BaseException:
+            self.store.close()
+            raise
         if folder:
             self.alerts_out = RotatingFile(
                 Path(source) / m.topic_alerts, 64 * 1024 * 1024, 86_400.0, 48
@@ -232,6 +257,17 @@ class Continuous:
         self.registry.register(self.collector)  # type: ignore[arg-type]
         self._stop = threading.Event()
         self.report: dict[str, Any] | None = None
+        self.failed: BaseException | None = None
+
+    def _shard(self, key: str, *, hash_shard: bool) -> dict[str, int]:
+        """Create shard `key`, from its checkpoint when there is one; its read position."""
+        ing = new_ingest(self.settings, self.ref, hash_shard=hash_shard)
+        ck = self.store.load(key)
+        if ck is not None:
+            restore(ing, ck)
+            log.info("monitor: shard %s resumed at %s", key, ck.offsets)
+        self.shards[key] = ing
+        return dict(ck.offsets) if ck is not None else {}
 
     @staticmethod
     def _emitted_before(folder: Path) -> set[str]:
@@ -244,42 +280,46 @@ class Continuous:
                     continue
         return seen
 
+    def local_state(self) -> State:
+        """This instance's shards merged (what it has read)."""
+        total = new_ingest(self.settings, self.ref).state
+        for ing in self.shards.values():
+            total.merge(ing.snapshot())
+        return total
+
     def step(self) -> dict[str, Any] | None:
-        """Read what is new, write this instance's state; instance 0 merges, reports and alerts."""
-        self.ingest.feed(self.tail.read())
-        state = self.ingest.snapshot()
-        state.traffic["invalid"] += self.tail.invalid
-        self.tail.invalid = 0
-        # The stdlib's JSON: the fixed-point sums outgrow the 64-bit integers orjson writes.
-        _write_atomic(self.partial, json.dumps(state.to_dict()).encode())
+        """Read what is new, checkpoint the shards that read it; instance 0 merges, reports and alerts."""
+        touched: list[str] = []
+        if self.folder:
+            ((key, ing),) = self.shards.items()
+            before = dict(self.tail.offsets)
+            ing.feed(self.tail.read())
+            ing.state.traffic["invalid"] += self.tail.invalid
+            self.tail.invalid = 0
+            read = self.tail.offsets != before
+            checkpoints = [capture(key, ing, self.tail.offsets)] if read else []
+        else:
+            for p, events, invalid in self.tail.read_partitions():
+                key = f"kafka-p{p}"
+                ing = self.shards[key]
+                ing.feed(events)
+                ing.state.traffic["invalid"] += invalid
+                if key not in touched:
+                    touched.append(key)
+            checkpoints = [
+                capture(key, self.shards[key], self.tail.positions(int(key[7:]))) for key in touched
+            ]
+        # One transaction (or one atomic file per shard): statistics and offsets together.
+        self.store.save(checkpoints)
         if self.settings.monitor.instance != 0:
             return None
-        merged = self.merged()
-        rep = build(
-            merged,
-            self.settings.monitor,
-            model_info(self.settings, self.ingest),
-            self.ref,
-            waiting_outcome_ids=self.ingest.waiting_outcomes(),
-        )
+        rep = merged_report(self.settings, self.ref, self.store.states())
+        if rep is None:
+            rep = report_once_state(self.settings, self.ref)
         _write_atomic(self.state_dir / "report.json", orjson.dumps(rep))
         self._emit(rep)
         self.collector.report = self.report = rep
         return rep
-
-    def merged(self) -> State:
-        m = self.settings.monitor
-        total: State | None = None
-        for i in range(m.instances):
-            path = self.state_dir / f"partial-{i}-of-{m.instances}.json"
-            if not path.is_file():
-                continue
-            part = State.from_dict(json.loads(path.read_bytes()))
-            if total is None:
-                total = part
-            else:
-                total.merge(part)
-        return total if total is not None else self.ingest.snapshot()
 
     def _emit(self, rep: dict[str, Any]) -> None:
         bodies = []
@@ -304,6 +344,11 @@ class Continuous:
             started = time.monotonic()
             try:
                 self.step()
+            except StaleShard as exc:
+                # Another monitor owns a shard of ours: going on would count its events twice.
+                log.error("monitor: %s", exc)
+                self.failed = exc
+                break
             except Exception:
                 log.exception("monitor: a step failed; retrying next interval")
             self._stop.wait(
@@ -312,9 +357,17 @@ class Continuous:
         self.close()
 
     def close(self) -> None:
-        self.alerts_out.close()
+        if self.alerts_out is not None:
+            self.alerts_out.close()
         if hasattr(self.tail, "close"):
             self.tail.close()
+        self.store.close()
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def report_once_state(settings: Settings, ref: Reference | None) -> dict[str, Any]:
+    """The report of no events yet (nothing stored): the figures' empty shape."""
+    ing = new_ingest(settings, ref)
+    return build(ing.snapshot(), settings.monitor, model_info(settings, ing), ref)

@@ -28,20 +28,26 @@ class FolderTail:
         self.root = root
         self.topics = topics  # kind -> folder name
         self.max_event_bytes = max_event_bytes
-        self.offsets: dict[str, int] = {}
+        self.offsets: dict[str, int] = {}  # "topic/file.jsonl" -> bytes read
         self.invalid = 0
 
     def read(self) -> Iterator[dict[str, Any]]:
         """Every event appended since the last call, topic by topic."""
+        listed: set[str] = set()
         for kind in KINDS:
             folder = self.root / self.topics[kind]
             if not folder.is_dir():
                 continue
             for path in sorted(folder.glob("*.jsonl")):
+                listed.add(path.relative_to(self.root).as_posix())
                 yield from self._read_file(path)
+        # Files the sink pruned: their offsets would only grow the checkpoint.
+        for key in [k for k in self.offsets if k not in listed]:
+            del self.offsets[key]
 
     def _read_file(self, path: Path) -> Iterator[dict[str, Any]]:
-        key = str(path)
+        # Relative to the root: offsets stored with a checkpoint hold wherever the folder is.
+        key = path.relative_to(self.root).as_posix()
         start = self.offsets.get(key, 0)
         try:
             with path.open("rb") as f:

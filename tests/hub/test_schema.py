@@ -40,6 +40,7 @@ def test_migrate_creates_every_table_once(fresh_url: str) -> None:
         "review_items",
         "audit",
         "contests",
+        "monitor_state",
     } <= tables
 
 

@@ -42,7 +42,10 @@ def test_two_instances_merge_to_what_one_reports(folder: Path) -> None:
     merged = first.step()
     assert merged is not None
     # Each read about half the decisions; together all of them, and the same figures.
-    halves = [second.ingest.state.traffic["decisions"], first.ingest.state.traffic["decisions"]]
+    halves = [
+        second.local_state().traffic["decisions"],
+        first.local_state().traffic["decisions"],
+    ]
     assert sum(halves) == 4000 and min(halves) > 1500
     assert _without_time(merged) == _without_time(one)
     on_disk = orjson.loads((folder / "state" / "report.json").read_bytes())

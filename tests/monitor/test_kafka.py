@@ -3,6 +3,7 @@ instances (partitions split between them) merge to exactly what one reports."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from sidecar.sinks.kafka import producer_config
 from tests.kafka_broker import KafkaBroker, kafka_broker  # noqa: F401
 from tests.monitor.gen import FEATURES, generate
 from tests.monitor.test_report import RULES, write_config, write_folder, write_reference
+from tests.postgres_server import hub_database, postgres_server  # noqa: F401
 
 PARTITIONS = 4
 
@@ -61,11 +63,11 @@ def _settings(root: Path, bootstrap: str, names: dict[str, str], **monitor: Any)
                 "topic_explanations": names["explanation"],
                 "topic_reviews": names["review"],
                 "topic_gaps": names["gap"],
+                "topic_outcomes": names["outcome"],
             },
             "monitor": {
                 "min_group_size": 30,
                 "reference": str(root / "reference.parquet"),
-                "topic_outcomes": names["outcome"],
                 "topic_alerts": names["alert"],
                 "state_dir": str(root / "state"),
                 "alerts": RULES,
@@ -108,10 +110,10 @@ def test_kafka_report_two_instances_and_alerts(
             )
     from_files = report_once(settings, tmp_path / "events")
     config = tmp_path / "m.toml"
-    write_config(config, tmp_path / "reference.parquet", topic_outcomes=topics["outcome"])
+    write_config(config, tmp_path / "reference.parquet")
     with config.open("a") as f:
         f.write("[kafka]\n")
-        for key in ("decision", "explanation", "review", "gap"):
+        for key in ("decision", "explanation", "review", "gap", "outcome"):
             f.write(f'topic_{key}s = "{topics[key]}"\n')
     out = tmp_path / "kafka-report.json"
     argv = ["monitor", "report", "--config", str(config), "--events", kafka_broker.bootstrap]
@@ -136,7 +138,10 @@ def test_kafka_report_two_instances_and_alerts(
     finally:
         second.close()
         first.close()
-    halves = [second.ingest.state.traffic["decisions"], first.ingest.state.traffic["decisions"]]
+    halves = [
+        second.local_state().traffic["decisions"],
+        first.local_state().traffic["decisions"],
+    ]
     assert sum(halves) == 3000 and min(halves) > 0
     assert merged is not None and _without_time(merged) == _without_time(one)
 
@@ -183,6 +188,7 @@ def test_the_demo_model_through_the_sidecar_and_kafka(
         "topic_explanations": topics["explanation"],
         "topic_reviews": topics["review"],
         "topic_gaps": topics["gap"],
+        "topic_outcomes": topics["outcome"],
     }
     data = demo_rows(200, seed=17)
     with running_sidecar(
@@ -213,7 +219,7 @@ def test_the_demo_model_through_the_sidecar_and_kafka(
             overrides={
                 "model": model,
                 "kafka": kafka,
-                "monitor": {"min_group_size": 20, "topic_outcomes": topics["outcome"]},
+                "monitor": {"min_group_size": 20},
             },
         )
         wait_until(
@@ -253,3 +259,189 @@ def test_the_demo_model_through_the_sidecar_and_kafka(
     assert groups["F"]["count"] == groups["M"]["count"] == 100
     assert groups["F"]["outcomes"] + groups["M"]["outcomes"] == 100
     assert groups["F"]["true_positive_rate"]["denominator"] > 0
+
+
+def _checkpointed(root: Path, store: str, url: str | None) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset the stored checkpoints go on from."""
+    found: list[tuple[str, dict[str, int]]] = []
+    if store == "folder":
+        for path in sorted((root / "state").glob("kafka-p*.ckpt")):
+            with path.open("rb") as f:
+                found.append((path.stem, orjson.loads(f.readline())["offsets"]))
+    else:
+        import psycopg
+
+        assert url is not None
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT shard, offsets FROM monitor_state WHERE monitor = 'killed'"
+            ).fetchall()
+        found = [(str(r[0]), r[1]) for r in rows]
+    return {
+        (topic, int(shard.removeprefix("kafka-p"))): offset
+        for shard, offsets in found
+        for topic, offset in offsets.items()
+    }
+
+
+@pytest.mark.parametrize("store", ["folder", "database"])
+def test_a_monitor_killed_mid_stream_and_restarted_reports_what_an_uninterrupted_one_does(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    topics: dict[str, str],
+    tmp_path: Path,
+    store: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from kafka import TopicPartition
+
+    from tests.servers import wait_until
+
+    url = request.getfixturevalue("hub_database") if store == "database" else None
+    data = generate(3000, seed=43, shift=0.3)
+    # Shuffled: outcomes and reviews come before and after their decisions, across the kill.
+    events = list(data.events)
+    random.Random(9).shuffle(events)
+    chunks = [events[:2000], events[2000:5000], events[5000:]]
+    n_decisions = [sum(e["event_type"] == "decision" for e in c) for c in chunks]
+    write_reference(tmp_path / "reference.parquet", generate(1500, seed=4))
+    settings = _settings(tmp_path, kafka_broker.bootstrap, topics)
+    config = tmp_path / "m.toml"
+    write_config(
+        config,
+        tmp_path / "reference.parquet",
+        state_dir=str(tmp_path / "state"),
+        state_store=store,
+        group_id="killed",
+        interval_s=0.2,
+        source=kafka_broker.bootstrap,
+        topic_alerts=topics["alert"],
+    )
+    with config.open("a") as f:
+        f.write(f'[kafka]\nbootstrap_servers = "{kafka_broker.bootstrap}"\n')
+        for key in ("decision", "explanation", "review", "gap", "outcome"):
+            f.write(f'topic_{key}s = "{topics[key]}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    if url is not None:
+        env["SIDECAR_HUB__DATABASE_URL"] = url
+    report = tmp_path / "state" / "report.json"
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "monitor", "--config", str(config)],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+
+    def decisions_read() -> int:
+        try:
+            return int(orjson.loads(report.read_bytes())["traffic"]["decisions"])
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return -1
+
+    _publish(settings, topics, chunks[0])
+    proc = start()
+    try:
+        wait_until(
+            lambda: decisions_read() == n_decisions[0],
+            timeout_s=90,
+            what="the first chunk read",
+            interval_s=0.05,
+        )
+
+        # The second chunk flows in small batches while the monitor reads it: killed mid-stream.
+        def trickle() -> None:
+            for i in range(0, len(chunks[1]), 150):
+                _publish(settings, topics, chunks[1][i : i + 150])
+
+        publisher = threading.Thread(target=trickle)
+        publisher.start()
+        wait_until(
+            lambda: decisions_read() > n_decisions[0],
+            timeout_s=90,
+            what="part of the second chunk read",
+            interval_s=0.02,
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        publisher.join(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    killed_at = decisions_read()
+    assert n_decisions[0] < killed_at
+    _publish(settings, topics, chunks[2])
+    uninterrupted = report_once(settings, kafka_broker.bootstrap)
+    assert uninterrupted["traffic"]["decisions"] == 3000
+    # Whatever the checkpoints cover is gone from the broker: a monitor that started over
+    # would miss it, one that read it again would count it twice.
+    covered = _checkpointed(tmp_path, store, url)
+    assert covered and sum(covered.values()) > 0
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap, client_id="tests")
+    try:
+        admin.delete_records({TopicPartition(t, p): o for (t, p), o in covered.items() if o})
+    finally:
+        admin.close()
+    proc = start()
+    try:
+        wait_until(
+            lambda: decisions_read() == 3000,
+            timeout_s=120,
+            what="every decision read after the restart",
+            interval_s=0.1,
+        )
+        # The step that read the last decision may not be the last to read outcomes.
+        wait_until(
+            lambda: (
+                orjson.loads(report.read_bytes())["traffic"]["outcomes"]
+                == uninterrupted["traffic"]["outcomes"]
+            ),
+            timeout_s=60,
+            what="every outcome read",
+            interval_s=0.1,
+        )
+        resumed = orjson.loads(report.read_bytes())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert _without_time(resumed) == _without_time(uninterrupted)
+
+
+def test_topics_with_different_partition_counts_are_refused_at_start(
+    kafka_broker: KafkaBroker,  # noqa: F811
+    topics: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    odd = topics["outcome"] + ".two"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap, client_id="tests")
+    try:
+        admin.create_topics([NewTopic(odd, num_partitions=2, replication_factor=1)])
+    finally:
+        admin.close()
+    from tests.servers import wait_until
+
+    # A topic just created may not be in the broker's metadata yet: wait for it, not sleep.
+    probe = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        wait_until(
+            lambda: len(probe.partitions_for_topic(odd) or ()) == 2,
+            timeout_s=30,
+            what="the new topic's metadata",
+            interval_s=0.1,
+        )
+    finally:
+        probe.close()
+    write_reference(tmp_path / "reference.parquet", generate(500, seed=4))
+    settings = _settings(tmp_path, kafka_broker.bootstrap, {**topics, "outcome": odd})
+    with pytest.raises(ValueError, match="different partition counts") as err:
+        Continuous(settings, kafka_broker.bootstrap)
+    assert odd in str(err.value) and topics["decision"] in str(err.value)
