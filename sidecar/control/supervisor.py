@@ -163,28 +163,36 @@ class ControlProcess:
             proc = self._proc
             assert proc is not None
             code = proc.wait()
-            with self._lock:
-                if self._stopping:
+            while True:
+                with self._lock:
+                    if self._stopping:
+                        return
+                    bridge = self._bridge
+                if bridge is not None:
+                    bridge.close()
+                now = time.monotonic()
+                self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S]
+                if len(self._restarts) >= MAX_RESTARTS:
+                    self._fail(
+                        f"the control process exited with {code}, {MAX_RESTARTS} times"
+                        f" within {RESTART_WINDOW_S:.0f} s"
+                    )
                     return
-                bridge = self._bridge
-            if bridge is not None:
-                bridge.close()
-            now = time.monotonic()
-            self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S]
-            if len(self._restarts) >= MAX_RESTARTS:
-                self._fail(
-                    f"the control process exited with {code}, {MAX_RESTARTS} times"
-                    f" within {RESTART_WINDOW_S:.0f} s"
-                )
-                return
-            self._restarts.append(now)
-            log.error("control process %d exited with %s; starting another", proc.pid, code)
-            try:
-                self._spawn()
-            except Exception as exc:
-                if not self._stopping:
-                    self._fail(f"the control process could not be started again: {exc}")
-                return
+                self._restarts.append(now)
+                log.error("control process %d exited with %s; starting another", proc.pid, code)
+                try:
+                    self._spawn()
+                    break
+                except Exception as exc:
+                    if self._stopping:
+                        return
+                    proc = self._proc
+                    assert proc is not None
+                    died = proc.poll()
+                    if died is None:  # alive but not serving: not something a restart mends
+                        self._fail(f"the control process could not be started again: {exc}")
+                        return
+                    code = died  # died while starting: counted, and tried again
 
     def _fail(self, reason: str) -> None:
         log.error("%s; the service stops", reason)

@@ -108,9 +108,14 @@ def test_a_frame_announcing_more_than_the_limit_closes_the_bridge() -> None:
     server.start()
     with theirs:
         theirs.sendall((LIMIT + 1).to_bytes(4, "big") + b"[")
-        # The server does not read past the header: it closes, and says no more.
+        # The server does not read past the header: it closes (a reset, when what it left
+        # unread was still queued), and says no more.
         theirs.settimeout(10)
-        assert theirs.recv(1) == b""
+        try:
+            said = theirs.recv(1)
+        except ConnectionResetError:
+            said = b""
+        assert said == b""
     server.join(10)
 
 

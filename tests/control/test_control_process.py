@@ -160,24 +160,64 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_the_control_process_stops_when_the_data_plane_is_killed(
-    upstream: RecordingUpstream,
-) -> None:
+def _serve(upstream_url: str) -> subprocess.Popen[str]:
+    """`sidecar serve` in a process of its own, on free ports, its state in a fresh folder."""
     state = Path(tempfile.mkdtemp(prefix="sidecar-test-"))
     config = state / "sidecar.toml"
     config.write_text(
-        f'[proxy]\nport = 0\nupstream = "{upstream.url}"\n'
+        f'[proxy]\nport = 0\nupstream = "{upstream_url}"\n'
         f"[control]\nport = 0\n"
         f'[sink]\ndirectory = "{state / "events"}"\n'
         f'[review]\ndb_path = "{state / "review.db"}"\n'
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    serve = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env=env,
         text=True,
     )
+
+
+def test_sidecar_serve_exits_naming_a_control_plane_that_keeps_dying(
+    upstream: RecordingUpstream,
+) -> None:
+    serve = _serve(upstream.url)
+    try:
+        assert serve.stdout is not None and serve.stderr is not None
+        control_url = [serve.stdout.readline(), serve.stdout.readline()][1].split()[1]
+        killed: set[int] = set()
+        while serve.poll() is None and len(killed) <= supervisor.MAX_RESTARTS:
+            # The next control process, once it serves (a fresh one has a new pid).
+            wait_until(
+                lambda: (
+                    serve.poll() is not None
+                    or (
+                        _answers(control_url + "/healthz")
+                        and bool(set(_children(serve.pid)) - killed)
+                    )
+                ),
+                60,
+                what="a control process serving",
+            )
+            for child in set(_children(serve.pid)) - killed:
+                os.kill(child, signal.SIGKILL)
+                killed.add(child)
+        assert serve.wait(60) == 1
+        err = serve.stderr.read()
+        assert "sidecar: control plane: the control process exited with -9" in err, err
+        assert f"{supervisor.MAX_RESTARTS} times" in err
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+def test_the_control_process_stops_when_the_data_plane_is_killed(
+    upstream: RecordingUpstream,
+) -> None:
+    serve = _serve(upstream.url)
     try:
         assert serve.stdout is not None
         lines = [serve.stdout.readline(), serve.stdout.readline()]
