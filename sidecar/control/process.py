@@ -66,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info("the data plane closed the bridge; the control process stops")
         if server is not None:
             server.should_exit = True
-        # Whatever a request in flight is waiting on, the process does not outlive this.
-        threading.Timer(5.0, os._exit, args=(0,)).start()
+        # Whatever a request in flight is waiting on, the process does not outlive this by
+        # more than 5 s. A daemon: a process already on its way out does not wait for it.
+        deadline = threading.Timer(5.0, os._exit, args=(0,))
+        deadline.daemon = True
+        deadline.start()
 
     bridge = BridgeClient(bridge_sock, on_close=data_plane_gone)
     bridge.start()

@@ -86,6 +86,7 @@ class BridgeSink:
         return bool(self._bridge.call("has_room", pending))
 
     def health(self) -> dict[str, bool]:
+        """No checks of its own: the sink's are the data plane's readiness checks."""
         return {}
 
     def refuse_new(self) -> None:
