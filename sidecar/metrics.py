@@ -239,6 +239,11 @@ class Registry:
         assert isinstance(h, Histogram)
         return h
 
+    def families(self) -> list[_Family]:
+        """The families registered so far (the control process reads their raw values)."""
+        with self._lock:
+            return list(self._families.values())
+
     def render(self) -> str:
         """The Prometheus text format (0.0.4), as prometheus_client writes it."""
         return generate_latest(self.collectors).decode()

@@ -1,4 +1,4 @@
-"""Wiring: builds every part from the settings; the data plane on one loop, the control plane on its own."""
+"""Wiring: builds every part from the settings; the data plane on one loop, the control plane in its own process."""
 
 from __future__ import annotations
 
@@ -10,37 +10,34 @@ import signal
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
+import orjson
+
 from sidecar.config import ConfigError, Settings
 from sidecar.config.check import check_settings
-from sidecar.control.app import create_control_app
-from sidecar.control.auth import Authenticator, TokenTable
-from sidecar.control.lookup import Explanations
-from sidecar.control.server import ControlPlaneThread, new_event_loop
+from sidecar.control.auth import TokenTable
+from sidecar.control.bridge import SyncOp
+from sidecar.control.metrics_view import snapshot
+from sidecar.control.server import new_event_loop
 from sidecar.control.store import DecisionStore
+from sidecar.control.supervisor import ControlProcess, ControlProcessError
 from sidecar.dataplane.decide import Decider
 from sidecar.dataplane.groups import GroupExtractor
 from sidecar.dataplane.grpc.server import GrpcServer
 from sidecar.dataplane.http import DataPlane
 from sidecar.dataplane.server import IdleReaper, Limits, serve
 from sidecar.dataplane.upstream import Upstream
-from sidecar.decisions import Decision
 from sidecar.metrics import Registry
-from sidecar.monitor.dashboard import create_dashboard_router
-from sidecar.outcomes.api import create_outcomes_router
-from sidecar.outcomes.known import KnownDecisions
-from sidecar.outcomes.rules import OutcomeRules
 from sidecar.people.context import build_context
-from sidecar.people.reasons import reasons_or_none
-from sidecar.people.router import create_people_router
 from sidecar.pipeline.explain import ExplainStage, build_explainer
 from sidecar.pipeline.queue import Pipeline
 from sidecar.pipeline.routing import ReviewRouter
 from sidecar.pipeline.sampling import Sampler
 from sidecar.pipeline.stages import Stages
-from sidecar.review.api import create_review_router
 from sidecar.review.forward import HubForwardingStore
 from sidecar.review.model import ReviewStore
 from sidecar.review.store import SqliteReviewStore
@@ -81,8 +78,10 @@ class Service:
         # The model is loaded and checked before any port is opened: a model that
         # cannot be explained faithfully stops the start (ExplainerError names why).
         explainer = build_explainer(settings, registry)
-        # Reasons and recourse checked against the model, also before any port opens.
-        people = build_context(settings, explainer)
+        # Reasons, recourse and tokens checked against the model, also before any port
+        # opens (the control process builds them again; here a bad key stops the start).
+        build_context(settings, explainer)
+        TokenTable.from_settings(settings.auth)
         self._proxy_sock = bind(settings.proxy.host, settings.proxy.port)
         self._control_sock = bind(settings.control.host, settings.control.port)
         self.proxy_url = _url(self._proxy_sock)
@@ -163,75 +162,61 @@ class Service:
             if settings.proxy.grpc_listen is not None
             else None
         )
-        auth = Authenticator(
-            TokenTable.from_settings(settings.auth), settings.auth.group_attribute_roles
-        )
-        # One lookup (and one on-demand cache) for the review API and the people routes.
-        explanations = Explanations(
-            store=self.review_store,
-            decisions=self.store,
-            explain_now=self._explain_now if self.explain_stage is not None else None,
-            cache_size=r.explanation_cache_size,
-            registry=registry,
-        )
-        review_api = create_review_router(
-            settings=r,
-            authenticator=auth,
-            store=self.review_store,
-            registry=registry,
-            decisions=self.store,
-            explanations=explanations,
-            reasons_of=partial(reasons_or_none, people),
-        )
-        people_api = create_people_router(
-            settings=settings,
-            context=people,
-            authenticator=auth,
-            explanations=explanations,
-            store=self.review_store,
-            registry=registry,
-            proxy_url=self.proxy_url,
-        )
-        outcomes_api = create_outcomes_router(
-            settings=settings.outcomes,
-            authenticator=auth,
-            sink=self.sink,
-            rules=OutcomeRules(settings.model.class_labels),
-            known=KnownDecisions(self.store),
-            registry=registry,
-        )
-        self.control_app = create_control_app(
-            registry=registry,
-            ready_checks=[
-                ("upstream", self.upstream.reachable),
-                ("sink", self._sink_ready),
-                ("explainer", self._explainer_ready),
-                ("decision_pipeline", self._pipeline_alive),
-                *((name, partial(self._sink_health, name)) for name in self.sink.health()),
-                *([("grpc_upstream", self.grpc.ready)] if self.grpc is not None else []),
-            ],
-            # People first: the review router's /decisions/{id}/{row} would take their paths.
-            routers=[
-                people_api,
-                review_api,
-                outcomes_api,
-                create_dashboard_router(settings, auth.require("auditor", "admin")),
-            ],
-            guard=auth.require("auditor", "admin"),
-            open_health=settings.control.open_health,
-            open_metrics=settings.control.open_metrics,
-        )
-        self._control: ControlPlaneThread | None = None
+        # What the control process may ask of this one (sidecar.control.bridge): cheap,
+        # bounded reads of what only this process holds, and events for its sink.
+        self._ready_checks: dict[str, Callable[[], Coroutine[Any, Any, bool]]] = {
+            "upstream": self.upstream.reachable,
+            "sink": self._sink_ready,
+            "explainer": self._explainer_ready,
+            "decision_pipeline": self._pipeline_alive,
+            **{name: partial(self._sink_health, name) for name in self.sink.health()},
+            **({"grpc_upstream": self.grpc.ready} if self.grpc is not None else {}),
+        }
+        self._created = time.time()
+        self.control: ControlProcess | None = None
+        self._control_failure: str | None = None
         self._data_server: asyncio.Server | None = None
         self._reaper: IdleReaper | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self.started = threading.Event()
 
-    def _explain_now(self, decision: Decision) -> dict[str, Any]:
-        assert self.explain_stage is not None
-        body: dict[str, Any] = self.explain_stage.explain_now(decision).to_dict()
-        return body
+    def _bridge_ops(self) -> dict[str, SyncOp]:
+        """The control process's ops: each tens of microseconds of this process's CPU (a lookup
+        26 µs, a metrics snapshot 116 µs on a loaded 2-core VM: loadtests/bench_bridge)."""
+        store, sink = self.store, self.sink
+
+        def fragment(data: bytes | None) -> orjson.Fragment | None:
+            # The bytes the store holds, sent as they are: not parsed and written again here.
+            return None if data is None else orjson.Fragment(data)
+
+        def by_request(request_id: str, after: str | None, limit: int) -> list[Any]:
+            page, more = store.packed_by_request(request_id, after=after, limit=int(limit))
+            return [[orjson.Fragment(d) for d in page], more]
+
+        return {
+            "hello": lambda: {
+                "proxy_url": self.proxy_url,
+                "control_url": self.control_url,
+                "ready_checks": list(self._ready_checks),
+                "started": self._created,
+            },
+            "decision": lambda decision_id: fragment(store.packed(decision_id)),
+            "explanation": lambda decision_id: fragment(store.packed_explanation(decision_id)),
+            "by_request": by_request,
+            "newest_forgotten": lambda: store.newest_forgotten,
+            "metrics": lambda skip: snapshot(self.registry, skip),
+            "publish": lambda kind, key, body: sink.publish(kind, key, body),
+            "publish_many": lambda kind, items: sink.publish_many(kind, [(k, b) for k, b in items]),
+            "has_room": lambda pending: sink.has_room(int(pending)),
+        }
+
+    async def _ready(self, name: str) -> bool:
+        return await self._ready_checks[name]()
+
+    def _control_failed(self, reason: str) -> None:
+        self._control_failure = reason
+        self.request_stop()
 
     async def _sink_ready(self) -> bool:
         return self.sink.ready()
@@ -259,20 +244,21 @@ class Service:
         )
         if self.grpc is not None:
             await self.grpc.start()
-        self._control = ControlPlaneThread(
-            self.control_app,
-            self._control_sock,
-            housekeeping=[self._expire_leases],
-            on_exit=self.request_stop,
-            nice=self.settings.control.nice,
+        self.control = ControlProcess(
+            settings=self.settings,
+            sock=self._control_sock,
+            ops=self._bridge_ops(),
+            loop_ops={"ready": self._ready},
+            loop=self._loop,
+            on_failure=self._control_failed,
         )
-        # Process-wide: a thread that wants the interpreter gets it after this long. With
-        # the control plane niced, this bounds what its work can add to a proxied call
-        # (bench_proxy --control-load: p99 2.26x the quiet sidecar's at 5 ms, 1.68x with
-        # nice 19 and 0.5 ms, same machine and hour).
+        # Process-wide: a thread that wants the interpreter gets it after this long. It
+        # bounds what the background stages and the control bridge's thread can add to a
+        # proxied call (with the control plane in this process's thread: p99 2.26x the
+        # quiet sidecar's at 5 ms, 1.68x at 0.5 ms; bench_proxy --control-load).
         sys.setswitchinterval(self.settings.control.gil_switch_interval_ms / 1000.0)
-        # Its start waits on a thread: off this loop, so the data plane is never held up.
-        await self._loop.run_in_executor(None, self._control.start)
+        # Its start waits for another process: off this loop, so the data plane is never held up.
+        await self._loop.run_in_executor(None, self.control.start)
         # Everything loaded at start (shap, numba, onnx, fastapi: ~200k objects) lives
         # forever; frozen, full collections stop walking it (measured: 150-200 ms pauses
         # in the proxy's tail before, ~45 ms after).
@@ -288,21 +274,10 @@ class Service:
         with contextlib.suppress(RuntimeError):  # the loop is already closing
             loop.call_soon_threadsafe(stopping.set)
 
-    async def _expire_leases(self) -> None:
-        """Return expired review claims to the queue promptly, not only when the store is next touched."""
-        period = min(self.settings.review.lease_seconds / 4, 30.0)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await loop.run_in_executor(None, self.review_store.expire_leases)
-            except Exception:
-                log.exception("expiring review leases failed")
-
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._control is not None:
-            await loop.run_in_executor(None, self._control.stop)
+        if self.control is not None:
+            await loop.run_in_executor(None, self.control.stop)
         if self._data_server is not None:
             self._data_server.close()
         if self._reaper is not None:
@@ -341,6 +316,8 @@ class Service:
             await self._stopping.wait()
         finally:
             await self.stop()
+        if self._control_failure is not None:
+            raise ControlProcessError(self._control_failure)
 
 
 class ServiceThread:

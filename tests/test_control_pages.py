@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
+import socket
 import urllib.request
 from collections.abc import Iterator, Sequence
 
 from aiohttp import web
+from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
+from sidecar.config import Settings
+from sidecar.control.bridge import BridgeClient
+from sidecar.control.plane import Hello, build_control_plane
 from tests.servers import RecordingUpstream, http_get, recording_upstream, running_sidecar
 
 V2 = b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}'
@@ -41,6 +46,16 @@ def _routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
             yield route
 
 
+def _control_app(settings: Settings) -> FastAPI:
+    """The app the control process serves, built here to list its routes (never served)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        hello = Hello(proxy_url="", control_url="", ready_checks=[], started=0.0)
+        plane = build_control_plane(settings, BridgeClient(ours), hello)
+        plane.review_store.close()
+        return plane.app
+
+
 def _upstream(up: RecordingUpstream) -> None:
     @up.route("/v2/models/m/infer")
     async def infer(request: web.Request) -> web.Response:
@@ -56,10 +71,11 @@ def test_no_page_references_a_remote_asset_and_html_carries_a_csp() -> None:
         req = urllib.request.Request(svc.proxy_url + "/v2/models/m/infer", data=V2, method="POST")
         with urllib.request.urlopen(req, timeout=10) as r:
             decision = r.headers["x-decision-id"]
-        # Every GET route the app has, path parameters filled with the decision made above.
+        # Every GET route the app has (the control process builds it from the same
+        # settings), path parameters filled with the decision made above.
         paths = {
             re.sub(r"\{[^}]+\}", decision, route.path)
-            for route in _routes(svc.control_app.routes)
+            for route in _routes(_control_app(svc.settings).routes)
             if "GET" in (getattr(route, "methods", None) or ())
         }
         assert "/" in paths and "/openapi.json" in paths

@@ -3,18 +3,59 @@
 Exit 0 when every record holds; 1 with a message naming the first bad record
 (edited, deleted, reordered) or the truncation (against `--head`, a hash the
 operator kept from an earlier `verify` or from GET /review/audit/head).
+
+Verification is batch work that may run beside a serving sidecar (a `kubectl exec`
+into its container runs it on the sidecar's own CPU): it reads and hashes the
+whole chain. So it runs at the lowest scheduling priority (niceness `NICE`),
+leaving the data plane the time slices it wants; `--normal-priority` keeps the
+caller's. On Linux niceness is per thread, so the check runs on a thread of its
+own that lowers only its own priority: a program that calls `main` in-process
+keeps its priority.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from sidecar.config import ConfigError, load_settings
 from sidecar.review import audit
+
+# The lowest priority: the scheduler gives the thread time only when nothing else wants it.
+NICE = 19
+
+T = TypeVar("T")
+
+
+def at_low_priority(fn: Callable[[], T], lower: bool = True) -> T:
+    """Run `fn` on a thread of its own at niceness `NICE` (unless `lower` is false); its result."""
+    if not lower:
+        return fn()
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            # Raising one's own niceness needs no privilege; a thread already nicer keeps its own.
+            current = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, 0, max(current, NICE))
+            out.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="audit-verify")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return out[0]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +70,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--hub",
         action="store_true",
         help="check the fleet hub's chain in PostgreSQL (hub.database_url) instead",
+    )
+    verify.add_argument(
+        "--normal-priority",
+        action="store_true",
+        help=f"keep this process's scheduling priority (default: niceness {NICE}, so a check"
+        " beside a serving sidecar does not take its CPU)",
     )
     verify.set_defaults(func=run_verify)
 
@@ -45,9 +92,13 @@ def _verify_hub(args: argparse.Namespace, head: str | None) -> audit.VerifyResul
     except ConfigError as exc:
         print(f"sidecar audit verify: {exc}", file=sys.stderr)
         return 2
-    try:
+
+    def check() -> audit.VerifyResult:
         with connect(url, application_name="sidecar-audit-verify") as conn:
             return hub_audit.verify(conn, head)
+
+    try:
+        return at_low_priority(check, not args.normal_priority)
     except psycopg.Error as exc:
         print(f"sidecar audit verify: cannot read the hub database: {exc}", file=sys.stderr)
         return 2
@@ -78,12 +129,16 @@ def run_verify(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"sidecar audit verify: no review database at {path}", file=sys.stderr)
         return 2
-    try:
+
+    def check() -> audit.VerifyResult:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            result = audit.verify(conn, head)
+            return audit.verify(conn, head)
         finally:
             conn.close()
+
+    try:
+        result = at_low_priority(check, not args.normal_priority)
     except sqlite3.DatabaseError as exc:
         print(f"sidecar audit verify: cannot read {path}: {exc}", file=sys.stderr)
         return 2

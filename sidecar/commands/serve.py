@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sidecar.control.supervisor import ControlProcessError
     from sidecar.service import Service, new_event_loop
 
     try:
@@ -43,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         # The spool is opened when the service starts (it is locked, read, recovered then).
         print(f"sidecar: cannot start: {exc}", file=sys.stderr)
         return 2
+    except ControlProcessError as exc:
+        print(f"sidecar: control plane: {exc}", file=sys.stderr)
+        return 1
     finally:
         loop.close()
     return 0

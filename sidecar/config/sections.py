@@ -122,9 +122,9 @@ class ControlSettings(_Section):
     open_metrics: bool = True
     """Serve /metrics without a token."""
     nice: int = Field(default=19, ge=0, le=19)
-    """Scheduling niceness of the control plane's thread (and the threads it starts): the data plane's thread preempts it on a shared core."""
+    """Scheduling niceness of the control plane's process (every thread of it), from the moment it serves: the data plane's process preempts it on a shared core."""
     gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
-    """How long a thread may hold the interpreter before a waiting one gets it (Python's default is 5 ms): bounds how long control-plane work can hold up the data plane."""
+    """How long a thread of the data plane's process may hold the interpreter before a waiting one gets it (Python's default is 5 ms): bounds how long the background stages and the control bridge's thread can hold up the hot path."""
 
 
 class ModelSettings(_Section):

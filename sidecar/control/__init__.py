@@ -1,1 +1,1 @@
-"""The control plane: its app, tokens and roles, and decision lookup (its own thread and loop)."""
+"""The control plane: its app, tokens and roles, decision lookup, and the process it runs in."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,8 +65,12 @@ def create_control_app(
     guard: Callable[..., Any] | None = None,
     open_health: bool = True,
     open_metrics: bool = True,
+    exposition: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """Build the control plane app. `guard` is the auth dependency used when health or metrics are closed."""
+    """Build the control plane app. `guard` is the auth dependency used when health or metrics are closed.
+
+    `/metrics` shows `exposition` when given (the control process: both processes'
+    metrics), else `registry`'s collectors."""
     app = FastAPI(
         title="sidecar control plane",
         version=__version__,
@@ -75,6 +80,7 @@ def create_control_app(
         redoc_url=None,
     )
     app.add_middleware(HtmlPolicy)
+    shown = exposition if exposition is not None else registry.collectors
     health_deps = [] if open_health or guard is None else [Depends(guard)]
     metrics_deps = [] if open_metrics or guard is None else [Depends(guard)]
 
@@ -106,7 +112,7 @@ def create_control_app(
         """Prometheus text format, or OpenMetrics when the scraper asks for it."""
         # prometheus_client's own negotiation, as its ASGI app does: no Accept gets text 0.0.4.
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encode(registry.collectors), media_type=content_type)
+        return Response(encode(shown), media_type=content_type)
 
     for router in routers:
         app.include_router(router)

@@ -41,8 +41,9 @@ def pack(d: Decision) -> bytes:
     """A decision as a JSON array of its field values, in `DECISION_FIELDS` order.
 
     An array rather than an object: the names would add ~265 bytes to each of up to
-    `decisions.retention` entries. Entries live only in this process, so the order
-    they were packed in is the order they are read back in.
+    `decisions.retention` entries. Entries live only in this process and the control
+    process it starts from the same code, so the order they were packed in is the
+    order they are read back in.
     """
     return _kept(orjson.dumps(field_values(d), option=_OPTS))
 
@@ -173,10 +174,14 @@ class DecisionStore:
 
     def get(self, decision_id: str) -> Decision | None:
         """By `R/i`, or a bare call id `R` for its first row."""
+        data = self.packed(decision_id)
+        return None if data is None else unpack(data)
+
+    def packed(self, decision_id: str) -> bytes | None:
+        """`get` as the bytes held (what crosses to the control process, unparsed)."""
         with self._lock:
             found = self._row(decision_id)
-            data = found[0].rows[found[1]] if found is not None else None
-        return None if data is None else unpack(data)
+            return found[0].rows[found[1]] if found is not None else None
 
     @property
     def newest_forgotten(self) -> str | None:
@@ -188,6 +193,13 @@ class DecisionStore:
     ) -> tuple[list[Decision], bool]:
         """The decisions carrying the client's `request_id`, oldest first: at most
         `limit` (up to MAX_PAGE) after the decision id `after`, and whether more follow."""
+        page, more = self.packed_by_request(request_id, after=after, limit=limit)
+        return [unpack(data) for data in page], more
+
+    def packed_by_request(
+        self, request_id: str, *, after: str | None = None, limit: int = MAX_PAGE
+    ) -> tuple[list[bytes], bool]:
+        """`by_request` as the bytes held."""
         limit = max(1, min(limit, MAX_PAGE))
         page: list[bytes] = []
         more = False
@@ -201,7 +213,7 @@ class DecisionStore:
                     more = True
                     break
                 page.append(data)
-        return [unpack(data) for data in page], more
+        return page, more
 
     def _rows_of(self, request_id: str) -> Iterator[tuple[str, bytes]]:
         for call_id in self._by_request.get(request_id, ()):
@@ -225,12 +237,16 @@ class DecisionStore:
             self._trim()
 
     def get_explanation(self, decision_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            found = self._row(decision_id)
-            if found is None or found[0].explanations is None:
-                return None
-            data = found[0].explanations.get(found[1])
+        data = self.packed_explanation(decision_id)
         if data is None:
             return None
         explanation: dict[str, Any] = orjson.loads(data)
         return explanation
+
+    def packed_explanation(self, decision_id: str) -> bytes | None:
+        """`get_explanation` as the bytes held."""
+        with self._lock:
+            found = self._row(decision_id)
+            if found is None or found[0].explanations is None:
+                return None
+            return found[0].explanations.get(found[1])

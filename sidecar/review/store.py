@@ -179,7 +179,8 @@ class SqliteReviewStore(ReviewStore):
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA + audit.SCHEMA)
         self._lock = threading.Lock()
-        self._counts: tuple[float, dict[str, int]] | None = None
+        # (when, the database's data_version then, the counts); None after this store's writes.
+        self._counts: tuple[float, int, dict[str, int]] | None = None
         self._sink = sink
         self._lease = lease_seconds
         self._clock = clock
@@ -595,20 +596,29 @@ class SqliteReviewStore(ReviewStore):
         return float(self.counts().get(status, 0))
 
     def counts(self) -> dict[str, int]:
-        """Items per status: exact after this store's own writes, else at most COUNTS_MAX_AGE_S old.
+        """Items per status: exact when nothing was written since they were counted (by this
+        store or another process), else at most COUNTS_MAX_AGE_S old.
 
         A scrape reads one gauge per status and the console's queue page reads them
         too: one GROUP BY over the queue (3.3 ms at 20,000 items, measured) serves
-        them all for a second instead of running per gauge and per page.
+        them all for a second instead of running per gauge and per page. The data
+        plane's process writes the queue while the control process counts it:
+        `PRAGMA data_version` (a few microseconds) tells this connection whether
+        another one has committed since, without reading the table.
         """
         now = time.monotonic()
-        cached = self._counts
-        if cached is not None and now - cached[0] < COUNTS_MAX_AGE_S:
-            return dict(cached[1])
         with self._lock:
+            cached = self._counts
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            if cached is not None and (cached[1] == version or now - cached[0] < COUNTS_MAX_AGE_S):
+                return dict(cached[2])
             rows = self._conn.execute("SELECT status, COUNT(*) FROM items GROUP BY status")
             counts = {str(s): int(n) for s, n in rows.fetchall()}
-            self._counts = (now, counts)  # under the lock: a write's reset cannot be lost
+            self._counts = (
+                now,
+                int(version),
+                counts,
+            )  # under the lock: a write's reset cannot be lost
         return dict(counts)
 
     def history(self, item_id: str) -> list[audit.AuditRecord]:

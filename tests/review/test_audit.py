@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
+from sidecar.commands.audit import NICE
 from sidecar.review import audit
 from tests.review.review_helpers import ReviewEnv, make_decision
 
@@ -206,3 +208,24 @@ def test_verify_json_output(env: ReviewEnv) -> None:
         "error": None,
         "bad_seq": None,
     }
+
+
+def test_verify_runs_at_the_lowest_priority_unless_told_otherwise(
+    env: ReviewEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(env)
+    seen: list[int] = []
+    real = audit.verify
+
+    def recording(conn: sqlite3.Connection, head: str | None = None) -> audit.VerifyResult:
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # the calling thread's niceness
+        return real(conn, head)
+
+    monkeypatch.setattr(audit, "verify", recording)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert ours < NICE
+    assert verify_cli(env.db_path).returncode == 0
+    assert verify_cli(env.db_path, "--normal-priority").returncode == 0
+    assert seen == [NICE, ours]
+    # Only the check's own thread was lowered: the caller keeps its priority.
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours

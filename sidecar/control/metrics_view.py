@@ -1,0 +1,134 @@
+"""`/metrics` across the two processes: the data plane's raw values, rendered by the control plane.
+
+The data plane answers a scrape with `snapshot()`: per family its name, help, kind,
+label names, bounds and each child's raw value (a number, or a histogram's
+per-bucket counts and sum). Nothing is formatted there. The control process merges
+that with its own registry (`MergedMetrics`, a prometheus_client collector) and
+prometheus_client writes the text:
+
+- a family only one process has is shown as that process has it;
+- counters and histograms both have (the review store's transitions, the
+  explainer's cache counters) are summed per label set: each process counts its own;
+- a gauge both have is the data plane's (the queues, stores and threads it reads
+  are there), except `CONTROL_GAUGES`, which the control process computes and the
+  data plane is told to skip (the review queue's counts: a SQLite query the data
+  plane must not run).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from sidecar.metrics import Counter, Gauge, Histogram, Registry
+
+log = logging.getLogger("sidecar.control")
+
+# Gauges the control process computes itself; the data plane does not read them.
+CONTROL_GAUGES = frozenset({"sidecar_review_items"})
+
+# [name, help, kind, label names, bounds, [[label values, value], ...]]; a histogram's
+# value is [per-bucket counts (the last above every bound), sum].
+RawFamily = list[Any]
+
+
+def snapshot(registry: Registry, skip: Collection[str] = ()) -> list[RawFamily]:
+    """Every family's raw values, gauges read now; those named in `skip` left out."""
+    out: list[RawFamily] = []
+    for fam in registry.families():
+        if fam.name in skip:
+            continue
+        children: list[list[Any]] = []
+        for key, child in list(fam.children.items()):
+            value: Any
+            if isinstance(child, Histogram):
+                value = [list(child.counts), child.sum]
+            elif isinstance(child, Gauge):
+                value = child.get()
+            else:
+                assert isinstance(child, Counter)
+                value = child.value
+            children.append([list(key), value])
+        out.append([fam.name, fam.help, fam.kind, list(fam.labels), list(fam.bounds), children])
+    return out
+
+
+def _sum(kind: str, a: Any, b: Any) -> Any:
+    if kind == "histogram":
+        return [[x + y for x, y in zip(a[0], b[0], strict=True)], a[1] + b[1]]
+    return a + b
+
+
+def merge(remote: list[RawFamily], own: list[RawFamily]) -> list[RawFamily]:
+    """The data plane's families merged with the control process's (rules in the module doc)."""
+    mine = {f[0]: f for f in own}
+    out: list[RawFamily] = []
+    for fam in remote:
+        name, _help, kind, labels, bounds, children = fam
+        other = mine.pop(name, None)
+        if other is None:
+            out.append(fam)
+            continue
+        if other[2] != kind or other[3] != labels or other[4] != bounds:
+            log.warning(
+                "metric %s differs between the two processes; the data plane's is shown", name
+            )
+            out.append(fam)
+            continue
+        if kind == "gauge":
+            out.append(other if name in CONTROL_GAUGES else fam)
+            continue
+        values = {tuple(key): value for key, value in children}
+        for key, value in other[5]:
+            k = tuple(key)
+            values[k] = _sum(kind, values[k], value) if k in values else value
+        out.append([name, _help, kind, labels, bounds, [[list(k), v] for k, v in values.items()]])
+    out.extend(mine.values())
+    return out
+
+
+def _family(raw: RawFamily) -> Metric:
+    name, help_, kind, labels, bounds, children = raw
+    if kind == "counter":
+        counter = CounterMetricFamily(name, help_, labels=labels)
+        for key, value in children:
+            counter.add_metric(key, value)
+        return counter
+    if kind == "gauge":
+        gauge = GaugeMetricFamily(name, help_, labels=labels)
+        for key, value in children:
+            gauge.add_metric(key, value)
+        return gauge
+    hist = HistogramMetricFamily(name, help_, labels=labels)
+    # floatToGoString has no annotations.
+    les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+    for key, (counts, total) in children:
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for le, n in zip(les, counts, strict=True):
+            cumulative += n
+            buckets.append((le, cumulative))
+        hist.add_metric(key, buckets, total)
+    return hist
+
+
+class MergedMetrics:
+    """A prometheus_client collector: `fetch()` (the data plane's snapshot) merged with `own`."""
+
+    def __init__(self, own: Registry, fetch: Callable[[], list[RawFamily]]) -> None:
+        self._own = own
+        self._fetch = fetch
+
+    def collect(self) -> Iterator[Metric]:
+        remote = self._fetch()
+        for raw in merge(remote, snapshot(self._own)):
+            yield _family(raw)

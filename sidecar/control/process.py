@@ -1,0 +1,135 @@
+"""The control process: `python -m sidecar.control.process`, started by the service.
+
+It serves the control port the service bound (the listening socket is inherited)
+with the control app, niced (`control.nice`) from the moment it serves, so on a
+shared core the data plane's process takes the time slices first. It starts at
+the service's priority: niced from the first instruction, its imports and
+explainer load took over 10 s on a loaded machine, and a restarted control plane
+would be that long away. The settings
+come pickled on stdin from the process that started it. When the bridge closes
+(the data plane exited, however it died) this process stops too: no orphan holds
+the control port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from sidecar.control.bridge import BridgeClient
+from sidecar.control.plane import Hello, build_control_plane
+from sidecar.control.server import new_event_loop
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sidecar.control.process")
+    p.add_argument("--control-fd", type=int, required=True)
+    p.add_argument("--bridge-fd", type=int, required=True)
+    p.add_argument("--nice", type=int, default=19)
+    p.add_argument("--log-level", type=int, default=30)
+    return p.parse_args(argv)
+
+
+def nice_every_thread(nice: int) -> None:
+    """Linux sets a niceness per thread: every thread this process has now, and (as each
+    inherits its creator's) every thread they start later."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s [control %(process)d]: %(message)s",
+    )
+    log = logging.getLogger("sidecar.control")
+    settings = pickle.load(sys.stdin.buffer)
+    control_sock = socket.socket(fileno=args.control_fd)
+    bridge_sock = socket.socket(fileno=args.bridge_fd)
+    server: uvicorn.Server | None = None
+
+    def data_plane_gone() -> None:
+        log.info("the data plane closed the bridge; the control process stops")
+        if server is not None:
+            server.should_exit = True
+        # Whatever a request in flight is waiting on, the process does not outlive this by
+        # more than 5 s. A daemon: a process already on its way out does not wait for it.
+        deadline = threading.Timer(5.0, os._exit, args=(0,))
+        deadline.daemon = True
+        deadline.start()
+
+    bridge = BridgeClient(bridge_sock, on_close=data_plane_gone)
+    bridge.start()
+    hello = Hello.of(bridge.call("hello"))
+    plane = build_control_plane(settings, bridge, hello)
+
+    class Server(uvicorn.Server):
+        """Stops on SIGTERM or SIGINT and returns (uvicorn re-raises the signal at exit)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handle_exit)
+            yield
+
+    server = Server(
+        uvicorn.Config(
+            plane.app,
+            http="httptools",
+            loop="none",
+            lifespan="on",
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            log_level=max(args.log_level, logging.WARNING),
+            timeout_keep_alive=75,
+            backlog=2048,
+        )
+    )
+
+    async def serve() -> None:
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        serving = loop.create_task(server.serve(sockets=[control_sock]))
+        chores = [loop.create_task(job()) for job in plane.housekeeping]
+        try:
+            while not server.started:
+                if serving.done():
+                    serving.result()  # surfaces a start failure
+                    return
+                await asyncio.sleep(0.005)
+            nice_every_thread(args.nice)
+            await bridge.acall("serving", os.getpid())
+            await serving
+        finally:
+            for chore in chores:
+                chore.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
+
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve())
+    finally:
+        loop.close()
+        plane.review_store.close()
+        bridge.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
