@@ -39,6 +39,10 @@ class RemoteDecisions:
         rows, more = self._bridge.call("by_request", request_id, after, limit)
         return [from_values(v) for v in rows], bool(more)
 
+    def contains_many(self, decision_ids: Sequence[str]) -> list[bool]:
+        held: list[bool] = self._bridge.call("contains_many", list(decision_ids))
+        return held
+
     @property
     def newest_forgotten(self) -> str | None:
         newest: str | None = self._bridge.call("newest_forgotten")
@@ -78,6 +82,19 @@ class BridgeSink:
         except BridgeError as exc:
             log.error("%d %s events not handed to the sink: %s", len(items), kind, exc)
             return 0
+
+    def publish_each(
+        self, kind: EventKind, items: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[bool]:
+        """`publish` for each item, in one crossing: whether the sink took each one."""
+        if not items:
+            return []
+        try:
+            taken: list[bool] = self._bridge.call("publish_each", kind, [list(i) for i in items])
+            return taken
+        except BridgeError as exc:
+            log.error("%d %s events not handed to the sink: %s", len(items), kind, exc)
+            return [False] * len(items)
 
     def ready(self) -> bool:
         return bool(self._bridge.call("ready", "sink"))

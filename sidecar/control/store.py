@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -182,6 +182,11 @@ class DecisionStore:
         with self._lock:
             found = self._row(decision_id)
             return found[0].rows[found[1]] if found is not None else None
+
+    def contains_many(self, decision_ids: Sequence[str]) -> list[bool]:
+        """Whether each decision is held, under one lock: an outcome batch asks for all at once."""
+        with self._lock:
+            return [self._row(d) is not None for d in decision_ids]
 
     @property
     def newest_forgotten(self) -> str | None:

@@ -14,7 +14,7 @@ with the same `event_id` and consumers keep one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -31,6 +31,7 @@ from sidecar.outcomes.rules import (
     MAX_DECISION_ID_CHARS,
     MAX_OUTCOME_CHARS,
     InvalidOutcome,
+    Outcome,
     OutcomeRules,
     Seen,
 )
@@ -136,13 +137,22 @@ def _items(raw: bytes, max_items: int) -> list[Any]:
     return items
 
 
+def publish_each(sink: EventSink, items: list[tuple[str, dict[str, Any]]]) -> list[bool]:
+    """Outcome events, each answered: the control process's sink takes them in one crossing."""
+    each = getattr(sink, "publish_each", None)
+    if each is not None:
+        taken: list[bool] = each("outcome", items)
+        return taken
+    return [sink.publish("outcome", key, body) for key, body in items]
+
+
 def create_outcomes_router(
     *,
     settings: OutcomeSettings,
     authenticator: Authenticator,
     sink: EventSink,
     rules: OutcomeRules,
-    known: Callable[[str], bool | None],
+    known: Callable[[Sequence[str]], list[bool | None]],
     registry: Registry,
 ) -> APIRouter:
     router = APIRouter()
@@ -158,6 +168,7 @@ def create_outcomes_router(
         received = rfc3339()
         seen = Seen()
         results: list[dict[str, Any]] = []
+        checked: list[tuple[dict[str, Any], Outcome]] = []
         for i, item in enumerate(items):
             did = item.get("decision_id") if isinstance(item, dict) else None
             result: dict[str, Any] = {
@@ -181,7 +192,12 @@ def create_outcomes_router(
             if check == "conflict":
                 result["error"] = "another outcome for this decision_id came earlier in this batch"
                 continue
-            is_known = known(o.decision_id)
+            checked.append((result, o))
+        # The batch's questions and events go to the lookup store and the sink together:
+        # from the control process each is one crossing of the bridge, not one per item.
+        knowns = known([o.decision_id for _, o in checked])
+        events: list[tuple[str, dict[str, Any]]] = []
+        for (result, o), is_known in zip(checked, knowns, strict=True):
             body = outcome_event(
                 decision_id=o.decision_id,
                 outcome=o.outcome,
@@ -192,8 +208,12 @@ def create_outcomes_router(
             )
             result["decision_known"] = is_known
             result["event_id"] = body["event_id"]
-            # One at a time: the answer says, per item, whether the sink took it.
-            if not sink.publish("outcome", o.decision_id, body):
+            events.append((o.decision_id, body))
+        # Each event's own answer: the reply says, per item, whether the sink took it.
+        for (result, _), taken, is_known in zip(
+            checked, publish_each(sink, events), knowns, strict=True
+        ):
+            if not taken:
                 result["status"] = "not_recorded"
                 result["error"] = "the event sink refused it (see the gap records); post it again"
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sidecar.decisions import split_decision_id
@@ -25,6 +26,7 @@ class DecisionIndex(Protocol):
     """What is asked of the lookup store (sidecar.control.store.DecisionStore)."""
 
     def get(self, decision_id: str) -> Any: ...
+    def contains_many(self, decision_ids: Sequence[str]) -> list[bool]: ...
     @property
     def newest_forgotten(self) -> str | None: ...
 
@@ -43,15 +45,24 @@ class KnownDecisions:
         # a call, only ids newer than the start are known to be missing.
         self._started = call_id_at(time.time() if started is None else started)
 
-    def __call__(self, decision_id: str) -> bool | None:
+    def __call__(self, decision_ids: Sequence[str]) -> list[bool | None]:
+        """For a batch at once: from the control process, two questions to the store in all."""
         store = self._store
         if store is None:
-            return None
-        if store.get(decision_id) is not None:
-            return True
+            return [None] * len(decision_ids)
+        held = store.contains_many(decision_ids)
+        if all(held):
+            return [True] * len(held)
+        horizon = store.newest_forgotten or self._started
+        return [
+            True if h else self._missing(d, horizon)
+            for d, h in zip(decision_ids, held, strict=True)
+        ]
+
+    @staticmethod
+    def _missing(decision_id: str, horizon: str) -> bool | None:
         call_id, _ = split_decision_id(decision_id)
         if not _CALL_ID.match(call_id):
             return None
-        horizon = store.newest_forgotten or self._started
         # By millisecond: ids of one millisecond are in no order among themselves.
         return False if call_id[:12] > horizon[:12] else None

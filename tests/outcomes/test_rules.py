@@ -90,29 +90,32 @@ def test_decision_known_true_false_or_null() -> None:
     known = KnownDecisions(store, started=t0 / 1000)
     first = make_decision(0, call_id=at(t0 + 1))
     store.add([first])
-    assert known(f"{first.call_id}/0") is True
-    assert known(f"{first.call_id}/1") is False  # a row its call never had
-    assert known(f"{at(t0 + 2)}/0") is False  # made after the start, and not here
-    assert known(f"{at(t0 - 1)}/0") is None  # before the start: perhaps a previous run's
-    assert known(f"{at(t0, 'f' * 19)}/0") is None  # the start's own millisecond: no order
-    assert known("not-one-of-ours/0") is None
+    assert known([f"{first.call_id}/0"]) == [True]
+    assert known([f"{first.call_id}/1"]) == [False]  # a row its call never had
+    assert known([f"{at(t0 + 2)}/0"]) == [False]  # made after the start, and not here
+    assert known([f"{at(t0 - 1)}/0"]) == [None]  # before the start: perhaps a previous run's
+    assert known([f"{at(t0, 'f' * 19)}/0"]) == [None]  # the start's own millisecond: no order
+    assert known(["not-one-of-ours/0"]) == [None]
     # Calls are recorded when answered: a slow call made first is recorded last. Once
     # retention forgets a call, no id up to it can be told, whichever was recorded first.
     slow, fast = at(t0 + 10), at(t0 + 20)
     store.add([make_decision(1, call_id=fast), make_decision(2, call_id=slow)])
     assert store.get(f"{first.call_id}/0") is None and store.newest_forgotten == first.call_id
-    assert known(f"{first.call_id}/0") is None
+    assert known([f"{first.call_id}/0"]) == [None]
     store.add([make_decision(3, call_id=at(t0 + 30))])  # forgets `fast`, keeps `slow`
     assert store.newest_forgotten == fast
-    assert known(f"{at(t0 + 15)}/0") is None  # older than a forgotten call: cannot tell
-    assert known(f"{slow}/0") is True
-    assert known(f"{at(t0 + 21)}/0") is False
+    assert known([f"{at(t0 + 15)}/0"]) == [None]  # older than a forgotten call: cannot tell
+    assert known([f"{slow}/0"]) == [True]
+    assert known([f"{at(t0 + 21)}/0"]) == [False]
+    # A batch is answered item by item, in its order.
+    batch = [f"{slow}/0", f"{at(t0 + 21)}/0", f"{at(t0 + 15)}/0", f"{slow}/0"]
+    assert known(batch) == [True, False, None, True]
     # Without a store (the file loader) nothing can be told.
-    assert KnownDecisions(None)(f"{slow}/0") is None
+    assert KnownDecisions(None)([f"{slow}/0", "x/0"]) == [None, None]
 
 
 def test_with_an_empty_store_only_ids_from_after_the_start_are_known_missing() -> None:
     t0 = 1_795_392_000_000
     known = KnownDecisions(DecisionStore(10, Registry()), started=t0 / 1000)
-    assert known(f"{at(t0 + 1)}/0") is False
-    assert known(f"{at(t0 - 1)}/0") is None
+    assert known([f"{at(t0 + 1)}/0"]) == [False]
+    assert known([f"{at(t0 - 1)}/0"]) == [None]
