@@ -40,7 +40,7 @@ class ExplainerOptions:
     table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES
     interventional_rows: int = 200  # background rows interventional SHAP averages over
     output_space: str = "margin"  # or "probability": a documented rescaling (probability.py)
-    threads: int = 0  # kernel threads per call; 0 = all cores
+    threads: int = 0  # kernel threads per call; 0 = all cores for batches, one for single rows
     # Release the GIL every this many rows of Python-side work (0: never), so an event
     # loop sharing the process waits microseconds, not the whole batch.
     gil_yield_rows: int = 0

@@ -124,11 +124,13 @@ class FastPathDependent:
         self._parallel_lock = threading.Lock()
         # Few rows on several threads: the trees in one chunk per thread, chunks of about
         # equal work (a leaf costs about its path's distinct features), so one row's wait
-        # is shared out. Only for models big enough that a row outlasts starting the
-        # threads; None keeps one thread.
+        # is shared out. Only when threads were asked for (not 0, "all cores": on a
+        # machine busy with other work, waking OpenMP threads for one row cost 10x what
+        # the row did on one thread) and for models big enough that a row outlasts starting
+        # the threads; None keeps one thread.
         self._tree_chunks: IntArray | None = None
         work = np.add.reduceat(self._n_unique.astype(np.int64) + 1, self._leaf_start[:-1])
-        if self._threads > 1 and self._bits and int(work.sum()) >= split_min_work:
+        if threads > 1 and self._bits and int(work.sum()) >= split_min_work:
             cum = np.cumsum(work)
             targets = cum[-1] * np.arange(1, self._threads) / self._threads
             inner = np.searchsorted(cum, targets) + 1
