@@ -396,8 +396,9 @@ def _direct_trees(
     tree_output,
     leaf_start,
     leaf_node,
-    need_left,
-    need_right,
+    path_left,
+    path_right,
+    slot_nodes,
     n_unique,
     unique_feature,
     zero_fraction,
@@ -419,7 +420,7 @@ def _direct_trees(
     than their arithmetic there.
     """
     n_out = value.shape[1]
-    D = need_left.shape[1]
+    D = slot_nodes.shape[1]
     za = np.empty(D)  # z of the satisfied features, in slot order
     wa = np.empty(D)  # their weights
     e = np.empty(D + 1)
@@ -439,14 +440,16 @@ def _direct_trees(
                 d = n_unique[li]
                 if d == 0:
                     continue
+                # The path's splits where the row goes the other way; a feature is
+                # satisfied when none of its splits (its slot's nodes) is among them.
+                dis = (path_left[li] & ~g) | (path_right[li] & g)
                 na = 0
                 sat = np.int64(0)
                 prod_b = 1.0
                 for j in range(d):
                     # Branch-free, as in _shap_rows_bits: whether a row satisfies a slot
                     # is a coin flip to the branch predictor.
-                    nl = need_left[li, j]
-                    ok = (((g & nl) ^ nl) | (g & need_right[li, j])) == 0
+                    ok = (dis & slot_nodes[li, j]) == 0
                     z = zero_fraction[li, j]
                     za[na] = z
                     na += int(ok)
@@ -515,8 +518,9 @@ def shap_bits_direct(
     roots,
     leaf_start,
     leaf_node,
-    need_left,
-    need_right,
+    path_left,
+    path_right,
+    slot_nodes,
     n_unique,
     unique_feature,
     zero_fraction,
@@ -537,8 +541,9 @@ def shap_bits_direct(
         tree_output,
         leaf_start,
         leaf_node,
-        need_left,
-        need_right,
+        path_left,
+        path_right,
+        slot_nodes,
         n_unique,
         unique_feature,
         zero_fraction,
@@ -559,8 +564,9 @@ def shap_bits_direct_split(
     tree_output,
     leaf_start,
     leaf_node,
-    need_left,
-    need_right,
+    path_left,
+    path_right,
+    slot_nodes,
     n_unique,
     unique_feature,
     zero_fraction,
@@ -585,8 +591,9 @@ def shap_bits_direct_split(
             tree_output,
             leaf_start,
             leaf_node,
-            need_left,
-            need_right,
+            path_left,
+            path_right,
+            slot_nodes,
             n_unique,
             unique_feature,
             zero_fraction,

@@ -109,6 +109,12 @@ class FastPathDependent:
             ens.left, ens.roots, self._leaf_start, self._n_edges, self._edge_node,
             self._edge_left, self._edge_slot, self._n_unique,
         )  # fmt: skip
+        # Per leaf, the splits on its path (bits as in path_bits) whose left or right
+        # branch it takes, and per slot the splits of that slot's feature: the single-row
+        # kernel finds a row's unsatisfied features from these with one word per leaf.
+        self._path_left = np.bitwise_or.reduce(self._need_left, axis=1)
+        self._path_right = np.bitwise_or.reduce(self._need_right, axis=1)
+        self._slot_nodes = self._need_left | self._need_right
         # Packed path bits need every tree to have at most 64 internal nodes.
         self._bits = bool((self._rank[ens.left >= 0] >= 0).all())
         # Each tree's splits (its internal nodes, in node order: the order of their bits)
@@ -187,16 +193,17 @@ class FastPathDependent:
                 try:
                     split: FloatArray = kernels_shap.shap_bits_direct_split(
                         X, self._tree_chunks, *self._splits, e.value, e.tree_output,
-                        self._leaf_start, self._leaf_node, self._need_left, self._need_right,
-                        self._n_unique, self._unique_feature, self._zero_fraction, self._coef,
+                        self._leaf_start, self._leaf_node, self._path_left, self._path_right,
+                        self._slot_nodes, self._n_unique, self._unique_feature,
+                        self._zero_fraction, self._coef,
                     )  # fmt: skip
                 finally:
                     self._parallel_lock.release()
                 return split
             direct: FloatArray = kernels_shap.shap_bits_direct(
                 X, *self._splits, e.value, e.tree_output, e.roots, self._leaf_start,
-                self._leaf_node, self._need_left, self._need_right, self._n_unique,
-                self._unique_feature, self._zero_fraction, self._coef,
+                self._leaf_node, self._path_left, self._path_right, self._slot_nodes,
+                self._n_unique, self._unique_feature, self._zero_fraction, self._coef,
             )  # fmt: skip
             return direct
         if self._bits:
