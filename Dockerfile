@@ -22,22 +22,30 @@ COPY explainers ./explainers
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
 # Compile the explainer's numba kernels now (19 s on a busy 2-core machine; 26 s inside a
 # first start beside a loading model) into a cache the runtime stage ships; starts then read
-# it (about 1 s).
-# (From /, so that the installed package is the one compiled, not /src/explainers.)
+# it (about 1 s). numba keys its cache by CPU: compiled for this build machine's own, the
+# cache would miss on any other CPU and every container would compile again. "generic"
+# (any CPU of the image's architecture, set in both stages) was as fast for single rows on
+# our x86-64 machine. (From /, so that the installed package is the one compiled, not
+# /src/explainers: the cache is keyed by the source file's path and content.)
+# scripts/docker_warm_start.sh runs these steps without a Docker engine.
+ENV NUMBA_CPU_NAME=generic
 RUN cd / && NUMBA_CACHE_DIR=/numba-cache /opt/venv/bin/python -m explainers.warmup
 
 FROM python:3.11-slim
-# The numba cache compiled at build time sits on the volume's path, so a named volume starts
-# with it (Docker copies the image's files into an empty named volume). numba uses a cache
-# directory only if it can write there (the package directory is read-only to the sidecar
-# user); on a CPU other than the build machine's it compiles once more, into the volume.
+# The numba cache compiled at build time, outside the volume: a volume mounted on
+# /var/lib/sidecar (a bind mount, or a named volume kept from an older image) would hide it
+# or serve an older one. numba uses a cache directory only if it can write there (it checks
+# by writing a file), so it belongs to the sidecar user; it reads the kernels and writes
+# nothing while they match. With a read-only root filesystem numba cannot use it and
+# compiles into ~/.cache (the volume) on the first start instead.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    NUMBA_CACHE_DIR=/var/lib/sidecar/.numba-cache
+    NUMBA_CACHE_DIR=/opt/numba-cache \
+    NUMBA_CPU_NAME=generic
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/sidecar --create-home sidecar
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build --chown=sidecar:sidecar /numba-cache /var/lib/sidecar/.numba-cache
+COPY --from=build --chown=sidecar:sidecar /numba-cache /opt/numba-cache
 # Listen on all interfaces inside the container; everything else keeps its documented default.
 # Relative paths (events, spool, review store under var/) resolve in the working directory.
 COPY <<'TOML' /etc/sidecar/sidecar.toml

@@ -96,8 +96,12 @@ class TreeEnsemble:
             )
         # Beyond float32's range a value becomes ±inf, as the float32 runtimes read it
         # (numpy would warn on every such cast).
-        with np.errstate(over="ignore"):
-            x = np.ascontiguousarray(x.astype(self.input_dtype).astype(np.float64))
+        if self.input_dtype is np.float64:
+            # A copy all the same: the caller's rows must not change below.
+            x = np.array(x, dtype=np.float64, order="C")
+        else:
+            with np.errstate(over="ignore"):
+                x = np.ascontiguousarray(x.astype(self.input_dtype).astype(np.float64))
         # One NaN bit pattern, so equal rows hash equal in the cache.
         x[np.isnan(x)] = np.nan
         if self.zero_below > 0.0:

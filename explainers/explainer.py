@@ -40,7 +40,7 @@ class ExplainerOptions:
     table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES
     interventional_rows: int = 200  # background rows interventional SHAP averages over
     output_space: str = "margin"  # or "probability": a documented rescaling (probability.py)
-    threads: int = 0  # kernel threads per call; 0 = all cores
+    threads: int = 0  # kernel threads per call; 0 = all cores for batches, one for single rows
     # Release the GIL every this many rows of Python-side work (0: never), so an event
     # loop sharing the process waits microseconds, not the whole batch.
     gil_yield_rows: int = 0
@@ -106,6 +106,7 @@ class Explainer:
         self.name = self._backend.name
         self.version = f"{__version__}+{type(self._backend).__name__}"
         self._base = [float(v) for v in self._backend.expected_value]
+        self._base_array = np.asarray(self._base)
         self._probe(loaded.format)
         self.cache: LRUCache[_Entry] = LRUCache(opts.cache_entries)
 
@@ -168,7 +169,9 @@ class Explainer:
                 out.append(self._explanation(X[i], hit, cache_hit=True))
         if todo:
             every = self.options.gil_yield_rows
-            for n, (i, entry) in enumerate(zip(todo, self._compute(X[todo]), strict=True)):
+            # All rows new (what a single row mostly is): no copy of them.
+            todo_rows = X if len(todo) == len(keys) else X[todo]
+            for n, (i, entry) in enumerate(zip(todo, self._compute(todo_rows), strict=True)):
                 if every and n % every == every - 1:
                     time.sleep(0)
                 self.cache.put(keys[i], entry)
@@ -184,18 +187,26 @@ class Explainer:
 
     def _compute(self, X: FloatArray) -> list[_Entry]:
         phi, m = self.shap_values(X)
-        base = np.asarray(self._base)
+        base = self._base_array
         raw_margin = m
-        bases = np.broadcast_to(base, m.shape)
         predictions = self.ensemble.apply_transform(m)
+        bases: FloatArray | None
         if self.options.output_space == "probability":
             phi, m, bases = to_probability(phi, m, base, self.ensemble.transform)
-        err = np.abs(phi.sum(axis=2) + bases - m).max(axis=1)
+            err = np.abs(phi.sum(axis=2) + bases - m).max(axis=1)
+        else:
+            bases = None  # margin space: every row's base is the model's
+            err = np.abs(phi.sum(axis=2) + base - m).max(axis=1)
         k = min(self.options.top_k, X.shape[1])
         n = X.shape[0]
         # The output of interest: the predicted class (the one output otherwise).
-        outs = raw_margin.argmax(axis=1) if m.shape[1] > 1 else np.zeros(n, dtype=np.int64)
-        orders = np.argsort(-np.abs(phi[np.arange(n), outs]), axis=1, kind="stable")[:, :k]
+        if m.shape[1] > 1:
+            outs = raw_margin.argmax(axis=1)
+            of_interest = phi[np.arange(n), outs]
+        else:
+            outs = np.zeros(n, dtype=np.int64)
+            of_interest = phi[:, 0]
+        orders = np.argsort(-np.abs(of_interest), axis=1, kind="stable")[:, :k]
         every = self.options.gil_yield_rows
         res = []
         for r in range(n):
@@ -208,10 +219,10 @@ class Explainer:
                     contributions=phi[r].copy(),
                     margin=m[r].copy(),
                     prediction=predictions[r].copy(),
-                    base=bases[r].copy(),
+                    base=base.copy() if bases is None else bases[r].copy(),
                     additivity_error=float(err[r]) if math.isfinite(err[r]) else math.inf,
                     out=out,
-                    top=tuple(int(j) for j in order),
+                    top=tuple(order.tolist()),
                 )
             )
         return res

@@ -383,26 +383,29 @@ def shap_parallel(
 
 
 @_jit
-def shap_bits_direct(
+def _direct_trees(
     X,
+    t0,
+    t1,
+    phi,
     split_start,
     split_nan_left,
     split_feature,
     split_threshold,
     value,
     tree_output,
-    roots,
     leaf_start,
     leaf_node,
-    need_left,
-    need_right,
+    path_left,
+    path_right,
+    slot_nodes,
     n_unique,
     unique_feature,
     zero_fraction,
     coef,
 ):
-    """As shap_bits_serial, with each leaf's weights computed for the row's own mask
-    instead of read from the tables.
+    """Every row's contributions from trees t0..t1, added to phi, with each leaf's weights
+    computed for the row's own mask instead of read from the tables.
 
     A table read is one cache miss per leaf (the tables are megabytes, a row touches one
     line of each at random), which is what a single row's time goes to; the few numbers
@@ -412,18 +415,17 @@ def shap_bits_direct(
     a feature of B gets -Π_B z · Σ_s coef[d, s] e_{|A|-s}; a feature j of A gets
     (1 - z_j) Π_B z · Σ_s coef[d, s] e'_{|A|-1-s}, e' being e with z_j divided out
     (e'_q = e_q - z_j e'_{q-1}). O(d²) per leaf and row, against O(2^d·d) table entries.
+    Up to two satisfied features (half the leaves of a default LightGBM model for a
+    typical row) the sums are written out: the general loops' bookkeeping cost more
+    than their arithmetic there.
     """
-    n = X.shape[0]
     n_out = value.shape[1]
-    phi = np.zeros((n, n_out, X.shape[1]))
-    D = need_left.shape[1]
-    sat = np.empty(D, dtype=np.bool_)
-    za = np.empty(D)
+    D = slot_nodes.shape[1]
+    za = np.empty(D)  # z of the satisfied features, in slot order
+    wa = np.empty(D)  # their weights
     e = np.empty(D + 1)
-    ep = np.empty(D + 1)
-    w = np.empty(D)
-    for r in range(n):
-        for t in range(roots.shape[0]):
+    for r in range(X.shape[0]):
+        for t in range(t0, t1):
             g = _go_bits(
                 X,
                 r,
@@ -438,48 +440,166 @@ def shap_bits_direct(
                 d = n_unique[li]
                 if d == 0:
                     continue
+                # The path's splits where the row goes the other way; a feature is
+                # satisfied when none of its splits (its slot's nodes) is among them.
+                dis = (path_left[li] & ~g) | (path_right[li] & g)
                 na = 0
+                sat = np.int64(0)
                 prod_b = 1.0
                 for j in range(d):
-                    # Branch-free, as in _shap_rows_bits.
-                    nl = need_left[li, j]
-                    ok = (((g & nl) ^ nl) | (g & need_right[li, j])) == 0
+                    # Branch-free, as in _shap_rows_bits: whether a row satisfies a slot
+                    # is a coin flip to the branch predictor.
+                    ok = (dis & slot_nodes[li, j]) == 0
                     z = zero_fraction[li, j]
-                    sat[j] = ok
                     za[na] = z
                     na += int(ok)
-                    prod_b *= 1.0 if ok else z
-                e[0] = 1.0
-                for q in range(1, na + 1):
-                    e[q] = 0.0
-                for a in range(na):
-                    for q in range(a + 1, 0, -1):
-                        e[q] += e[q - 1] * za[a]
+                    sat |= np.int64(ok) << j
+                    okf = np.float64(ok)
+                    prod_b *= okf + (1.0 - okf) * z
+                c = coef[d]
                 w_out = 0.0
-                if na < d:
-                    acc = 0.0
-                    for q in range(na + 1):
-                        acc += coef[d, na - q] * e[q]
-                    w_out = -prod_b * acc
-                for j in range(d):
-                    if not sat[j]:
-                        w[j] = w_out
-                        continue
-                    zj = zero_fraction[li, j]
-                    ep[0] = 1.0
-                    acc = coef[d, na - 1]
-                    for q in range(1, na):
-                        ep[q] = e[q] - zj * ep[q - 1]
-                        acc += coef[d, na - 1 - q] * ep[q]
-                    w[j] = (1.0 - zj) * prod_b * acc
-                node = leaf_node[li]
-                if k0 >= 0:
-                    val = value[node, k0]
-                    for j in range(d):
-                        phi[r, k0, unique_feature[li, j]] += w[j] * val
+                if na == 0:
+                    w_out = -prod_b * c[0]
+                elif na == 1:
+                    w_out = -prod_b * (c[1] + c[0] * za[0])
+                    wa[0] = prod_b * c[0]
+                elif na == 2:
+                    z1 = za[0]
+                    z2 = za[1]
+                    w_out = -prod_b * (c[2] + c[1] * (z1 + z2) + c[0] * z1 * z2)
+                    wa[0] = prod_b * (c[1] + c[0] * z2)
+                    wa[1] = prod_b * (c[1] + c[0] * z1)
                 else:
-                    for j in range(d):
-                        f = unique_feature[li, j]
+                    e[0] = 1.0
+                    for q in range(1, na + 1):
+                        e[q] = 0.0
+                    for a in range(na):
+                        z = za[a]
+                        for q in range(a + 1, 0, -1):
+                            e[q] += e[q - 1] * z
+                    if na < d:
+                        acc = 0.0
+                        for q in range(na + 1):
+                            acc += c[na - q] * e[q]
+                        w_out = -prod_b * acc
+                    for a in range(na):
+                        z = za[a]
+                        ep = 1.0
+                        acc = c[na - 1]
+                        for q in range(1, na):
+                            ep = e[q] - z * ep
+                            acc += c[na - 1 - q] * ep
+                        wa[a] = prod_b * acc
+                node = leaf_node[li]
+                a = 0
+                for j in range(d):
+                    if (sat >> j) & 1:
+                        w = (1.0 - zero_fraction[li, j]) * wa[a]
+                        a += 1
+                    else:
+                        w = w_out
+                    f = unique_feature[li, j]
+                    if k0 >= 0:
+                        phi[r, k0, f] += w * value[node, k0]
+                    else:
                         for k in range(n_out):
-                            phi[r, k, f] += w[j] * value[node, k]
+                            phi[r, k, f] += w * value[node, k]
+
+
+@_jit
+def shap_bits_direct(
+    X,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
+    value,
+    tree_output,
+    roots,
+    leaf_start,
+    leaf_node,
+    path_left,
+    path_right,
+    slot_nodes,
+    n_unique,
+    unique_feature,
+    zero_fraction,
+    coef,
+):
+    """As shap_bits_serial, with each leaf's weights computed (_direct_trees): few rows."""
+    phi = np.zeros((X.shape[0], value.shape[1], X.shape[1]))
+    _direct_trees(
+        X,
+        0,
+        roots.shape[0],
+        phi,
+        split_start,
+        split_nan_left,
+        split_feature,
+        split_threshold,
+        value,
+        tree_output,
+        leaf_start,
+        leaf_node,
+        path_left,
+        path_right,
+        slot_nodes,
+        n_unique,
+        unique_feature,
+        zero_fraction,
+        coef,
+    )
+    return phi
+
+
+@_pjit
+def shap_bits_direct_split(
+    X,
+    tree_chunks,
+    split_start,
+    split_nan_left,
+    split_feature,
+    split_threshold,
+    value,
+    tree_output,
+    leaf_start,
+    leaf_node,
+    path_left,
+    path_right,
+    slot_nodes,
+    n_unique,
+    unique_feature,
+    zero_fraction,
+    coef,
+):
+    """As shap_bits_direct, the trees split into chunks (tree_chunks: their bounds) that
+    threads take at once: one row's latency over several cores. Each chunk adds into its
+    own phi, summed at the end (the same sums, in another order: exact to rounding)."""
+    n_chunks = tree_chunks.shape[0] - 1
+    parts = np.zeros((n_chunks, X.shape[0], value.shape[1], X.shape[1]))
+    for c in numba.prange(n_chunks):
+        _direct_trees(
+            X,
+            tree_chunks[c],
+            tree_chunks[c + 1],
+            parts[c],
+            split_start,
+            split_nan_left,
+            split_feature,
+            split_threshold,
+            value,
+            tree_output,
+            leaf_start,
+            leaf_node,
+            path_left,
+            path_right,
+            slot_nodes,
+            n_unique,
+            unique_feature,
+            zero_fraction,
+            coef,
+        )
+    phi = parts[0].copy()
+    for c in range(1, n_chunks):
+        phi += parts[c]
     return phi

@@ -29,6 +29,11 @@ DEFAULT_TABLE_BUDGET_BYTES = 512 * 1024 * 1024
 # misses were most of a single row's time (2x slower than computing, 300-tree depth-6
 # XGBoost); from about 4 rows on, the tables, read once per block, win.
 DIRECT_MAX_ROWS = 3
+# Single rows are split across threads (when there are more than one) from this much
+# work on: leaves plus their paths' distinct features over all trees (a default LightGBM
+# model: about 19,000; a 300-tree depth-6 XGBoost: about 67,000). Below it a row takes
+# tens of microseconds and waking the other threads would cost a good part of that.
+SPLIT_MIN_WORK = 4096
 # A leaf's table grows as 2^d·d and takes O(2^d·d^3) to fill: past 16 distinct features
 # on one path, filling alone would take seconds per leaf.
 MAX_PATH_FEATURES = 16
@@ -50,7 +55,14 @@ class FastPathDependent:
 
     name = "treeshap.path_dependent"
 
-    def __init__(self, ens: TreeEnsemble, *, parallel_min_rows: int = 32, threads: int = 0) -> None:
+    def __init__(
+        self,
+        ens: TreeEnsemble,
+        *,
+        parallel_min_rows: int = 32,
+        threads: int = 0,
+        split_min_work: int = SPLIT_MIN_WORK,
+    ) -> None:
         if not ens.has_cover:
             raise ValueError("path-dependent TreeSHAP needs node covers")
         self._ens = ens
@@ -97,6 +109,12 @@ class FastPathDependent:
             ens.left, ens.roots, self._leaf_start, self._n_edges, self._edge_node,
             self._edge_left, self._edge_slot, self._n_unique,
         )  # fmt: skip
+        # Per leaf, the splits on its path (bits as in path_bits) whose left or right
+        # branch it takes, and per slot the splits of that slot's feature: the single-row
+        # kernel finds a row's unsatisfied features from these with one word per leaf.
+        self._path_left = np.bitwise_or.reduce(self._need_left, axis=1)
+        self._path_right = np.bitwise_or.reduce(self._need_right, axis=1)
+        self._slot_nodes = self._need_left | self._need_right
         # Packed path bits need every tree to have at most 64 internal nodes.
         self._bits = bool((self._rank[ens.left >= 0] >= 0).all())
         # Each tree's splits (its internal nodes, in node order: the order of their bits)
@@ -110,6 +128,21 @@ class FastPathDependent:
         )
         # numba's default threading layer must not be entered by two threads at once.
         self._parallel_lock = threading.Lock()
+        # Few rows on several threads: the trees in one chunk per thread, chunks of about
+        # equal work (a leaf costs about its path's distinct features), so one row's wait
+        # is shared out. Only when threads were asked for (not 0, "all cores": on a
+        # machine busy with other work, waking OpenMP threads for one row cost 10x what
+        # the row did on one thread) and for models big enough that a row outlasts starting
+        # the threads; None keeps one thread.
+        self._tree_chunks: IntArray | None = None
+        work = np.add.reduceat(self._n_unique.astype(np.int64) + 1, self._leaf_start[:-1])
+        if threads > 1 and self._bits and int(work.sum()) >= split_min_work:
+            cum = np.cumsum(work)
+            targets = cum[-1] * np.arange(1, self._threads) / self._threads
+            inner = np.searchsorted(cum, targets) + 1
+            self._tree_chunks = np.unique(np.concatenate(([0], inner, [ens.n_trees]))).astype(
+                np.int64
+            )
         root_cover = ens.cover[ens.roots[self._leaf_tree]]
         reach = ens.cover[self._leaf_node] / root_cover
         ev = ens.base.copy()
@@ -156,10 +189,21 @@ class FastPathDependent:
         # Blocks small enough that a block's phi rows and go flags stay in L2.
         block = max(1, min(128, -(-n // self._threads) if parallel else 128))
         if self._bits and n <= DIRECT_MAX_ROWS:
+            if self._tree_chunks is not None and self._parallel_lock.acquire(blocking=False):
+                try:
+                    split: FloatArray = kernels_shap.shap_bits_direct_split(
+                        X, self._tree_chunks, *self._splits, e.value, e.tree_output,
+                        self._leaf_start, self._leaf_node, self._path_left, self._path_right,
+                        self._slot_nodes, self._n_unique, self._unique_feature,
+                        self._zero_fraction, self._coef,
+                    )  # fmt: skip
+                finally:
+                    self._parallel_lock.release()
+                return split
             direct: FloatArray = kernels_shap.shap_bits_direct(
                 X, *self._splits, e.value, e.tree_output, e.roots, self._leaf_start,
-                self._leaf_node, self._need_left, self._need_right, self._n_unique,
-                self._unique_feature, self._zero_fraction, self._coef,
+                self._leaf_node, self._path_left, self._path_right, self._slot_nodes,
+                self._n_unique, self._unique_feature, self._zero_fraction, self._coef,
             )  # fmt: skip
             return direct
         if self._bits:

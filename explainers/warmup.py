@@ -61,7 +61,10 @@ def compile_kernels() -> float:
     margins(ens, X)
     kernels.node_counts(X, ens.left, ens.right, ens.default, ens.feature, ens.threshold, ens.roots)
     FastPathDependent.table_bytes(ens)
-    # Two threads reach the parallel kernels (from parallel_min_rows rows on).
+    # Two threads reach the parallel kernels (from parallel_min_rows rows on, and the
+    # single-row split from any size of model here).
+    split = FastPathDependent(ens, threads=2, parallel_min_rows=32, split_min_work=0)
+    split.explain(X[:1])
     backend = FastPathDependent(ens, threads=2, parallel_min_rows=32)
     for bits in (True, False):
         backend._bits = bits

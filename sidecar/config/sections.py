@@ -233,6 +233,8 @@ class ExplainerSettings(_Section):
     """Largest difference (relative above 1) between the explained model's output and the server's answer for the same row; past it the explanation is marked fidelity "mismatch"."""
     mismatch_ready_after: int = Field(20, ge=0)
     """/readyz reports "explainer" not ready after this many explained decisions in a row did not match the server (a match resets it); 0: never."""
+    threads: int = Field(1, ge=1, le=64)
+    """Cores one explanation call may use: above 1, a single row's trees (and batches of 32 rows or more) are split across that many threads. Each worker may then take that many cores at once, so keep workers x threads within the cores the proxy does not need; 1 never competes with it."""
 
 
 class GroupSettings(_Section):

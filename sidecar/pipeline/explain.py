@@ -49,8 +49,8 @@ def build_explainer(settings: Settings, registry: Registry) -> Explainer | None:
         table_budget_bytes=e.table_budget_mb * 1024 * 1024,
         interventional_rows=e.interventional_rows,
         output_space=e.output_space,
-        # One core per worker: explainer.workers alone bounds what is taken from the proxy.
-        threads=1,
+        # workers x threads bounds the cores taken from the proxy (threads defaults to 1).
+        threads=e.threads,
         gil_yield_rows=8,
     )
     started = time.perf_counter()

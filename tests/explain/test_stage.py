@@ -10,7 +10,7 @@ import pytest
 
 from explainers.errors import ExplainerError, ModelLoadError
 from explainers.explanation import Explanation
-from sidecar.config import Settings, load_settings
+from sidecar.config import ConfigError, Settings, load_settings
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 from sidecar.pipeline.explain import ExplainStage, build_explainer
@@ -144,3 +144,26 @@ def test_factory(xgb_models: dict[str, Trained], tmp_path: Path) -> None:
     unversioned = load_settings(environ={}, overrides={"model": {"artifact": m.path}})
     ex2 = build_explainer(unversioned, Registry())
     assert ex2 is not None and ex2.model_version.startswith("sha256:")
+
+
+def test_explainer_threads_reach_the_kernel(lgb_models: dict[str, Trained]) -> None:
+    m = lgb_models["binary"]
+    default = build_explainer(_settings(m.path), Registry())
+    two = build_explainer(_settings(m.path, threads=2), Registry())
+    assert default is not None and two is not None
+    assert default.options.threads == 1 and two.options.threads == 2
+    assert default._backend._threads == 1 and two._backend._threads == 2  # type: ignore[attr-defined]
+    X = m.X[:5].astype(np.float64)
+    for row in X:
+        np.testing.assert_allclose(
+            two.explain_one(row).contributions,
+            default.explain_one(row).contributions,
+            rtol=0,
+            atol=1e-12,
+        )
+
+
+@pytest.mark.parametrize("threads", [0, 65])
+def test_explainer_threads_out_of_range_fail_at_start(threads: int) -> None:
+    with pytest.raises(ConfigError, match=r"explainer\.threads"):
+        _settings(None, threads=threads)
