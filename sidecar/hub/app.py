@@ -17,12 +17,13 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from sidecar.config import ReviewSettings
 from sidecar.control.app import ReadyCheck, create_control_app
 from sidecar.control.auth import Authenticator, Principal
-from sidecar.control.lookup import ExplainFn
+from sidecar.control.lookup import ExplainFn, Explanations
 from sidecar.control.store import MAX_PAGE
 from sidecar.hub.lookup import HubDecisions
+from sidecar.hub.lookup_route import create_lookup_router
+from sidecar.hub.review import HubReviewStore
 from sidecar.metrics import Registry
 from sidecar.review.api import create_review_router, refuse_unknown_query
-from sidecar.review.model import ReviewStore
 from sidecar.review.schemas import DecisionPageOut, ErrorOut, decision_out
 
 MAX_GROUP_FILTERS = 8
@@ -95,7 +96,7 @@ def create_hub_app(
     *,
     authenticator: Authenticator,
     review: ReviewSettings,
-    store: ReviewStore,
+    store: HubReviewStore,
     decisions: HubDecisions,
     registry: Registry,
     ready_checks: list[ReadyCheck],
@@ -111,10 +112,19 @@ def create_hub_app(
         decisions=decisions,
         explain_now=explain_now,
     )
+    # The lookup by id in one statement, ahead of the review router's three-query one.
+    fallback = Explanations(
+        store=store,
+        decisions=None,
+        explain_now=explain_now,
+        cache_size=review.explanation_cache_size,
+        registry=registry,
+    )
+    lookup_api = create_lookup_router(authenticator, decisions.pool, store, fallback)
     app = create_control_app(
         registry=registry,
         ready_checks=ready_checks,
-        routers=[create_search_router(authenticator, decisions), review_api],
+        routers=[create_search_router(authenticator, decisions), lookup_api, review_api],
         guard=authenticator.require("auditor", "admin"),
         open_health=open_health,
         open_metrics=open_metrics,

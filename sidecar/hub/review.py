@@ -49,16 +49,20 @@ from sidecar.review.model import (
 
 COUNTS_MAX_AGE_S = 1.0
 
+# An item's own columns, as `item_with` reads them (`i` the item).
+ITEM_STATE_COLUMNS = (
+    "i.item_id, i.seq, i.created, i.reason, i.mode, i.status, i.explanation, i.claimed_by,"
+    " i.lease_expires, i.action, i.outcome, i.decided_reason, i.decided_by, i.decided_at"
+)
 _SELECT = (
-    "SELECT i.item_id, i.seq, i.created, i.reason, i.mode, i.status, d.body,"
-    " extract(epoch FROM d.time)::float8, i.explanation, i.claimed_by, i.lease_expires, i.action,"
-    " i.outcome, i.decided_reason, i.decided_by, i.decided_at"
+    f"SELECT {ITEM_STATE_COLUMNS}, d.body, extract(epoch FROM d.time)::float8"
     " FROM review_items i JOIN LATERAL (SELECT body, time FROM decisions"
     " WHERE decision_id = i.item_id LIMIT 1) d ON true"
 )
 
 
-def _item(row: tuple[Any, ...]) -> ReviewItem:
+def item_with(row: Sequence[Any], decision: dict[str, Any]) -> ReviewItem:
+    """A review item from its `ITEM_STATE_COLUMNS` and its decision (as `decision_dict`)."""
     return ReviewItem(
         item_id=row[0],
         seq=int(row[1]),
@@ -66,17 +70,22 @@ def _item(row: tuple[Any, ...]) -> ReviewItem:
         reason=row[3],
         mode=row[4],
         status=row[5],
-        decision=decision_dict(row[6], float(row[7])),
-        explanation=row[8],
-        claimed_by=row[9],
-        lease_expires=row[10],
-        action=row[11],
-        outcome=row[12],
-        decided_reason=row[13],
-        decided_by=row[14],
-        decided_at=row[15],
+        decision=decision,
+        explanation=row[6],
+        claimed_by=row[7],
+        lease_expires=row[8],
+        action=row[9],
+        outcome=row[10],
+        decided_reason=row[11],
+        decided_by=row[12],
+        decided_at=row[13],
         held=None,
     )
+
+
+def item_of_row(row: Sequence[Any]) -> ReviewItem:
+    """A row of `_SELECT`: the item's columns, then its decision's body and time."""
+    return item_with(row, decision_dict(row[14], float(row[15])))
 
 
 def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> int:
@@ -151,7 +160,11 @@ class HubReviewStore(NoContests):
     def _row(self, conn: Conn, item_id: str, *, lock: bool = False) -> ReviewItem | None:
         sql = f"{_SELECT} WHERE i.item_id = %s{' FOR UPDATE OF i' if lock else ''}"
         row = conn.execute(sql.encode(), (item_id,)).fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_of_row(row)
+
+    def now(self) -> float:
+        """The store's clock (leases lapse by it)."""
+        return self._clock()
 
     def _expire(self, conn: Conn, now: float) -> int:
         rows = conn.execute(
@@ -249,7 +262,7 @@ class HubReviewStore(NoContests):
         args.append(limit)
         sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY i.seq LIMIT %s"
         with self._pool.connection() as conn:
-            return [_item(r) for r in conn.execute(sql.encode(), args).fetchall()]
+            return [item_of_row(r) for r in conn.execute(sql.encode(), args).fetchall()]
 
     def claim(self, item_id: str, reviewer: str) -> ReviewItem:
         item_id = normalise_item_id(item_id)
