@@ -97,7 +97,8 @@ def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> i
         return 0
     chain.lock(conn)
     new = 0
-    for req in requests:
+    # In item id order: two hubs writing the same requests lock the rows in one order.
+    for req in sorted(requests, key=lambda r: normalise_item_id(r.decision_id)):
         row = conn.execute(
             "INSERT INTO review_items (item_id, created, reason, mode, status)"
             " VALUES (%s, %s, %s, 'queued', 'pending') ON CONFLICT (item_id) DO NOTHING"
