@@ -30,7 +30,7 @@ from sidecar.control.auth import BEARER, Authenticator, Principal
 from sidecar.control.lookup import Explanations, Source
 from sidecar.hub.db import Conn
 from sidecar.hub.lookup import ID_WINDOW_S, decision_dict, id_time
-from sidecar.hub.review import ITEM_STATE_COLUMNS, HubReviewStore, item_with
+from sidecar.hub.review import ITEM_STATE_COLUMNS, ITEM_STATE_WIDTH, HubReviewStore, item_with
 from sidecar.review.api import RequestId, refuse_unknown_query
 from sidecar.review.model import ReviewItem, normalise_item_id
 from sidecar.review.schemas import ErrorOut, LookupOut, decision_out, summary_out
@@ -56,8 +56,9 @@ ONE_STATEMENT_UNBOUNDED = _COLUMNS.format(since="", window="")
 
 _BEARER = Security(BEARER)
 
-# The row: decision body, epoch, the item's 14 columns, explanation body, on_demand.
-_ITEM = slice(2, 16)
+# The row: decision body, epoch, the item's columns, explanation body, on_demand.
+_ITEM = slice(2, 2 + ITEM_STATE_WIDTH)
+_EXPLANATION = 2 + ITEM_STATE_WIDTH
 
 
 class Found:
@@ -95,10 +96,10 @@ def find(pool: ConnectionPool[Conn], decision_id: str) -> Found | None:
     decision = decision_dict(row[0], float(row[1]))
     state = row[_ITEM]
     item = None if state[0] is None else item_with(state, decision)
-    explanation: dict[str, Any] | None = row[16]
+    explanation: dict[str, Any] | None = row[_EXPLANATION]
     source: Source | None = None
     if explanation is not None:
-        source = "on_demand" if row[17] else "sampled"
+        source = "on_demand" if row[_EXPLANATION + 1] else "sampled"
     return Found(decision, item, explanation, source)
 
 

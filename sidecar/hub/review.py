@@ -33,14 +33,15 @@ from sidecar.hub.rows import ReviewRequest
 from sidecar.metrics import Registry
 from sidecar.review import audit
 from sidecar.review.event_body import SYSTEM_ACTOR
+from sidecar.review.held import held_answer, held_field
 from sidecar.review.model import (
     STATUSES,
     Action,
     Conflict,
     Forbidden,
+    HeldAnswer,
     NoContests,
     NotFound,
-    ReviewError,
     ReviewItem,
     Status,
     decidable,
@@ -52,8 +53,10 @@ COUNTS_MAX_AGE_S = 1.0
 # An item's own columns, as `item_with` reads them (`i` the item).
 ITEM_STATE_COLUMNS = (
     "i.item_id, i.seq, i.created, i.reason, i.mode, i.status, i.explanation, i.claimed_by,"
-    " i.lease_expires, i.action, i.outcome, i.decided_reason, i.decided_by, i.decided_at"
+    " i.lease_expires, i.action, i.outcome, i.decided_reason, i.decided_by, i.decided_at,"
+    " i.held_status, i.held_headers, i.held_body, i.held_omitted"
 )
+ITEM_STATE_WIDTH = 18
 _SELECT = (
     f"SELECT {ITEM_STATE_COLUMNS}, d.body, extract(epoch FROM d.time)::float8"
     " FROM review_items i JOIN LATERAL (SELECT body, time FROM decisions"
@@ -79,13 +82,16 @@ def item_with(row: Sequence[Any], decision: dict[str, Any]) -> ReviewItem:
         decided_reason=row[11],
         decided_by=row[12],
         decided_at=row[13],
-        held=None,
+        held=None
+        if row[14] is None
+        else HeldAnswer(int(row[14]), [(h[0], h[1]) for h in row[15]], bytes(row[16]), row[17]),
     )
 
 
 def item_of_row(row: Sequence[Any]) -> ReviewItem:
     """A row of `_SELECT`: the item's columns, then its decision's body and time."""
-    return item_with(row, decision_dict(row[14], float(row[15])))
+    w = ITEM_STATE_WIDTH
+    return item_with(row, decision_dict(row[w], float(row[w + 1])))
 
 
 def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> int:
@@ -99,11 +105,23 @@ def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> i
     new = 0
     # In item id order: two hubs writing the same requests lock the rows in one order.
     for req in sorted(requests, key=lambda r: normalise_item_id(r.decision_id)):
+        held = held_answer(req.held) if req.held is not None else None
+        mode = "queued" if held is None else "held"
         row = conn.execute(
-            "INSERT INTO review_items (item_id, created, reason, mode, status)"
-            " VALUES (%s, %s, %s, 'queued', 'pending') ON CONFLICT (item_id) DO NOTHING"
+            "INSERT INTO review_items (item_id, created, reason, mode, status, held_status,"
+            " held_headers, held_body, held_omitted)"
+            " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s) ON CONFLICT (item_id) DO NOTHING"
             " RETURNING item_id",
-            (normalise_item_id(req.decision_id), now, req.reason),
+            (
+                normalise_item_id(req.decision_id),
+                now,
+                req.reason,
+                mode,
+                None if held is None else held.status,
+                None if held is None else Jsonb([list(h) for h in held.headers]),
+                None if held is None else held.body,
+                None if held is None else held.omitted,
+            ),
         ).fetchone()
         if row is None:
             continue
@@ -113,7 +131,7 @@ def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> i
             item_id=str(row[0]),
             action="requested",
             actor=SYSTEM_ACTOR,
-            data={"reason": req.reason, "mode": "queued"},
+            data={"reason": req.reason, "mode": mode},
         )
         new += 1
     return new
@@ -210,10 +228,11 @@ class HubReviewStore(NoContests):
         held_headers: list[tuple[bytes, bytes]] | None = None,
         held_status: int | None = None,
     ) -> ReviewItem | None:
+        held = None
         if held_response is not None:
-            raise ReviewError("the hub's queue does not hold answers (review.mode = hold)")
+            held = held_field(held_status or 200, held_headers or [], held_response, 2**31)
         req = ReviewRequest(
-            decision.decision_id, decision.review_reason or "requested", decision.time
+            decision.decision_id, decision.review_reason or "requested", decision.time, held
         )
         with self._write() as conn:
             if request_many(conn, [req], self._clock()) == 0:

@@ -25,6 +25,8 @@ class ReviewRequest:
     decision_id: str
     reason: str
     time: float
+    # Hold mode: the event's `held` field (`sidecar.review.held`), the answer the client awaits.
+    held: Any = None
 
 
 @dataclass(slots=True)
@@ -93,7 +95,12 @@ def add(rows: Rows, kind: str, value: bytes | None) -> None:
             # as events only.
             if body.get("action") == "requested" and body.get("audit_hash") is None:
                 rows.requests.append(
-                    ReviewRequest(decision_id, str(body.get("reason") or "requested"), _epoch(time))
+                    ReviewRequest(
+                        decision_id,
+                        str(body.get("reason") or "requested"),
+                        _epoch(time),
+                        body.get("held"),
+                    )
                 )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, orjson.JSONDecodeError):
         rows.invalid += 1

@@ -87,7 +87,7 @@ _RAW_COPY = (
 _RAW_DAYS = b"SELECT (time AT TIME ZONE 'UTC')::date, count(*) FROM in_events GROUP BY 1"
 _RAW_REQUESTS = (
     b"SELECT decision_id, coalesce(nullif(body->>'reason', ''), 'requested'),"
-    b" extract(epoch FROM time)::float8 FROM in_events"
+    b" extract(epoch FROM time)::float8, body->'held' FROM in_events"
     b" WHERE kind = 'r' AND valid AND body->>'action' = 'requested'"
     b" AND body->>'audit_hash' IS NULL ORDER BY decision_id"
 )
@@ -192,8 +192,8 @@ class Writer:
                 new_days = days - self._days
                 if not new_days:
                     requests = [
-                        ReviewRequest(str(did), str(reason), float(at))
-                        for did, reason, at in conn.execute(_RAW_REQUESTS).fetchall()
+                        ReviewRequest(str(did), str(reason), float(at), held)
+                        for did, reason, at, held in conn.execute(_RAW_REQUESTS).fetchall()
                     ]
                     if requests:
                         chain.lock(conn)  # first, as in `_write`

@@ -223,3 +223,24 @@ def test_event_ids_are_uuids_in_the_python_path_too() -> None:
     add(rows, "decision", decision_message(d))
     assert (rows.invalid, len(rows.decisions)) == (1, 1)
     assert uuid.UUID(rows.decisions[0][0])
+
+
+@pytest.mark.parametrize("how", ["database", "copy"])
+def test_a_held_answer_in_a_review_request_is_kept_with_its_item(url: str, how: str) -> None:
+    from sidecar.review.held import held_field
+
+    d = decision(review="held", at=DAY)
+    body = orjson.loads(request_message(d))
+    body["held"] = held_field(200, [(b"content-type", b"application/json")], b'{"y": [1]}', 100)
+    messages = [("decision", decision_message(d)), ("review", orjson.dumps(body))]
+    with connect(url) as c:
+        assert _write(Writer(c), how, messages).review_items == 1
+        row = c.execute(
+            "SELECT mode, held_status, held_headers, held_body, held_omitted FROM review_items"
+        ).fetchone()
+        assert row == ("held", 200, [["content-type", "application/json"]], b'{"y": [1]}', None)
+        record = c.execute("SELECT data FROM audit").fetchone()
+        assert record is not None and orjson.loads(record[0]) == {
+            "reason": "low_confidence",
+            "mode": "held",
+        }
