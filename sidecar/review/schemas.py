@@ -73,8 +73,9 @@ class FinalOut(BaseModel):
     status_code: int | None = None
     response: Any = None
     """Approved: the model's held answer (JSON, or text)."""
-    response_omitted: str | None = None
-    """Approved at the hub, the answer not shown: why (larger than review.held_max_bytes)."""
+    response_omitted: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Approved at the hub, the answer not shown: why (larger than review.held_max_bytes).
+    Present only then: every other answer keeps the shape it had before the field."""
 
 
 class ItemOut(ItemSummaryOut):

@@ -301,7 +301,6 @@ def test_hold_outcomes_are_readable_from_the_control_plane(env: ReviewEnv, serve
         "outcome": None,
         "status_code": None,
         "response": None,
-        "response_omitted": None,
     }
     alice.post("/review/items/hold-a/0/claim")
     alice.post("/review/items/hold-a/0/decision", json={"action": "approve", "reason": "fine"})
@@ -321,7 +320,6 @@ def test_hold_outcomes_are_readable_from_the_control_plane(env: ReviewEnv, serve
         "outcome": {"label": "repaid"},
         "status_code": None,
         "response": None,
-        "response_omitted": None,
     }
     decided = [e for e in env.events() if e["action"] == "decided"]
     assert [(e["decision_id"], e["outcome"]) for e in decided] == [

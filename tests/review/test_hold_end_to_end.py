@@ -133,7 +133,6 @@ def test_hold_mode_end_to_end(model_url: str) -> None:
             "outcome": "repaid",
             "status_code": None,
             "response": None,
-            "response_omitted": None,
         }
 
         lookup = control.get(f"/decisions/{override_t['decision_id']}").json()
