@@ -94,7 +94,9 @@ class Service:
         r = settings.review
         self.review_store: ReviewStore
         if r.store == "hub":
-            self.review_store = HubForwardingStore(sink=self.sink, registry=registry)
+            self.review_store = HubForwardingStore(
+                sink=self.sink, registry=registry, held_max_bytes=r.held_max_bytes
+            )
         else:
             self.review_store = SqliteReviewStore(
                 r.db_path, sink=self.sink, registry=registry, lease_seconds=r.lease_seconds
@@ -141,7 +143,8 @@ class Service:
             groups=self.groups,
             router=self.router,
             explain_header=settings.sampling.header.lower().encode("latin-1"),
-            control_url=self.control_url,
+            # A held client's status_url: the hub's, when the hub keeps the queue.
+            control_url=r.hub_url if r.store == "hub" and r.hub_url else self.control_url,
         )
         self.dataplane = DataPlane(
             upstream=self.upstream,

@@ -435,13 +435,16 @@ class ReviewSettings(_Section):
     store: Literal["local", "hub"] = "local"
     """local: the queue and audit chain in `db_path` (SQLite); hub: routed decisions are sent as review-requested events to the fleet hub's one queue (needs sink.kind = "kafka"), nothing is written locally."""
     hub_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/\S*)?$")
-    """The fleet hub's URL as people reach it (http(s)://host[:port]); with review.store = "hub", a contest filed on this sidecar is refused (409) with where to file it at the hub."""
+    """The fleet hub's URL as people and clients reach it (http(s)://host[:port], e.g. https://hub.example.com). With store = "hub": a contest filed on this sidecar is refused (409) naming where to file it at the hub, and in mode = "hold" (where it is required) a held client's status_url points there."""
+    held_max_bytes: int = Field(default=256 * 1024, ge=0, le=4 * 1024 * 1024)
+    """With store = "hub" and mode = "hold": held answers up to this size travel to the hub in the review-requested event (base64); a larger one does not, and the hub shows the verdict only, saying why."""
 
     @model_validator(mode="after")
     def _check_store(self) -> ReviewSettings:
-        if self.store == "hub" and self.mode == "hold":
+        if self.store == "hub" and self.mode == "hold" and self.hub_url is None:
             raise ValueError(
-                "review.mode = hold needs review.store = local (the hub's queue holds no answers)"
+                "review.mode = hold with review.store = hub needs review.hub_url (the hub's"
+                " public URL, where a held client's status_url points)"
             )
         return self
 

@@ -20,10 +20,11 @@ from sidecar.control.auth import Authenticator, Principal
 from sidecar.control.lookup import ExplainFn, Explanations
 from sidecar.control.store import MAX_PAGE
 from sidecar.hub.lookup import HubDecisions
+from sidecar.hub.lookup_route import create_lookup_router
 from sidecar.hub.people import HubPeople
+from sidecar.hub.review import HubReviewStore
 from sidecar.metrics import Registry
 from sidecar.review.api import create_review_router, refuse_unknown_query
-from sidecar.review.model import ReviewStore
 from sidecar.review.schemas import DecisionPageOut, ErrorOut, decision_out
 
 MAX_GROUP_FILTERS = 8
@@ -96,7 +97,7 @@ def create_hub_app(
     *,
     authenticator: Authenticator,
     review: ReviewSettings,
-    store: ReviewStore,
+    store: HubReviewStore,
     decisions: HubDecisions,
     registry: Registry,
     ready_checks: list[ReadyCheck],
@@ -136,11 +137,31 @@ def create_hub_app(
             )
         ]
     )
+    # The lookup by id in one statement, ahead of the review router's three-query one.
+    fallback = Explanations(
+        store=store,
+        decisions=None,
+        explain_now=explain_now,
+        cache_size=review.explanation_cache_size,
+        registry=registry,
+    )
+    lookup_api = create_lookup_router(
+        authenticator,
+        decisions.pool,
+        store,
+        fallback,
+        reasons_of=people.reasons_of if people is not None else None,
+    )
     app = create_control_app(
         registry=registry,
         ready_checks=ready_checks,
-        # People before review: the review router's /decisions/{id}/{row} would take their paths.
-        routers=[create_search_router(authenticator, decisions), *people_api, review_api]
+        # The lookup's row path is {row:int}: the people routes' /decisions/{id}/reasons etc. fall through.
+        routers=[
+            create_search_router(authenticator, decisions),
+            lookup_api,
+            *people_api,
+            review_api,
+        ]
         + ([monitor] if monitor is not None else []),
         guard=authenticator.require("auditor", "admin"),
         open_health=open_health,

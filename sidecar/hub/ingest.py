@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError
 
 from sidecar.config import HubSettings, KafkaSettings
 from sidecar.hub.db import connect
-from sidecar.hub.rows import Rows, add
-from sidecar.hub.writer import Method, Writer
+from sidecar.hub.rows import Raw
+from sidecar.hub.writer import Method, Writer, Written
 from sidecar.metrics import Registry
 
 log = logging.getLogger("sidecar.hub")
+
+# Where messages are decoded: by PostgreSQL from the COPY of their bytes (the default), or
+# here, message by message (kept for the same-run comparison in loadtests/bench_hub.py).
+Decode = Literal["database", "python"]
 
 
 def consumer_options(kafka: KafkaSettings, hub: HubSettings) -> dict[str, Any]:
@@ -34,6 +38,11 @@ def consumer_options(kafka: KafkaSettings, hub: HubSettings) -> dict[str, Any]:
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": hub.batch_max_events,
+        # The default (1 MiB) holds about 1,000 decision events, so a poll from one busy
+        # partition wrote batches of ~1,000; 8 MiB lets one poll fill `batch_max_events`
+        # (fewer transactions and offset commits: the writer's share per event fell by a
+        # third, measured; fetch_max_bytes, 50 MiB, still bounds a fetch).
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
         "security_protocol": kafka.security_protocol,
         "ssl_check_hostname": kafka.ssl_check_hostname,
     }
@@ -65,6 +74,7 @@ class Ingest:
         hub: HubSettings,
         registry: Registry,
         method: Method = "copy",
+        decode: Decode = "database",
     ) -> None:
         self._url = database_url
         self._topics = {
@@ -75,6 +85,7 @@ class Ingest:
         self._options = consumer_options(kafka, hub)
         self._poll_ms = hub.poll_timeout_ms
         self._method: Method = method
+        self._decode: Decode = decode
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
         self.connected = threading.Event()
@@ -134,16 +145,19 @@ class Ingest:
                 self._assigned.set(len(consumer.assignment()))
                 if not polled:
                     continue
-                rows = Rows()
-                n = 0
+                raw = Raw()
                 for tp, records in polled.items():
-                    kind = topics[tp.topic]
-                    for rec in records:
-                        add(rows, kind, rec.value)
-                    n += len(records)
-                written = writer.write(rows)
-                self._events.inc(n)
-                self._invalid.inc(rows.invalid)
+                    raw.extend(topics[tp.topic], [rec.value for rec in records])
+                if self._decode == "database":
+                    written = writer.write_raw(raw)
+                else:
+                    rows = raw.rows()
+                    w = writer.write(rows)
+                    written = Written(
+                        w.decisions, w.explanations, w.review_events, w.review_items, rows.invalid
+                    )
+                self._events.inc(raw.count)
+                self._invalid.inc(written.invalid)
                 self._batches.inc()
                 for table in self._written:
                     self._written[table].inc(getattr(written, table))

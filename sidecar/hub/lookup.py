@@ -52,6 +52,10 @@ class HubDecisions:
     def __init__(self, pool: ConnectionPool[Conn]) -> None:
         self._pool = pool
 
+    @property
+    def pool(self) -> ConnectionPool[Conn]:
+        return self._pool
+
     def get_dict(self, decision_id: str) -> dict[str, Any] | None:
         key = normalise_item_id(decision_id)
         at = id_time(key)

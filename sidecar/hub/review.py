@@ -37,14 +37,15 @@ from sidecar.hub.rows import ReviewRequest
 from sidecar.metrics import Registry
 from sidecar.review import audit
 from sidecar.review.event_body import SYSTEM_ACTOR
+from sidecar.review.held import held_answer, held_field
 from sidecar.review.model import (
     STATUSES,
     Action,
     Conflict,
     Contest,
     Forbidden,
+    HeldAnswer,
     NotFound,
-    ReviewError,
     ReviewItem,
     ReviewStore,
     Status,
@@ -55,16 +56,22 @@ from sidecar.review.store import FRONT_SEQ, RESOLUTION_BUCKETS_S
 
 COUNTS_MAX_AGE_S = 1.0
 
+# An item's own columns, as `item_with` reads them (`i` the item).
+ITEM_STATE_COLUMNS = (
+    "i.item_id, i.seq, i.created, i.reason, i.mode, i.status, i.explanation, i.claimed_by,"
+    " i.lease_expires, i.action, i.outcome, i.decided_reason, i.decided_by, i.decided_at,"
+    " i.held_status, i.held_headers, i.held_body, i.held_omitted"
+)
+ITEM_STATE_WIDTH = 18
 _SELECT = (
-    "SELECT i.item_id, i.seq, i.created, i.reason, i.mode, i.status, d.body,"
-    " extract(epoch FROM d.time)::float8, i.explanation, i.claimed_by, i.lease_expires, i.action,"
-    " i.outcome, i.decided_reason, i.decided_by, i.decided_at"
+    f"SELECT {ITEM_STATE_COLUMNS}, d.body, extract(epoch FROM d.time)::float8"
     " FROM review_items i JOIN LATERAL (SELECT body, time FROM decisions"
     " WHERE decision_id = i.item_id LIMIT 1) d ON true"
 )
 
 
-def _item(row: tuple[Any, ...]) -> ReviewItem:
+def item_with(row: Sequence[Any], decision: dict[str, Any]) -> ReviewItem:
+    """A review item from its `ITEM_STATE_COLUMNS` and its decision (as `decision_dict`)."""
     return ReviewItem(
         item_id=row[0],
         seq=int(row[1]),
@@ -72,17 +79,25 @@ def _item(row: tuple[Any, ...]) -> ReviewItem:
         reason=row[3],
         mode=row[4],
         status=row[5],
-        decision=decision_dict(row[6], float(row[7])),
-        explanation=row[8],
-        claimed_by=row[9],
-        lease_expires=row[10],
-        action=row[11],
-        outcome=row[12],
-        decided_reason=row[13],
-        decided_by=row[14],
-        decided_at=row[15],
-        held=None,
+        decision=decision,
+        explanation=row[6],
+        claimed_by=row[7],
+        lease_expires=row[8],
+        action=row[9],
+        outcome=row[10],
+        decided_reason=row[11],
+        decided_by=row[12],
+        decided_at=row[13],
+        held=None
+        if row[14] is None
+        else HeldAnswer(int(row[14]), [(h[0], h[1]) for h in row[15]], bytes(row[16]), row[17]),
     )
+
+
+def item_of_row(row: Sequence[Any]) -> ReviewItem:
+    """A row of `_SELECT`: the item's columns, then its decision's body and time."""
+    w = ITEM_STATE_WIDTH
+    return item_with(row, decision_dict(row[w], float(row[w + 1])))
 
 
 def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> int:
@@ -94,12 +109,25 @@ def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> i
         return 0
     chain.lock(conn)
     new = 0
-    for req in requests:
+    # In item id order: two hubs writing the same requests lock the rows in one order.
+    for req in sorted(requests, key=lambda r: normalise_item_id(r.decision_id)):
+        held = held_answer(req.held) if req.held is not None else None
+        mode = "queued" if held is None else "held"
         row = conn.execute(
-            "INSERT INTO review_items (item_id, created, reason, mode, status)"
-            " VALUES (%s, %s, %s, 'queued', 'pending') ON CONFLICT (item_id) DO NOTHING"
+            "INSERT INTO review_items (item_id, created, reason, mode, status, held_status,"
+            " held_headers, held_body, held_omitted)"
+            " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s) ON CONFLICT (item_id) DO NOTHING"
             " RETURNING item_id",
-            (normalise_item_id(req.decision_id), now, req.reason),
+            (
+                normalise_item_id(req.decision_id),
+                now,
+                req.reason,
+                mode,
+                None if held is None else held.status,
+                None if held is None else Jsonb([list(h) for h in held.headers]),
+                None if held is None else held.body,
+                None if held is None else held.omitted,
+            ),
         ).fetchone()
         if row is None:
             continue
@@ -109,7 +137,7 @@ def request_many(conn: Conn, requests: Sequence[ReviewRequest], now: float) -> i
             item_id=str(row[0]),
             action="requested",
             actor=SYSTEM_ACTOR,
-            data={"reason": req.reason, "mode": "queued"},
+            data={"reason": req.reason, "mode": mode},
         )
         new += 1
     return new
@@ -165,7 +193,11 @@ class HubReviewStore(ReviewStore):
     def _row(self, conn: Conn, item_id: str, *, lock: bool = False) -> ReviewItem | None:
         sql = f"{_SELECT} WHERE i.item_id = %s{' FOR UPDATE OF i' if lock else ''}"
         row = conn.execute(sql.encode(), (item_id,)).fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_of_row(row)
+
+    def now(self) -> float:
+        """The store's clock (leases lapse by it)."""
+        return self._clock()
 
     def _expire(self, conn: Conn, now: float) -> int:
         rows = conn.execute(
@@ -210,10 +242,11 @@ class HubReviewStore(ReviewStore):
         held_headers: list[tuple[bytes, bytes]] | None = None,
         held_status: int | None = None,
     ) -> ReviewItem | None:
+        held = None
         if held_response is not None:
-            raise ReviewError("the hub's queue does not hold answers (review.mode = hold)")
+            held = held_field(held_status or 200, held_headers or [], held_response, 2**31)
         req = ReviewRequest(
-            decision.decision_id, decision.review_reason or "requested", decision.time
+            decision.decision_id, decision.review_reason or "requested", decision.time, held
         )
         with self._write() as conn:
             if request_many(conn, [req], self._clock()) == 0:
@@ -265,7 +298,7 @@ class HubReviewStore(ReviewStore):
         args.append(limit)
         sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY i.seq LIMIT %s"
         with self._pool.connection() as conn:
-            return [_item(r) for r in conn.execute(sql.encode(), args).fetchall()]
+            return [item_of_row(r) for r in conn.execute(sql.encode(), args).fetchall()]
 
     def claim(self, item_id: str, reviewer: str) -> ReviewItem:
         item_id = normalise_item_id(item_id)

@@ -7,6 +7,7 @@ never retried: a poison message must not stall a partition for the fleet.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ class ReviewRequest:
     decision_id: str
     reason: str
     time: float
+    # Hold mode: the event's `held` field (`sidecar.review.held`), the answer the client awaits.
+    held: Any = None
 
 
 @dataclass(slots=True)
@@ -63,8 +66,10 @@ def add(rows: Rows, kind: str, value: bytes | None) -> None:
         if not isinstance(body, dict) or body.get("event_type") != kind:
             raise ValueError(f"not a {kind} event")
         event_id = _text(body["event_id"])
+        uuid.UUID(event_id)  # a poison id must not fail the batch's COPY
         time = _text(body["time"])
         day = _day(time)
+        _epoch(time)
         decision_id = _text(body["decision_id"])
         text = value.decode() if value is not None else ""
         if kind == "decision":
@@ -90,10 +95,72 @@ def add(rows: Rows, kind: str, value: bytes | None) -> None:
             # as events only.
             if body.get("action") == "requested" and body.get("audit_hash") is None:
                 rows.requests.append(
-                    ReviewRequest(decision_id, str(body.get("reason") or "requested"), _epoch(time))
+                    ReviewRequest(
+                        decision_id,
+                        str(body.get("reason") or "requested"),
+                        _epoch(time),
+                        body.get("held"),
+                    )
                 )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, orjson.JSONDecodeError):
         rows.invalid += 1
         return
     if kind != "review":
         rows.days.add(day)
+
+
+# Messages go to the database as they came (`Raw`), one CSV line each, `kind` DELIM value:
+# with these two control characters as delimiter and quote, a JSON text without raw line
+# breaks passes verbatim (JSON escapes every control character inside its strings).
+RAW_DELIMITER = b"\x02"
+RAW_QUOTE = b"\x01"
+KIND_CODES = {"decision": "d", "explanation": "e", "review": "r"}
+KINDS_OF_CODES = {v: k for k, v in KIND_CODES.items()}
+
+
+@dataclass(slots=True)
+class Raw:
+    """One poll's messages, undecoded: the database parses and checks them (`Writer.write_raw`).
+
+    A message that could not pass verbatim (a raw line break or one of the two control
+    characters, an empty or missing value) marks the batch for the Python path (`rows`),
+    which decodes each message here and counts the bad ones.
+    """
+
+    messages: list[tuple[str, list[bytes | None]]] = field(default_factory=list)
+    copyable: bool = True
+    count: int = 0
+
+    def extend(self, kind: str, values: list[bytes | None]) -> None:
+        self.messages.append((kind, values))
+        self.count += len(values)
+        if self.copyable:
+            for v in values:
+                if (
+                    not v
+                    or b"\n" in v
+                    or b"\r" in v
+                    or RAW_DELIMITER in v
+                    or RAW_QUOTE in v
+                    or b"\x00" in v
+                ):
+                    self.copyable = False
+                    return
+
+    def copy_data(self) -> bytes:
+        """The COPY ... (FORMAT csv) payload: a line per message."""
+        out = []
+        for kind, values in self.messages:
+            if not values:
+                continue
+            head = KIND_CODES[kind].encode() + RAW_DELIMITER
+            out.append(head + (b"\n" + head).join(values) + b"\n")  # type: ignore[arg-type]
+        return b"".join(out)
+
+    def rows(self) -> Rows:
+        """The batch decoded in Python, for the path that does not go through COPY verbatim."""
+        rows = Rows()
+        for kind, values in self.messages:
+            for v in values:
+                add(rows, kind, v)
+        return rows

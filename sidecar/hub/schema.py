@@ -118,6 +118,15 @@ CREATE TABLE contests (
 );
 """,
     ),
+    (
+        3,
+        """
+-- Hold mode through the hub: the answer a client waits for, from the review-requested event
+-- (sidecar.review.held); held_omitted says why the body is missing when it was too large.
+ALTER TABLE review_items ADD COLUMN held_status integer, ADD COLUMN held_headers jsonb,
+    ADD COLUMN held_body bytea, ADD COLUMN held_omitted text;
+""",
+    ),
     (monitor_state.MIGRATION_VERSION, monitor_state.MIGRATION),
 )
 

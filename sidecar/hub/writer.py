@@ -1,5 +1,19 @@
 """Batched, idempotent writes of one poll's events: one transaction per batch.
 
+The ingest path (`write_raw`) hands the messages to PostgreSQL as they came:
+COPY streams them verbatim into a staging table's `jsonb` column, and each
+table's `INSERT ... SELECT` extracts its columns there, so the hub decodes no
+JSON (it was a quarter of the hub's CPU per event). The checks the Python
+path makes (an object, of its topic's event type, with a UUID event id, a
+time, a decision id) are a view over the staging table; a batch the database
+cannot parse (a message that is not JSON, not UTF-8, or with a time it cannot
+read) is written again through the Python path, which counts and skips the
+bad messages, so a poison message never stalls a partition.
+
+Every INSERT takes its rows in primary-key order: two hubs writing the same
+redelivered events at once (a partition moving during a rebalance) then take
+the rows' locks in one order and wait for each other instead of deadlocking.
+
 Two ways to write a batch, compared by `loadtests/bench_hub.py` (the README
 keeps the figures): `copy` streams the rows into a temporary table with COPY
 and moves them with one `INSERT ... SELECT ... ON CONFLICT DO NOTHING` per
@@ -12,6 +26,7 @@ once did.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,7 +36,7 @@ import psycopg
 from sidecar.hub import audit as chain
 from sidecar.hub import review, schema
 from sidecar.hub.db import Conn
-from sidecar.hub.rows import Rows
+from sidecar.hub.rows import KINDS_OF_CODES, RAW_DELIMITER, RAW_QUOTE, Raw, ReviewRequest, Rows
 
 Method = Literal["copy", "pipeline"]
 
@@ -41,6 +56,67 @@ _TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
+_KIND = (
+    "CASE kind " + " ".join(f"WHEN '{c}' THEN '{k}'" for c, k in KINDS_OF_CODES.items()) + " END"
+)
+_UUID = "^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$"
+_VALID = (
+    "jsonb_typeof(body) = 'object'"
+    f" AND body->>'event_type' = {_KIND}"
+    " AND jsonb_typeof(body->'event_id') = 'string'"
+    f" AND body->>'event_id' ~ '{_UUID}'"
+    " AND jsonb_typeof(body->'time') = 'string'"
+    " AND body->>'time' ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T'"
+    " AND jsonb_typeof(body->'decision_id') = 'string' AND body->>'decision_id' <> ''"
+    " AND (kind <> 'd' OR (jsonb_typeof(body->'model_name') = 'string'"
+    " AND body->>'model_name' <> ''))"
+)
+# The staged messages with what every table's INSERT reads; NULLs where a message is not valid.
+_RAW_VIEW = (
+    "CREATE OR REPLACE TEMP VIEW in_events AS SELECT kind, body, valid,"
+    " CASE WHEN valid THEN (body->>'event_id')::uuid END AS event_id,"
+    " CASE WHEN valid THEN (body->>'time')::timestamptz END AS time,"
+    " CASE WHEN valid THEN body->>'decision_id' END AS decision_id"
+    f" FROM (SELECT kind, body, coalesce({_VALID}, false) AS valid FROM in_raw) r"
+)
+_RAW_COPY = (
+    "COPY in_raw (kind, body) FROM STDIN WITH (FORMAT csv, DELIMITER"
+    f" E'\\x{RAW_DELIMITER.hex()}', QUOTE E'\\x{RAW_QUOTE.hex()}')"
+).encode()
+# The UTC days of the valid ones (their partitions), and how many are not valid (day NULL).
+_RAW_DAYS = b"SELECT (time AT TIME ZONE 'UTC')::date, count(*) FROM in_events GROUP BY 1"
+_RAW_REQUESTS = (
+    b"SELECT decision_id, coalesce(nullif(body->>'reason', ''), 'requested'),"
+    b" extract(epoch FROM time)::float8, body->'held' FROM in_events"
+    b" WHERE kind = 'r' AND valid AND body->>'action' = 'requested'"
+    b" AND body->>'audit_hash' IS NULL ORDER BY decision_id"
+)
+_RAW_INSERTS = (
+    (
+        "decisions",
+        b"INSERT INTO decisions (event_id, time, decision_id, request_id, model_name,"
+        b" model_version, group_attributes, body)"
+        b" SELECT event_id, time, decision_id, body->>'request_id', body->>'model_name',"
+        b" body->>'model_version', CASE WHEN jsonb_typeof(body->'group_attributes') = 'object'"
+        b" THEN body->'group_attributes' ELSE '{}'::jsonb END, body"
+        b" FROM in_events WHERE kind = 'd' AND valid ORDER BY event_id, time"
+        b" ON CONFLICT DO NOTHING",
+    ),
+    (
+        "explanations",
+        b"INSERT INTO explanations (event_id, time, decision_id, body)"
+        b" SELECT event_id, time, decision_id, body FROM in_events WHERE kind = 'e' AND valid"
+        b" ORDER BY event_id, time ON CONFLICT DO NOTHING",
+    ),
+    (
+        "review_events",
+        b"INSERT INTO review_events (event_id, time, decision_id, body)"
+        b" SELECT event_id, time, decision_id, body FROM in_events WHERE kind = 'r' AND valid"
+        b" ORDER BY event_id, time ON CONFLICT DO NOTHING",
+    ),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Written:
     """What one batch added: new rows per table (redelivered events are not counted)."""
@@ -49,6 +125,7 @@ class Written:
     explanations: int
     review_events: int
     review_items: int
+    invalid: int = 0
 
 
 class Writer:
@@ -61,6 +138,11 @@ class Writer:
         self._method = method
         self._clock = clock
         self._days: set[Any] = set()
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS in_raw (kind text NOT NULL, body jsonb NOT NULL)"
+            " ON COMMIT DELETE ROWS"
+        )
+        conn.execute(_RAW_VIEW)
         if method == "copy":
             for table in _TABLES:
                 # Session-local staging tables, emptied by every commit.
@@ -77,6 +159,55 @@ class Writer:
             # made. Forget what it knew and make them again.
             self._days.clear()
             return self._write(rows)
+
+    def write_raw(self, raw: Raw) -> Written:
+        """Write undecoded messages: decoded and checked by the database (see the module)."""
+        if not raw.copyable:
+            return self._python(raw)
+        try:
+            try:
+                return self._write_raw(raw)
+            except psycopg.errors.CheckViolation:
+                self._days.clear()  # as in `write`: a partition was dropped by retention
+                return self._write_raw(raw)
+        except psycopg.errors.DataError:
+            # Something in the batch the database cannot read: decode it here, message by message.
+            return self._python(raw)
+
+    def _python(self, raw: Raw) -> Written:
+        rows = raw.rows()
+        w = self.write(rows)
+        return Written(w.decisions, w.explanations, w.review_events, w.review_items, rows.invalid)
+
+    def _write_raw(self, raw: Raw) -> Written:
+        conn = self._conn
+        while True:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    with cur.copy(_RAW_COPY) as copy:
+                        copy.write(raw.copy_data())
+                    found = cur.execute(_RAW_DAYS).fetchall()
+                days = {day for day, _ in found if day is not None}
+                invalid = sum(int(n) for day, n in found if day is None)
+                new_days = days - self._days
+                if not new_days:
+                    requests = [
+                        ReviewRequest(str(did), str(reason), float(at), held)
+                        for did, reason, at, held in conn.execute(_RAW_REQUESTS).fetchall()
+                    ]
+                    if requests:
+                        chain.lock(conn)  # first, as in `_write`
+                    counts = []
+                    for _table, sql in _RAW_INSERTS:
+                        with conn.cursor() as cur:
+                            cur.execute(sql)
+                            counts.append(max(cur.rowcount, 0))
+                    items = review.request_many(conn, requests, self._clock())
+                    return Written(counts[0], counts[1], counts[2], items, invalid)
+            # Days this writer has not made partitions for: the transaction ended having
+            # written nothing (its staging rows go with it); make them outside it, then again.
+            schema.ensure_partitions(conn, new_days)
+            self._days |= new_days
 
     def _write(self, rows: Rows) -> Written:
         conn = self._conn
@@ -105,13 +236,15 @@ class Writer:
                         copy.write_row(row)
                 cur.execute(
                     f"INSERT INTO {table} ({names}) SELECT {names} FROM in_{table}"
-                    " ON CONFLICT DO NOTHING".encode()
+                    " ORDER BY event_id, time ON CONFLICT DO NOTHING".encode()
                 )
                 return cur.rowcount
             marks = ", ".join(["%s"] * len(columns))
+            # Primary-key order (event_id, time), as the COPY path's ORDER BY.
+            ordered = sorted(values, key=lambda v: (uuid.UUID(v[0]), v[1]))
             cur.executemany(
                 f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING".encode(),
-                values,
+                ordered,
                 returning=False,
             )
             return max(cur.rowcount, 0)

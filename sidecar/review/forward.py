@@ -6,6 +6,10 @@ which is how the hub tells it from a local-mode step) and the hub queues
 the decision when it consumes the event. Reviewers work at the hub; this
 sidecar's review API has nothing to list and refuses transitions with 404
 naming where the queue is.
+
+In hold mode the held answer travels in the same event (`sidecar.review.held`,
+up to `review.held_max_bytes`); the client's status_url points at the hub
+(`review.hub_url`), which shows the verdict and, once approved, the answer.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from typing import Any
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 from sidecar.review import audit
+from sidecar.review.held import held_field
 from sidecar.review.model import (
     Action,
     NoContests,
     NotFound,
-    ReviewError,
     ReviewItem,
     Status,
 )
@@ -36,8 +40,11 @@ _AT_HUB = "review.store = hub: this decision is reviewed at the fleet hub, not o
 class HubForwardingStore(NoContests):
     """A `ReviewStore` that only emits review-requested events for the hub."""
 
-    def __init__(self, *, sink: EventSink, registry: Registry) -> None:
+    def __init__(
+        self, *, sink: EventSink, registry: Registry, held_max_bytes: int = 256 * 1024
+    ) -> None:
         self._sink = sink
+        self._held_max = held_max_bytes
         self._sent = registry.counter(
             "sidecar_review_enqueued_total", "Decisions added to the review queue"
         )
@@ -53,9 +60,6 @@ class HubForwardingStore(NoContests):
         held_headers: list[tuple[bytes, bytes]] | None = None,
         held_status: int | None = None,
     ) -> ReviewItem | None:
-        if held_response is not None:
-            # The settings refuse review.mode = hold with this store; a held answer here is a bug.
-            raise ReviewError("review.store = hub does not hold answers")
         body = events.review_event(
             decision_id=decision.decision_id,
             action="requested",
@@ -65,6 +69,10 @@ class HubForwardingStore(NoContests):
             previous_audit_hash=None,
             time=time.time(),
         )
+        if held_response is not None:
+            body["held"] = held_field(
+                held_status or 200, held_headers or [], held_response, self._held_max
+            )
         if self._sink.publish("review", decision.decision_id, body):
             self._sent.inc()
         else:

@@ -57,6 +57,8 @@ class HeldAnswer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    # Why `body` is empty: the answer was too large to travel to the hub (`sidecar.review.held`).
+    omitted: str | None = None
 
     def body_json(self) -> Any:
         """The body as JSON when it is JSON, else as text (or base64 when not UTF-8)."""

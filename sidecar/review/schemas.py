@@ -73,6 +73,9 @@ class FinalOut(BaseModel):
     status_code: int | None = None
     response: Any = None
     """Approved: the model's held answer (JSON, or text)."""
+    response_omitted: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Approved at the hub, the answer not shown: why (larger than review.held_max_bytes).
+    Present only then: every other answer keeps the shape it had before the field."""
 
 
 class ItemOut(ItemSummaryOut):
@@ -220,6 +223,13 @@ def final_out(item: ReviewItem) -> FinalOut | None:
     if item.status != "decided":
         return FinalOut(state="held")
     if item.action == "approve":
+        if item.held.omitted is not None:
+            return FinalOut(
+                state="approved",
+                outcome=item.outcome,
+                status_code=item.held.status,
+                response_omitted=item.held.omitted,
+            )
         return FinalOut(
             state="approved",
             outcome=item.outcome,

@@ -28,8 +28,8 @@ def test_a_database_url_that_is_not_postgresql_is_refused_naming_the_key() -> No
         load_settings(environ={"SIDECAR_HUB__DATABASE_URL": "mysql://x@y/z"})
 
 
-def test_review_hold_mode_needs_the_local_store() -> None:
-    with pytest.raises(ConfigError, match=r"review.*hold"):
+def test_review_hold_mode_with_the_hub_store_needs_the_hubs_url() -> None:
+    with pytest.raises(ConfigError, match=r"review.*hold.*review\.hub_url"):
         load_settings(environ={}, overrides={"review": {"store": "hub", "mode": "hold"}})
 
 

@@ -1,0 +1,184 @@
+"""`GET /decisions/{id}` at the hub: the decision, its explanation and its review state in one statement.
+
+The control plane's lookup (`sidecar.control.lookup.Explanations`) asks its
+stores one thing at a time: the review item, the decision, then the
+explanation, three round trips to the database at the hub. Here one
+statement reads all three, with the same answer shapes, roles and sources:
+
+- the decision, from the daily partitions within `ID_WINDOW_S` of the time
+  its UUIDv7 carries (`sidecar.hub.lookup.id_time`);
+- its review item (a left join: the item exists once its decision has arrived);
+- its newest sampled explanation, or else one computed on demand earlier by
+  any hub (a lateral subquery, from the partitions after the window opens:
+  an explanation is made after its decision).
+
+Only what the statement cannot answer costs more: an item whose lease
+lapsed (the store expires it and reads it again) and a decision with no
+explanation stored (computed now by `explain_now`, as on a sidecar).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials
+from psycopg_pool import ConnectionPool
+
+from sidecar.control.auth import BEARER, Authenticator, Principal
+from sidecar.control.lookup import Explanations, Source
+from sidecar.hub.db import Conn
+from sidecar.hub.lookup import ID_WINDOW_S, decision_dict, id_time
+from sidecar.hub.review import ITEM_STATE_COLUMNS, ITEM_STATE_WIDTH, HubReviewStore, item_with
+from sidecar.review.api import ReasonsFn, RequestId, refuse_unknown_query
+from sidecar.review.model import ReviewItem, normalise_item_id
+from sidecar.review.schemas import ErrorOut, LookupOut, decision_out, summary_out
+
+# The decision's columns, the item's (all NULL without one), then the explanation's.
+_COLUMNS = (
+    "SELECT d.body, extract(epoch FROM d.time)::float8, "
+    f"{ITEM_STATE_COLUMNS}, x.body, x.on_demand"
+    " FROM decisions d LEFT JOIN review_items i ON i.item_id = d.decision_id"
+    " LEFT JOIN LATERAL (SELECT e.body,"
+    " e.body->>'source' IS NOT DISTINCT FROM 'on_demand' AS on_demand"
+    " FROM explanations e WHERE e.decision_id = %(id)s{since}"
+    # Sampled first (false sorts before true), then the newest.
+    " ORDER BY 2, e.time DESC LIMIT 1) x ON true"
+    " WHERE d.decision_id = %(id)s{window} LIMIT 1"
+)
+ONE_STATEMENT = _COLUMNS.format(
+    since=" AND e.time >= to_timestamp(%(lo)s)",
+    window=" AND d.time >= to_timestamp(%(lo)s) AND d.time < to_timestamp(%(hi)s)",
+)
+# For ids that carry no time (not minted by a sidecar): every partition.
+ONE_STATEMENT_UNBOUNDED = _COLUMNS.format(since="", window="")
+
+_BEARER = Security(BEARER)
+
+# The row: decision body, epoch, the item's columns, explanation body, on_demand.
+_ITEM = slice(2, 2 + ITEM_STATE_WIDTH)
+_EXPLANATION = 2 + ITEM_STATE_WIDTH
+
+
+class Found:
+    """One lookup's row, read."""
+
+    __slots__ = ("decision", "explanation", "item", "source")
+
+    def __init__(
+        self,
+        decision: dict[str, Any],
+        item: ReviewItem | None,
+        explanation: dict[str, Any] | None,
+        source: Source | None,
+    ) -> None:
+        self.decision = decision
+        self.item = item
+        self.explanation = explanation
+        self.source = source
+
+
+def find(pool: ConnectionPool[Conn], decision_id: str) -> Found | None:
+    """The decision, its review item and its stored explanation, in one statement."""
+    key = normalise_item_id(decision_id)
+    at = id_time(key)
+    args: dict[str, str | float]
+    if at is None:
+        sql, args = ONE_STATEMENT_UNBOUNDED, {"id": key}
+    else:
+        sql = ONE_STATEMENT
+        args = {"id": key, "lo": at - ID_WINDOW_S, "hi": at + ID_WINDOW_S}
+    with pool.connection() as conn:
+        row = conn.execute(sql.encode(), args).fetchone()
+    if row is None:
+        return None
+    decision = decision_dict(row[0], float(row[1]))
+    state = row[_ITEM]
+    item = None if state[0] is None else item_with(state, decision)
+    explanation: dict[str, Any] | None = row[_EXPLANATION]
+    source: Source | None = None
+    if explanation is not None:
+        source = "on_demand" if row[_EXPLANATION + 1] else "sampled"
+    return Found(decision, item, explanation, source)
+
+
+def create_lookup_router(
+    authenticator: Authenticator,
+    pool: ConnectionPool[Conn],
+    store: HubReviewStore,
+    fallback: Explanations,
+    reasons_of: ReasonsFn | None = None,
+) -> APIRouter:
+    """GET /decisions/{id} and /decisions/{id}/{row}; `fallback` explains what has no stored
+    explanation (its decision source unset: the statement already looked); `reasons_of` adds
+    the principal reasons, as on a sidecar."""
+    # FastAPI runs every plain-function dependency in its thread pool, one hop each: with the
+    # handler's own that was three thread hand-offs per lookup, which on a busy machine cost
+    # more at p99 than the statement. The checks are cheap and never block (a dictionary
+    # look-up), so they run on the loop, and the handler makes the one hop, for the database.
+    require = authenticator.require("reviewer", "auditor", "admin")
+
+    async def refuse_unknown(request: Request) -> None:
+        refuse_unknown_query(request)
+
+    async def caller(
+        credentials: HTTPAuthorizationCredentials | None = _BEARER,
+    ) -> Principal:
+        return require(credentials)
+
+    router = APIRouter(dependencies=[Depends(refuse_unknown)])
+    anyone = Depends(caller)
+    codes = {401: "Missing or unknown bearer token", 403: "Role forbids", 404: "No such decision"}
+    responses: dict[int | str, dict[str, Any]] = {
+        c: {"model": ErrorOut, "description": d} for c, d in codes.items()
+    }
+    responses[422] = {"model": ErrorOut, "description": "Invalid parameters"}
+
+    def lookup(decision_id: str, who: Principal) -> LookupOut:
+        found = find(pool, decision_id)
+        if found is None:
+            raise HTTPException(
+                404, f"no decision {decision_id} (unknown, or older than hub.retention_days)"
+            )
+        item = found.item
+        if (
+            item is not None
+            and item.status == "claimed"
+            and (item.lease_expires or 0) <= store.now()
+        ):
+            # The lease lapsed and housekeeping has not returned it yet: the store does.
+            item = store.get(item.item_id)
+        explanation, source, error = found.explanation, found.source, None
+        # As on a sidecar: sampled, then the review item's own, then on demand.
+        if source != "sampled" and item is not None and item.explanation is not None:
+            explanation, source = item.explanation, "review_item"
+        elif explanation is None:
+            explanation, source, error = fallback.explain(found.decision, item)
+        show = authenticator.sees_group_attributes(who)
+        return LookupOut(
+            decision=decision_out(found.decision, show),
+            explanation=explanation,
+            explanation_source=source,
+            explanation_error=error,
+            review_item=summary_out(item) if item is not None else None,
+            reasons=reasons_of(found.decision, explanation) if reasons_of is not None else None,
+        )
+
+    @router.get("/decisions/{request_id}", tags=["decisions"], responses=responses)
+    async def lookup_first_row(request_id: RequestId, who: Principal = anyone) -> LookupOut:
+        """A decision (row 0 of the request) and why it was made."""
+        return await run_in_threadpool(lookup, f"{request_id}/0", who)
+
+    # `{row:int}`: only digits reach this route, so `/decisions/{id}/reasons` and the like
+    # go on to the routes that own them, whatever order the routers were added in.
+    @router.get("/decisions/{request_id}/{row:int}", tags=["decisions"], responses=responses)
+    async def lookup_row(
+        request_id: RequestId,
+        row: Annotated[int, Path(ge=0, le=1_000_000, description="The row within the request")],
+        who: Principal = anyone,
+    ) -> LookupOut:
+        """A decision and why it was made: its explanation, computed now if none is stored."""
+        return await run_in_threadpool(lookup, f"{request_id}/{row}", who)
+
+    return router
