@@ -21,7 +21,8 @@ The candidates (`--only` picks some):
   sync         grpcio's sync server (C-core completion queue, a thread pool) and sync channel
   sync-1       `sync` with one worker thread: no GIL hand-over between workers
   aio-lazy     `aio` sending initial metadata only when there is some (one batch less)
-  aio-noee     `aio` with grpcio's EventEngine rollouts off (GRPC_EXPERIMENTS, below)
+  aio-noee     `aio` with grpcio's EventEngine rollouts off (GRPC_EXPERIMENTS as
+               sidecar/dataplane/grpc/__init__.py sets it)
   sync-noee    `sync` with them off
   grpclib      grpclib's server and channel (pure-Python HTTP/2 over h2, asyncio/uvloop;
                `pip install grpclib`, left out when it does not import)
@@ -50,15 +51,10 @@ import uvloop
 from loadtests.bench_grpc import INFER, SERVER_READY, _payload, _summary, run_load
 from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive
 from loadtests.procs import cpu_seconds
+from sidecar.dataplane.grpc import NO_EVENT_ENGINE
 from sidecar.dataplane.grpc.forward import end_to_end
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import ModelInferResponse, ServerReadyResponse
 
-# grpcio's EventEngine rollouts (its own I/O threads, each completion a hop between threads);
-# off, the C-core polls on the thread that waits for completions, as grpcio did before them.
-NO_EVENT_ENGINE = (
-    "-event_engine_client,-event_engine_listener,-event_engine_callback_cq,"
-    "-event_engine_for_all_other_endpoints"
-)
 # Candidate name: (proxy API, environment it runs with).
 KINDS: dict[str, tuple[str, dict[str, str]]] = {
     "aio": ("aio", {}),
@@ -94,7 +90,7 @@ def _answer() -> bytes:
 
 async def serve_upstream(port: int) -> None:
     answer = _answer()
-    ready = ServerReadyResponse(ready=True).SerializeToString()
+    ready: bytes = ServerReadyResponse(ready=True).SerializeToString()
 
     async def infer(request: bytes, context: Context) -> bytes:
         return answer
@@ -209,7 +205,7 @@ async def serve_grpclib(port: int, upstream: str) -> None:
     from grpclib.encoding.base import CodecBase
     from grpclib.server import Server, Stream
 
-    class Raw(CodecBase):
+    class Raw(CodecBase):  # type: ignore[misc]  # (Any to mypy where grpclib is not installed)
         """Messages stay bytes either way."""
 
         __content_subtype__ = "proto"
@@ -226,6 +222,7 @@ async def serve_grpclib(port: int, upstream: str) -> None:
     def handler_for(method: str) -> Handler:
         async def handle(stream: Stream[bytes, bytes]) -> None:
             request = await stream.recv_message()
+            assert request is not None
             left = stream.deadline.time_remaining() if stream.deadline else _TIMEOUT_S
             metadata = end_to_end(list(stream.metadata.items()) if stream.metadata else [])
             async with channel.request(
@@ -239,13 +236,14 @@ async def serve_grpclib(port: int, upstream: str) -> None:
                 await up.send_message(request, end=True)
                 await up.recv_initial_metadata()
                 await stream.send_initial_metadata(
-                    metadata=end_to_end(list(up.initial_metadata.items()))
+                    metadata=end_to_end(list((up.initial_metadata or {}).items()))
                 )
                 reply = await up.recv_message()
+                assert reply is not None
                 await up.recv_trailing_metadata()
                 await stream.send_message(reply)
                 await stream.send_trailing_metadata(
-                    metadata=end_to_end(list(up.trailing_metadata.items()))
+                    metadata=end_to_end(list((up.trailing_metadata or {}).items()))
                 )
 
         return Handler(handle, Cardinality.UNARY_UNARY, bytes, bytes)
@@ -300,6 +298,8 @@ def _wait_port(port: int, timeout_s: float = 30.0) -> None:
 
 def _child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    # Set either way (empty: grpcio's defaults), whatever a package sets when unset.
+    environ["GRPC_EXPERIMENTS"] = ""
     return subprocess.Popen(
         [sys.executable, "-m", "loadtests.grpc_hops", *args], cwd=_REPO, env=environ | (env or {})
     )

@@ -1,0 +1,24 @@
+"""The gRPC listener: `server.py`, `forward.py`, `infer.py`, `tensors.py`.
+
+Importing this package, before anything imports grpc, turns grpcio's EventEngine
+rollouts off for the process unless `GRPC_EXPERIMENTS` is already set (then the
+operator's value stands). With them on, grpcio moves every socket event through
+threads of its own before the completion reaches Python: measured with
+`python -m loadtests.grpc_hops`, a bare pass-through hop cost 0.84-0.90x the CPU
+per call with them off, in the same run, and one server side 0.85x. The C-core
+reads the variable once, when grpc is imported, so this must come first (the
+sidecar's entry point imports this package before grpc; a process that imported
+grpc earlier keeps grpcio's defaults).
+"""
+
+from __future__ import annotations
+
+import os
+
+# The rollouts, by grpcio's experiment names (-name: off); the C-core then polls
+# sockets on the threads that wait for completions, as before the rollouts.
+NO_EVENT_ENGINE = (
+    "-event_engine_client,-event_engine_listener,-event_engine_callback_cq,"
+    "-event_engine_for_all_other_endpoints"
+)
+os.environ.setdefault("GRPC_EXPERIMENTS", NO_EVENT_ENGINE)
