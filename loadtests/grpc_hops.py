@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -350,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--only", help=f"comma-separated kinds (of {', '.join(KINDS)})")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
+    parser.add_argument(
+        "--no-lock",
+        action="store_true",
+        help="do not wait for other benchmarks (a smoke run, whose figures mean nothing)",
+    )
     parser.add_argument("--serve", choices=APIS, help="run one proxy alone")
     parser.add_argument("--serve-upstream", action="store_true", help="run the server alone")
     parser.add_argument("--port", type=int)
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
     kinds = _kinds(args.only)
     children: list[subprocess.Popen[bytes]] = []
-    with _exclusive(LOCK_PATH):
+    with contextlib.nullcontext() if args.no_lock else _exclusive(LOCK_PATH):
         try:
             # Each path: the address the load calls, and the process its CPU is charged to.
             targets: dict[str, tuple[str, int]] = {}
