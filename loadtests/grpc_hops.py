@@ -26,6 +26,11 @@ The candidates (`--only` picks some):
   sync-noee    `sync` with them off
   grpclib      grpclib's server and channel (pure-Python HTTP/2 over h2, asyncio/uvloop;
                `pip install grpclib`, left out when it does not import)
+  sidecar      `sidecar serve` itself, on the data plane's loop beside the HTTP listener:
+               the call goes through its pass-through path (no decision)
+Every path calls ModelStatistics with the ModelInfer request's bytes: a method the
+sidecar forwards without reading (as bench_grpc's `passthrough`), which the
+fixed-answer server answers with the ModelInfer answer.
 `--serve KIND --port P --upstream U` runs one proxy alone.
 """
 
@@ -40,6 +45,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,9 +55,9 @@ import grpc
 import numpy as np
 import uvloop
 
-from loadtests.bench_grpc import INFER, SERVER_READY, _payload, _summary, run_load
-from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive
-from loadtests.procs import cpu_seconds
+from loadtests.bench_grpc import PASSTHROUGH, SERVER_READY, _payload, _summary, run_load
+from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive, write_config
+from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds
 from sidecar.dataplane.grpc import NO_EVENT_ENGINE
 from sidecar.dataplane.grpc.forward import end_to_end
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import ModelInferResponse, ServerReadyResponse
@@ -68,6 +74,8 @@ KINDS: dict[str, tuple[str, dict[str, str]]] = {
     "sync-1": ("sync-1", {}),
     "sync-noee": ("sync", {"GRPC_EXPERIMENTS": NO_EVENT_ENGINE}),
     "grpclib": ("grpclib", {}),
+    # `sidecar serve` itself (its own defaults), the call forwarded by its pass-through path.
+    "sidecar": ("sidecar", {}),
 }
 APIS = ("aio", "aio-asyncio", "aio-tuned", "aio-lazy", "sync", "sync-1", "grpclib")
 _REPO = Path(__file__).resolve().parent.parent
@@ -100,7 +108,7 @@ async def serve_upstream(port: int) -> None:
         return ready
 
     handlers = {
-        INFER: grpc.unary_unary_rpc_method_handler(infer),
+        PASSTHROUGH: grpc.unary_unary_rpc_method_handler(infer),
         SERVER_READY: grpc.unary_unary_rpc_method_handler(server_ready),
     }
 
@@ -251,7 +259,7 @@ async def serve_grpclib(port: int, upstream: str) -> None:
 
     class Service:
         def __mapping__(self) -> dict[str, Handler]:
-            return {INFER: handler_for(INFER)}
+            return {PASSTHROUGH: handler_for(PASSTHROUGH)}
 
     server = Server([Service()], codec=Raw())
     await server.start("127.0.0.1", port)
@@ -304,6 +312,34 @@ def _child(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
     return subprocess.Popen(
         [sys.executable, "-m", "loadtests.grpc_hops", *args], cwd=_REPO, env=environ | (env or {})
     )
+
+
+def _start_sidecar(port: int, upstream: str, stack: contextlib.ExitStack) -> SidecarProcess:
+    """`sidecar serve` with its gRPC listener on `port` in front of `upstream`; stopped by `stack`."""
+    work = Path(tempfile.mkdtemp(prefix="grpc-hops-"))
+    # Nothing calls the HTTP side; /readyz asks it an HTTP/1.1 question, so one stands there.
+    http_upstream = FastUpstreamProcess()
+    stack.callback(http_upstream.stop)
+    write_config(
+        work / "sidecar.toml",
+        http_upstream.start(),
+        {
+            "proxy": {"grpc_listen": f"127.0.0.1:{port}", "grpc_upstream": f"http://{upstream}"},
+            "sink": {"directory": str(work / "events")},
+            "review": {"db_path": str(work / "review.db")},
+        },
+    )
+    sidecar = SidecarProcess(
+        [sys.executable, "-m", "sidecar.cli"], work / "sidecar.toml", _REPO, work / "log", None
+    )
+    saved = os.environ.pop("GRPC_EXPERIMENTS", None)
+    try:
+        sidecar.start()
+    finally:
+        if saved is not None:
+            os.environ["GRPC_EXPERIMENTS"] = saved
+    stack.callback(sidecar.stop)
+    return sidecar
 
 
 def _kinds(only: str | None) -> list[str]:
@@ -370,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
 
     kinds = _kinds(args.only)
     children: list[subprocess.Popen[bytes]] = []
-    with contextlib.nullcontext() if args.no_lock else _exclusive(LOCK_PATH):
+    with (
+        contextlib.nullcontext() if args.no_lock else _exclusive(LOCK_PATH),
+        contextlib.ExitStack() as stack,
+    ):
         try:
             # Each path: the address the load calls, and the process its CPU is charged to.
             targets: dict[str, tuple[str, int]] = {}
@@ -389,13 +428,17 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds:
                 port = _free_port()
                 api, env = KINDS[kind]
+                if api == "sidecar":
+                    sidecar = _start_sidecar(port, upstream, stack)
+                    targets[kind] = (f"127.0.0.1:{port}", sidecar.pid)
+                    continue
                 proc = _child(["--serve", api, "--port", str(port), "--upstream", upstream], env)
                 children.append(proc)
                 _wait_port(port)
                 targets[kind] = (f"127.0.0.1:{port}", proc.pid)
             payload = _payload()
             for target, _pid in targets.values():
-                uvloop.run(run_load(target, payload, args.rate, args.warmup))
+                uvloop.run(run_load(target, payload, args.rate, args.warmup, PASSTHROUGH))
             per_round = args.duration / args.rounds
             rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
             cpu = dict.fromkeys(targets, 0.0)
@@ -408,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     target, pid = targets[name]
                     c0 = cpu_seconds(pid)
-                    rounds[name].append(uvloop.run(run_load(target, payload, args.rate, per_round)))
+                    rounds[name].append(
+                        uvloop.run(run_load(target, payload, args.rate, per_round, PASSTHROUGH))
+                    )
                     cpu[name] += cpu_seconds(pid) - c0
             paths: dict[str, dict[str, Any]] = {}
             for name in names:

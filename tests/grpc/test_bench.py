@@ -58,7 +58,7 @@ def test_grpc_hops_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             "--warmup",
             "0.2",
             "--only",
-            "aio,sync-noee",
+            "aio,sync-noee,sidecar",
             "--out",
             str(tmp_path),
             "--no-lock",
@@ -69,7 +69,7 @@ def test_grpc_hops_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     [result_file] = tmp_path.glob("grpc-hops-*.json")
     paths = json.loads(result_file.read_text())["paths"]
     # The two fixed-answer servers, then each proxy, every call answered through it.
-    assert list(paths) == ["direct", "direct-noee", "aio", "sync-noee"], out
+    assert list(paths) == ["direct", "direct-noee", "aio", "sync-noee", "sidecar"], out
     for name, path in paths.items():
         assert path["calls"] == 400, name
         assert path["errors"] == {}, name
