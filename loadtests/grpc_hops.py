@@ -26,6 +26,8 @@ The candidates (`--only` picks some):
   sync-noee    `sync` with them off
   grpclib      grpclib's server and channel (pure-Python HTTP/2 over h2, asyncio/uvloop;
                `pip install grpclib`, left out when it does not import)
+  go           grpc-go's server and client (loadtests/grpc_go_hop/, built with `go build`
+               on first use; left out without a Go toolchain): what a compiled hop costs
   sidecar      `sidecar serve` itself, on the data plane's loop beside the HTTP listener:
                the call goes through its pass-through path (no decision)
 Every path calls ModelStatistics with the ModelInfer request's bytes: a method the
@@ -76,9 +78,13 @@ KINDS: dict[str, tuple[str, dict[str, str]]] = {
     "grpclib": ("grpclib", {}),
     # `sidecar serve` itself (its own defaults), the call forwarded by its pass-through path.
     "sidecar": ("sidecar", {}),
+    # A compiled hop for comparison: grpc-go (loadtests/grpc_go_hop/), built with `go`.
+    "go": ("go", {}),
 }
 APIS = ("aio", "aio-asyncio", "aio-tuned", "aio-lazy", "sync", "sync-1", "grpclib")
 _REPO = Path(__file__).resolve().parent.parent
+_GO_SOURCE = Path(__file__).resolve().parent / "grpc_go_hop"
+_GO_BINARY = _REPO / ".cache" / "grpc-go-hop" / "grpchop"
 _TIMEOUT_S = 30.0
 _NO_DEADLINE_S = 1e8
 Context = Any
@@ -342,11 +348,28 @@ def _start_sidecar(port: int, upstream: str, stack: contextlib.ExitStack) -> Sid
     return sidecar
 
 
+def _build_go() -> bool:
+    """Build the grpc-go hop into .cache/ (go's own cache makes a rebuild cheap)."""
+    try:
+        subprocess.run(
+            ["go", "build", "-o", str(_GO_BINARY), "."],
+            cwd=_GO_SOURCE,
+            check=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"the grpc-go hop did not build ({exc}): left out")
+        return False
+    return True
+
+
 def _kinds(only: str | None) -> list[str]:
     kinds = list(KINDS) if not only else [k.strip() for k in only.split(",")]
     for k in kinds:
         if k not in KINDS:
             raise SystemExit(f"--only: unknown kind {k!r} (one of {', '.join(KINDS)})")
+    if "go" in kinds and not _build_go():
+        kinds.remove("go")
     if "grpclib" in kinds:
         try:
             import grpclib  # noqa: F401
@@ -431,6 +454,14 @@ def main(argv: list[str] | None = None) -> int:
                 if api == "sidecar":
                     sidecar = _start_sidecar(port, upstream, stack)
                     targets[kind] = (f"127.0.0.1:{port}", sidecar.pid)
+                    continue
+                if api == "go":
+                    go = subprocess.Popen(
+                        [str(_GO_BINARY), "-listen", f"127.0.0.1:{port}", "-upstream", upstream]
+                    )
+                    children.append(go)
+                    _wait_port(port)
+                    targets[kind] = (f"127.0.0.1:{port}", go.pid)
                     continue
                 proc = _child(["--serve", api, "--port", str(port), "--upstream", upstream], env)
                 children.append(proc)
