@@ -9,7 +9,10 @@ pass-through hop took 0.84-0.90x the CPU per call, one grpcio server side
 0.77-0.85x. The C-core
 reads the variable once, when grpc is imported, so this must come first (the
 sidecar's entry point imports this package before grpc; a process that imported
-grpc earlier keeps grpcio's defaults).
+grpc earlier keeps grpcio's defaults). The variable stays set, so processes started
+from this one inherit it (in the tests, the model servers they start); they are
+grpcio's rollouts, which any gRPC C-core reads the same way, and one whose C-core does
+not know a name logs it and keeps its default.
 """
 
 from __future__ import annotations
