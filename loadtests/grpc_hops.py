@@ -1,4 +1,4 @@
-"""What one gRPC pass-through hop costs in Python, by API: bare proxies side by side in one run.
+"""What one gRPC pass-through hop costs, by API: bare proxies side by side in one run.
 
     python -m loadtests.grpc_hops --rate 500 --duration 30 --rounds 6
 
@@ -15,7 +15,7 @@ reports p50/p99, what each proxy adds over direct, and each proxy's CPU time per
 direct call is the floor for one grpcio server side.
 
 The candidates (`--only` picks some):
-  aio          grpcio's asyncio server and channel on uvloop (the sidecar before this)
+  aio          grpcio's asyncio server and channel on uvloop (the sidecar's API)
   aio-asyncio  the same on the standard asyncio loop
   aio-tuned    `aio` with channelz off and a local subchannel pool
   sync         grpcio's sync server (C-core completion queue, a thread pool) and sync channel
