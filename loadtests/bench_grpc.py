@@ -20,12 +20,18 @@ hop: the same message through the same sidecar under a method it forwards withou
 reading (`ModelStatistics`, one of the protocol's unary methods, which this model
 server answers as it answers ModelInfer), so no decision is made (`--no-passthrough`
 leaves it out).
+
+`--ab-grpcio-defaults` adds a second sidecar to the rotation, the same code and config
+started with `GRPC_EXPERIMENTS=""` (grpcio's own defaults: its EventEngine rollouts on,
+which sidecar/dataplane/grpc/ turns off), as the path `sidecar-grpcio-defaults`: the
+same-run A/B for that setting, CPU per call of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -41,7 +47,7 @@ import grpc
 import numpy as np
 import uvloop
 
-from loadtests.bench_proxy import RESULTS_DIR, write_config
+from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive, write_config
 from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import (
     ModelInferRequest,
@@ -190,14 +196,15 @@ def _report(result: dict[str, Any]) -> str:
     lines = [
         f"gRPC ModelInfer, open loop {result['rate']:g} calls/s, "
         f"{result['rounds']} rounds x {result['round_s']:g} s per path, {result['date']}",
-        "path        calls/s   p50 ms   p99 ms  p99.9 ms  errors",
+        "path                    calls/s   p50 ms   p99 ms  p99.9 ms  errors",
     ]
     paths = [("direct", d), ("sidecar", s)]
-    if "passthrough" in result:
-        paths.append(("passthrough", result["passthrough"]))
+    for name in ("passthrough", "sidecar-grpcio-defaults"):
+        if name in result:
+            paths.append((name, result[name]))
     for name, r in paths:
         lines.append(
-            f"{name:<11} {r['calls_per_s']:6.1f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
+            f"{name:<23} {r['calls_per_s']:6.1f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
             f"{r['p999_ms']:9.3f}  {r['errors'] or '-'}"
         )
     a = result["added"]
@@ -213,7 +220,14 @@ def _report(result: dict[str, Any]) -> str:
             f"p99 {p['p99_ms'] - d['p99_ms']:.3f} ms; "
             f"its sidecar CPU per call: {result['passthrough_cpu_us_per_call']:.0f} us"
         )
+    if "sidecar-grpcio-defaults" in result:
+        g = result["sidecar_grpcio_defaults_cpu_us_per_call"]
+        lines.append(
+            f"sidecar with grpcio's defaults: CPU per call {g:.0f} us; "
+            f"this sidecar's is x{result['sidecar_cpu_us_per_call'] / g:.2f} of it"
+        )
     lines.append(
+        f"model server CPU per direct call: {result['model_server_cpu_us_per_call']:.0f} us; "
         f"sidecar CPU per call: {result['sidecar_cpu_us_per_call']:.0f} us; "
         f"load generator lag max {max(d['loadgen_lag_max_ms'], s['loadgen_lag_max_ms']):.1f} ms"
     )
@@ -241,47 +255,87 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
     parser.add_argument("--no-passthrough", action="store_true", help="leave the baseline path out")
+    parser.add_argument(
+        "--ab-grpcio-defaults",
+        action="store_true",
+        help="a second sidecar with grpcio's default experiments, in the same rotation",
+    )
+    parser.add_argument(
+        "--no-lock",
+        action="store_true",
+        help="do not wait for other benchmarks (a smoke run, whose figures mean nothing)",
+    )
     parser.add_argument("--serve-model", type=int, metavar="PORT", help="only run the model server")
     args = parser.parse_args(argv)
     if args.serve_model:
         uvloop.run(serve_model(args.serve_model))
         return 0
+    # One benchmark at a time on the machine (bench_proxy's lock): they would measure each other.
+    with contextlib.nullcontext() if args.no_lock else _exclusive(LOCK_PATH):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
-    model_port, grpc_port = _free_port(), _free_port()
+    model_port = _free_port()
     model = subprocess.Popen(
         [sys.executable, "-m", "loadtests.bench_grpc", "--serve-model", str(model_port)],
         cwd=_REPO,
+        # A model server as it comes: grpcio's defaults (this process may have the sidecar's).
+        env=os.environ | {"GRPC_EXPERIMENTS": ""},
     )
-    sidecar = None
+    sidecars: dict[str, tuple[SidecarProcess, dict[str, str]]] = {}
     # The HTTP upstream carries no load here, but /readyz asks it an HTTP/1.1 question,
     # which the gRPC port cannot answer: a fixed-answer HTTP server stands beside it.
     http_upstream = FastUpstreamProcess()
     try:
         _wait_grpc(f"127.0.0.1:{model_port}")
-        config = work / "sidecar.toml"
+        http_url = http_upstream.start()
         upstream = f"http://127.0.0.1:{model_port}"
-        write_config(
-            config,
-            http_upstream.start(),
-            {
-                "proxy": {"grpc_listen": f"127.0.0.1:{grpc_port}", "grpc_upstream": upstream},
-                "sink": {"directory": str(work / "events")},
-                "review": {"db_path": str(work / "review.db")},
-            },
-        )
-        sidecar = SidecarProcess(
-            [sys.executable, "-m", "sidecar.cli"], config, _REPO, work / "sidecar.log", None
-        )
-        urls = sidecar.start()
-        paths = {
-            "direct": (f"127.0.0.1:{model_port}", INFER),
-            "sidecar": (f"127.0.0.1:{grpc_port}", INFER),
+        # Each sidecar: its name and the GRPC_EXPERIMENTS it starts with (None: unset, so
+        # the sidecar's own default applies).
+        variants: list[tuple[str, str | None]] = [("sidecar", None)]
+        if args.ab_grpcio_defaults:
+            variants.append(("sidecar-grpcio-defaults", ""))
+        paths: dict[str, tuple[str, str, str | None]] = {
+            "direct": (f"127.0.0.1:{model_port}", INFER, None)
         }
-        if not args.no_passthrough:
-            paths["passthrough"] = (f"127.0.0.1:{grpc_port}", PASSTHROUGH)
+        for name, experiments in variants:
+            folder = work / name
+            folder.mkdir()
+            grpc_port = _free_port()
+            write_config(
+                folder / "sidecar.toml",
+                http_url,
+                {
+                    "proxy": {"grpc_listen": f"127.0.0.1:{grpc_port}", "grpc_upstream": upstream},
+                    "sink": {"directory": str(folder / "events")},
+                    "review": {"db_path": str(folder / "review.db")},
+                },
+            )
+            proc = SidecarProcess(
+                [sys.executable, "-m", "sidecar.cli"],
+                folder / "sidecar.toml",
+                _REPO,
+                folder / "sidecar.log",
+                None,
+            )
+            saved = os.environ.pop("GRPC_EXPERIMENTS", None)
+            if experiments is not None:
+                os.environ["GRPC_EXPERIMENTS"] = experiments
+            try:
+                sidecars[name] = (proc, proc.start())
+            finally:
+                if saved is None:
+                    os.environ.pop("GRPC_EXPERIMENTS", None)
+                else:
+                    os.environ["GRPC_EXPERIMENTS"] = saved
+            paths[name] = (f"127.0.0.1:{grpc_port}", INFER, name)
+            if name == "sidecar" and not args.no_passthrough:
+                paths["passthrough"] = (f"127.0.0.1:{grpc_port}", PASSTHROUGH, name)
         payload = _payload()
-        for target, method in paths.values():
+        for target, method, _sc in paths.values():
             uvloop.run(run_load(target, payload, args.rate, args.warmup, method))
         per_round = args.duration / args.rounds
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
@@ -291,12 +345,13 @@ def main(argv: list[str] | None = None) -> int:
             # Rotated each round, so drift in the machine hits every path alike.
             order = names[i % len(names) :] + names[: i % len(names)]
             for name in order:
-                target, method = paths[name]
-                c0 = cpu_seconds(sidecar.pid)
+                target, method, sc = paths[name]
+                pid = sidecars[sc][0].pid if sc else model.pid
+                c0 = cpu_seconds(pid)
                 rounds[name].append(
                     uvloop.run(run_load(target, payload, args.rate, per_round, method))
                 )
-                cpu[name] += cpu_seconds(sidecar.pid) - c0
+                cpu[name] += cpu_seconds(pid) - c0
         direct, through = _summary(rounds["direct"]), _summary(rounds["sidecar"])
         result = {
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -304,29 +359,32 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "round_s": per_round,
             "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
             "direct": direct,
             "sidecar": through,
             "added": {
                 "p50_ms": through["p50_ms"] - direct["p50_ms"],
                 "p99_ms": through["p99_ms"] - direct["p99_ms"],
             },
+            "model_server_cpu_us_per_call": 1e6 * cpu["direct"] / max(direct["calls"], 1),
             "sidecar_cpu_us_per_call": 1e6 * cpu["sidecar"] / max(through["calls"], 1),
-            "decisions": _decisions(urls["control"]),
+            "decisions": _decisions(sidecars["sidecar"][1]["control"]),
         }
-        if "passthrough" in rounds:
-            passthrough = _summary(rounds["passthrough"])
-            result["passthrough"] = passthrough
-            result["passthrough_cpu_us_per_call"] = (
-                1e6 * cpu["passthrough"] / max(passthrough["calls"], 1)
-            )
+        for name in names:
+            if name in ("direct", "sidecar"):
+                continue
+            summary = _summary(rounds[name])
+            key = name.replace("-", "_")
+            result[name] = summary
+            result[f"{key}_cpu_us_per_call"] = 1e6 * cpu[name] / max(summary["calls"], 1)
         print(_report(result))
         args.out.mkdir(parents=True, exist_ok=True)
         out = args.out / f"grpc-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
         out.write_text(json.dumps(result, indent=1))
         print(f"result: {out}")
     finally:
-        if sidecar is not None:
-            sidecar.stop()
+        for proc, _urls in sidecars.values():
+            proc.stop()
         http_upstream.stop()
         model.terminate()
         model.wait(10)

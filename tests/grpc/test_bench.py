@@ -1,13 +1,15 @@
-"""loadtests/bench_grpc.py runs end to end: the three paths answered, the sidecar's calls decided."""
+"""loadtests/bench_grpc.py and grpc_hops.py run end to end: every path answered, calls decided."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from loadtests.bench_grpc import main as bench_main
+from loadtests.grpc_hops import main as hops_main
 
 
 def test_bench_grpc_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,18 +25,55 @@ def test_bench_grpc_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
             "0.2",
             "--out",
             str(tmp_path),
+            "--ab-grpcio-defaults",
+            "--no-lock",
         ]
     )
     assert code == 0
     out = capsys.readouterr().out
     assert "direct" in out and "passthrough (no decision) added" in out
+    assert "sidecar with grpcio's defaults: CPU per call" in out
     [result_file] = tmp_path.glob("grpc-*.json")
     result = json.loads(result_file.read_text())
-    for path in ("direct", "sidecar", "passthrough"):
+    for path in ("direct", "sidecar", "passthrough", "sidecar-grpcio-defaults"):
         assert result[path]["calls"] == 600, path
         assert result[path]["errors"] == {}, path
     assert result["sidecar_cpu_us_per_call"] > 0
     assert result["passthrough_cpu_us_per_call"] > 0
+    assert result["sidecar_grpcio_defaults_cpu_us_per_call"] > 0
+    assert result["model_server_cpu_us_per_call"] > 0
     # Every call through the sidecar's ModelInfer (warm-up included) became a decision; the
     # pass-through path's none.
     assert result["decisions"] == 600 + 40 + 1 + 1
+
+
+def test_grpc_hops_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The compiled comparison where there is a Go toolchain (built on first use).
+    kinds = ["aio", "sync-noee", "sidecar"] + (["go"] if shutil.which("go") else [])
+    code = hops_main(
+        [
+            "--rate",
+            "200",
+            "--duration",
+            "2",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0.2",
+            "--only",
+            ",".join(kinds),
+            "--out",
+            str(tmp_path),
+            "--no-lock",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    [result_file] = tmp_path.glob("grpc-hops-*.json")
+    paths = json.loads(result_file.read_text())["paths"]
+    # The two fixed-answer servers, then each proxy, every call answered through it.
+    assert list(paths) == ["direct", "direct-noee", *kinds], out
+    for name, path in paths.items():
+        assert path["calls"] == 400, name
+        assert path["errors"] == {}, name
+        assert path["cpu_us_per_call"] > 0, name
