@@ -11,9 +11,10 @@ its events again.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from sidecar.hub.db import Conn
 
@@ -82,7 +83,11 @@ def save(
 
 def states(conn: Conn, monitor: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(shard, state, meta) of every shard of the monitor group."""
-    rows = conn.execute(
+    cur = conn.cursor()
+    # The standard library's JSON, whatever the connection reads jsonb with: the sums are
+    # exact big integers, which orjson (the hub API pool's reader) turns into floats.
+    set_json_loads(json.loads, cur)
+    rows = cur.execute(
         "SELECT shard, state, meta FROM monitor_state WHERE monitor = %s ORDER BY shard",
         (monitor,),
     ).fetchall()
