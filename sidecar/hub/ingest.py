@@ -43,6 +43,9 @@ def consumer_options(kafka: KafkaSettings, hub: HubSettings) -> dict[str, Any]:
         # (fewer transactions and offset commits: the writer's share per event fell by a
         # third, measured; fetch_max_bytes, 50 MiB, still bounds a fetch).
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        # Partitions added to a topic (or a topic created after the hub subscribed) reach the
+        # group's assignment within 30 s, not the client's default 5 minutes.
+        "metadata_max_age_ms": 30_000,
         "security_protocol": kafka.security_protocol,
         "ssl_check_hostname": kafka.ssl_check_hostname,
     }

@@ -36,6 +36,27 @@ def _topics(broker: KafkaBroker, partitions: int) -> dict[str, str]:
         )
     finally:
         admin.close()
+    # Every partition known to the cluster's metadata before the hubs subscribe: a consumer
+    # that subscribed earlier sees fewer partitions until its next metadata refresh (5 min by
+    # default), and on a broker busy with the rest of the suite creation can lag that long.
+    from kafka import KafkaConsumer
+
+    probe = KafkaConsumer(bootstrap_servers=broker.bootstrap, client_id="tests")
+    try:
+        wait_until(
+            # topics() fetches the metadata afresh; partitions_for_topic reads what it fetched.
+            lambda: (
+                bool(probe.topics())
+                and all(
+                    len(probe.partitions_for_topic(t) or ()) == partitions for t in topics.values()
+                )
+            ),
+            timeout_s=60,
+            what="the new topics' partitions in the cluster's metadata",
+            interval_s=0.2,
+        )
+    finally:
+        probe.close()
     return topics
 
 
