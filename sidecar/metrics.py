@@ -14,8 +14,8 @@ import bisect
 import itertools
 import math
 import threading
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
@@ -136,43 +136,71 @@ class _Family:
         self.labels = labels
         self.bounds = bounds
         self.children: dict[tuple[str, ...], Child] = {}
-        # Hoisted: the `le` label values, formatted as prometheus_client's own Histogram does
-        # (1.0 -> "1.0"); floatToGoString has no annotations.
-        le: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
-        self._le = (*le, "+Inf")
-
-    def _empty(self) -> CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily:
-        if self.kind == "counter":
-            return CounterMetricFamily(self.name, self.help, labels=self.labels)
-        if self.kind == "gauge":
-            return GaugeMetricFamily(self.name, self.help, labels=self.labels)
-        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+        # Hoisted: formatted once, not per scrape.
+        self._le = le_labels(bounds)
 
     def describe(self) -> list[Metric]:
         """The family's names, so the CollectorRegistry refuses another collector's clash."""
-        return [self._empty()]
+        return [render(self.name, self.help, self.kind, self.labels, self._le, ())]
+
+    def raw(self) -> list[tuple[tuple[str, ...], Any]]:
+        """Each child's label values and raw value (`raw_value`), read now."""
+        # list() copies in one step, so a child added by another thread cannot break the loop.
+        return [(key, raw_value(child)) for key, child in list(self.children.items())]
 
     def collect(self) -> list[Metric]:
-        family = self._empty()
-        # list() copies in one step, so a child added by another thread cannot break the loop.
-        for key, child in list(self.children.items()):
-            if isinstance(family, HistogramMetricFamily):
-                assert isinstance(child, Histogram)
-                buckets: list[tuple[str, float]] = []
-                cumulative = 0
-                for le, n in zip(self._le, list(child.counts), strict=True):
-                    cumulative += n
-                    buckets.append((le, cumulative))
-                # _count is the +Inf bucket, so the two agree even mid-observe().
-                family.add_metric(key, buckets, child.sum)
-            elif isinstance(family, GaugeMetricFamily):
-                assert isinstance(child, Gauge)
-                family.add_metric(key, child.get())
-            else:
-                assert isinstance(child, Counter)
-                # No `created`: prometheus_client would add a `_created` series per child.
-                family.add_metric(key, child.value)
-        return [family]
+        return [render(self.name, self.help, self.kind, self.labels, self._le, self.raw())]
+
+
+def le_labels(bounds: Sequence[float]) -> tuple[str, ...]:
+    """A histogram's `le` label values, formatted as prometheus_client's own Histogram does
+    (1.0 -> "1.0"), with +Inf last."""
+    # floatToGoString has no annotations.
+    le: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+    return (*le, "+Inf")
+
+
+def raw_value(child: Child) -> Any:
+    """A counter's count, a gauge's value read now, or a histogram's [per-bucket counts, sum]."""
+    if isinstance(child, Histogram):
+        return [list(child.counts), child.sum]
+    if isinstance(child, Gauge):
+        return child.get()
+    return child.value
+
+
+def render(
+    name: str,
+    help_: str,
+    kind: Kind,
+    labels: Sequence[str],
+    le: Sequence[str],
+    children: Iterable[tuple[Sequence[str], Any]],
+) -> Metric:
+    """One family as prometheus_client writes it, from its children's raw values: the one
+    place that formats them, for this process's families and for the control process's
+    view of the data plane's (`sidecar.control.metrics_view`)."""
+    family: Metric
+    if kind == "counter":
+        family = CounterMetricFamily(name, help_, labels=labels)
+        for key, value in children:
+            # No `created`: prometheus_client would add a `_created` series per child.
+            family.add_metric(key, value)
+    elif kind == "gauge":
+        family = GaugeMetricFamily(name, help_, labels=labels)
+        for key, value in children:
+            family.add_metric(key, value)
+    else:
+        family = HistogramMetricFamily(name, help_, labels=labels)
+        for key, (counts, total) in children:
+            buckets: list[tuple[str, float]] = []
+            cumulative = 0
+            for bound, n in zip(le, counts, strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            # _count is the +Inf bucket, so the two agree even mid-observe().
+            family.add_metric(key, buckets, total)
+    return family
 
 
 class Registry:

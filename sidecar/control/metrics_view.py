@@ -21,15 +21,9 @@ import logging
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.utils import floatToGoString
+from prometheus_client.metrics_core import Metric
 
-from sidecar.metrics import Counter, Gauge, Histogram, Registry
+from sidecar.metrics import Registry, le_labels, render
 
 log = logging.getLogger("sidecar.control")
 
@@ -43,23 +37,11 @@ RawFamily = list[Any]
 
 def snapshot(registry: Registry, skip: Collection[str] = ()) -> list[RawFamily]:
     """Every family's raw values, gauges read now; those named in `skip` left out."""
-    out: list[RawFamily] = []
-    for fam in registry.families():
-        if fam.name in skip:
-            continue
-        children: list[list[Any]] = []
-        for key, child in list(fam.children.items()):
-            value: Any
-            if isinstance(child, Histogram):
-                value = [list(child.counts), child.sum]
-            elif isinstance(child, Gauge):
-                value = child.get()
-            else:
-                assert isinstance(child, Counter)
-                value = child.value
-            children.append([list(key), value])
-        out.append([fam.name, fam.help, fam.kind, list(fam.labels), list(fam.bounds), children])
-    return out
+    return [
+        [f.name, f.help, f.kind, list(f.labels), list(f.bounds), [[list(k), v] for k, v in f.raw()]]
+        for f in registry.families()
+        if f.name not in skip
+    ]
 
 
 def _sum(kind: str, a: Any, b: Any) -> Any:
@@ -98,27 +80,7 @@ def merge(remote: list[RawFamily], own: list[RawFamily]) -> list[RawFamily]:
 
 def _family(raw: RawFamily) -> Metric:
     name, help_, kind, labels, bounds, children = raw
-    if kind == "counter":
-        counter = CounterMetricFamily(name, help_, labels=labels)
-        for key, value in children:
-            counter.add_metric(key, value)
-        return counter
-    if kind == "gauge":
-        gauge = GaugeMetricFamily(name, help_, labels=labels)
-        for key, value in children:
-            gauge.add_metric(key, value)
-        return gauge
-    hist = HistogramMetricFamily(name, help_, labels=labels)
-    # floatToGoString has no annotations.
-    les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-    for key, (counts, total) in children:
-        buckets: list[tuple[str, float]] = []
-        cumulative = 0
-        for le, n in zip(les, counts, strict=True):
-            cumulative += n
-            buckets.append((le, cumulative))
-        hist.add_metric(key, buckets, total)
-    return hist
+    return render(name, help_, kind, labels, le_labels(bounds), children)
 
 
 class MergedMetrics:
