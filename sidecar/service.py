@@ -209,8 +209,6 @@ class Service:
             "by_request": by_request,
             "newest_forgotten": lambda: store.newest_forgotten,
             "metrics": lambda skip: snapshot(self.registry, skip),
-            "publish": lambda kind, key, body: sink.publish(kind, key, body),
-            "publish_many": lambda kind, items: sink.publish_many(kind, [(k, b) for k, b in items]),
             "publish_each": lambda kind, items: [sink.publish(kind, k, b) for k, b in items],
             "contains_many": store.contains_many,
             "has_room": lambda pending: sink.has_room(int(pending)),

@@ -49,6 +49,10 @@ def decision_from_dict(d: dict[str, Any]) -> Decision:
     return Decision(**{name: d[name] for name in DECISION_FIELDS if name in d})
 
 
+def _key(decision: dict[str, Any]) -> str:
+    return f"{decision.get('call_id', decision.get('request_id'))}/{decision['row']}"
+
+
 class Explanations:
     """Decision and explanation lookup, with on-demand explanation and its cache."""
 
@@ -98,11 +102,18 @@ class Explanations:
         self, decision: dict[str, Any], item: ReviewItem | None
     ) -> tuple[dict[str, Any] | None, Source | None, str | None]:
         """(explanation, where it came from, why there is none)."""
-        key = f"{decision.get('call_id', decision.get('request_id'))}/{decision['row']}"
         if self._decisions is not None:
-            sampled = self._decisions.get_explanation(key)
+            sampled = self._decisions.get_explanation(_key(decision))
             if sampled is not None:
                 return sampled, "sampled", None
+        return self.explain_unsampled(decision, item)
+
+    def explain_unsampled(
+        self, decision: dict[str, Any], item: ReviewItem | None
+    ) -> tuple[dict[str, Any] | None, Source | None, str | None]:
+        """`explain` for a caller that has already looked for a sampled explanation (the
+        hub's one-statement lookup): the review item's, the cache's, or one computed now."""
+        key = _key(decision)
         if item is not None and item.explanation is not None:
             return item.explanation, "review_item", None
         with self._lock:

@@ -138,18 +138,11 @@ def create_hub_app(
         ]
     )
     # The lookup by id in one statement, ahead of the review router's three-query one.
-    fallback = Explanations(
-        store=store,
-        decisions=None,
-        explain_now=explain_now,
-        cache_size=review.explanation_cache_size,
-        registry=registry,
-    )
     lookup_api = create_lookup_router(
         authenticator,
         decisions.pool,
         store,
-        fallback,
+        explanations,
         reasons_of=people.reasons_of if people is not None else None,
     )
     app = create_control_app(

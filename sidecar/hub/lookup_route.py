@@ -107,12 +107,13 @@ def create_lookup_router(
     authenticator: Authenticator,
     pool: ConnectionPool[Conn],
     store: HubReviewStore,
-    fallback: Explanations,
+    explanations: Explanations,
     reasons_of: ReasonsFn | None = None,
 ) -> APIRouter:
-    """GET /decisions/{id} and /decisions/{id}/{row}; `fallback` explains what has no stored
-    explanation (its decision source unset: the statement already looked); `reasons_of` adds
-    the principal reasons, as on a sidecar."""
+    """GET /decisions/{id} and /decisions/{id}/{row}; `explanations` (the lookup the review
+    and people routes share, one cache) explains what has no stored explanation, past the
+    sampled one the statement already looked for; `reasons_of` adds the principal reasons,
+    as on a sidecar."""
     # FastAPI runs every plain-function dependency in its thread pool, one hop each: with the
     # handler's own that was three thread hand-offs per lookup, which on a busy machine cost
     # more at p99 than the statement. The checks are cheap and never block (a dictionary
@@ -154,7 +155,7 @@ def create_lookup_router(
         if source != "sampled" and item is not None and item.explanation is not None:
             explanation, source = item.explanation, "review_item"
         elif explanation is None:
-            explanation, source, error = fallback.explain(found.decision, item)
+            explanation, source, error = explanations.explain_unsampled(found.decision, item)
         show = authenticator.sees_group_attributes(who)
         return LookupOut(
             decision=decision_out(found.decision, show),

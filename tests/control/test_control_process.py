@@ -3,6 +3,7 @@ interpreter; it is started again when it dies, and stops when the data plane die
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -156,7 +157,9 @@ def test_a_control_process_that_keeps_dying_stops_the_service_with_an_error(
 def _children(pid: int) -> list[int]:
     found = []
     for tid in os.listdir(f"/proc/{pid}/task"):
-        found += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        # A thread can end between the listing and the read (the service's executor threads).
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
     return found
 
 
