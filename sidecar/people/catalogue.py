@@ -79,30 +79,35 @@ class Catalogue:
         return Text(self.label(feature), "feature_name")
 
 
-def _table(value: Any, where: str) -> Mapping[str, Any]:
+def _table(value: Any, where: str, setting: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(f"config key '{KEY}': {where} must be a table")
+        raise ConfigError(f"config key '{setting}': {where} must be a table")
     return value
 
 
-def parse_catalogue(data: Mapping[str, Any], features: Sequence[str], origin: str) -> Catalogue:
-    """Check and read a catalogue's TOML data; ConfigError names the key and the file."""
+def parse_catalogue(
+    data: Mapping[str, Any], features: Sequence[str], origin: str, setting: str = KEY
+) -> Catalogue:
+    """Check and read a catalogue's TOML data; ConfigError names the key (`setting`: the
+    hub names each model's) and the file."""
     unknown = set(data) - {"language", "features", "notice"}
     if unknown:
-        raise ConfigError(f"config key '{KEY}' ({origin}): unknown key(s) {sorted(unknown)}")
+        raise ConfigError(f"config key '{setting}' ({origin}): unknown key(s) {sorted(unknown)}")
     language = data.get("language")
     if not isinstance(language, str) or not 2 <= len(language) <= 35:
-        raise ConfigError(f"config key '{KEY}' ({origin}): language must be a tag such as 'en'")
+        raise ConfigError(f"config key '{setting}' ({origin}): language must be a tag such as 'en'")
     labels: dict[str, str] = {}
     texts: dict[tuple[str, str], str] = {}
     known = set(features)
-    for name, entry in _table(data.get("features", {}), "features").items():
+    for name, entry in _table(data.get("features", {}), "features", setting).items():
         if known and name not in known:
-            raise ConfigError(f"config key '{KEY}' ({origin}): features.{name} is not a feature")
-        for key, value in _table(entry, f"features.{name}").items():
+            raise ConfigError(
+                f"config key '{setting}' ({origin}): features.{name} is not a feature"
+            )
+        for key, value in _table(entry, f"features.{name}", setting).items():
             if key not in (*_DIRECTIONS, "label") or not isinstance(value, str) or not value:
                 raise ConfigError(
-                    f"config key '{KEY}' ({origin}): features.{name}.{key} must be one of "
+                    f"config key '{setting}' ({origin}): features.{name}.{key} must be one of "
                     "up, down, text, label, with a non-empty text"
                 )
             if key == "label":
@@ -110,23 +115,23 @@ def parse_catalogue(data: Mapping[str, Any], features: Sequence[str], origin: st
             else:
                 texts[name, key] = value
     notice = dict(DEFAULT_NOTICE)
-    for key, value in _table(data.get("notice", {}), "notice").items():
+    for key, value in _table(data.get("notice", {}), "notice", setting).items():
         if key not in DEFAULT_NOTICE or not isinstance(value, str):
             raise ConfigError(
-                f"config key '{KEY}' ({origin}): notice.{key} is not one of {sorted(DEFAULT_NOTICE)}"
+                f"config key '{setting}' ({origin}): notice.{key} is not one of {sorted(DEFAULT_NOTICE)}"
             )
         notice[key] = value
     return Catalogue(language=language, labels=labels, texts=texts, notice=notice)
 
 
-def load_catalogue(path: Path | None, features: Sequence[str]) -> Catalogue:
+def load_catalogue(path: Path | None, features: Sequence[str], setting: str = KEY) -> Catalogue:
     """The configured catalogue, read once at start; the built-in English texts without one."""
     if path is None:
         return Catalogue()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"config key '{KEY}': cannot read {path} ({exc.strerror})") from None
+        raise ConfigError(f"config key '{setting}': cannot read {path} ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config key '{KEY}': {path} is not valid TOML ({exc})") from None
-    return parse_catalogue(data, features, str(path))
+        raise ConfigError(f"config key '{setting}': {path} is not valid TOML ({exc})") from None
+    return parse_catalogue(data, features, str(path), setting)

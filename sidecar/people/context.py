@@ -14,7 +14,6 @@ from explainers.explainer import Explainer
 from explainers.recourse import Actionable, Favourable
 from explainers.reference import Reference
 from sidecar.config import ConfigError, ReasonSettings, RecourseSettings, Settings
-from sidecar.people.catalogue import KEY as CATALOGUE_KEY
 from sidecar.people.catalogue import Catalogue, load_catalogue
 
 RUNTIMES = {
@@ -155,14 +154,7 @@ def context_of(
         if names and name not in names:
             raise ConfigError(f"config key '{k.reasons}.exclude': {name!r} is not a feature")
     excluded = frozenset(reasons.exclude) | derived
-    try:
-        catalogue = load_catalogue(reasons.catalogue, names)
-    except ConfigError as exc:
-        if k.reasons == "reasons":
-            raise
-        raise ConfigError(
-            str(exc).replace(f"'{CATALOGUE_KEY}'", f"'{k.reasons}.catalogue'")
-        ) from None
+    catalogue = load_catalogue(reasons.catalogue, names, f"{k.reasons}.catalogue")
     actionable: list[Actionable] = []
     for name, a in recourse.features.items():
         key = f"{k.recourse}.features.{name}"
