@@ -19,7 +19,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from sidecar.config import HubSettings, KafkaSettings
 from sidecar.hub.db import connect
 from sidecar.hub.rows import Raw
-from sidecar.hub.writer import Method, Writer, Written
+from sidecar.hub.writer import Method, Writer
 from sidecar.metrics import Registry
 
 log = logging.getLogger("sidecar.hub")
@@ -154,11 +154,7 @@ class Ingest:
                 if self._decode == "database":
                     written = writer.write_raw(raw)
                 else:
-                    rows = raw.rows()
-                    w = writer.write(rows)
-                    written = Written(
-                        w.decisions, w.explanations, w.review_events, w.review_items, rows.invalid
-                    )
+                    written = writer.write_decoded(raw)
                 self._events.inc(raw.count)
                 self._invalid.inc(written.invalid)
                 self._batches.inc()

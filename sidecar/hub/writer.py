@@ -163,7 +163,7 @@ class Writer:
     def write_raw(self, raw: Raw) -> Written:
         """Write undecoded messages: decoded and checked by the database (see the module)."""
         if not raw.copyable:
-            return self._python(raw)
+            return self.write_decoded(raw)
         try:
             try:
                 return self._write_raw(raw)
@@ -172,9 +172,10 @@ class Writer:
                 return self._write_raw(raw)
         except psycopg.errors.DataError:
             # Something in the batch the database cannot read: decode it here, message by message.
-            return self._python(raw)
+            return self.write_decoded(raw)
 
-    def _python(self, raw: Raw) -> Written:
+    def write_decoded(self, raw: Raw) -> Written:
+        """Write messages decoded and checked here (bad ones counted and skipped)."""
         rows = raw.rows()
         w = self.write(rows)
         return Written(w.decisions, w.explanations, w.review_events, w.review_items, rows.invalid)
