@@ -6,18 +6,17 @@ operator kept from an earlier `verify` or from GET /review/audit/head).
 
 Verification is batch work that may run beside a serving sidecar (a `kubectl exec`
 into its container runs it on the sidecar's own CPU): it reads and hashes the
-whole chain. So it runs at the lowest scheduling priority (niceness `NICE`),
-leaving the data plane the time slices it wants; `--normal-priority` keeps the
-caller's. On Linux niceness is per thread, so the check runs on a thread of its
-own that lowers only its own priority: a program that calls `main` in-process
-keeps its priority.
+whole chain. So it runs at the lowest scheduling priority (niceness `NICE` and
+SCHED_IDLE, `sidecar.priority`): a data-plane thread waking on its core takes the
+core at once; `--normal-priority` keeps the caller's. On Linux both are per thread,
+so the check runs on a thread of its own that lowers only its own priority: a
+program that calls `main` in-process keeps its priority.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 import threading
@@ -26,16 +25,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from sidecar.config import ConfigError, load_settings
+from sidecar.priority import LOWEST_NICE, lower_thread
 from sidecar.review import audit
 
-# The lowest priority: the scheduler gives the thread time only when nothing else wants it.
-NICE = 19
+NICE = LOWEST_NICE
 
 T = TypeVar("T")
 
 
 def at_low_priority(fn: Callable[[], T], lower: bool = True) -> T:
-    """Run `fn` on a thread of its own at niceness `NICE` (unless `lower` is false); its result."""
+    """Run `fn` on a thread of its own at niceness `NICE` under SCHED_IDLE (unless `lower`
+    is false); its result."""
     if not lower:
         return fn()
     out: list[T] = []
@@ -43,9 +43,7 @@ def at_low_priority(fn: Callable[[], T], lower: bool = True) -> T:
 
     def run() -> None:
         try:
-            # Raising one's own niceness needs no privilege; a thread already nicer keeps its own.
-            current = os.getpriority(os.PRIO_PROCESS, 0)
-            os.setpriority(os.PRIO_PROCESS, 0, max(current, NICE))
+            lower_thread(threading.get_native_id(), NICE, idle=True)
             out.append(fn())
         except BaseException as exc:
             errors.append(exc)

@@ -123,6 +123,8 @@ class ControlSettings(_Section):
     """Serve /metrics without a token."""
     nice: int = Field(default=19, ge=0, le=19)
     """Scheduling niceness of the control plane's process (every thread of it), from the moment it serves: the data plane's process preempts it on a shared core."""
+    sched_idle: bool = True
+    """Also run the control plane's process (every thread of it) under Linux's SCHED_IDLE policy from the moment it serves: a data-plane thread that wakes on its core takes the core at once, where a niced thread first runs out its slice (about a millisecond). Under it the control plane gets a core only when the data plane leaves one idle: false keeps niceness alone, for a pod whose data plane keeps every core busy."""
     gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
     """How long a thread of the data plane's process may hold the interpreter before a waiting one gets it (Python's default is 5 ms): bounds how long the background stages and the control bridge's thread can hold up the hot path."""
 

@@ -30,6 +30,7 @@ import uvicorn
 from sidecar.control.bridge import BridgeClient
 from sidecar.control.plane import Hello, build_control_plane
 from sidecar.control.server import new_event_loop
+from sidecar.priority import lower_every_thread
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,14 +40,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nice", type=int, default=19)
     p.add_argument("--log-level", type=int, default=30)
     return p.parse_args(argv)
-
-
-def nice_every_thread(nice: int) -> None:
-    """Linux sets a niceness per thread: every thread this process has now, and (as each
-    inherits its creator's) every thread they start later."""
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
-            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     serving.result()  # surfaces a start failure
                     return
                 await asyncio.sleep(0.005)
-            nice_every_thread(args.nice)
+            lower_every_thread(args.nice, settings.control.sched_idle)
             await bridge.acall("serving", os.getpid())
             await serving
         finally:

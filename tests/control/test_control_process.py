@@ -22,6 +22,7 @@ from aiohttp import web
 from sidecar.config import load_settings
 from sidecar.control import supervisor
 from sidecar.control.supervisor import ControlProcessError
+from sidecar.priority import is_idle
 from sidecar.service import ServiceThread
 from tests.servers import RecordingUpstream, running_sidecar, wait_until
 
@@ -101,10 +102,21 @@ def test_the_control_plane_is_its_own_niced_process(upstream: RecordingUpstream)
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         assert len(tids) > 1
         assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {7}
+        assert all(is_idle(tid) for tid in tids)
         # This process keeps its own priority; the switch interval is still set for its threads.
         assert os.getpriority(os.PRIO_PROCESS, 0) != 7
         assert sys.getswitchinterval() == 0.00025
         assert _get(svc.control_url + "/healthz", timeout=5) == 200
+
+
+def test_sched_idle_off_leaves_the_control_process_niced_only(
+    upstream: RecordingUpstream,
+) -> None:
+    with running_sidecar(upstream.url, control={"nice": 5, "sched_idle": False}) as svc:
+        assert svc.control is not None and svc.control.pid is not None
+        tids = [int(t) for t in os.listdir(f"/proc/{svc.control.pid}/task")]
+        assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {5}
+        assert not any(is_idle(tid) for tid in tids)
 
 
 def test_a_killed_control_process_is_started_again_on_the_same_port(

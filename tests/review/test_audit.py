@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from sidecar.cli import main
 from sidecar.commands.audit import NICE
+from sidecar.priority import is_idle
 from sidecar.review import audit
 from tests.review.review_helpers import ReviewEnv, make_decision
 
@@ -215,10 +217,12 @@ def test_verify_runs_at_the_lowest_priority_unless_told_otherwise(
 ) -> None:
     fill(env)
     seen: list[int] = []
+    idle: list[bool] = []
     real = audit.verify
 
     def recording(conn: sqlite3.Connection, head: str | None = None) -> audit.VerifyResult:
         seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # the calling thread's niceness
+        idle.append(is_idle(threading.get_native_id()))
         return real(conn, head)
 
     monkeypatch.setattr(audit, "verify", recording)
@@ -227,5 +231,6 @@ def test_verify_runs_at_the_lowest_priority_unless_told_otherwise(
     assert verify_cli(env.db_path).returncode == 0
     assert verify_cli(env.db_path, "--normal-priority").returncode == 0
     assert seen == [NICE, ours]
+    assert idle == [True, False]
     # Only the check's own thread was lowered: the caller keeps its priority.
     assert os.getpriority(os.PRIO_PROCESS, 0) == ours
