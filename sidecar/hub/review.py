@@ -19,7 +19,6 @@ the chain's lock makes filing idempotent per decision across hubs.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +38,6 @@ from sidecar.review import audit
 from sidecar.review.event_body import SYSTEM_ACTOR
 from sidecar.review.held import held_answer, held_field
 from sidecar.review.model import (
-    STATUSES,
     Action,
     Conflict,
     Contest,
@@ -47,12 +45,13 @@ from sidecar.review.model import (
     HeldAnswer,
     NotFound,
     ReviewItem,
+    ReviewMetrics,
     ReviewStore,
     Status,
     decidable,
     normalise_item_id,
 )
-from sidecar.review.store import FRONT_SEQ, RESOLUTION_BUCKETS_S
+from sidecar.review.store import FRONT_SEQ
 
 COUNTS_MAX_AGE_S = 1.0
 
@@ -158,30 +157,11 @@ class HubReviewStore(ReviewStore):
         self._lease = lease_seconds
         self._clock = clock
         self._counts: tuple[float, dict[str, int]] | None = None
-        self._transitions = {
-            a: registry.counter(
-                "sidecar_review_transitions_total", "Review state changes", {"action": a}
-            )
-            for a in ("claimed", "released", "lease_expired", "approved", "overridden")
-        }
-        self._conflicts = registry.counter(
-            "sidecar_review_conflicts_total", "Claims or decisions refused with 409"
-        )
-        self._contested = registry.counter(
-            "sidecar_contests_total", "Decisions contested by the person they are about"
-        )
-        self._resolution = registry.histogram(
-            "sidecar_contest_resolution_seconds",
-            "Time from a contest being filed to its review item being decided",
-            bounds=RESOLUTION_BUCKETS_S,
-        )
-        for status in STATUSES:
-            registry.gauge(
-                "sidecar_review_items",
-                "Review items by status",
-                {"status": status},
-                fn=functools.partial(self._count, status),
-            )
+        metrics = ReviewMetrics(registry, self._count)
+        self._transitions = metrics.transitions
+        self._conflicts = metrics.conflicts
+        self._contested = metrics.contested
+        self._resolution = metrics.resolution
 
     @contextmanager
     def _write(self) -> Iterator[Conn]:

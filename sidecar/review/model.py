@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import abc
 import base64
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sidecar.decisions import DECISION_FIELDS, Decision, field_values, split_decision_id
-from sidecar.metrics import Counter
+from sidecar.metrics import Counter, Registry
 from sidecar.review import audit
 
 Status = Literal["pending", "claimed", "decided"]
@@ -268,3 +270,38 @@ def decidable(
             f"item {item.item_id} is claimed by someone else; a reviewer decides only what they claimed"
         )
     return item.decision.get("prediction") if action == "approve" else outcome
+
+
+# Time to resolve a contest: a human review takes minutes to days.
+RESOLUTION_BUCKETS_S = (60.0, 600.0, 3600.0, 4 * 3600.0, 86_400.0, 3 * 86_400.0, 7 * 86_400.0)
+
+
+class ReviewMetrics:
+    """The review queue's metrics: one set, whichever store keeps the queue (a sidecar's
+    SQLite file or the hub's database). `count(status)` gives the items in a status."""
+
+    def __init__(self, registry: Registry, count: Callable[[str], float]) -> None:
+        self.transitions = {
+            a: registry.counter(
+                "sidecar_review_transitions_total", "Review state changes", {"action": a}
+            )
+            for a in ("claimed", "released", "lease_expired", "approved", "overridden")
+        }
+        self.conflicts = registry.counter(
+            "sidecar_review_conflicts_total", "Claims or decisions refused with 409"
+        )
+        self.contested = registry.counter(
+            "sidecar_contests_total", "Decisions contested by the person they are about"
+        )
+        self.resolution = registry.histogram(
+            "sidecar_contest_resolution_seconds",
+            "Time from a contest being filed to its review item being decided",
+            bounds=RESOLUTION_BUCKETS_S,
+        )
+        for status in STATUSES:
+            registry.gauge(
+                "sidecar_review_items",
+                "Review items by status",
+                {"status": status},
+                fn=functools.partial(count, status),
+            )

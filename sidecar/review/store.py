@@ -7,7 +7,6 @@ after the commit.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sqlite3
@@ -23,7 +22,6 @@ from sidecar.metrics import Registry
 from sidecar.review import audit
 from sidecar.review.event_body import SYSTEM_ACTOR, review_event_body
 from sidecar.review.model import (
-    STATUSES,
     Action,
     Conflict,
     Contest,
@@ -32,6 +30,7 @@ from sidecar.review.model import (
     NotFound,
     ReviewError,
     ReviewItem,
+    ReviewMetrics,
     ReviewStore,
     Status,
     decidable,
@@ -102,8 +101,6 @@ CREATE TABLE IF NOT EXISTS contests (
 # queue's one order (by seq) puts them first, oldest contest first, and a page cursor
 # keeps working across both. A cursor of 0 means "from the start".
 FRONT_SEQ = -(2**40)
-# Time to resolve a contest: a human review takes minutes to days.
-RESOLUTION_BUCKETS_S = (60.0, 600.0, 3600.0, 4 * 3600.0, 86_400.0, 3 * 86_400.0, 7 * 86_400.0)
 _CONTEST_COLUMNS = (
     "item_id, filed_at, filed_by, statement, corrected, rescore, reasons, resolved_at"
 )
@@ -191,33 +188,14 @@ class SqliteReviewStore(ReviewStore):
             "sidecar_review_duplicates_total",
             "Routed decisions not queued because their id was already in the queue",
         )
-        self._transitions = {
-            a: registry.counter(
-                "sidecar_review_transitions_total", "Review state changes", {"action": a}
-            )
-            for a in ("claimed", "released", "lease_expired", "approved", "overridden")
-        }
-        self._conflicts = registry.counter(
-            "sidecar_review_conflicts_total", "Claims or decisions refused with 409"
-        )
+        metrics = ReviewMetrics(registry, self._count)
+        self._transitions = metrics.transitions
+        self._conflicts = metrics.conflicts
+        self._contested = metrics.contested
+        self._resolution = metrics.resolution
         self._shed = registry.counter(
             "sidecar_review_events_shed_total", "Review events the sink refused"
         )
-        self._contested = registry.counter(
-            "sidecar_contests_total", "Decisions contested by the person they are about"
-        )
-        self._resolution = registry.histogram(
-            "sidecar_contest_resolution_seconds",
-            "Time from a contest being filed to its review item being decided",
-            bounds=RESOLUTION_BUCKETS_S,
-        )
-        for status in STATUSES:
-            registry.gauge(
-                "sidecar_review_items",
-                "Review items by status",
-                {"status": status},
-                fn=functools.partial(self._count, status),
-            )
 
     # -- plumbing ---------------------------------------------------------------------------
 
