@@ -613,6 +613,8 @@ class HubSettings(_Section):
     """Decided review items are kept this many days (7 years by default); the audit chain is never trimmed."""
     pool_size: int = Field(default=8, ge=1, le=256)
     """Database connections the hub's API may hold."""
+    publish_reviews: bool = True
+    """Publish the review steps taken at the hubs (claims, releases, expired leases, verdicts, contests) on `kafka.topic_reviews` from the one audit chain, at least once and in chain order, one hub at a time: consumers of the stream (a fairness monitor) see them as they see a sidecar's own. False keeps them in the database only."""
     models: dict[str, HubModel] = {}
     """Model name -> {artifact, version, background, feature_names, class_labels, favourable_label, reasons, recourse, proxy_url}: decisions of these models that were not sampled are explained on demand at lookup (with the `[explainer]` options) and the result kept in the database; the people routes (reasons, notice, recourse, plot, contest) use the same artifact."""
 

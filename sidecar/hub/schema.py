@@ -127,6 +127,20 @@ ALTER TABLE review_items ADD COLUMN held_status integer, ADD COLUMN held_headers
     ADD COLUMN held_body bytea, ADD COLUMN held_omitted text;
 """,
     ),
+    (
+        4,
+        # The review relay's cursor (`sidecar.hub.relay`): the last audit record published on
+        # the reviews topic. From 0: a database that had a chain before gets it all published
+        # (the events' ids are the chain's, so consumers that saw none of them lose nothing).
+        """
+CREATE TABLE hub_relay (
+    name text PRIMARY KEY,
+    audit_seq bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO hub_relay (name, audit_seq) VALUES ('reviews', 0);
+""",
+    ),
     (monitor_state.MIGRATION_VERSION, monitor_state.MIGRATION),
 )
 

@@ -19,6 +19,7 @@ from sidecar.hub.ingest import Ingest
 from sidecar.hub.lookup import HubDecisions
 from sidecar.hub.monitor_dashboard import create_hub_monitor_router
 from sidecar.hub.people import HubPeople
+from sidecar.hub.relay import ReviewRelay
 from sidecar.hub.review import HubReviewStore
 from sidecar.metrics import Registry
 from sidecar.service import bind
@@ -62,6 +63,11 @@ class Hub:
             self.pool, registry=registry, lease_seconds=settings.review.lease_seconds
         )
         self.ingest = Ingest(database_url=url, kafka=settings.kafka, hub=h, registry=registry)
+        self.relay = (
+            ReviewRelay(database_url=url, kafka=settings.kafka, registry=registry)
+            if h.publish_reviews
+            else None
+        )
         self.app = create_hub_app(
             authenticator=authenticator,
             review=settings.review,
@@ -123,6 +129,8 @@ class Hub:
 
     def start(self) -> None:
         self.ingest.start()
+        if self.relay is not None:
+            self.relay.start()
         self._server = ControlPlaneThread(
             self.app,
             self._sock,
@@ -134,6 +142,8 @@ class Hub:
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
+        if self.relay is not None:
+            self.relay.stop()
         self.ingest.stop()
         self.pool.close()
         self._sock.close()

@@ -96,6 +96,24 @@ def producer_config(k: KafkaSettings) -> dict[str, Any]:
     return cfg
 
 
+_CE_TYPES = {k: v.encode() for k, v in events.CE_TYPES.items()}
+
+
+def cloudevent_headers(
+    kind: str, source: bytes, event_id: str, time: str, key: str
+) -> list[tuple[str, bytes]]:
+    """An event's CloudEvents Kafka-binding headers (binary mode: the body is the data)."""
+    return [
+        _SPECVERSION,
+        ("ce_id", event_id.encode()),
+        ("ce_type", _CE_TYPES[kind]),
+        ("ce_source", source),
+        ("ce_time", time.encode()),
+        ("ce_subject", key.encode()),
+        _CONTENT_TYPE,
+    ]
+
+
 def _crc32_partitioner() -> Any:
     from kafka.partitioner import Partitioner
 
@@ -190,18 +208,9 @@ class KafkaSink:
             "outcome": kafka.topic_outcomes,
         }
         source = kafka.source.encode()
-        ce_types = {k: v.encode() for k, v in events.CE_TYPES.items()}
 
         def headers(rec: Record) -> list[tuple[str, bytes]]:
-            return [
-                _SPECVERSION,
-                ("ce_id", rec.event_id.encode()),
-                ("ce_type", ce_types[rec.kind]),
-                ("ce_source", source),
-                ("ce_time", rec.time.encode()),
-                ("ce_subject", rec.key.encode()),
-                _CONTENT_TYPE,
-            ]
+            return cloudevent_headers(rec.kind, source, rec.event_id, rec.time, rec.key)
 
         def default_producer() -> Producer:
             from kafka import KafkaProducer

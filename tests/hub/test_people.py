@@ -268,11 +268,24 @@ def test_a_contest_at_one_hub_is_the_contest_at_the_other_and_goes_through_revie
     assert [r["action"] for r in history["records"]] == ["contested", "claimed", "overridden"]
     verdict = request(fleet.hub_b, "GET", "/review/audit/verify", AUDITOR)[1]
     assert verdict["ok"], verdict
-    with psycopg.connect(fleet.database) as conn:
-        events = conn.execute(
-            "SELECT body FROM review_events WHERE decision_id = %s", (did,)
-        ).fetchall()
-    assert [(e[0]["action"], e[0]["reason"]) for e in events] == [("requested", "contested")]
+
+    # Its review events: the contest, and the steps the hubs relayed onto the reviews topic
+    # and read back (one hub relays; either ingests).
+    def events() -> list[tuple[str, str]]:
+        with psycopg.connect(fleet.database) as conn:
+            rows = conn.execute(
+                "SELECT body FROM review_events WHERE decision_id = %s ORDER BY time", (did,)
+            ).fetchall()
+        return [(r[0]["action"], r[0]["reason"]) for r in rows]
+
+    wait_until(lambda: len(events()) == 3, what="the relayed review steps")
+    assert sorted(events()) == sorted(
+        [
+            ("requested", "contested"),
+            ("claimed", "claimed"),
+            ("decided", "override: income verified"),
+        ]
+    )
     metrics = request(fleet.hub_a, "GET", "/metrics", None)[1].decode()
     assert "sidecar_contest_resolution_seconds_count 1.0" in metrics
 
