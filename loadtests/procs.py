@@ -51,6 +51,20 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def pin_descendants(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of `pid`'s descendants (not `pid` itself) to `cpus`; how many
+    processes were pinned. Affinity is per thread on Linux, so each task is set."""
+    pinned = 0
+    for p in _descendants(pid):
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pinned += 1
+    return pinned
+
+
 class FdServerProcess:
     """`python -m MODULE --fd N ARGS` on a socket the parent binds; `start()` returns its URL."""
 
