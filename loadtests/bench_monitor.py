@@ -89,7 +89,11 @@ def event_lines(decisions: int, seed: int = 1) -> list[bytes]:
                 )
             )
         if i % 10 == 0:
-            for action, outcome in (("requested", None), ("decided", "approve")):
+            # As a sidecar's store emits them: a decided step's outcome is the final answer.
+            for action, verdict, outcome in (
+                ("requested", None, None),
+                ("decided", "override" if i % 30 == 0 else "approve", LABELS[i % 2]),
+            ):
                 lines.append(
                     orjson.dumps(
                         {
@@ -97,7 +101,9 @@ def event_lines(decisions: int, seed: int = 1) -> list[bytes]:
                             "event_id": f"r{i}{action}",
                             "decision_id": did,
                             "action": action,
+                            "reason": f"{verdict}: checked" if verdict else "low_confidence",
                             "outcome": outcome,
+                            "verdict": verdict,
                             "time": when,
                         }
                     )

@@ -77,6 +77,17 @@ def _number(v: object) -> float | None:
     return None
 
 
+def verdict(ev: dict[str, Any]) -> str | None:
+    """A decided review step's verdict: its `verdict`, or, from a sidecar that predates the
+    field, the prefix its reason has always carried ("override: ...", "approve: ...")."""
+    v = ev.get("verdict")
+    if v is None:
+        reason = ev.get("reason")
+        if isinstance(reason, str) and reason.startswith(("approve:", "override:")):
+            v = reason.split(":", 1)[0]
+    return v if v in ("approve", "override") else None
+
+
 class Ingest:
     """Reads events into a `State`; one instance of `instances`."""
 
@@ -416,7 +427,7 @@ class Ingest:
             rec[_DECIDED] = True
             start = rec[_REQ] if rec[_REQ] is not None else rec[_TIME]
             wait = max(0.0, when - start) if when is not None else None
-            override = ev.get("outcome") == "override"
+            override = verdict(ev) == "override"
             c = rec[_CELL]
             c[DECIDED] += 1
             if override:

@@ -3,8 +3,8 @@
 The audit chain records finer steps than the event schema names; they map
 as: requested and contested -> requested (the reason says which); claimed and renewed -> claimed; released and
 lease_expired -> released (reason says which); approved and overridden ->
-decided, with the reason prefixed by the verdict ("override: ...") and the
-outcome the final answer (JSON text unless it is a string).
+decided, with the verdict (`approve` or `override`), the reason prefixed by it
+("override: ...") and the outcome the final answer (JSON text unless it is a string).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def review_event_body(rec: AuditRecord) -> dict[str, Any]:
     action = _ACTIONS[rec.action]
     reason: str | None
     outcome = None
+    verdict: events.Verdict | None = None
     if rec.action in ("requested", "contested"):
         reason = rec.data.get("reason")
     elif action == "decided":
@@ -57,4 +58,5 @@ def review_event_body(rec: AuditRecord) -> dict[str, Any]:
         previous_audit_hash=rec.prev_hash,
         time=rec.time,
         audit_hash=rec.hash,
+        verdict=verdict,
     )

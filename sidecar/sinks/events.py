@@ -33,6 +33,7 @@ CE_TYPES: dict[str, str] = {
     "outcome": "org.explaining-sidecar.outcome.v1",
 }
 ReviewAction = Literal["requested", "claimed", "released", "decided"]
+Verdict = Literal["approve", "override"]
 FeaturesPolicy = Literal["full", "hash"]
 
 # Fixed namespace so ids agree across processes, restarts and machines.
@@ -265,8 +266,10 @@ def review_event(
     previous_audit_hash: str | None,
     time: float | None = None,
     audit_hash: str | None = None,
+    verdict: Verdict | None = None,
 ) -> dict[str, Any]:
-    """The `sidecar.reviews` body for one step of a review.
+    """The `sidecar.reviews` body for one step of a review; `verdict` (approve or override)
+    on a decided step only.
 
     The id is derived from the step's place in the audit chain
     (`previous_audit_hash`), so each step has one id however often it is sent.
@@ -275,6 +278,8 @@ def review_event(
         raise ValueError(
             f"review action must be requested|claimed|released|decided, not {action!r}"
         )
+    if (verdict is None) != (action != "decided") or verdict not in (None, "approve", "override"):
+        raise ValueError(f"a decided step has a verdict (approve|override), no other: {verdict!r}")
     when = rfc3339(time)
     return {
         "event_type": "review",
@@ -286,6 +291,7 @@ def review_event(
         "reason": reason,
         "reviewer": reviewer,
         "outcome": outcome,
+        "verdict": verdict,
         "previous_audit_hash": previous_audit_hash,
         "audit_hash": audit_hash,
     }

@@ -76,10 +76,11 @@ def test_events_arrive_once_each_with_cloudevents_headers(
     review = events.review_event(
         decision_id="req000003/0",
         action="decided",
-        reason="confidence 0.55 < 0.6",
+        reason="override: confidence 0.55 < 0.6",
         reviewer="ana",
-        outcome="override",
+        outcome="0",
         previous_audit_hash="0" * 64,
+        verdict="override",
     )
     assert sink.publish("review", "req000003/0", review)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.sinks.events import event_id, rfc3339
+from sidecar.sinks.events import ReviewAction, Verdict, event_id, review_event, rfc3339
 
 LABELS = ["default", "repaid"]
 FAVOURABLE = "repaid"
@@ -148,17 +148,20 @@ def generate(
     )
 
 
-def _review(did: str, action: str, t: float, outcome: str | None) -> dict[str, Any]:
-    return {
-        "event_type": "review",
-        "event_id": event_id(did, "review", action, t),
-        "decision_id": did,
-        "action": action,
-        "outcome": outcome,
-        "reviewer": "alice" if action == "decided" else None,
-        "reason": "band",
-        "time": rfc3339(t),
-    }
+def _review(did: str, action: ReviewAction, t: float, verdict: Verdict | None) -> dict[str, Any]:
+    """A review step as a sidecar's store emits it (`sidecar.review.event_body`): a decided
+    step's outcome is the final answer, its verdict apart, its reason prefixed by it."""
+    decided = action == "decided"
+    return review_event(
+        decision_id=did,
+        action=action,
+        reason=f"{verdict}: band" if decided else "low_confidence",
+        reviewer="alice" if decided else None,
+        outcome=(LABELS[0] if verdict == "override" else FAVOURABLE) if decided else None,
+        previous_audit_hash=f"{did}:{action}",
+        time=t,
+        verdict=verdict,
+    )
 
 
 def isclose(a: float | None, b: float, tol: float = 1e-9) -> bool:

@@ -19,6 +19,7 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score, precision_score
 
+from sidecar.monitor.ingest import verdict
 from tests.monitor.gen import FEATURES, Generated, generate, isclose
 from tests.monitor.helpers import report, settings
 
@@ -163,3 +164,11 @@ def test_a_small_group_is_insufficient_not_computed() -> None:
         ]
         is None
     )
+
+
+def test_a_verdict_is_read_from_the_field_or_from_an_older_sidecars_reason() -> None:
+    assert verdict({"verdict": "override", "reason": "approve: x"}) == "override"
+    assert verdict({"reason": "override: income verified", "outcome": "repaid"}) == "override"
+    assert verdict({"reason": "approve: fine", "outcome": "override"}) == "approve"
+    # The final answer is never taken for the verdict, whatever its value.
+    assert verdict({"reason": "checked", "outcome": "override"}) is None

@@ -100,15 +100,13 @@ def test_review_events_validate_and_each_step_has_its_own_id() -> None:
     req = events.review_event(
         action="requested", reviewer=None, outcome=None, previous_audit_hash=None, **common
     )
-    dec = events.review_event(
-        action="decided", reviewer="ana", outcome="approve", previous_audit_hash="ab12", **common
-    )
+    decided: dict[str, Any] = {"reviewer": "ana", "outcome": "repaid", "verdict": "override"}
+    dec = events.review_event(action="decided", previous_audit_hash="ab12", **decided, **common)
     for body in (req, dec):
         validate_event(body)
     assert req["event_id"] != dec["event_id"]
-    again = events.review_event(
-        action="decided", reviewer="ana", outcome="approve", previous_audit_hash="ab12", **common
-    )
+    assert (req["verdict"], dec["verdict"]) == (None, "override")
+    again = events.review_event(action="decided", previous_audit_hash="ab12", **decided, **common)
     assert again["event_id"] == dec["event_id"]
     with pytest.raises(ValueError, match="review action"):
         events.review_event(
@@ -118,6 +116,17 @@ def test_review_events_validate_and_each_step_has_its_own_id() -> None:
             previous_audit_hash=None,
             **common,
         )
+    # A verdict belongs to a decided step, and to it alone.
+    for action, verdict in (("decided", None), ("claimed", "approve"), ("decided", "maybe")):
+        with pytest.raises(ValueError, match="verdict"):
+            events.review_event(
+                action=action,  # type: ignore[arg-type]
+                reviewer="ana",
+                outcome=None,
+                previous_audit_hash="ab12",
+                verdict=verdict,  # type: ignore[arg-type]
+                **common,
+            )
 
 
 def test_gap_event_validates() -> None:
