@@ -108,6 +108,7 @@ class ReviewRelay:
 
     def _run(self) -> None:
         conn: Conn | None = None
+        failing = False
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
@@ -115,9 +116,20 @@ class ReviewRelay:
                 if self._producer is None:
                     self._producer = self._make_producer()
                 moved = self.relay_once(conn)
+                if failing:
+                    log.warning("publishing review steps again")
+                    failing = False
             except Exception as exc:
                 self._errors.inc()
-                log.warning("publishing review steps failed (retrying): %s", exc)
+                # Once per outage at warning (a broker down fails every turn); the count is in
+                # sidecar_hub_relay_errors_total.
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "publishing review steps failed (retrying every %.0f s): %s",
+                    RETRY_S,
+                    exc,
+                )
+                failing = True
                 if conn is not None:
                     conn.close()
                     conn = None
