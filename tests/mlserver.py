@@ -2,8 +2,7 @@
 
 MLServer's dependencies pin versions of FastAPI, uvicorn and protobuf that differ
 from the sidecar's, so it lives in its own virtual environment
-(`.cache/mlserver-venv`), built on first use from PyPI (about a minute; cached
-after). The model is served by a custom runtime (tests/mlserver_model/runtime.py)
+(`tests.toolvenv`: built once per machine from PyPI, about a minute). The model is served by a custom runtime (tests/mlserver_model/runtime.py)
 over onnxruntime, the same artifact the demo serves. MLServer speaks V2 JSON over
 HTTP and the Open Inference Protocol over gRPC; it does not take the binary tensor
 extension (tests/v2_binary_model.py stands in for Triton there).
@@ -15,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,24 +23,17 @@ from pathlib import Path
 
 from sidecar.demo.model import META_PATH, MODEL_PATH, load_meta
 from tests.servers import free_port
+from tests.toolvenv import tool_venv
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".cache" / "mlserver-venv"
 MLSERVER_VERSION = "1.7.1"
 _RUNTIME = Path(__file__).resolve().parent / "mlserver_model" / "runtime.py"
 
 
 def ensure_venv() -> Path:
-    """The MLServer executable, installing MLServer and onnxruntime into their own venv when missing."""
-    exe = VENV / "bin" / "mlserver"
-    stamp = VENV / f".installed-{MLSERVER_VERSION}"
-    if exe.exists() and stamp.exists():
-        return exe
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, f"mlserver=={MLSERVER_VERSION}", "onnxruntime"], check=True)
-    stamp.write_text("")
-    return exe
+    """The MLServer executable, from its own venv (built on first use: `tests.toolvenv`)."""
+    return (
+        tool_venv("mlserver", [f"mlserver=={MLSERVER_VERSION}", "onnxruntime"]) / "bin" / "mlserver"
+    )
 
 
 @dataclass(frozen=True)

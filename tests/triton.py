@@ -5,13 +5,12 @@ Python backend; it runs on CPU. Its Python backend stub links the system's
 libpython3.11 (Debian's), so its virtual environment must be made with Debian's
 own /usr/bin/python3.11: with another 3.11 build the stub and the standard library
 disagree (multiprocessing fails in the model's initialisation). Built on first use
-under `.cache/pytriton-venv` (about two minutes; cached after).
+once per machine (`tests.toolvenv`, about two minutes).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -21,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.servers import free_port
+from tests.toolvenv import tool_venv
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".cache" / "pytriton-venv"
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 PYTRITON_VERSION = "0.7.0"
 _SERVER = Path(__file__).resolve().parent / "triton_model" / "server.py"
@@ -37,18 +35,8 @@ def available() -> str | None:
 
 
 def ensure_venv() -> Path:
-    python = VENV / "bin" / "python"
-    stamp = VENV / f".installed-{PYTRITON_VERSION}"
-    if python.exists() and stamp.exists():
-        return python
-    shutil.rmtree(VENV, ignore_errors=True)
-    subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", str(VENV)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"nvidia-pytriton=={PYTRITON_VERSION}"],
-        check=True,
-    )
-    stamp.write_text("")
-    return python
+    venv = tool_venv("pytriton", [f"nvidia-pytriton=={PYTRITON_VERSION}"], python=SYSTEM_PYTHON)
+    return venv / "bin" / "python"
 
 
 @dataclass(frozen=True)
