@@ -455,7 +455,7 @@ def _direct_trees(
                     # comparison turned into a float (or a float select) into a branch;
                     # those mispredictions were a quarter of a LightGBM row's time.
                     x = dis & slot_nodes[li, j]
-                    miss = np.int64(np.uint64(x | -x) >> np.uint64(63))
+                    miss = int(np.uint64(x | -x) >> np.uint64(63))
                     z = zero_fraction[li, j]
                     za[na] = z
                     zb[nb] = z
@@ -480,6 +480,19 @@ def _direct_trees(
                     w_out = -prod_b * (c[2] + c[1] * (z1 + z2) + c[0] * z1 * z2)
                     wa[0] = (1.0 - z1) * (prod_b * (c[1] + c[0] * z2))
                     wa[1] = (1.0 - z2) * (prod_b * (c[1] + c[0] * z1))
+                elif na == 3:
+                    z1 = za[0]
+                    z2 = za[1]
+                    z3 = za[2]
+                    p12 = z1 * z2
+                    p13 = z1 * z3
+                    p23 = z2 * z3
+                    w_out = -prod_b * (
+                        c[3] + c[2] * (z1 + z2 + z3) + c[1] * (p12 + p13 + p23) + c[0] * p12 * z3
+                    )
+                    wa[0] = (1.0 - z1) * (prod_b * (c[2] + c[1] * (z2 + z3) + c[0] * p23))
+                    wa[1] = (1.0 - z2) * (prod_b * (c[2] + c[1] * (z1 + z3) + c[0] * p13))
+                    wa[2] = (1.0 - z3) * (prod_b * (c[2] + c[1] * (z1 + z2) + c[0] * p12))
                 else:
                     e[0] = 1.0
                     for q in range(1, na + 1):
