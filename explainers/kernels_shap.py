@@ -422,7 +422,7 @@ def _direct_trees(
     n_out = value.shape[1]
     D = slot_nodes.shape[1]
     za = np.empty(D)  # z of the satisfied features, in slot order
-    zb = np.empty(D)  # z of the others
+    z_or_1 = np.ones(2)
     # Per satisfied feature its weight, (1 - z) included; wa[D]: the others' weight.
     wa = np.zeros(D + 1)
     pos = np.empty(D, dtype=np.int64)  # slot j's weight is wa[pos[j]]
@@ -447,7 +447,7 @@ def _direct_trees(
                 # satisfied when none of its splits (its slot's nodes) is among them.
                 dis = (path_left[li] & ~g) | (path_right[li] & g)
                 na = 0
-                nb = 0
+                prod_b = 1.0
                 for j in range(d):
                     # miss: 1 when the row takes the other branch at one of the slot's
                     # splits. Integer arithmetic on purpose: whether a row satisfies a
@@ -458,15 +458,12 @@ def _direct_trees(
                     miss = int(np.uint64(x | -x) >> np.uint64(63))
                     z = zero_fraction[li, j]
                     za[na] = z
-                    zb[nb] = z
+                    # The product of the unsatisfied z's: z or 1 picked by an index, since
+                    # a float select would be compiled into a branch.
+                    z_or_1[1] = z
+                    prod_b *= z_or_1[miss]
                     pos[j] = (1 - miss) * na + miss * D
                     na += 1 - miss
-                    nb += miss
-                # The product of the unsatisfied z's, in slot order (as before: the same
-                # rounding as multiplying every slot's z-or-1).
-                prod_b = 1.0
-                for b in range(nb):
-                    prod_b *= zb[b]
                 c = coef[d]
                 w_out = 0.0
                 if na == 0:
