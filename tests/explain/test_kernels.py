@@ -12,7 +12,7 @@ from explainers import kernels
 from explainers.ensemble import TreeEnsemble
 from explainers.loader import from_estimator, load_model
 from explainers.treeshap import DIRECT_MAX_ROWS, FastPathDependent
-from tests.explain.explain_models import Trained, make_data, rows_to_explain, shap_reference
+from tests.explain.explain_models import Trained, rows_to_explain, shap_reference
 
 
 @pytest.mark.parametrize(
@@ -81,22 +81,26 @@ def _satisfied_counts(backend: FastPathDependent, ens: TreeEnsemble, x: np.ndarr
 
 def test_single_rows_hit_every_closed_form_and_match_shap(tmp_path: Path) -> None:
     """A default-sized LightGBM model (31 leaves, unbounded depth): single rows reach leaves
-    where they satisfy 0, 1, 2 and 3 path features (the written-out sums) and more (the
+    where they satisfy 0, 1, 2, 3 and 4 path features (the written-out sums) and more (the
     general loops), and each row agrees with shap on the native model."""
     import lightgbm as lgb
 
-    X, y = make_data(seed=3, n=3000)
+    rng = np.random.default_rng(3)
+    # Twelve features that all matter, so that deep paths have many distinct features.
+    X = np.round(rng.normal(size=(4000, 12)), 2)
+    score = X @ rng.normal(size=12) + X[:, 0] * X[:, 1] - np.abs(X[:, 2] * X[:, 3])
+    X[rng.random(X.shape) < 0.05] = np.nan
     model = lgb.LGBMClassifier(n_estimators=15, verbose=-1, random_state=0)
-    model.fit(X.astype(np.float64), y["binary"])
+    model.fit(X, (score > 0).astype(int))
     path = tmp_path / "lgb31.txt"
     model.booster_.save_model(str(path))
     ens = load_model(path).ensemble
     backend = FastPathDependent(ens, threads=1)
     assert backend._bits and int(backend._n_unique.max()) >= 5
-    rows = ens.prepare(rows_to_explain(X, n=12))
-    seen = np.zeros(5, dtype=np.int64)
+    rows = ens.prepare(np.round(rng.normal(size=(12, 12)), 2))
+    seen = np.zeros(6, dtype=np.int64)
     for x in rows:
-        seen += np.bincount(np.minimum(_satisfied_counts(backend, ens, x), 4), minlength=5)
+        seen += np.bincount(np.minimum(_satisfied_counts(backend, ens, x), 5), minlength=6)
     assert (seen > 0).all(), seen
     phi_ref, _ = shap_reference(model, rows)
     for i in range(len(rows)):
