@@ -107,6 +107,8 @@ class Explainer:
         self._base = [float(v) for v in self._backend.expected_value]
         self._base_array = np.asarray(self._base)
         self._base_array.flags.writeable = False  # shared by every cache entry
+        # As summarise takes it (a writeable copy: a read-only array is another numba type).
+        self._base_rows = self._base_array.reshape(1, -1).copy()
         self._probe(loaded.format)
         self.cache: LRUCache[_Entry] = LRUCache(opts.cache_entries)
 
@@ -199,9 +201,7 @@ class Explainer:
         # The output of interest: the predicted class (the one output otherwise).
         outs = raw_margin.argmax(axis=1) if m.shape[1] > 1 else np.zeros(n, dtype=np.int64)
         k = min(self.options.top_k, X.shape[1])
-        err, top = kernels.summarise(
-            phi, m, base.reshape(1, -1) if bases is None else bases, outs, k
-        )
+        err, top = kernels.summarise(phi, m, self._base_rows if bases is None else bases, outs, k)
         every = self.options.gil_yield_rows
         # One row: its arrays are fresh and its own, so the entry keeps them as they are
         # (a row of a batch is copied, or the entry would keep the whole batch alive).
