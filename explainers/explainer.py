@@ -6,7 +6,6 @@ call, answers cached rows from the cache and computes the rest in one kernel cal
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers import __version__
+from explainers import __version__, kernels
 from explainers.background import Background, covers_from, load_background
 from explainers.cache import LRUCache, row_key
 from explainers.ensemble import FloatArray, TreeEnsemble
@@ -107,6 +106,9 @@ class Explainer:
         self.version = f"{__version__}+{type(self._backend).__name__}"
         self._base = [float(v) for v in self._backend.expected_value]
         self._base_array = np.asarray(self._base)
+        self._base_array.flags.writeable = False  # shared by every cache entry
+        # As summarise takes it (a writeable copy: a read-only array is another numba type).
+        self._base_rows = self._base_array.reshape(1, -1).copy()
         self._probe(loaded.format)
         self.cache: LRUCache[_Entry] = LRUCache(opts.cache_entries)
 
@@ -193,36 +195,31 @@ class Explainer:
         bases: FloatArray | None
         if self.options.output_space == "probability":
             phi, m, bases = to_probability(phi, m, base, self.ensemble.transform)
-            err = np.abs(phi.sum(axis=2) + bases - m).max(axis=1)
         else:
             bases = None  # margin space: every row's base is the model's
-            err = np.abs(phi.sum(axis=2) + base - m).max(axis=1)
-        k = min(self.options.top_k, X.shape[1])
         n = X.shape[0]
         # The output of interest: the predicted class (the one output otherwise).
-        if m.shape[1] > 1:
-            outs = raw_margin.argmax(axis=1)
-            of_interest = phi[np.arange(n), outs]
-        else:
-            outs = np.zeros(n, dtype=np.int64)
-            of_interest = phi[:, 0]
-        orders = np.argsort(-np.abs(of_interest), axis=1, kind="stable")[:, :k]
+        outs = raw_margin.argmax(axis=1) if m.shape[1] > 1 else np.zeros(n, dtype=np.int64)
+        k = min(self.options.top_k, X.shape[1])
+        err, top = kernels.summarise(phi, m, self._base_rows if bases is None else bases, outs, k)
         every = self.options.gil_yield_rows
+        # One row: its arrays are fresh and its own, so the entry keeps them as they are
+        # (a row of a batch is copied, or the entry would keep the whole batch alive).
+        own = n == 1
         res = []
         for r in range(n):
             if every and r % every == every - 1:
                 time.sleep(0)
-            out = int(outs[r])
-            order = orders[r]
             res.append(
                 _Entry(
-                    contributions=phi[r].copy(),
-                    margin=m[r].copy(),
-                    prediction=predictions[r].copy(),
-                    base=base.copy() if bases is None else bases[r].copy(),
-                    additivity_error=float(err[r]) if math.isfinite(err[r]) else math.inf,
-                    out=out,
-                    top=tuple(order.tolist()),
+                    contributions=phi[r] if own else phi[r].copy(),
+                    margin=m[r] if own else m[r].copy(),
+                    prediction=predictions[r] if own else predictions[r].copy(),
+                    # The model's base is never written to (read-only below).
+                    base=base if bases is None else bases[r].copy(),
+                    additivity_error=float(err[r]),
+                    out=int(outs[r]),
+                    top=tuple(top[r].tolist()),
                 )
             )
         return res
