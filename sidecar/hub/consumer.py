@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from sidecar.config import ConfigError, HubSettings, KafkaSettings
 
@@ -113,8 +113,9 @@ def check(config: dict[str, Any]) -> None:
     offline = {k: v for k, v in config.items() if k != "bootstrap.servers"}
     try:
         probe = Consumer(offline, logger=log)
-    except KafkaException as e:
-        text = str(e.args[0].str() if e.args else e)
+    except (KafkaException, ValueError, TypeError) as e:
+        arg = e.args[0] if e.args else e
+        text = arg.str() if isinstance(arg, KafkaError) else str(arg)
         keys = [key for name, key in SOURCES.items() if name in text]
         if not keys and "SASL mechanism" in text:
             keys = ["kafka.sasl_mechanism"]
