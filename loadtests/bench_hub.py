@@ -2,6 +2,7 @@
 
     python -m loadtests.bench_hub [--events 100000] [--decisions 1000000] [--lookups 5000]
                                   [--rate 500] [--duration 20] [--phases writer,ingest,lookup,visible]
+                                  [--consumer confluent[,kafka-python]]
                                   [--database-url URL] [--bootstrap HOST:PORT]
 
 1. Write methods (same run, alternating): decision events/s through the hub's writer
@@ -9,7 +10,8 @@
    pipelined INSERTs, this process pinned to one core and PostgreSQL on the others.
 2. Ingest: events/s from Kafka into PostgreSQL through the hub's consumer (the chosen
    method), pinned to one core (target >= 20,000 events/s), and its process CPU per event:
-   JSON decoded by PostgreSQL (the hub's way) against decoded in Python, alternating.
+   JSON decoded in Python (the hub's way) against decoded by PostgreSQL, alternating; with
+   `--consumer confluent,kafka-python` also the hub's kafka-python loop of before, same run.
 3. Lookup: with `--decisions` stored decisions, GET /decisions/{id} at a running hub over
    HTTP, one client, keep-alive: p50/p99 (target p99 <= 5 ms); the database's share too (the
    one statement, against the three the control plane's lookup makes, same run).
