@@ -30,7 +30,7 @@ from typing import Literal
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from sidecar.config import HubSettings, KafkaSettings
-from sidecar.hub.consumer import check, consumer_config
+from sidecar.hub.consumer import consumer_config
 from sidecar.hub.db import connect
 from sidecar.hub.rows import Raw
 from sidecar.hub.writer import Method, Writer
@@ -78,7 +78,6 @@ class Ingest:
             kafka.topic_reviews: "review",
         }
         self._config = consumer_config(kafka, hub)
-        check(self._config)
         self._batch_max = hub.batch_max_events
         self._poll_s = hub.poll_timeout_ms / 1000
         self._method: Method = method

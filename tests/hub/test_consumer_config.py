@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sidecar.config import ConfigError, KafkaSettings, load_settings
 from sidecar.hub.consumer import NOT_THE_CONSUMERS, SOURCES, check, consumer_config
+from tests.hub.hubkit import ROOT
+from tests.kafka_broker import free_port
 
 
 def _config(**kafka: object) -> dict[str, object]:
@@ -94,3 +98,24 @@ def test_a_sasl_mechanism_this_librdkafka_lacks_fails_the_check_naming_the_key()
         pytest.skip("this librdkafka has GSSAPI")
     with pytest.raises(ConfigError, match=r"kafka\.sasl_mechanism"):
         check(_config(security_protocol="SASL_PLAINTEXT", sasl_mechanism="GSSAPI"))
+
+
+def test_sidecar_hub_with_a_ca_file_it_cannot_read_fails_at_start_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    # Checked before the hub connects to anything: no database is listening on this port.
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "hub"],
+        env={
+            "PYTHONPATH": str(ROOT),
+            "SIDECAR_HUB__DATABASE_URL": f"postgresql://hub@127.0.0.1:{free_port()}/fleet",
+            "SIDECAR_KAFKA__SECURITY_PROTOCOL": "SSL",
+            "SIDECAR_KAFKA__SSL_CAFILE": str(tmp_path / "missing.pem"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "kafka.ssl_cafile" in done.stderr
