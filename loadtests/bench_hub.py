@@ -2,6 +2,7 @@
 
     python -m loadtests.bench_hub [--events 100000] [--decisions 1000000] [--lookups 5000]
                                   [--rate 500] [--duration 20] [--phases writer,ingest,lookup,visible]
+                                  [--consumer confluent[,kafka-python]]
                                   [--database-url URL] [--bootstrap HOST:PORT]
 
 1. Write methods (same run, alternating): decision events/s through the hub's writer
@@ -9,7 +10,8 @@
    pipelined INSERTs, this process pinned to one core and PostgreSQL on the others.
 2. Ingest: events/s from Kafka into PostgreSQL through the hub's consumer (the chosen
    method), pinned to one core (target >= 20,000 events/s), and its process CPU per event:
-   JSON decoded by PostgreSQL (the hub's way) against decoded in Python, alternating.
+   JSON decoded in Python (the hub's way) against decoded by PostgreSQL, alternating; with
+   `--consumer confluent,kafka-python` also the hub's kafka-python loop of before, same run.
 3. Lookup: with `--decisions` stored decisions, GET /decisions/{id} at a running hub over
    HTTP, one client, keep-alive: p50/p99 (target p99 <= 5 ms); the database's share too (the
    one statement, against the three the control plane's lookup makes, same run).
@@ -49,8 +51,8 @@ from loadtests.bench_sink import _free_port, own_broker, sample_decision
 from loadtests.procs import FastUpstreamProcess, SidecarProcess
 from sidecar.hub import schema
 from sidecar.hub.db import connect
-from sidecar.hub.ingest import Decode, Ingest
-from sidecar.hub.rows import Rows, add
+from sidecar.hub.ingest import DEFAULT_DECODE, Decode, Ingest
+from sidecar.hub.rows import Raw, Rows, add
 from sidecar.hub.writer import Method, Writer
 from sidecar.metrics import Registry
 from sidecar.sinks import events
@@ -60,6 +62,7 @@ RESULTS_DIR = ROOT / "loadtests" / "results"
 TARGETS = {"ingest_events_per_s": 20_000.0, "lookup_p99_ms": 5.0, "visible_p99_ms": 1000.0}
 TOKEN = "bench-reviewer-token-0123"
 BATCH = 5000
+INGEST_TIMEOUT_S = 600.0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -140,47 +143,118 @@ def bench_writer(url: str, n: int, rounds: int) -> dict[str, Any]:
     }
 
 
+ConsumerName = str  # "confluent" (the hub's) or "kafka-python" (the hub's before, for the A/B)
+CONSUMERS = ("confluent", "kafka-python")
+
+
+class _KafkaPythonIngest:
+    """The hub's consumer loop as it was on kafka-python (poll, one transaction, commit), kept
+    here only to compare with the hub's confluent-kafka one in the same run."""
+
+    def __init__(self, url: str, bootstrap: str, topic: str, group: str, decode: Decode) -> None:
+        self._args = (url, bootstrap, topic, group, decode)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer
+
+        url, bootstrap, topic, group, decode = self._args
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=BATCH,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        with connect(url) as conn:
+            writer = Writer(conn, "copy")
+            while not self._stop.is_set():
+                polled = consumer.poll(timeout_ms=200)
+                if not polled:
+                    continue
+                raw = Raw()
+                for _tp, records in polled.items():
+                    raw.extend("decision", [rec.value for rec in records])
+                if decode == "database":
+                    writer.write_raw(raw)
+                else:
+                    writer.write_decoded(raw)
+                consumer.commit()
+        consumer.close(autocommit=False)
+
+
 def _ingest_once(
-    url: str, bootstrap: str, topic: str, n: int, method: Method, decode: Decode
+    url: str,
+    bootstrap: str,
+    topic: str,
+    n: int,
+    method: Method,
+    decode: Decode,
+    consumer: ConsumerName,
 ) -> tuple[float, float]:
     """(events/s, process CPU µs per event) of one consumer group reading the topic into `url`."""
     from sidecar.config import load_settings
 
+    group = f"bench{uuid.uuid4().hex[:8]}"
     settings = load_settings(
         environ={},
         overrides={
             "kafka": {"bootstrap_servers": bootstrap, "topic_decisions": topic},
-            "hub": {"group_id": f"bench{uuid.uuid4().hex[:8]}", "batch_max_events": BATCH},
+            "hub": {"group_id": group, "batch_max_events": BATCH},
         },
     )
-    ingest = Ingest(
-        database_url=url,
-        kafka=settings.kafka,
-        hub=settings.hub,
-        registry=Registry(),
-        method=method,
-        decode=decode,
-    )
+    ingest: Ingest | _KafkaPythonIngest
+    if consumer == "kafka-python":
+        ingest = _KafkaPythonIngest(url, bootstrap, topic, group, decode)
+    else:
+        ingest = Ingest(
+            database_url=url,
+            kafka=settings.kafka,
+            hub=settings.hub,
+            registry=Registry(),
+            method=method,
+            decode=decode,
+        )
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     ingest.start()
-    with connect(url) as conn:
-        while True:
-            row = conn.execute("SELECT count(*) FROM decisions").fetchone()
-            if row is not None and row[0] >= n:
-                break
-            time.sleep(0.05)
-    elapsed = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    ingest.stop()
+    try:
+        with connect(url) as conn:
+            while True:
+                row = conn.execute("SELECT count(*) FROM decisions").fetchone()
+                if row is not None and row[0] >= n:
+                    break
+                if time.perf_counter() - t0 > INGEST_TIMEOUT_S:
+                    raise RuntimeError(f"{consumer}/{decode}: {row} of {n} events in 10 minutes")
+                time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    finally:
+        ingest.stop()
     return n / elapsed, cpu / n * 1e6
 
 
 def bench_ingest(
-    server: str, bootstrap: str, n: int, method: Method, rounds: int
+    server: str,
+    bootstrap: str,
+    n: int,
+    method: Method,
+    rounds: int,
+    consumers: tuple[ConsumerName, ...] = ("confluent",),
 ) -> dict[str, Any]:
     """Kafka -> PostgreSQL through the hub's consumer, this process on one core: JSON decoded
-    by PostgreSQL (the hub's default) against decoded here, alternating, fresh database each."""
+    by PostgreSQL against decoded here (and, with more than one of `consumers`, each consumer),
+    alternating the order every round, fresh database each."""
     from kafka import KafkaProducer
 
     topic = f"bench{uuid.uuid4().hex[:8]}.decisions"
@@ -189,23 +263,38 @@ def bench_ingest(
         producer.send(topic, m)
     producer.flush(120)
     producer.close()
-    rate: dict[str, list[float]] = {"database": [], "python": []}
-    cpu: dict[str, list[float]] = {"database": [], "python": []}
+    variants = [(c, d) for c in consumers for d in ("database", "python")]
+    rate: dict[str, list[float]] = {f"{c}/{d}": [] for c, d in variants}
+    cpu: dict[str, list[float]] = {f"{c}/{d}": [] for c, d in variants}
     for r in range(rounds):
-        for decode in ("database", "python") if r % 2 == 0 else ("python", "database"):
+        for c, decode in variants if r % 2 == 0 else variants[::-1]:
             events_per_s, us = _ingest_once(
-                fresh_database(server), bootstrap, topic, n, method, decode
-            )  # type: ignore[arg-type]
-            rate[decode].append(events_per_s)
-            cpu[decode].append(us)
+                fresh_database(server),
+                bootstrap,
+                topic,
+                n,
+                method,
+                decode,  # type: ignore[arg-type]
+                c,
+            )
+            rate[f"{c}/{decode}"].append(events_per_s)
+            cpu[f"{c}/{decode}"].append(us)
+    best = {k: max(v) for k, v in rate.items()}
+    least = {k: min(v) for k, v in cpu.items()}
+    hub = consumers[0]
+    default = f"{hub}/{DEFAULT_DECODE}"
+    other = f"{hub}/{'python' if DEFAULT_DECODE == 'database' else 'database'}"
     return {
         "events": n,
         "method": method,
         "rounds": rounds,
-        "ingest_events_per_s": max(rate["database"]),
-        "process_cpu_us_per_event": min(cpu["database"]),
-        "python_decode_events_per_s": max(rate["python"]),
-        "python_decode_cpu_us_per_event": min(cpu["python"]),
+        "consumer": hub,
+        "decode": DEFAULT_DECODE,
+        "ingest_events_per_s": best[default],
+        "process_cpu_us_per_event": least[default],
+        "other_decode_events_per_s": best[other],
+        "other_decode_cpu_us_per_event": least[other],
+        "variants": {k: {"events_per_s": best[k], "cpu_us_per_event": least[k]} for k in best},
         "all": {"events_per_s": rate, "cpu_us_per_event": cpu},
     }
 
@@ -444,6 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(PHASES),
         help=f"comma-separated, of {', '.join(PHASES)} (default: all)",
     )
+    parser.add_argument(
+        "--consumer",
+        default="confluent",
+        help="ingest: comma-separated, of confluent (the hub's), kafka-python (its old one);"
+        " more than one compares them in the same run (default: confluent)",
+    )
     parser.add_argument("--database-url", default=None, help="a server to create databases on")
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -451,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if not phases or phases - set(PHASES):
         parser.error(f"--phases takes {', '.join(PHASES)}")
+    consumers = tuple(c.strip() for c in args.consumer.split(",") if c.strip())
+    if not consumers or set(consumers) - set(CONSUMERS):
+        parser.error(f"--consumer takes {', '.join(CONSUMERS)}")
 
     cores = sorted(os.sched_getaffinity(0))
     one, others = {cores[-1]}, set(cores[:-1]) or None
@@ -479,7 +577,9 @@ def main(argv: list[str] | None = None) -> int:
                     method = "pipeline"
             if "ingest" in phases:
                 os.sched_setaffinity(0, one)
-                result["ingest"] = bench_ingest(pg, bootstrap, args.events, method, args.rounds)
+                result["ingest"] = bench_ingest(
+                    pg, bootstrap, args.events, method, args.rounds, consumers
+                )
             os.sched_setaffinity(0, set(cores))
             if "lookup" in phases:
                 url = fresh_database(pg)
@@ -507,13 +607,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "ingest" in result:
         i = result["ingest"]
+        other = "python" if i["decode"] == "database" else "database"
         print(
-            f"ingest Kafka -> PostgreSQL ({i['method']}), one core: {i['ingest_events_per_s']:,.0f}"
+            f"ingest Kafka -> PostgreSQL ({i['consumer']}, {i['method']}, decoded by {i['decode']}),"
+            f" one core: {i['ingest_events_per_s']:,.0f}"
             f" events/s, {i['process_cpu_us_per_event']:.1f} µs CPU per event"
             f" (implies {1e6 / i['process_cpu_us_per_event']:,.0f} events/s on a free core);"
-            f" decoded in Python instead: {i['python_decode_events_per_s']:,.0f} events/s,"
-            f" {i['python_decode_cpu_us_per_event']:.1f} µs (best of {i['rounds']} alternating)"
+            f" decoded by {other} instead: {i['other_decode_events_per_s']:,.0f} events/s,"
+            f" {i['other_decode_cpu_us_per_event']:.1f} µs (best of {i['rounds']} alternating)"
         )
+        for name, v in i["variants"].items():
+            print(
+                f"  {name}: {v['events_per_s']:,.0f} events/s, {v['cpu_us_per_event']:.1f} µs CPU per event"
+            )
         checks.append(("ingest_events_per_s", i["ingest_events_per_s"], ">="))
     if "lookup" in result:
         lk = result["lookup"]

@@ -20,7 +20,8 @@ from sidecar.control.auth import Authenticator, Principal
 from sidecar.control.lookup import ExplainFn, Explanations
 from sidecar.control.store import MAX_PAGE
 from sidecar.hub.lookup import HubDecisions
-from sidecar.hub.lookup_route import create_lookup_router
+from sidecar.hub.lookup_fast import FastLookup
+from sidecar.hub.lookup_route import LOOKUP_ROLES, create_lookup_router, lookup_function
 from sidecar.hub.people import HubPeople
 from sidecar.hub.review import HubReviewStore
 from sidecar.metrics import Registry
@@ -161,4 +162,16 @@ def create_hub_app(
         open_metrics=open_metrics,
     )
     app.title = "sidecar hub"
+    # The plain lookup answered in front of FastAPI's routing (see lookup_fast): the same answer.
+    app.add_middleware(
+        FastLookup,
+        lookup=lookup_function(
+            authenticator,
+            decisions.pool,
+            store,
+            explanations,
+            reasons_of=people.reasons_of if people is not None else None,
+        ),
+        require=authenticator.require(*LOOKUP_ROLES),
+    )
     return app

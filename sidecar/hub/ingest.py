@@ -1,22 +1,36 @@
 """The hub's consumer: a Kafka consumer group over the decision, explanation and review topics.
 
-Each poll's events are written in one database transaction; the offsets are
-committed only after that transaction commits. A hub killed between the two
-has its last batch delivered again (to itself after a restart, or to the hub
-that takes the partition over), and the writes skip what is already there:
-no event is lost and none is stored twice.
+Each poll's events are written in one database transaction; the offsets of
+exactly those events are committed (synchronously) only after that transaction
+commits. A hub killed between the two has its last batch delivered again (to
+itself after a restart, or to the hub that takes the partition over), and the
+writes skip what is already there: no event is lost and none is stored twice.
+
+Polling and writing overlap: one thread polls the next batch while another
+writes the current one (a queue of `_AHEAD` batches between them), because a
+batch's COPY and INSERTs are mostly the database's time, not the hub's. The
+writer takes batches in poll order and hands each back once its transaction
+has committed; the polling thread commits their offsets, in order, between
+polls (the consumer is only ever called from that thread: a synchronous commit
+from another thread while this one polls was seen to hang for minutes). So an
+offset is never committed ahead of its rows. When the group takes partitions
+away (a rebalance, or the consumer closing), the batches not yet written are
+dropped uncommitted, the one being written is finished and committed, and only
+then do the partitions go: the next owner starts from the last committed offset.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-from kafka import KafkaConsumer
-from kafka.errors import CommitFailedError, KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from sidecar.config import HubSettings, KafkaSettings
+from sidecar.hub.consumer import consumer_config
 from sidecar.hub.db import connect
 from sidecar.hub.rows import Raw
 from sidecar.hub.writer import Method, Writer
@@ -24,50 +38,28 @@ from sidecar.metrics import Registry
 
 log = logging.getLogger("sidecar.hub")
 
-# Where messages are decoded: by PostgreSQL from the COPY of their bytes (the default), or
-# here, message by message (kept for the same-run comparison in loadtests/bench_hub.py).
+# Where messages are decoded: here, message by message (the default), or by PostgreSQL from
+# the COPY of their bytes. With the librdkafka consumer the hub's own CPU is no longer what
+# holds the rate: the database is, and decoding in the database costs it more (its JSON checks
+# and extractions over the staging rows) than the hub saves. Same run, hub on one core
+# (loadtests/bench_hub.py): python 2.0x the events/s of database, at 2.2x the hub's CPU per
+# event (26 against 12 µs); the README's hub figures keep the numbers.
 Decode = Literal["database", "python"]
+DEFAULT_DECODE: Decode = "python"
+
+# Batches polled ahead of the one being written: one keeps the database busy while the next
+# is polled, and bounds what a rebalance drops (and what sits in memory) to one batch.
+_AHEAD = 1
 
 
-def consumer_options(kafka: KafkaSettings, hub: HubSettings) -> dict[str, Any]:
-    """kafka-python consumer options from the shared `[kafka]` section and `[hub]`."""
-    opts: dict[str, Any] = {
-        "bootstrap_servers": [s.strip() for s in kafka.bootstrap_servers.split(",") if s.strip()],
-        "group_id": hub.group_id,
-        "client_id": f"{kafka.client_id}-hub",
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
-        "max_poll_records": hub.batch_max_events,
-        # The default (1 MiB) holds about 1,000 decision events, so a poll from one busy
-        # partition wrote batches of ~1,000; 8 MiB lets one poll fill `batch_max_events`
-        # (fewer transactions and offset commits: the writer's share per event fell by a
-        # third, measured; fetch_max_bytes, 50 MiB, still bounds a fetch).
-        "max_partition_fetch_bytes": 8 * 1024 * 1024,
-        # Partitions added to a topic (or a topic created after the hub subscribed) reach the
-        # group's assignment within 30 s, not the client's default 5 minutes.
-        "metadata_max_age_ms": 30_000,
-        "security_protocol": kafka.security_protocol,
-        "ssl_check_hostname": kafka.ssl_check_hostname,
-    }
-    if kafka.sasl_mechanism is not None:
-        opts["sasl_mechanism"] = kafka.sasl_mechanism
-        opts["sasl_plain_username"] = kafka.sasl_username
-        if kafka.sasl_password is not None:
-            opts["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
-    for key, value in (
-        ("ssl_cafile", kafka.ssl_cafile),
-        ("ssl_certfile", kafka.ssl_certfile),
-        ("ssl_keyfile", kafka.ssl_keyfile),
-    ):
-        if value is not None:
-            opts[key] = str(value)
-    if kafka.ssl_password is not None:
-        opts["ssl_password"] = kafka.ssl_password.get_secret_value()
-    return opts
+@dataclass(slots=True)
+class _Batch:
+    raw: Raw
+    offsets: list[TopicPartition]  # the next offset to read, per partition of the batch
 
 
 class Ingest:
-    """Consumes and writes on a thread of its own until `stop`."""
+    """Consumes and writes on threads of their own until `stop`."""
 
     def __init__(
         self,
@@ -77,7 +69,7 @@ class Ingest:
         hub: HubSettings,
         registry: Registry,
         method: Method = "copy",
-        decode: Decode = "database",
+        decode: Decode = DEFAULT_DECODE,
     ) -> None:
         self._url = database_url
         self._topics = {
@@ -85,8 +77,9 @@ class Ingest:
             kafka.topic_explanations: "explanation",
             kafka.topic_reviews: "review",
         }
-        self._options = consumer_options(kafka, hub)
-        self._poll_ms = hub.poll_timeout_ms
+        self._config = consumer_config(kafka, hub)
+        self._batch_max = hub.batch_max_events
+        self._poll_s = hub.poll_timeout_ms / 1000
         self._method: Method = method
         self._decode: Decode = decode
         self._stop = threading.Event()
@@ -138,40 +131,156 @@ class Ingest:
 
     def _consume(self) -> None:
         conn = connect(self._url, application_name="sidecar-hub-ingest")
-        consumer = KafkaConsumer(*self._topics, **self._options)
         try:
-            writer = Writer(conn, self._method)
-            self.connected.set()
-            topics = self._topics
-            while not self._stop.is_set():
-                polled = consumer.poll(timeout_ms=self._poll_ms)
-                self._assigned.set(len(consumer.assignment()))
-                if not polled:
-                    continue
-                raw = Raw()
-                for tp, records in polled.items():
-                    raw.extend(topics[tp.topic], [rec.value for rec in records])
-                if self._decode == "database":
-                    written = writer.write_raw(raw)
-                else:
-                    written = writer.write_decoded(raw)
-                self._events.inc(raw.count)
-                self._invalid.inc(written.invalid)
-                self._batches.inc()
-                for table in self._written:
-                    self._written[table].inc(getattr(written, table))
-                try:
-                    consumer.commit()
-                except CommitFailedError:
-                    # The group moved the partition while we wrote: its new owner gets these
-                    # events again and the writes skip them.
-                    self._commit_failed.inc()
-                    log.warning("offset commit refused after a rebalance; events will repeat")
+            session = _Session(self, Writer(conn, self._method))
+            session.run()
         finally:
             self.connected.clear()
             self._assigned.set(0)
-            try:
-                consumer.close(autocommit=False)
-            except KafkaError:
-                log.warning("closing the consumer failed", exc_info=True)
             conn.close()
+
+
+class _Session:
+    """One consumer and one database connection: the poll loop here, the writes on a thread."""
+
+    def __init__(self, ingest: Ingest, writer: Writer) -> None:
+        self._in = ingest
+        self._writer = writer
+        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=_AHEAD)
+        self._done: queue.SimpleQueue[_Batch] = queue.SimpleQueue()  # written, to commit
+        self._failure: BaseException | None = None
+        self._consumer = Consumer(ingest._config, logger=logging.getLogger("sidecar.hub.kafka"))
+        self._write_thread = threading.Thread(
+            target=self._write_loop, name="hub-ingest-write", daemon=True
+        )
+
+    def run(self) -> None:
+        ing = self._in
+        consumer = self._consumer
+        topics = ing._topics
+        self._write_thread.start()
+        try:
+            consumer.subscribe(
+                list(topics),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            ing.connected.set()
+            while not ing._stop.is_set():
+                self._commit_done()
+                if self._failure is not None:
+                    raise self._failure
+                messages = consumer.consume(ing._batch_max, ing._poll_s)
+                if not messages:
+                    continue
+                raw = Raw()
+                ends: dict[tuple[str, int], int] = {}
+                values: dict[str, list[bytes | None]] = {}
+                for m in messages:
+                    err = m.error()
+                    if err is not None:
+                        self._broker_error(err)
+                        continue
+                    # A message without an error always has its topic, partition and offset.
+                    topic = str(m.topic())
+                    values.setdefault(topic, []).append(m.value())
+                    ends[(topic, int(m.partition() or 0))] = int(m.offset() or 0)
+                if not ends:
+                    continue
+                for topic, vs in values.items():
+                    raw.extend(topics[topic], vs)
+                offsets = [TopicPartition(t, p, o + 1) for (t, p), o in ends.items()]
+                self._hand_over(_Batch(raw, offsets))
+        finally:
+            self._end()
+
+    def _broker_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            raise KafkaException(err)
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("hub consumer: %s", err.str())
+
+    def _hand_over(self, batch: _Batch) -> None:
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            try:
+                self._queue.put(batch, timeout=0.05)
+                return
+            except queue.Full:
+                self._commit_done()
+
+    def _drop_queued(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._queue.task_done()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._in._assigned.set(len(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Called on this (the polling) thread, inside consume() or close(): nothing new is
+        # queued meanwhile. Batches not yet written are dropped (their offsets never
+        # committed: the next owner reads them again); the one being written is finished,
+        # and its offsets committed, before the partitions go.
+        self._drop_queued()
+        self._queue.join()
+        self._commit_done()
+        self._in._assigned.set(0)
+
+    def _end(self) -> None:
+        self._drop_queued()
+        self._queue.put(None)  # room: only this thread puts, and the queue was just emptied
+        self._write_thread.join()
+        self._commit_done()
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError):
+            log.warning("closing the consumer failed", exc_info=True)
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                if self._failure is None:
+                    self._write(batch)
+            except BaseException as e:  # handed to the polling thread, which starts over
+                self._failure = e
+            finally:
+                self._queue.task_done()
+
+    def _write(self, batch: _Batch) -> None:
+        ing = self._in
+        raw = batch.raw
+        if ing._decode == "database":
+            written = self._writer.write_raw(raw)
+        else:
+            written = self._writer.write_decoded(raw)
+        ing._events.inc(raw.count)
+        ing._invalid.inc(written.invalid)
+        ing._batches.inc()
+        for table, counter in ing._written.items():
+            counter.inc(getattr(written, table))
+        self._done.put(batch)
+
+    def _commit_done(self) -> None:
+        """Commit the offsets of the batches written so far, in order (this thread only)."""
+        while True:
+            try:
+                batch = self._done.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                # Synchronous, the batch's own offsets: what is committed is what was written.
+                self._consumer.commit(offsets=batch.offsets, asynchronous=False)
+            except KafkaException as e:
+                # The group moved a partition while we wrote: its new owner gets these events
+                # again and the writes skip them.
+                self._in._commit_failed.inc()
+                log.warning("offset commit refused (%s); events will repeat", e.args[0])

@@ -19,6 +19,7 @@ explanation stored (computed now by `explain_now`, as on a sidecar).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Security
@@ -26,7 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
 from psycopg_pool import ConnectionPool
 
-from sidecar.control.auth import BEARER, Authenticator, Principal
+from sidecar.control.auth import BEARER, Authenticator, Principal, Role
 from sidecar.control.lookup import Explanations, Source
 from sidecar.hub.db import Conn
 from sidecar.hub.lookup import ID_WINDOW_S, decision_dict, id_time
@@ -55,6 +56,8 @@ ONE_STATEMENT = _COLUMNS.format(
 ONE_STATEMENT_UNBOUNDED = _COLUMNS.format(since="", window="")
 
 _BEARER = Security(BEARER)
+# Who may look a decision up (the route, and `sidecar.hub.lookup_fast` in front of it).
+LOOKUP_ROLES: tuple[Role, ...] = ("reviewer", "auditor", "admin")
 
 # The row: decision body, epoch, the item's columns, explanation body, on_demand.
 _ITEM = slice(2, 2 + ITEM_STATE_WIDTH)
@@ -103,38 +106,15 @@ def find(pool: ConnectionPool[Conn], decision_id: str) -> Found | None:
     return Found(decision, item, explanation, source)
 
 
-def create_lookup_router(
+def lookup_function(
     authenticator: Authenticator,
     pool: ConnectionPool[Conn],
     store: HubReviewStore,
     explanations: Explanations,
     reasons_of: ReasonsFn | None = None,
-) -> APIRouter:
-    """GET /decisions/{id} and /decisions/{id}/{row}; `explanations` (the lookup the review
-    and people routes share, one cache) explains what has no stored explanation, past the
-    sampled one the statement already looked for; `reasons_of` adds the principal reasons,
-    as on a sidecar."""
-    # FastAPI runs every plain-function dependency in its thread pool, one hop each: with the
-    # handler's own that was three thread hand-offs per lookup, which on a busy machine cost
-    # more at p99 than the statement. The checks are cheap and never block (a dictionary
-    # look-up), so they run on the loop, and the handler makes the one hop, for the database.
-    require = authenticator.require("reviewer", "auditor", "admin")
-
-    async def refuse_unknown(request: Request) -> None:
-        refuse_unknown_query(request)
-
-    async def caller(
-        credentials: HTTPAuthorizationCredentials | None = _BEARER,
-    ) -> Principal:
-        return require(credentials)
-
-    router = APIRouter(dependencies=[Depends(refuse_unknown)])
-    anyone = Depends(caller)
-    codes = {401: "Missing or unknown bearer token", 403: "Role forbids", 404: "No such decision"}
-    responses: dict[int | str, dict[str, Any]] = {
-        c: {"model": ErrorOut, "description": d} for c, d in codes.items()
-    }
-    responses[422] = {"model": ErrorOut, "description": "Invalid parameters"}
+) -> Callable[[str, Principal], LookupOut]:
+    """The lookup both the route and `sidecar.hub.lookup_fast` answer with (blocking: run it
+    off the loop); a decision it cannot find raises the route's 404."""
 
     def lookup(decision_id: str, who: Principal) -> LookupOut:
         found = find(pool, decision_id)
@@ -165,6 +145,44 @@ def create_lookup_router(
             review_item=summary_out(item) if item is not None else None,
             reasons=reasons_of(found.decision, explanation) if reasons_of is not None else None,
         )
+
+    return lookup
+
+
+def create_lookup_router(
+    authenticator: Authenticator,
+    pool: ConnectionPool[Conn],
+    store: HubReviewStore,
+    explanations: Explanations,
+    reasons_of: ReasonsFn | None = None,
+) -> APIRouter:
+    """GET /decisions/{id} and /decisions/{id}/{row}; `explanations` (the lookup the review
+    and people routes share, one cache) explains what has no stored explanation, past the
+    sampled one the statement already looked for; `reasons_of` adds the principal reasons,
+    as on a sidecar."""
+    # FastAPI runs every plain-function dependency in its thread pool, one hop each: with the
+    # handler's own that was three thread hand-offs per lookup, which on a busy machine cost
+    # more at p99 than the statement. The checks are cheap and never block (a dictionary
+    # look-up), so they run on the loop, and the handler makes the one hop, for the database.
+    require = authenticator.require(*LOOKUP_ROLES)
+
+    async def refuse_unknown(request: Request) -> None:
+        refuse_unknown_query(request)
+
+    async def caller(
+        credentials: HTTPAuthorizationCredentials | None = _BEARER,
+    ) -> Principal:
+        return require(credentials)
+
+    router = APIRouter(dependencies=[Depends(refuse_unknown)])
+    anyone = Depends(caller)
+    codes = {401: "Missing or unknown bearer token", 403: "Role forbids", 404: "No such decision"}
+    responses: dict[int | str, dict[str, Any]] = {
+        c: {"model": ErrorOut, "description": d} for c, d in codes.items()
+    }
+    responses[422] = {"model": ErrorOut, "description": "Invalid parameters"}
+
+    lookup = lookup_function(authenticator, pool, store, explanations, reasons_of)
 
     @router.get("/decisions/{request_id}", tags=["decisions"], responses=responses)
     async def lookup_first_row(request_id: RequestId, who: Principal = anyone) -> LookupOut:

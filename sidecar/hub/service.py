@@ -13,6 +13,8 @@ from sidecar.control.auth import authenticator_from_settings
 from sidecar.control.server import ControlPlaneThread
 from sidecar.hub import retention, schema
 from sidecar.hub.app import create_hub_app
+from sidecar.hub.consumer import check as check_consumer
+from sidecar.hub.consumer import consumer_config
 from sidecar.hub.db import connect, pool
 from sidecar.hub.explain import HubExplainer, load_models
 from sidecar.hub.ingest import Ingest
@@ -52,6 +54,8 @@ class Hub:
         explainers = load_models(h.models, settings.explainer)
         # Each model's reasons and recourse, checked against it before anything opens.
         people = HubPeople(settings, explainers)
+        # The consumer's [kafka] keys as librdkafka reads them, before anything connects.
+        check_consumer(consumer_config(settings.kafka, h))
         # Migrations before anything serves: a hub never answers over a schema it lacks.
         with connect(url, application_name="sidecar-hub-migrate") as conn:
             applied = schema.migrate(conn)

@@ -1,9 +1,11 @@
 """Batched, idempotent writes of one poll's events: one transaction per batch.
 
-The ingest path (`write_raw`) hands the messages to PostgreSQL as they came:
-COPY streams them verbatim into a staging table's `jsonb` column, and each
-table's `INSERT ... SELECT` extracts its columns there, so the hub decodes no
-JSON (it was a quarter of the hub's CPU per event). The checks the Python
+The database-decoding path (`write_raw`; ingest now decodes in Python by
+default, `write_decoded`: see `sidecar.hub.ingest.DEFAULT_DECODE`) hands the
+messages to PostgreSQL as they came: COPY streams them verbatim into a
+staging table's `jsonb` column, and each table's `INSERT ... SELECT` extracts
+its columns there, so the hub decodes no JSON (it was a quarter of the hub's
+CPU per event with kafka-python's consumer). The checks the Python
 path makes (an object, of its topic's event type, with a UUID event id, a
 time, a decision id) are a view over the staging table; a batch the database
 cannot parse (a message that is not JSON, not UTF-8, or with a time it cannot

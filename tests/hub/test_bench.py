@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from loadtests.bench_hub import _pct, bench_writer, fresh_database, load_decisions
+from loadtests.bench_hub import _pct, bench_ingest, bench_writer, fresh_database, load_decisions
+from tests.kafka_broker import KafkaBroker
 from tests.postgres_server import PostgresServer
 
 
@@ -29,3 +30,20 @@ def test_the_write_methods_store_every_event_of_every_round(
 def test_percentiles_are_of_the_sorted_values() -> None:
     values = [float(v) for v in range(100, 0, -1)]
     assert (_pct(values, 0.5), _pct(values, 0.99), _pct([3.0], 0.99)) == (51.0, 100.0, 3.0)
+
+
+def test_the_ingest_ab_runs_every_consumer_and_decode_path_to_the_last_event(
+    postgres_server: PostgresServer, kafka_broker: KafkaBroker
+) -> None:
+    # Each variant returns only once its database holds all 500 events (or raises).
+    result = bench_ingest(
+        postgres_server.url(), kafka_broker.bootstrap, 500, "copy", 1, ("confluent", "kafka-python")
+    )
+    assert set(result["variants"]) == {
+        "confluent/python",
+        "confluent/database",
+        "kafka-python/python",
+        "kafka-python/database",
+    }
+    assert (result["consumer"], result["decode"]) == ("confluent", "python")
+    assert all(len(v) == 1 for v in result["all"]["events_per_s"].values())
