@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.config import load_settings
-from sidecar.control import supervisor
+from sidecar.control import forkserver, supervisor
 from sidecar.control.supervisor import ControlProcessError
 from sidecar.service import ServiceThread
 from tests.servers import RecordingUpstream, running_sidecar, wait_until
@@ -94,10 +94,12 @@ def test_the_control_plane_is_its_own_niced_process(upstream: RecordingUpstream)
         assert svc.control is not None
         pid = svc.control.pid
         assert pid is not None and pid != os.getpid()
-        # A child of this process, and every one of its threads (uvicorn's, the bridge
-        # reader, the executor's) runs at the configured niceness.
+        # A child of this process's fork server (itself a child of this process), and every
+        # one of its threads (uvicorn's, the bridge reader, the executor's) runs at the
+        # configured niceness.
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        assert int(stat[1]) == os.getpid()
+        assert int(stat[1]) == forkserver.server_pid()
+        assert int(stat[1]) in _children(os.getpid())
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         assert len(tids) > 1
         assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {7}
@@ -163,6 +165,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _control_processes(pid: int) -> list[int]:
+    """The control processes a `sidecar serve` runs: its fork server's children."""
+    return [child for server in _children(pid) for child in _children(server)]
+
+
 def _serve(upstream_url: str) -> subprocess.Popen[str]:
     """`sidecar serve` in a process of its own, on free ports, its state in a fresh folder."""
     state = Path(tempfile.mkdtemp(prefix="sidecar-test-"))
@@ -198,13 +205,13 @@ def test_sidecar_serve_exits_naming_a_control_plane_that_keeps_dying(
                     serve.poll() is not None
                     or (
                         _answers(control_url + "/healthz")
-                        and bool(set(_children(serve.pid)) - killed)
+                        and bool(set(_control_processes(serve.pid)) - killed)
                     )
                 ),
                 60,
                 what="a control process serving",
             )
-            for child in set(_children(serve.pid)) - killed:
+            for child in set(_control_processes(serve.pid)) - killed:
                 os.kill(child, signal.SIGKILL)
                 killed.add(child)
         assert serve.wait(60) == 1
@@ -226,10 +233,12 @@ def test_the_control_process_stops_when_the_data_plane_is_killed(
         lines = [serve.stdout.readline(), serve.stdout.readline()]
         control_url = lines[1].split()[1]
         wait_until(lambda: _answers(control_url + "/healthz"), 60, what="control plane")
-        (child,) = _children(serve.pid)
+        (server,) = _children(serve.pid)
+        (child,) = _children(server)
         serve.kill()  # no chance to stop anything: the child must notice by itself
         serve.wait()
         wait_until(lambda: _gone(child), what="the control process to exit")
+        wait_until(lambda: _gone(server), what="the fork server to exit")
         host, port = control_url.removeprefix("http://").split(":")
         with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port))):
             pass
