@@ -71,6 +71,7 @@ class ForkedProcess:
         self._pidfd = pidfd
         self._status = status
         self._lock = threading.Lock()
+        self._server_gone = False
         weakref.finalize(self, os.close, pidfd)
 
     def poll(self) -> int | None:
@@ -85,23 +86,28 @@ class ForkedProcess:
     def _wait(self, timeout: float | None) -> int | None:
         if self.returncode is not None:
             return self.returncode
-        if not _readable(self._status.fileno(), timeout):
+        if not self._server_gone:
+            if not _readable(self._status.fileno(), timeout):
+                return None
+            with self._lock:
+                if self.returncode is None and not self._server_gone:
+                    try:
+                        data = self._status.recv(_PID.size, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        data = None  # another waiter took it
+                    if data is not None and len(data) == _PID.size:
+                        self.returncode = _PID.unpack(data)[0]
+                    elif data is not None:
+                        self._server_gone = True
+            if self.returncode is not None or not self._server_gone:
+                return self.returncode
+        # The fork server was killed: nobody can tell how the child ends (-1), only when.
+        if not _readable(self._pidfd, timeout):
             return None
         with self._lock:
             if self.returncode is None:
-                try:
-                    data = self._status.recv(_PID.size, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    return self.returncode
-                if len(data) == _PID.size:
-                    self.returncode = _PID.unpack(data)[0]
-                else:
-                    # The fork server is gone (killed): nobody can tell how the child ended,
-                    # but it must have ended before a restart binds its socket's work again.
-                    if not _readable(self._pidfd, timeout):
-                        return None
-                    self.returncode = -1
-            return self.returncode
+                self.returncode = -1
+        return self.returncode
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:

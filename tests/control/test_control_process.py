@@ -294,3 +294,46 @@ def test_lookups_review_and_metrics_cross_the_boundary(upstream: RecordingUpstre
         with urllib.request.urlopen(base + "/readyz", timeout=10) as r:
             ready = json.loads(r.read())
         assert ready["checks"]["upstream"] is True and ready["status"] == "ready"
+
+
+def test_a_forked_control_process_starts_in_the_data_planes_directory_of_the_moment(
+    upstream: RecordingUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fork server is started once, from wherever this process then was; a control
+    # process forked later must still work where an exec'd one would have: relative paths
+    # in the settings (the review store's here) mean the same in both processes.
+    with running_sidecar(upstream.url):
+        pass
+    server = forkserver.server_pid()
+    assert server is not None and os.readlink(f"/proc/{server}/cwd") != str(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with running_sidecar(upstream.url, review={"db_path": "here/review.db"}) as svc:
+        assert forkserver.server_pid() == server  # forked, not a fresh interpreter
+        assert svc.control is not None and svc.control.pid is not None
+        assert os.readlink(f"/proc/{svc.control.pid}/cwd") == str(tmp_path)
+        assert _get(svc.control_url + "/readyz", timeout=5) == 200
+    assert (tmp_path / "here" / "review.db").exists()
+
+
+def test_a_killed_fork_server_leaves_its_control_process_serving_and_watched(
+    upstream: RecordingUpstream,
+) -> None:
+    with running_sidecar(upstream.url) as svc:
+        control = svc.control
+        assert control is not None
+        server, first = forkserver.server_pid(), control.pid
+        assert server is not None and first is not None
+        os.kill(server, signal.SIGKILL)
+        wait_until(lambda: _gone(server), what="the fork server to exit")
+        # The control process does not depend on it ...
+        assert _answers(svc.control_url + "/healthz")
+        assert control.pid == first and control.restarts == 0
+        # ... and its death is still seen: it is started again, from a new fork server.
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: control.pid != first and control.serving, 60, what="serving again")
+        assert forkserver.server_pid() not in (None, server)
+        assert _answers(svc.control_url + "/healthz")
+        assert control.restarts == 1
+        second = control.pid
+        assert second is not None
+    wait_until(lambda: _gone(second), what="the control process to stop with the service")
