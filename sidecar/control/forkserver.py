@@ -157,14 +157,16 @@ class ForkServer:
         (control socket, bridge) appended to argv as `--control-fd`/`--bridge-fd`."""
         status, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stdin_r, stdin_w = os.pipe()
+        opened: list[int] = []
         try:
             socket.send_fds(
                 self._channel,
                 [b"f"],
-                [*fds, stdin_r, _usable(1), _usable(2), status_theirs.fileno()],
+                [*fds, stdin_r, _usable(1, opened), _usable(2, opened), status_theirs.fileno()],
             )
         finally:
-            os.close(stdin_r)
+            for fd in (stdin_r, *opened):
+                os.close(fd)
             status_theirs.close()
         env = dict(os.environ)
         env["PYTHONPATH"] = _pythonpath(env)
@@ -203,13 +205,15 @@ def _pythonpath(env: dict[str, str]) -> str:
     return os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH", "")) if p)
 
 
-def _usable(fd: int) -> int:
-    """`fd` if it is open, else /dev/null's (a service started without a stderr)."""
+def _usable(fd: int, opened: list[int]) -> int:
+    """`fd` if it is open, else /dev/null's, added to `opened` (a service started without
+    a stderr)."""
     try:
         os.fstat(fd)
         return fd
     except OSError:
-        return os.open(os.devnull, os.O_RDWR)
+        opened.append(os.open(os.devnull, os.O_RDWR))
+        return opened[-1]
 
 
 _server: ForkServer | None = None
