@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import os
 import pickle
 import selectors
@@ -46,8 +47,9 @@ from pathlib import Path
 
 import sidecar
 
-# What the fork server imports before it forks: everything a control process runs.
-PRELOAD = "sidecar.control.process"
+# What the fork server imports before it forks: everything a control process runs, and
+# what FastAPI imports only at its first route (pydantic.v1, to tell v1 models apart).
+PRELOAD = ("sidecar.control.process", "pydantic.v1")
 # The fork server's imports come first: on a loaded machine they took over 10 s.
 START_TIMEOUT_S = 60.0
 # The package's root: the fork server imports this very code, whatever its sys.path would say.
@@ -349,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     channel = socket.socket(fileno=args.channel_fd)
     # A terminal's Ctrl-C is the service's to handle; this process ends with its channel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    __import__(PRELOAD)
+    for module in PRELOAD:
+        importlib.import_module(module)
     # Everything imported lives as long as each child: frozen, a child's collections never
     # walk it (nor write to its pages, which the children share with this process).
     gc.freeze()
