@@ -103,12 +103,14 @@ class ForkedProcess:
                         self._server_gone = True
             if self.returncode is not None or not self._server_gone:
                 return self.returncode
-        # The fork server was killed: nobody can tell how the child ends (-1), only when.
+        # The fork server was killed: the child's end is seen on its pidfd, and how it ended
+        # only if it came to be this process's child (a service that is a container's pid 1
+        # takes orphans in): -1 otherwise.
         if not _readable(self._pidfd, timeout):
             return None
         with self._lock:
             if self.returncode is None:
-                self.returncode = -1
+                self.returncode = _reap(self._pidfd)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -190,6 +192,18 @@ class ForkServer:
             )
             raise ForkServerError(f"the fork server could not fork a control process: {why}")
         return ForkedProcess(_PID.unpack(msg)[0], pidfds[0], status)
+
+
+def _reap(pidfd: int) -> int:
+    """The exit status of an exited child of this process; -1 if it is not one."""
+    try:
+        found = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return -1
+    if found is None:
+        return -1
+    killed = found.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+    return -found.si_status if killed else found.si_status
 
 
 def _readable(fd: int, timeout: float | None) -> bool:
