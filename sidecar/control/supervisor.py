@@ -17,28 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
-import sidecar
 from sidecar.config import Settings
+from sidecar.control import forkserver
 from sidecar.control.bridge import MAX_MESSAGE, AsyncOp, BridgeServer, SyncOp
+from sidecar.control.forkserver import ForkedProcess
 
 log = logging.getLogger("sidecar.control")
 
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
-# The child imports FastAPI and loads its own explainer before it serves.
+# The child loads its own explainer before it serves (the fork server's imports are
+# forkserver.START_TIMEOUT_S's).
 START_TIMEOUT_S = 60.0
-# The package's root: the child imports this very code, whatever its sys.path would say.
-_ROOT = str(Path(sidecar.__file__).resolve().parent.parent)
 
 
 class ControlProcessError(RuntimeError):
@@ -67,7 +64,7 @@ class ControlProcess:
         self._max_message = max_message
         self._lock = threading.Lock()
         self._stopping = False
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: ForkedProcess | None = None
         self._bridge: BridgeServer | None = None
         self._serving = threading.Event()
         self._restarts: list[float] = []
@@ -111,39 +108,22 @@ class ControlProcess:
                 max_message=self._max_message,
             )
             self._bridge.start()
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH", "")) if p)
-            fds = (self._sock.fileno(), theirs.fileno())
             try:
-                self._proc = subprocess.Popen(
+                self._proc = forkserver.fork(
                     [
-                        sys.executable,
-                        "-m",
-                        "sidecar.control.process",
-                        "--control-fd",
-                        str(fds[0]),
-                        "--bridge-fd",
-                        str(fds[1]),
                         "--nice",
                         str(self._nice),
                         "--log-level",
                         str(logging.getLogger().getEffectiveLevel()),
                     ],
-                    stdin=subprocess.PIPE,
-                    pass_fds=fds,
-                    env=env,
-                    # Its own session: a terminal's Ctrl-C reaches the service, which stops it.
-                    start_new_session=True,
+                    (self._sock.fileno(), theirs.fileno()),
+                    self._settings,
                 )
+            except forkserver.ForkServerError as exc:
+                raise ControlProcessError(str(exc)) from exc
             finally:
                 theirs.close()
             proc = self._proc
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(self._settings)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # it died at once: the wait below says how
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._serving.wait(0.05):
             code = proc.poll()

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.config import load_settings
-from sidecar.control import supervisor
+from sidecar.control import forkserver, supervisor
 from sidecar.control.supervisor import ControlProcessError
 from sidecar.priority import is_idle
 from sidecar.service import ServiceThread
@@ -95,10 +95,12 @@ def test_the_control_plane_is_its_own_niced_process(upstream: RecordingUpstream)
         assert svc.control is not None
         pid = svc.control.pid
         assert pid is not None and pid != os.getpid()
-        # A child of this process, and every one of its threads (uvicorn's, the bridge
-        # reader, the executor's) runs at the configured niceness.
+        # A child of this process's fork server (itself a child of this process), and every
+        # one of its threads (uvicorn's, the bridge reader, the executor's) runs at the
+        # configured niceness.
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        assert int(stat[1]) == os.getpid()
+        assert int(stat[1]) == forkserver.server_pid()
+        assert int(stat[1]) in _children(os.getpid())
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         assert len(tids) > 1
         assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {7}
@@ -175,6 +177,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _control_processes(pid: int) -> list[int]:
+    """The control processes a `sidecar serve` runs: its fork server's children."""
+    return [child for server in _children(pid) for child in _children(server)]
+
+
 def _serve(upstream_url: str) -> subprocess.Popen[str]:
     """`sidecar serve` in a process of its own, on free ports, its state in a fresh folder."""
     state = Path(tempfile.mkdtemp(prefix="sidecar-test-"))
@@ -210,13 +217,13 @@ def test_sidecar_serve_exits_naming_a_control_plane_that_keeps_dying(
                     serve.poll() is not None
                     or (
                         _answers(control_url + "/healthz")
-                        and bool(set(_children(serve.pid)) - killed)
+                        and bool(set(_control_processes(serve.pid)) - killed)
                     )
                 ),
                 60,
                 what="a control process serving",
             )
-            for child in set(_children(serve.pid)) - killed:
+            for child in set(_control_processes(serve.pid)) - killed:
                 os.kill(child, signal.SIGKILL)
                 killed.add(child)
         assert serve.wait(60) == 1
@@ -238,10 +245,12 @@ def test_the_control_process_stops_when_the_data_plane_is_killed(
         lines = [serve.stdout.readline(), serve.stdout.readline()]
         control_url = lines[1].split()[1]
         wait_until(lambda: _answers(control_url + "/healthz"), 60, what="control plane")
-        (child,) = _children(serve.pid)
+        (server,) = _children(serve.pid)
+        (child,) = _children(server)
         serve.kill()  # no chance to stop anything: the child must notice by itself
         serve.wait()
         wait_until(lambda: _gone(child), what="the control process to exit")
+        wait_until(lambda: _gone(server), what="the fork server to exit")
         host, port = control_url.removeprefix("http://").split(":")
         with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port))):
             pass
@@ -297,3 +306,46 @@ def test_lookups_review_and_metrics_cross_the_boundary(upstream: RecordingUpstre
         with urllib.request.urlopen(base + "/readyz", timeout=10) as r:
             ready = json.loads(r.read())
         assert ready["checks"]["upstream"] is True and ready["status"] == "ready"
+
+
+def test_a_forked_control_process_starts_in_the_data_planes_directory_of_the_moment(
+    upstream: RecordingUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fork server is started once, from wherever this process then was; a control
+    # process forked later must still work where an exec'd one would have: relative paths
+    # in the settings (the review store's here) mean the same in both processes.
+    with running_sidecar(upstream.url):
+        pass
+    server = forkserver.server_pid()
+    assert server is not None and os.readlink(f"/proc/{server}/cwd") != str(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with running_sidecar(upstream.url, review={"db_path": "here/review.db"}) as svc:
+        assert forkserver.server_pid() == server  # forked, not a fresh interpreter
+        assert svc.control is not None and svc.control.pid is not None
+        assert os.readlink(f"/proc/{svc.control.pid}/cwd") == str(tmp_path)
+        assert _get(svc.control_url + "/readyz", timeout=5) == 200
+    assert (tmp_path / "here" / "review.db").exists()
+
+
+def test_a_killed_fork_server_leaves_its_control_process_serving_and_watched(
+    upstream: RecordingUpstream,
+) -> None:
+    with running_sidecar(upstream.url) as svc:
+        control = svc.control
+        assert control is not None
+        server, first = forkserver.server_pid(), control.pid
+        assert server is not None and first is not None
+        os.kill(server, signal.SIGKILL)
+        wait_until(lambda: _gone(server), what="the fork server to exit")
+        # The control process does not depend on it ...
+        assert _answers(svc.control_url + "/healthz")
+        assert control.pid == first and control.restarts == 0
+        # ... and its death is still seen: it is started again, from a new fork server.
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: control.pid != first and control.serving, 60, what="serving again")
+        assert forkserver.server_pid() not in (None, server)
+        assert _answers(svc.control_url + "/healthz")
+        assert control.restarts == 1
+        second = control.pid
+        assert second is not None
+    wait_until(lambda: _gone(second), what="the control process to stop with the service")
