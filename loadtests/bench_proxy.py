@@ -57,7 +57,7 @@ import numpy as np
 import uvloop
 
 from loadtests import saturation
-from loadtests.control_load import ControlLoad, prepare
+from loadtests.control_load import PARTS, ControlLoad, prepare
 from loadtests.idle import idle_cpus
 from loadtests.loadgen import LoadResult, run_load
 from loadtests.nginx import NginxProcess
@@ -265,6 +265,7 @@ async def _rounds(
             "ratio_p50_to_quiet_sidecar": c["p50_ms"] / s["p50_ms"],
             "work_done": dict(control_load.counts) if control_load is not None else {},
             "control_on": args.control_on,
+            "control_parts": args.control_parts,
             "data_plane_cpu_us_per_req_quiet": 1e6 * own_cpu["sidecar"] / max(s["requests"], 1),
             "data_plane_cpu_us_per_req_working": 1e6
             * own_cpu["sidecar+control"]
@@ -545,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
         " to spare)",
     )
     parser.add_argument(
+        "--control-parts",
+        default=",".join(PARTS),
+        help="with --control-load: which of the control plane's work to run (comma-separated:"
+        " metrics, console, verify; default all), to tell their shares apart",
+    )
+    parser.add_argument(
         "--slowloris",
         type=int,
         default=0,
@@ -557,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.duration <= 0 or args.rate <= 0:
         parser.error("--rounds, --duration and --rate must be positive")
     extra = parse_set(args.set)
+    unknown = set(args.control_parts.split(",")) - set(PARTS)
+    if unknown:
+        parser.error(f"--control-parts takes {', '.join(PARTS)}, not {', '.join(sorted(unknown))}")
 
     cores = os.sched_getaffinity(0)
     try:
@@ -632,7 +642,14 @@ def _run(
                 # The control process (the sidecar's descendants) and `audit verify` on the other
                 # core, as in a pod with two cores where the kernel spreads them.
                 assert pin_descendants(sidecar.pid, near) >= 1, "no control process to pin"
-            control_load = ControlLoad(urls["control"], command, work / "review.db", on)
+            control_load = ControlLoad(
+                urls["control"],
+                command,
+                work / "review.db",
+                on,
+                parts=tuple(args.control_parts.split(",")),
+                client_cpus=near,
+            )
         hostile = None
         if args.slowloris:
             paths["sidecar+hostile"] = urls["proxy"]

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks.null import NullSink
 
 TOKEN = "bench-reviewer-token"
+_REPO = Path(__file__).resolve().parent.parent
 
 
 def prepare(work: Path, items: int) -> dict[str, dict[str, Any]]:
@@ -61,22 +65,24 @@ def prepare(work: Path, items: int) -> dict[str, dict[str, Any]]:
     return {"review": {"db_path": str(db)}, "auth": {"tokens_file": str(tokens)}}
 
 
-class ControlLoad:
-    """Runs the control-plane work in threads between `start` and `stop`; counts what it did."""
+PARTS = ("metrics", "console", "verify")
+
+
+class _Worker:
+    """The control-plane work itself, in threads, until `stop`: what `python -m
+    loadtests.control_load` runs."""
 
     def __init__(
         self,
         control_url: str,
-        sidecar_command: list[str],
-        db: Path,
-        verify_cpus: set[int] | None = None,
+        verify: list[str],
+        parts: tuple[str, ...],
+        verify_cpus: set[int] | None,
     ) -> None:
         self._url = control_url.rstrip("/")
-        # An operator's command run beside the sidecar (`kubectl exec` shares its container's
-        # CPU): niced, on the sidecar's core. On the load generator's core it would delay the
-        # generator's own wake-ups, and the +control path would be charged for that.
-        self._verify = ["nice", "-n", "19", *sidecar_command, "audit", "verify", "--db", str(db)]
+        self._verify = verify
         self._verify_cpus = verify_cpus
+        self._parts = parts
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.counts = {"scrapes": 0, "console_calls": 0, "verifies": 0, "failures": 0}
@@ -109,18 +115,89 @@ class ControlLoad:
             self.counts["verifies" if done == 0 else "failures"] += 1
 
     def start(self) -> None:
-        self._stop.clear()
         console = ["/review/items?limit=50", "/review/items/bench00000001/0"]
-        self._threads = [
-            threading.Thread(target=self._every_second, args=(["/metrics"], "scrapes")),
-            threading.Thread(target=self._every_second, args=(console, "console_calls")),
-            threading.Thread(target=self._verifying),
-        ]
-        for t in self._threads:
-            t.daemon = True
+        jobs: dict[str, tuple[Callable[..., None], tuple[Any, ...]]] = {
+            "metrics": (self._every_second, (["/metrics"], "scrapes")),
+            "console": (self._every_second, (console, "console_calls")),
+            "verify": (self._verifying, ()),
+        }
+        for part in self._parts:
+            fn, args = jobs[part]
+            t = threading.Thread(target=fn, args=args, daemon=True)
+            self._threads.append(t)
             t.start()
 
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
             t.join(60)
+
+
+class ControlLoad:
+    """The control-plane work of a `+control` round, in a process of its own between `start`
+    and `stop` (its HTTP clients in the load generator's process would take that process's
+    interpreter and delay the generator's own sends, charging the `+control` path for them);
+    counts what it did."""
+
+    def __init__(
+        self,
+        control_url: str,
+        sidecar_command: list[str],
+        db: Path,
+        verify_cpus: set[int] | None = None,
+        parts: tuple[str, ...] = PARTS,
+        client_cpus: set[int] | None = None,
+    ) -> None:
+        self._url = control_url
+        # An operator's command run beside the sidecar (`kubectl exec` shares its container's
+        # CPU): niced, on the sidecar's core unless told otherwise. `audit verify` lowers its
+        # own check's priority further (SCHED_IDLE).
+        self._verify = ["nice", "-n", "19", *sidecar_command, "audit", "verify", "--db", str(db)]
+        self._verify_cpus = verify_cpus
+        self._parts = parts
+        # Prometheus and a reviewer's browser are outside the pod: the load generator's core.
+        self._client_cpus = client_cpus
+        self._proc: subprocess.Popen[str] | None = None
+        self.counts = {"scrapes": 0, "console_calls": 0, "verifies": 0, "failures": 0}
+
+    def start(self) -> None:
+        spec = {
+            "url": self._url,
+            "verify": self._verify,
+            "parts": list(self._parts),
+            "verify_cpus": sorted(self._verify_cpus) if self._verify_cpus else None,
+        }
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.control_load", json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=_REPO,
+        )
+        if self._client_cpus:
+            os.sched_setaffinity(self._proc.pid, self._client_cpus)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        for k, v in json.loads(out or "{}").items():
+            self.counts[k] = self.counts.get(k, 0) + int(v)
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    cpus = set(spec["verify_cpus"]) if spec["verify_cpus"] else None
+    worker = _Worker(spec["url"], spec["verify"], tuple(spec["parts"]), cpus)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    worker.start()
+    done.wait()
+    worker.stop()
+    print(json.dumps(worker.counts), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

