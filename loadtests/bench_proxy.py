@@ -549,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         "--control-parts",
         default=",".join(PARTS),
         help="with --control-load: which of the control plane's work to run (comma-separated:"
-        " metrics, console, verify; default all), to tell their shares apart",
+        " metrics, console, verify; default all), to tell their shares apart; `none` runs the"
+        " +control rounds with no work (an A=A check of the rotation)",
     )
     parser.add_argument(
         "--slowloris",
@@ -564,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.duration <= 0 or args.rate <= 0:
         parser.error("--rounds, --duration and --rate must be positive")
     extra = parse_set(args.set)
-    unknown = set(args.control_parts.split(",")) - set(PARTS)
+    unknown = set(args.control_parts.split(",")) - set(PARTS) - {"none"}
     if unknown:
         parser.error(f"--control-parts takes {', '.join(PARTS)}, not {', '.join(sorted(unknown))}")
 
@@ -647,9 +648,10 @@ def _run(
                 command,
                 work / "review.db",
                 on,
-                parts=tuple(args.control_parts.split(",")),
+                parts=tuple(p for p in args.control_parts.split(",") if p != "none"),
                 client_cpus=near,
             )
+            control_load.open()
         hostile = None
         if args.slowloris:
             paths["sidecar+hostile"] = urls["proxy"]
@@ -666,7 +668,11 @@ def _run(
                 )
             )  # fmt: skip
         else:
-            measured = uvloop.run(_rounds(paths, args, pids, control_load, hostile))
+            try:
+                measured = uvloop.run(_rounds(paths, args, pids, control_load, hostile))
+            finally:
+                if control_load is not None:
+                    control_load.close()
         metrics = _metrics(urls["control"])
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

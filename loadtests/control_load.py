@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -134,10 +133,13 @@ class _Worker:
 
 
 class ControlLoad:
-    """The control-plane work of a `+control` round, in a process of its own between `start`
-    and `stop` (its HTTP clients in the load generator's process would take that process's
-    interpreter and delay the generator's own sends, charging the `+control` path for them);
-    counts what it did."""
+    """The control-plane work of the `+control` rounds, done by a process of its own (its
+    HTTP clients in the load generator's process would take that process's interpreter and
+    delay the generator's own sends, charging the `+control` path for them). The process is
+    started once, by `open`, before the rounds, and runs under SCHED_IDLE: starting an
+    interpreter in each round cost the generator's core a second of imports (an A=A run,
+    no work in the +control rounds, read 1.9x at p99). `start` and `stop` bracket a round;
+    `counts` sums what it did."""
 
     def __init__(
         self,
@@ -148,54 +150,85 @@ class ControlLoad:
         parts: tuple[str, ...] = PARTS,
         client_cpus: set[int] | None = None,
     ) -> None:
-        self._url = control_url
         # An operator's command run beside the sidecar (`kubectl exec` shares its container's
         # CPU): niced, on the sidecar's core unless told otherwise. `audit verify` lowers its
         # own check's priority further (SCHED_IDLE).
-        self._verify = ["nice", "-n", "19", *sidecar_command, "audit", "verify", "--db", str(db)]
-        self._verify_cpus = verify_cpus
-        self._parts = parts
+        verify = ["nice", "-n", "19", *sidecar_command, "audit", "verify", "--db", str(db)]
+        self._spec = json.dumps(
+            {
+                "url": control_url,
+                "verify": verify,
+                "parts": list(parts),
+                "verify_cpus": sorted(verify_cpus) if verify_cpus else None,
+            }
+        )
         # Prometheus and a reviewer's browser are outside the pod: the load generator's core.
         self._client_cpus = client_cpus
         self._proc: subprocess.Popen[str] | None = None
         self.counts = {"scrapes": 0, "console_calls": 0, "verifies": 0, "failures": 0}
 
-    def start(self) -> None:
-        spec = {
-            "url": self._url,
-            "verify": self._verify,
-            "parts": list(self._parts),
-            "verify_cpus": sorted(self._verify_cpus) if self._verify_cpus else None,
-        }
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.control_load", json.dumps(spec)],
+    def open(self) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.control_load", self._spec],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=_REPO,
         )
+        os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
         if self._client_cpus:
-            os.sched_setaffinity(self._proc.pid, self._client_cpus)
+            os.sched_setaffinity(proc.pid, self._client_cpus)
+        self._proc = proc
+        self._ask("ready")
+
+    def _ask(self, line: str) -> str:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        answer = proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the control-load process ended (asked {line!r})")
+        return answer
+
+    def start(self) -> None:
+        if self._proc is None:
+            self.open()
+        self._ask("start")
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-        for k, v in json.loads(out or "{}").items():
+        for k, v in json.loads(self._ask("stop")).items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(60)
 
 
 def main(argv: list[str]) -> int:
+    """Lines on stdin: `ready`, `start` (the work begins), `stop` (it ends; its counts are
+    the answer, a JSON line); end of input ends the process."""
     spec = json.loads(argv[0])
     cpus = set(spec["verify_cpus"]) if spec["verify_cpus"] else None
-    worker = _Worker(spec["url"], spec["verify"], tuple(spec["parts"]), cpus)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    worker.start()
-    done.wait()
-    worker.stop()
-    print(json.dumps(worker.counts), flush=True)
+    worker: _Worker | None = None
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "start":
+            worker = _Worker(spec["url"], spec["verify"], tuple(spec["parts"]), cpus)
+            worker.start()
+            answer = "started"
+        elif cmd == "stop" and worker is not None:
+            worker.stop()
+            answer = json.dumps(worker.counts)
+            worker = None
+        else:
+            answer = cmd
+        print(answer, flush=True)
+    if worker is not None:
+        worker.stop()
     return 0
 
 
