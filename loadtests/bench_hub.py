@@ -48,7 +48,7 @@ import psycopg
 
 from loadtests.bench_proxy import LOCK_PATH, _exclusive
 from loadtests.bench_sink import _free_port, own_broker, sample_decision
-from loadtests.procs import FastUpstreamProcess, SidecarProcess
+from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds_by_command
 from sidecar.hub import schema
 from sidecar.hub.db import connect
 from sidecar.hub.ingest import DEFAULT_DECODE, Decode, Ingest
@@ -250,21 +250,12 @@ def _ingest_once(
 def _server_cpu() -> dict[str, float]:
     """CPU seconds so far of this machine's PostgreSQL processes and Kafka broker (java):
     what the ingest costs on the other core, beside the hub's own."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {"postgres": 0.0, "broker": 0.0}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        kind = "postgres" if name.startswith("postgres") else "broker" if name == "java" else None
-        if kind:
-            f = stat.rsplit(")", 1)[1].split()
-            out[kind] += (int(f[11]) + int(f[12])) / ticks
-    return out
+    spent = cpu_seconds_by_command(
+        lambda name: (
+            "postgres" if name.startswith("postgres") else "broker" if name == "java" else None
+        )
+    )
+    return {"postgres": spent.get("postgres", 0.0), "broker": spent.get("broker", 0.0)}
 
 
 def bench_ingest(

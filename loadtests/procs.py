@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.demo.process import ModelServerProcess, wait_ready
@@ -18,30 +19,50 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _REPO = Path(__file__).resolve().parent.parent
 
 
+def _stat(pid: int | str) -> tuple[str, list[str]] | None:
+    """(command name, the fields after it) from /proc/PID/stat; None once it has gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    head, _, rest = stat.rpartition(")")
+    return head[head.index("(") + 1 :], rest.split()
+
+
+def _cpu(fields: list[str]) -> float:
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _all_stats() -> dict[int, tuple[str, list[str]]]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(entry)) is not None:
+            found[int(entry)] = st
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of `pid` and its live descendants (threads included)."""
-    total = 0.0
-    for p in [pid, *_descendants(pid)]:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
-        total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
-    return total
+    stats = [_stat(p) for p in [pid, *_descendants(pid)]]
+    return sum(_cpu(st[1]) for st in stats if st is not None)
+
+
+def cpu_seconds_by_command(kind: Callable[[str], str | None]) -> dict[str, float]:
+    """CPU seconds so far of every process on the machine, summed by `kind(command name)`
+    (processes it maps to None left out)."""
+    out: dict[str, float] = {}
+    for name, fields in _all_stats().values():
+        k = kind(name)
+        if k is not None:
+            out[k] = out.get(k, 0.0) + _cpu(fields)
+    return out
 
 
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+    for p, (_, fields) in _all_stats().items():
+        children.setdefault(int(fields[1]), []).append(p)
     out: list[int] = []
     stack = list(children.get(pid, []))
     while stack:

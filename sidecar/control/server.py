@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import uvicorn
+
+from sidecar.priority import lower_thread
 
 log = logging.getLogger("sidecar.control")
 
@@ -85,8 +86,8 @@ class ControlPlaneThread:
     def _run(self) -> None:
         # Linux schedules threads one by one: a nice control thread (and the worker threads
         # it starts, which inherit it) yields the sidecar's core to the data plane at once.
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+        with contextlib.suppress(OSError):
+            lower_thread(threading.get_native_id(), self._nice, idle=False)
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:

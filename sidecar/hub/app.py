@@ -139,13 +139,14 @@ def create_hub_app(
         ]
     )
     # The lookup by id in one statement, ahead of the review router's three-query one.
-    lookup_api = create_lookup_router(
+    lookup = lookup_function(
         authenticator,
         decisions.pool,
         store,
         explanations,
         reasons_of=people.reasons_of if people is not None else None,
     )
+    lookup_api = create_lookup_router(authenticator, lookup)
     app = create_control_app(
         registry=registry,
         ready_checks=ready_checks,
@@ -165,13 +166,7 @@ def create_hub_app(
     # The plain lookup answered in front of FastAPI's routing (see lookup_fast): the same answer.
     app.add_middleware(
         FastLookup,
-        lookup=lookup_function(
-            authenticator,
-            decisions.pool,
-            store,
-            explanations,
-            reasons_of=people.reasons_of if people is not None else None,
-        ),
+        lookup=lookup,
         require=authenticator.require(*LOOKUP_ROLES),
     )
     return app

@@ -114,7 +114,10 @@ def lookup_function(
     reasons_of: ReasonsFn | None = None,
 ) -> Callable[[str, Principal], LookupOut]:
     """The lookup both the route and `sidecar.hub.lookup_fast` answer with (blocking: run it
-    off the loop); a decision it cannot find raises the route's 404."""
+    off the loop); a decision it cannot find raises the route's 404. `explanations` (the
+    lookup the review and people routes share, one cache) explains what has no stored
+    explanation, past the sampled one the statement already looked for; `reasons_of` adds
+    the principal reasons, as on a sidecar."""
 
     def lookup(decision_id: str, who: Principal) -> LookupOut:
         found = find(pool, decision_id)
@@ -150,16 +153,10 @@ def lookup_function(
 
 
 def create_lookup_router(
-    authenticator: Authenticator,
-    pool: ConnectionPool[Conn],
-    store: HubReviewStore,
-    explanations: Explanations,
-    reasons_of: ReasonsFn | None = None,
+    authenticator: Authenticator, lookup: Callable[[str, Principal], LookupOut]
 ) -> APIRouter:
-    """GET /decisions/{id} and /decisions/{id}/{row}; `explanations` (the lookup the review
-    and people routes share, one cache) explains what has no stored explanation, past the
-    sampled one the statement already looked for; `reasons_of` adds the principal reasons,
-    as on a sidecar."""
+    """GET /decisions/{id} and /decisions/{id}/{row}, answered by `lookup` (`lookup_function`'s,
+    which `sidecar.hub.lookup_fast` answers the plain case with too)."""
     # FastAPI runs every plain-function dependency in its thread pool, one hop each: with the
     # handler's own that was three thread hand-offs per lookup, which on a busy machine cost
     # more at p99 than the statement. The checks are cheap and never block (a dictionary
@@ -181,8 +178,6 @@ def create_lookup_router(
         c: {"model": ErrorOut, "description": d} for c, d in codes.items()
     }
     responses[422] = {"model": ErrorOut, "description": "Invalid parameters"}
-
-    lookup = lookup_function(authenticator, pool, store, explanations, reasons_of)
 
     @router.get("/decisions/{request_id}", tags=["decisions"], responses=responses)
     async def lookup_first_row(request_id: RequestId, who: Principal = anyone) -> LookupOut:

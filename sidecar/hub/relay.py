@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import Any
 
 from sidecar.config import KafkaSettings
@@ -30,7 +31,7 @@ from sidecar.hub.db import Conn, connect
 from sidecar.metrics import Registry
 from sidecar.review.event_body import review_event_body
 from sidecar.sinks import events
-from sidecar.sinks.kafka import cloudevent_headers, producer_config
+from sidecar.sinks.kafka import cloudevent_headers, new_producer, producer_config
 
 log = logging.getLogger("sidecar.hub")
 
@@ -60,13 +61,7 @@ class ReviewRelay:
         self._topic = kafka.topic_reviews
         self._source = kafka.source.encode()
         self._timeout_s = kafka.delivery_timeout_ms / 1000
-
-        def default_producer() -> Any:
-            from kafka import KafkaProducer
-
-            return KafkaProducer(**cfg)
-
-        self._make_producer = make_producer or default_producer
+        self._make_producer = make_producer or partial(new_producer, cfg)
         self._producer: Any = None
         self._published = registry.counter(
             "sidecar_hub_reviews_published_total",
@@ -113,8 +108,6 @@ class ReviewRelay:
             try:
                 if conn is None or conn.closed:
                     conn = connect(self._url, application_name="sidecar-hub-relay")
-                if self._producer is None:
-                    self._producer = self._make_producer()
                 moved = self.relay_once(conn)
                 if failing:
                     log.warning("publishing review steps again")
@@ -155,6 +148,8 @@ class ReviewRelay:
             if not records:
                 self.backlog = 0
                 return 0
+            if self._producer is None:
+                self._producer = self._make_producer()
             sends = []
             for rec in records:
                 if rec.action in _NOT_RELAYED:

@@ -96,6 +96,14 @@ def producer_config(k: KafkaSettings) -> dict[str, Any]:
     return cfg
 
 
+def new_producer(cfg: dict[str, Any]) -> Producer:
+    """A kafka-python KafkaProducer from `producer_config`'s arguments."""
+    from kafka import KafkaProducer
+
+    producer: Producer = KafkaProducer(**cfg)
+    return producer
+
+
 _CE_TYPES = {k: v.encode() for k, v in events.CE_TYPES.items()}
 
 
@@ -212,15 +220,9 @@ class KafkaSink:
         def headers(rec: Record) -> list[tuple[str, bytes]]:
             return cloudevent_headers(rec.kind, source, rec.event_id, rec.time, rec.key)
 
-        def default_producer() -> Producer:
-            from kafka import KafkaProducer
-
-            producer: Producer = KafkaProducer(**cfg)
-            return producer
-
         self.delivery = Delivery(
             self.spool,
-            make_producer or default_producer,
+            make_producer or partial(new_producer, cfg),
             topics,
             headers,
             registry,

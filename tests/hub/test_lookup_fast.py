@@ -73,9 +73,9 @@ def apps(hub_database: str) -> Iterator[Apps]:
         return lookup(key, who)
 
     plain = FastAPI()
-    plain.include_router(create_lookup_router(authenticator, p, store, explanations))
+    plain.include_router(create_lookup_router(authenticator, lookup))
     fast = FastAPI()
-    fast.include_router(create_lookup_router(authenticator, p, store, explanations))
+    fast.include_router(create_lookup_router(authenticator, lookup))
     fast.add_middleware(FastLookup, lookup=counted, require=authenticator.require(*LOOKUP_ROLES))
     with connect(hub_database) as conn:
         rows = Rows()

@@ -26,7 +26,7 @@ from sidecar.decisions import Decision
 from sidecar.hub import schema
 from sidecar.hub.db import Conn, connect, pool
 from sidecar.hub.lookup import ID_WINDOW_S
-from sidecar.hub.lookup_route import ONE_STATEMENT, create_lookup_router, find
+from sidecar.hub.lookup_route import ONE_STATEMENT, create_lookup_router, find, lookup_function
 from sidecar.hub.review import HubReviewStore
 from sidecar.hub.rows import Rows, add
 from sidecar.hub.writer import Writer
@@ -99,7 +99,10 @@ def hub(hub_database: str) -> Iterator[Lookup]:
     authenticator = authenticator_from_settings(settings.auth)
     app = FastAPI()
     app.include_router(
-        create_lookup_router(authenticator, cast(ConnectionPool[Conn], counting), store, fallback)
+        create_lookup_router(
+            authenticator,
+            lookup_function(authenticator, cast(ConnectionPool[Conn], counting), store, fallback),
+        )
     )
     yield Lookup(hub_database, TestClient(app), counting, store, clock)
     p.close()
@@ -256,10 +259,12 @@ def test_paths_under_a_decision_that_are_not_rows_go_on_to_their_own_routes(hub:
     def reasons() -> dict[str, str]:
         return {"route": "reasons"}
 
+    authenticator = authenticator_from_settings(settings.auth)
     app = FastAPI()
     app.include_router(
         create_lookup_router(
-            authenticator_from_settings(settings.auth), hub.counting.inner, hub.store, fallback
+            authenticator,
+            lookup_function(authenticator, hub.counting.inner, hub.store, fallback),
         )
     )
     app.include_router(other)

@@ -129,9 +129,6 @@ def test_one_hub_relays_at_a_time(
     relay = ReviewRelay(
         database_url=database, kafka=_kafka(kafka_broker, topic), registry=Registry()
     )
-    from kafka import KafkaProducer
-
-    relay._producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
     try:
         with connect(database) as holder, connect(database) as conn:
             _settle(conn)
