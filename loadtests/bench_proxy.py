@@ -266,6 +266,7 @@ async def _rounds(
             "work_done": dict(control_load.counts) if control_load is not None else {},
             "control_on": args.control_on,
             "control_parts": args.control_parts,
+            "verify_pace": args.verify_pace,
             "data_plane_cpu_us_per_req_quiet": 1e6 * own_cpu["sidecar"] / max(s["requests"], 1),
             "data_plane_cpu_us_per_req_working": 1e6
             * own_cpu["sidecar+control"]
@@ -553,6 +554,14 @@ def main(argv: list[str] | None = None) -> int:
         " +control rounds with no work (an A=A check of the rotation)",
     )
     parser.add_argument(
+        "--verify-pace",
+        type=float,
+        default=None,
+        metavar="N",
+        help="with --control-load: run `audit verify` with --max-records-per-s N (default: the"
+        " command's own pace; 0: flat out, as before it was paced)",
+    )
+    parser.add_argument(
         "--slowloris",
         type=int,
         default=0,
@@ -650,6 +659,7 @@ def _run(
                 on,
                 parts=tuple(p for p in args.control_parts.split(",") if p != "none"),
                 client_cpus=near,
+                verify_pace=args.verify_pace,
             )
             control_load.open()
         hostile = None

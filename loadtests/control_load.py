@@ -149,11 +149,15 @@ class ControlLoad:
         verify_cpus: set[int] | None = None,
         parts: tuple[str, ...] = PARTS,
         client_cpus: set[int] | None = None,
+        verify_pace: float | None = None,
     ) -> None:
         # An operator's command run beside the sidecar (`kubectl exec` shares its container's
         # CPU): niced, on the sidecar's core unless told otherwise. `audit verify` lowers its
-        # own check's priority further (SCHED_IDLE).
+        # own check's priority further (SCHED_IDLE) and paces it (its default unless
+        # `verify_pace` is given; 0: flat out).
         verify = ["nice", "-n", "19", *sidecar_command, "audit", "verify", "--db", str(db)]
+        if verify_pace is not None:
+            verify += ["--max-records-per-s", str(verify_pace)]
         self._spec = json.dumps(
             {
                 "url": control_url,

@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from explainers.background import read_table
 from explainers.errors import ExplainerError, InputError
-from explainers.explainer import ExplainerOptions, build_explainer
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,6 +76,8 @@ def read_rows(arg: str) -> tuple[list[list[Any]] | Any, list[str] | None]:
         if not path.exists():
             raise InputError(f"ROWS {arg!r} is neither a JSON array nor an existing file")
         if path.suffix.lower() in (".csv", ".parquet", ".pq"):
+            from explainers.background import read_table
+
             rows, columns = read_table(path)
             return rows, columns
         text = path.read_text(encoding="utf-8")
@@ -91,6 +91,10 @@ def read_rows(arg: str) -> tuple[list[list[Any]] | Any, list[str] | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: numba's and the model libraries' imports take most of a second, which
+    # every other `sidecar` subcommand would pay when the parser registers this one.
+    from explainers.explainer import ExplainerOptions, build_explainer
+
     try:
         rows, columns = read_rows(args.rows)
         options = ExplainerOptions(

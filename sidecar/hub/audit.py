@@ -15,6 +15,7 @@ from typing import Any
 
 from sidecar.hub.db import Conn
 from sidecar.hub.schema import AUDIT_LOCK
+from sidecar.priority import paced
 from sidecar.review.audit import (
     AUDIT_COLUMNS,
     GENESIS,
@@ -75,9 +76,10 @@ def records(
     return [record_of_row(r) for r in cur.fetchall()]
 
 
-def verify(conn: Conn, expected_head: str | None = None) -> VerifyResult:
-    """Walk the whole chain from genesis (streamed: a server-side cursor, not one big fetch)."""
+def verify(conn: Conn, expected_head: str | None = None, per_s: float = 0) -> VerifyResult:
+    """Walk the whole chain from genesis (streamed: a server-side cursor, not one big fetch),
+    at most `per_s` records a second (0: no limit)."""
     with conn.transaction(), conn.cursor(name="audit_verify") as cur:
         cur.itersize = 10_000
         cur.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
-        return verify_rows(cur, expected_head)
+        return verify_rows(paced(cur, per_s), expected_head)

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.priority import paced
+
 GENESIS = "0" * 64
 
 SCHEMA = """
@@ -244,5 +246,9 @@ def verify_rows(rows: Iterable[tuple[Any, ...]], expected_head: str | None = Non
     return VerifyResult(True, count, count, prev_hash)
 
 
-def verify(conn: sqlite3.Connection, expected_head: str | None = None) -> VerifyResult:
-    return verify_rows(_raw_rows(conn), expected_head)
+def verify(
+    conn: sqlite3.Connection, expected_head: str | None = None, per_s: float = 0
+) -> VerifyResult:
+    """`verify_rows` over the database's chain, at most `per_s` records a second (0: no
+    limit; `sidecar.priority.paced`)."""
+    return verify_rows(paced(_raw_rows(conn), per_s), expected_head)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
-from sidecar.commands.audit import NICE
+from sidecar.commands.audit import LOCAL_RECORDS_PER_S, NICE
 from sidecar.priority import is_idle
 from sidecar.review import audit
 from tests.review.review_helpers import ReviewEnv, make_decision
@@ -220,10 +220,12 @@ def test_verify_runs_at_the_lowest_priority_unless_told_otherwise(
     idle: list[bool] = []
     real = audit.verify
 
-    def recording(conn: sqlite3.Connection, head: str | None = None) -> audit.VerifyResult:
+    def recording(
+        conn: sqlite3.Connection, head: str | None = None, per_s: float = 0
+    ) -> audit.VerifyResult:
         seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # the calling thread's niceness
         idle.append(is_idle(threading.get_native_id()))
-        return real(conn, head)
+        return real(conn, head, per_s)
 
     monkeypatch.setattr(audit, "verify", recording)
     ours = os.getpriority(os.PRIO_PROCESS, 0)
@@ -234,3 +236,39 @@ def test_verify_runs_at_the_lowest_priority_unless_told_otherwise(
     assert idle == [True, False]
     # Only the check's own thread was lowered: the caller keeps its priority.
     assert os.getpriority(os.PRIO_PROCESS, 0) == ours
+
+
+def test_the_local_check_is_paced_by_default_and_as_told(
+    env: ReviewEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(env)
+    paces: list[float] = []
+    real = audit.verify
+
+    def recording(
+        conn: sqlite3.Connection, head: str | None = None, per_s: float = 0
+    ) -> audit.VerifyResult:
+        paces.append(per_s)
+        return real(conn, head, per_s)
+
+    monkeypatch.setattr(audit, "verify", recording)
+    assert verify_cli(env.db_path).returncode == 0
+    assert verify_cli(env.db_path, "--max-records-per-s", "0").returncode == 0
+    assert verify_cli(env.db_path, "--max-records-per-s", "1e6").returncode == 0
+    assert paces == [LOCAL_RECORDS_PER_S, 0, 1e6]
+
+
+@pytest.mark.parametrize("rate", ["-1", "nan", "inf", "fast"])
+def test_a_bad_pace_is_refused_naming_the_option(env: ReviewEnv, rate: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        verify_cli(env.db_path, "--max-records-per-s", rate)
+    assert exit_.value.code == 2
+
+
+def test_a_paced_check_finds_tampering_as_an_unpaced_one(env: ReviewEnv) -> None:
+    fill(env)
+    tamper(env.db_path, "UPDATE audit SET actor = 'mallory' WHERE seq = 3")
+    fast = verify_cli(env.db_path, "--max-records-per-s", "0")
+    slow = verify_cli(env.db_path, "--max-records-per-s", "50")
+    assert fast.returncode == slow.returncode == 1
+    assert fast.stderr == slow.stderr and "seq=3" in slow.stderr
