@@ -161,6 +161,7 @@ def _combine(results: list[LoadResult]) -> dict[str, Any]:
         "max_ms": float(lat.max()) if lat.size else None,
         "non_2xx": sum(n for r in results for s, n in r.statuses.items() if not 200 <= s < 300),
         "errors": sum(r.errors + r.unanswered for r in results),
+        "reconnects": sum(r.reconnects for r in results),
         "backlogged": sum(r.backlogged for r in results),
         "loadgen_lag_max_ms": max(r.summary()["lag_max_ms"] for r in results),
         "loadgen_cpu_us_per_req": 1e6

@@ -8,6 +8,11 @@ connection is free, latency counts from the actual write: the event loop's timer
 millisecond granularity, and that jitter is the generator's, not the server's. How late
 the generator itself was (`lag`) is reported so a run can show it was not the bottleneck.
 
+A server that ends a keep-alive connection (`Connection: close`, as nginx does after
+`keepalive_requests` requests, or a close between requests) gets a new one in its place, as
+any client opens one: the pool keeps its size, and `reconnects` counts them. Only a request
+that was in flight when its connection went counts as an error.
+
     python -m loadtests.loadgen --url http://127.0.0.1:9100/v2/models/credit/infer --rate 1000
 """
 
@@ -60,6 +65,7 @@ class LoadResult:
     """When each answered request was sent (or scheduled, if backlogged), seconds into the run."""
     statuses: Counter[int] = field(default_factory=Counter)
     errors: int = 0
+    reconnects: int = 0
     unanswered: int = 0
     backlogged: int = 0
     lags: list[float] = field(default_factory=list)
@@ -94,6 +100,7 @@ class LoadResult:
             "ok": sum(n for s, n in self.statuses.items() if 200 <= s < 300),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "errors": self.errors,
+            "reconnects": self.reconnects,
             "unanswered": self.unanswered,
             "backlogged": self.backlogged,
             **{k: float(v) for k, v in pct.items()},
@@ -113,6 +120,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.started = 0.0
+        self.retired = False
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,9 +144,12 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
 
     def on_message_complete(self) -> None:
+        keep = self._parser.should_keep_alive()
         self._gen.completed(
-            self, self._parser.get_status_code(), self.started, _perf() - self.started
+            self, self._parser.get_status_code(), self.started, _perf() - self.started, keep
         )
+        if not keep and self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -158,6 +169,10 @@ class _Generator:
         self.all_done: asyncio.Event = asyncio.Event()
         self.expected = 0
         self.t0 = 0.0
+        self.conns: list[_Connection] = []
+        self.closing = False
+        self.connect: Any = None  # () -> awaitable (transport, _Connection)
+        self._replacing: set[asyncio.Task[None]] = set()
 
     def dispatch(self, scheduled: float, now: float) -> None:
         self.result.sent += 1
@@ -174,12 +189,16 @@ class _Generator:
         self.busy.add(conn)
         conn.send(data, started)
 
-    def completed(self, conn: _Connection, status: int, started: float, latency: float) -> None:
+    def completed(
+        self, conn: _Connection, status: int, started: float, latency: float, keep: bool = True
+    ) -> None:
         self.result.latencies.append(latency)
         self.result.starts.append(started - self.t0)
         self.result.statuses[status] += 1
         self.busy.discard(conn)
-        if self.backlog:
+        if not keep:
+            self._retire(conn)
+        elif self.backlog:
             self._write(conn, self.backlog.popleft())
         else:
             self.idle.append(conn)
@@ -191,7 +210,33 @@ class _Generator:
             self.result.errors += 1
         if conn in self.idle:
             self.idle.remove(conn)
+        self._retire(conn)
         self._check_done()
+
+    def _retire(self, conn: _Connection) -> None:
+        """`conn` carries no more requests: open one in its place while the run lasts."""
+        if conn.retired:
+            return
+        conn.retired = True
+        if self.closing or self.connect is None:
+            return
+        self.result.reconnects += 1
+        task = asyncio.get_running_loop().create_task(self._replace())
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self) -> None:
+        try:
+            _, conn = await self.connect()
+        except OSError:
+            return  # the server is gone: the requests left wait in the backlog, unanswered
+        self.conns.append(conn)
+        if self.closing:
+            return
+        if self.backlog:
+            self._write(conn, self.backlog.popleft())
+        else:
+            self.idle.append(conn)
 
     def _check_done(self) -> None:
         answered = len(self.result.latencies) + self.result.errors
@@ -217,9 +262,10 @@ async def run_load(
     loop = asyncio.get_running_loop()
     result = LoadResult(rate=rate, duration_s=duration_s)
     gen = _Generator(requests, result)
-    conns: list[_Connection] = []
+    gen.connect = lambda: loop.create_connection(lambda: _Connection(gen), host, port)
+    conns = gen.conns
     for _ in range(connections):
-        _, conn = await loop.create_connection(lambda: _Connection(gen), host, port)
+        _, conn = await gen.connect()
         conns.append(conn)
     gen.idle = list(reversed(conns))
 
@@ -243,6 +289,10 @@ async def run_load(
     result.elapsed_s = _perf() - t0
     result.cpu_s = time.process_time() - cpu0
     result.unanswered = total - len(result.latencies) - result.errors
+    gen.closing = True
+    for task in list(gen._replacing):
+        with contextlib.suppress(Exception):
+            await task
     for conn in conns:
         if conn.transport is not None:
             conn.transport.close()

@@ -60,6 +60,7 @@ async def saturate(
                     "p50_ms": c["p50_ms"],
                     "p99_ms": c["p99_ms"],
                     "errors": c["errors"] + c["non_2xx"],
+                    "reconnects": c["reconnects"],
                     "backlogged": c["backlogged"],
                     "cpu_us_per_req": 1e6 * cpu / max(c["requests"], 1)
                     if cpu is not None
