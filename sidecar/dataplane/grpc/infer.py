@@ -62,6 +62,25 @@ SERVICE = "/inference.GRPCInferenceService/"
 MODEL_INFER = SERVICE + "ModelInfer"
 MODEL_STREAM_INFER = SERVICE + "ModelStreamInfer"
 DECISION_ID = "x-decision-id"
+# The protocol's unary methods (Triton's included): a call gets at most proxy.timeout_s.
+UNARY_METHODS = frozenset(
+    SERVICE + m
+    for m in (
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelConfig",
+        "ModelStatistics",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+        "TraceSetting",
+        "LogSettings",
+        "ModelInfer",
+    )
+)
 # Requests of one stream still waiting for their answer; past it the oldest is not recorded.
 MAX_PENDING = 1024
 _HELD_HEADERS = [(b"content-type", b"application/json")]
