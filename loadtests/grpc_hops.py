@@ -63,7 +63,6 @@ from loadtests.bench_grpc import PASSTHROUGH, SERVER_READY, _payload, _summary, 
 from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive, write_config
 from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds
 from sidecar.dataplane.grpc import NO_EVENT_ENGINE
-from sidecar.dataplane.grpc.forward import end_to_end
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import ModelInferResponse, ServerReadyResponse
 
 # Candidate name: (proxy API, environment it runs with).
@@ -91,6 +90,18 @@ _GO_BINARY = _REPO / ".cache" / "grpc-go-hop" / "grpchop"
 _TIMEOUT_S = 30.0
 _NO_DEADLINE_S = 1e8
 Context = Any
+
+
+# Metadata a grpcio proxy never copies from one hop to the next: gRPC's own keys, HTTP/2's
+# connection headers and what the channel sets itself (what the sidecar's grpcio
+# listener filtered, before the frame tap replaced it).
+_HOP = frozenset(
+    {"te", "content-type", "user-agent", "host", "connection", "keep-alive", "transfer-encoding"}
+)
+
+
+def end_to_end(metadata: Any) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in metadata or () if k not in _HOP and not k.startswith(("grpc-", ":"))]
 
 
 def _answer() -> bytes:

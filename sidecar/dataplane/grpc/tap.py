@@ -189,8 +189,9 @@ class Hooks:
         """A new stream's request headers, edited in place; (code, details) refuses it."""
         return None
 
-    def response_headers(self, conn: TapConnection, s: Stream, headers: list[Header]) -> None:
-        """The upstream's initial headers, edited in place before they go to the client."""
+    def response_headers(self, conn: TapConnection, s: Stream, headers: list[Header]) -> bool:
+        """The upstream's initial headers, edited in place; False: the hook sends them itself."""
+        return True
 
     def trailers(self, conn: TapConnection, s: Stream, headers: list[Header]) -> None:
         """The upstream's trailers, edited in place."""
@@ -339,6 +340,8 @@ class TapConnection(asyncio.Protocol):
         self.to_client: list[bytes] = []
         self.to_upstream: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
+        # Window the tap owes the upstream's view of the client, by stream id (0: connection).
+        self.debt: dict[int, int] = {}
 
     # Connection life --------------------------------------------------------------
 
@@ -560,6 +563,13 @@ class TapConnection(asyncio.Protocol):
                 if run < i:
                     out.append(buf[run:i])
                 run = end
+            elif ftype == f.WINDOW_UPDATE and self.debt and length == 4:
+                if run < i:
+                    out.append(buf[run:i])
+                run = end
+                increment = self._pay(sid, f.u32(buf, i + 9) & 0x7FFFFFFF)
+                if increment:
+                    out.append(f.window_update(sid, increment))
             i = end
         if run < i:
             out.append(buf if run == 0 and i == n else buf[run:i])
@@ -651,7 +661,7 @@ class TapConnection(asyncio.Protocol):
                 f"sidecar: more than {c.max_concurrent} calls at once (proxy.grpc_max_concurrent_rpcs)",
             )
             return
-        refused = self.hooks.request(self, s, edited)
+        refused = self.hooks.request(self, s, headers, edited)
         if refused is not None:
             self._refuse(s, *refused)
             return
@@ -800,10 +810,9 @@ class TapConnection(asyncio.Protocol):
         if end_stream:
             self._read_status(s, edited)
             self.hooks.trailers(self, s, edited)
-        elif not s.response_started:
-            self.hooks.response_headers(self, s, edited)
-        if not end_stream or not s.response_started:
-            s.response_started = True
+        elif not s.response_started and not self.hooks.response_headers(self, s, edited):
+            return
+        s.response_started = True
         if s.answered:
             return
         self.to_client.append(
@@ -836,6 +845,30 @@ class TapConnection(asyncio.Protocol):
                 headers[message_at] = (b"grpc-message", msg)
             else:
                 headers.append((b"grpc-message", msg))
+
+    def send_headers(self, s: Stream, headers: list[Header], end_stream: bool) -> None:
+        """A header block of the tap's own toward the client."""
+        self.to_client.append(f.header_block(s.sid, self._cenc.encode(headers), end_stream))
+        s.response_started = True
+
+    def owe(self, sid: int, n: int) -> None:
+        """The client got `n` more DATA bytes than the upstream sent (a message the tap
+        rewrote longer): that much of the client's next WINDOW_UPDATEs is not passed up,
+        so the upstream's view of the client's windows stays exact."""
+        self.debt[0] = self.debt.get(0, 0) + n
+        self.debt[sid] = self.debt.get(sid, 0) + n
+
+    def _pay(self, sid: int, increment: int) -> int:
+        """What is left of a client WINDOW_UPDATE once the debt on its stream is paid."""
+        owed = self.debt.get(sid, 0)
+        if not owed:
+            return increment
+        paid = min(owed, increment)
+        if owed == paid:
+            del self.debt[sid]
+        else:
+            self.debt[sid] = owed - paid
+        return increment - paid
 
     # Streams the tap ends ----------------------------------------------------------
 
@@ -917,6 +950,7 @@ class TapConnection(asyncio.Protocol):
             s.timer = None
         if s.answered:
             self._remember_gone(s.sid)
+        self.debt.pop(s.sid, None)
         self.hooks.done(s)
 
     # When the upstream cannot be reached ---------------------------------------------
