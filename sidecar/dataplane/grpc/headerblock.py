@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from hpack.huffman_table import HPACKDecodingError, decode_huffman
+from hpack.exceptions import HPACKDecodingError
+from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 Header = tuple[bytes, bytes]

@@ -64,6 +64,8 @@ _EARLY_LIMIT = 1 << 20
 ALONE_S = 1.0
 # Streams the tap ended whose late frames it still recognises (and drops).
 _GONE = 1024
+# How long a connection closed for an error is still read (and discarded) after GOAWAY.
+LINGER_S = 1.0
 # Outgoing bytes queued on one side past which the other side stops being read.
 _HIGH_WATER = 1 << 20
 
@@ -184,9 +186,10 @@ class Hooks:
     """What the listener does beyond forwarding (decisions, metrics); the bare tap's are no-ops."""
 
     def request(
-        self, conn: TapConnection, s: Stream, headers: list[Header]
+        self, conn: TapConnection, s: Stream, received: Headers, headers: list[Header]
     ) -> tuple[int, str] | None:
-        """A new stream's request headers, edited in place; (code, details) refuses it."""
+        """A new stream: the headers as received, and as they will go up (edit in place);
+        (code, details) refuses it."""
         return None
 
     def response_headers(self, conn: TapConnection, s: Stream, headers: list[Header]) -> bool:
@@ -447,10 +450,15 @@ class TapConnection(asyncio.Protocol):
             self._finish(s)
         self._flush()
         self._closing = True
-        if self.transport is not None:
-            self.transport.close()
         if self.up is not None:
             self.up.close()
+        t = self.transport
+        if t is not None:
+            # Half-close and read on (discarding) a moment: closing with unread bytes would
+            # send a TCP reset, and the peer could lose the GOAWAY that says why.
+            if t.can_write_eof():
+                t.write_eof()
+            self.loop.call_later(LINGER_S, t.close)
 
     # Client to upstream ------------------------------------------------------------
 
