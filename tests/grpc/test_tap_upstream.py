@@ -1,0 +1,107 @@
+"""Upstreams that misbehave at the HTTP/2 level: one that never answers (the tap's own deadline
+ends the call and cancels it upstream), one that drops the connection mid-call (UNAVAILABLE)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from sidecar.dataplane.grpc import frames as f
+from tests.grpc.conftest import address, grpc_sidecar
+from tests.servers import wait_until
+
+MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
+
+
+class _SilentUpstream:
+    """Speaks just enough HTTP/2 (SETTINGS and their ack), answers no stream; records the
+    frame types it got. `hang_up`: closes the connection on the first HEADERS instead."""
+
+    def __init__(self, hang_up: bool) -> None:
+        self._hang_up = hang_up
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.types: list[int] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+
+    def _conn(self, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(f.settings([]))
+            buf = b""
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                if buf.startswith(f.PREFACE):
+                    buf = buf[len(f.PREFACE) :]
+                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                    length, ftype, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+                    buf = buf[9 + length :]
+                    self.types.append(ftype)
+                    if ftype == f.SETTINGS and not flags & f.ACK:
+                        conn.sendall(f.frame(f.SETTINGS, f.ACK, 0))
+                    if ftype == f.HEADERS and self._hang_up:
+                        return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def _silent(hang_up: bool) -> Iterator[_SilentUpstream]:
+    up = _SilentUpstream(hang_up)
+    try:
+        yield up
+    finally:
+        up.close()
+
+
+def test_an_upstream_that_never_answers_is_deadline_exceeded_and_cancelled() -> None:
+    # The model server here ignores grpc-timeout: only the tap's own timer can end the call.
+    with (
+        _silent(hang_up=False) as up,
+        grpc_sidecar(f"http://127.0.0.1:{up.port}", proxy={"timeout_s": 0.5}) as svc,
+        grpc.insecure_channel(address(svc)) as ch,
+    ):
+        # The client's deadline is later than proxy.timeout_s: the sidecar's answer is what
+        # it sees.
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(MODEL_READY)(b"", timeout=5.0)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert f"upstream 127.0.0.1:{up.port} did not answer within proxy.timeout_s (0.5 s)" in (
+            err.value.details() or ""
+        )
+        # The upstream was told to stop.
+        wait_until(lambda: f.RST_STREAM in up.types, what="RST_STREAM upstream")
+
+
+def test_an_upstream_that_hangs_up_mid_call_is_unavailable_naming_it() -> None:
+    with (
+        _silent(hang_up=True) as up,
+        grpc_sidecar(f"http://127.0.0.1:{up.port}") as svc,
+        grpc.insecure_channel(address(svc)) as ch,
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(MODEL_READY)(b"", timeout=5)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert f"upstream 127.0.0.1:{up.port} closed the connection" in (err.value.details() or "")
