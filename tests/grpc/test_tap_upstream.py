@@ -13,6 +13,7 @@ import pytest
 
 from sidecar.dataplane.grpc import frames as f
 from tests.grpc.conftest import address, grpc_sidecar
+from tests.grpc_model_server import RunningModelServer
 from tests.servers import wait_until
 
 MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
@@ -105,3 +106,21 @@ def test_an_upstream_that_hangs_up_mid_call_is_unavailable_naming_it() -> None:
             ch.unary_unary(MODEL_READY)(b"", timeout=5)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert f"upstream 127.0.0.1:{up.port} closed the connection" in (err.value.details() or "")
+
+
+def test_a_stopping_sidecar_lets_calls_in_flight_finish(model_server: RunningModelServer) -> None:
+    with contextlib.ExitStack() as stack:
+        svc = stack.enter_context(grpc_sidecar(model_server.url))
+        ch = grpc.insecure_channel(address(svc))
+        future = ch.unary_unary("/test.Echo/Unary").future(
+            b"late", metadata=(("x-test-sleep", "1"), ("x-drain", "1"))
+        )
+        wait_until(
+            lambda: any("x-drain" in s.metadata for s in model_server.recorder.calls),
+            what="call upstream",
+        )
+    # The sidecar stopped (GOAWAY, then a grace for calls in flight) with the call upstream.
+    try:
+        assert future.result(timeout=10) == b"etal"
+    finally:
+        ch.close()

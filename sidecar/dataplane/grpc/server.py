@@ -202,8 +202,14 @@ class GrpcServer:
             self._server.close()
             for conn in list(self._conns):
                 conn.close()
+            # Calls in flight get `grace_s` to finish; then their connections are closed.
+            deadline = time.monotonic() + grace_s
+            while self._conns and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for conn in list(self._conns):
+                conn.abort()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), grace_s)
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
         if self._channel is not None:
             await self._channel.close()
 

@@ -325,6 +325,7 @@ class TapConnection(asyncio.Protocol):
         self._early_len = 0
         self._alone: str | None = None
         self._closing = False
+        self.draining = False
         self._preface = False
         self._last_sid = 0
         # Incoming bytes not yet a whole frame, per direction.
@@ -416,9 +417,18 @@ class TapConnection(asyncio.Protocol):
         self.transport.close()
 
     def close(self) -> None:
-        """Shutdown: GOAWAY to the client; the upstream's streams finish as they will."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f.goaway(self._last_sid, f.NO_ERROR))
+        """Drain: GOAWAY to the client (no new streams); the connection closes once the
+        streams it has are over (the listener's stop closes what is left after its grace)."""
+        t = self.transport
+        if t is None or t.is_closing() or self.draining:
+            return
+        self.draining = True
+        t.write(f.goaway(self._last_sid, f.NO_ERROR))
+        if not self.streams:
+            t.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
             self.transport.close()
 
     def pause_writing(self) -> None:
@@ -635,6 +645,11 @@ class TapConnection(asyncio.Protocol):
             return
         if sid <= self._last_sid or not sid & 1:
             raise _ConnectionError(f.PROTOCOL_ERROR, f"stream id {sid} not new")
+        if self.draining:
+            # Sent before the client read the GOAWAY: refused, so it may retry elsewhere.
+            self.to_client.append(f.rst_stream(sid, f.REFUSED_STREAM))
+            self._remember_gone(sid)
+            return
         self._last_sid = sid
         now = perf_counter()
         method = ""
@@ -960,6 +975,14 @@ class TapConnection(asyncio.Protocol):
             self._remember_gone(s.sid)
         self.debt.pop(s.sid, None)
         self.hooks.done(s)
+        if self.draining and not self.streams:
+            # After this read's bytes (the stream's last frames) are written.
+            self.loop.call_soon(self._close_drained)
+
+    def _close_drained(self) -> None:
+        if not self.streams and self.transport is not None:
+            self._flush()
+            self.transport.close()
 
     # When the upstream cannot be reached ---------------------------------------------
 
