@@ -339,7 +339,6 @@ class TapConnection(asyncio.Protocol):
         self._udec = Decoder(MAX_TABLE, 1 << 30)
         self._cenc = Encoder()  # toward the client
         self._uenc = Encoder()  # toward the upstream
-        self._upstream_settings_seen = False
         # Bytes to write at the end of the read being handled, per direction.
         self.to_client: list[bytes] = []
         self.to_upstream: list[bytes] = []
