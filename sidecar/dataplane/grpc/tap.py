@@ -504,9 +504,21 @@ class TapConnection(asyncio.Protocol):
         except _ConnectionError as err:
             self._connection_error(err.code, str(err))
             return
+        except Exception:
+            # A bug here must not leave the connection half-handled: it ends cleanly.
+            log.exception("gRPC: error handling client frames")
+            self._connection_error(f.INTERNAL_ERROR, "internal error")
+            return
         self._cbuf = buf[i:]
         self._flush()
-        self.hooks.after_flush(self)
+        self._after_flush()
+
+    def _after_flush(self) -> None:
+        try:
+            self.hooks.after_flush(self)
+        except Exception:
+            # Work off the forwarding path (decisions): the calls were answered already.
+            log.exception("gRPC: error after forwarding")
 
     def _client_frames(self, buf: bytes, i: int) -> int:
         n = len(buf)
@@ -715,9 +727,13 @@ class TapConnection(asyncio.Protocol):
         except _ConnectionError as err:
             self._connection_error(err.code, "upstream: " + str(err))
             return
+        except Exception:
+            log.exception("gRPC: error handling upstream frames")
+            self._connection_error(f.INTERNAL_ERROR, "internal error")
+            return
         self._ubuf = buf[i:]
         self._flush()
-        self.hooks.after_flush(self)
+        self._after_flush()
 
     def _upstream_frames(self, buf: bytes) -> int:
         n = len(buf)
