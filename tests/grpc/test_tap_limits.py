@@ -82,9 +82,12 @@ class Raw:
                 code = f.u32(payload, 4)
         return code
 
-    def call(self, sid: int, body: bytes, *extra: tuple[bytes, bytes]) -> dict[bytes, bytes]:
-        """One unary echo call: every header the stream got back, trailers included."""
-        self.send(f.header_block(sid, self.enc.encode(_request(ECHO, *extra)), False))
+    def call(
+        self, sid: int, body: bytes, *extra: tuple[bytes, bytes], path: bytes = ECHO
+    ) -> dict[bytes, bytes]:
+        """One unary call (echo unless `path`): every header the stream got back, trailers
+        included, and its DATA."""
+        self.send(f.header_block(sid, self.enc.encode(_request(path, *extra)), False))
         self.send(f.frame(f.DATA, f.END_STREAM, sid, _message(body)))
         return self.answer(sid)
 
