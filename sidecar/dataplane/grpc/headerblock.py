@@ -15,7 +15,9 @@ gRPC client sends almost the same block on every call (fully indexed, ~10 bytes,
 only `grpc-timeout` varies), so decoded blocks are cached by their bytes for as
 long as the dynamic table does not change (a block that inserts or resizes is
 decoded every time and clears the cache). Encodings are cached per (name, value).
-Huffman strings use the `hpack` package's decoder and its static table.
+Huffman strings use the `hpack` package's decoder and its static table. Measured on a
+busy machine for a warm grpcio client's 10-byte block of 10 indexed fields: `hpack` 135 µs,
+this decoder 33 µs uncached and 0.5 µs from the cache; re-encoding the 10 fields 5 µs.
 """
 
 from __future__ import annotations
