@@ -111,7 +111,6 @@ class Stream:
 
     __slots__ = (
         "answered",
-        "arrived",
         "client_done",
         "code",
         "deadline",
@@ -133,7 +132,6 @@ class Stream:
         self.sid = sid
         self.method = method
         self.t0 = t0
-        self.arrived = 0.0
         self.code = -1
         self.client_done = False
         self.upstream_done = False
@@ -679,7 +677,6 @@ class TapConnection(asyncio.Protocol):
             edited.append(h)
         s = Stream(sid, method, now)
         s.client_done = end_stream
-        s.arrived = time.time()
         c = self.config
         if too_large:
             self._refuse(
