@@ -28,6 +28,8 @@ The candidates (`--only` picks some):
                `pip install grpclib`, left out when it does not import)
   go           grpc-go's server and client (loadtests/grpc_go_hop/, built with `go build`
                on first use; left out without a Go toolchain): what a compiled hop costs
+  tap          the sidecar's HTTP/2 frame tap (sidecar/dataplane/grpc/tap.py) alone, without
+               decisions: frames forwarded, header blocks decoded and re-encoded
   sidecar      `sidecar serve` itself, on the data plane's loop beside the HTTP listener:
                the call goes through its pass-through path (no decision)
 Every path calls ModelStatistics with the ModelInfer request's bytes: a method the
@@ -61,7 +63,6 @@ from loadtests.bench_grpc import PASSTHROUGH, SERVER_READY, _payload, _summary, 
 from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive, write_config
 from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds
 from sidecar.dataplane.grpc import NO_EVENT_ENGINE
-from sidecar.dataplane.grpc.forward import end_to_end
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import ModelInferResponse, ServerReadyResponse
 
 # Candidate name: (proxy API, environment it runs with).
@@ -76,18 +77,31 @@ KINDS: dict[str, tuple[str, dict[str, str]]] = {
     "sync-1": ("sync-1", {}),
     "sync-noee": ("sync", {"GRPC_EXPERIMENTS": NO_EVENT_ENGINE}),
     "grpclib": ("grpclib", {}),
+    "tap": ("tap", {}),
     # `sidecar serve` itself (its own defaults), the call forwarded by its pass-through path.
     "sidecar": ("sidecar", {}),
     # A compiled hop for comparison: grpc-go (loadtests/grpc_go_hop/), built with `go`.
     "go": ("go", {}),
 }
-APIS = ("aio", "aio-asyncio", "aio-tuned", "aio-lazy", "sync", "sync-1", "grpclib")
+APIS = ("aio", "aio-asyncio", "aio-tuned", "aio-lazy", "sync", "sync-1", "grpclib", "tap")
 _REPO = Path(__file__).resolve().parent.parent
 _GO_SOURCE = Path(__file__).resolve().parent / "grpc_go_hop"
 _GO_BINARY = _REPO / ".cache" / "grpc-go-hop" / "grpchop"
 _TIMEOUT_S = 30.0
 _NO_DEADLINE_S = 1e8
 Context = Any
+
+
+# Metadata a grpcio proxy never copies from one hop to the next: gRPC's own keys, HTTP/2's
+# connection headers and what the channel sets itself (what the sidecar's grpcio
+# listener filtered, before the frame tap replaced it).
+_HOP = frozenset(
+    {"te", "content-type", "user-agent", "host", "connection", "keep-alive", "transfer-encoding"}
+)
+
+
+def end_to_end(metadata: Any) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in metadata or () if k not in _HOP and not k.startswith(("grpc-", ":"))]
 
 
 def _answer() -> bytes:
@@ -272,6 +286,27 @@ async def serve_grpclib(port: int, upstream: str) -> None:
     await server.wait_closed()
 
 
+async def serve_tap(port: int, upstream: str) -> None:
+    from sidecar.dataplane.grpc.infer import UNARY_METHODS
+    from sidecar.dataplane.grpc.tap import Hooks, TapConnection, tap_config
+
+    config = tap_config(
+        f"http://{upstream}",
+        None,
+        Hooks(),
+        timeout_s=_TIMEOUT_S,
+        max_message=8 << 20,
+        max_concurrent=1024,
+        max_header_bytes=60 * 1024,
+        unary=UNARY_METHODS,
+        strip=frozenset({b"x-group-attributes"}),
+    )
+    conns: set[TapConnection] = set()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: TapConnection(config, conns), "127.0.0.1", port)
+    await server.serve_forever()
+
+
 def serve(kind: str, port: int, upstream: str) -> None:
     if kind == "aio":
         uvloop.run(serve_aio(port, upstream, tuned=False))
@@ -287,6 +322,8 @@ def serve(kind: str, port: int, upstream: str) -> None:
         serve_sync(port, upstream, workers=1)
     elif kind == "grpclib":
         uvloop.run(serve_grpclib(port, upstream))
+    elif kind == "tap":
+        uvloop.run(serve_tap(port, upstream))
     else:
         raise SystemExit(f"unknown kind {kind!r}")
 

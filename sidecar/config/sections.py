@@ -44,7 +44,7 @@ class ProxySettings(_Section):
     max_target_bytes: int = Field(default=8 * 1024, ge=256)
     """Longest request target (path and query) taken; longer ones get 414 and the connection closes."""
     max_header_bytes: int = Field(default=60 * 1024, ge=1024)
-    """Largest request header section (names and values) taken; larger ones get 431 and the connection closes."""
+    """Largest request header section (names and values) taken; larger ones get 431 and the connection closes. On gRPC: a header block past it ends the connection (GOAWAY), a decoded header list past it the call (RESOURCE_EXHAUSTED)."""
     max_headers: int = Field(default=100, ge=8)
     """Most request header lines taken; more get 431 and the connection closes."""
     max_connections: int = Field(default=1024, ge=1)

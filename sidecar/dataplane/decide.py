@@ -228,8 +228,10 @@ class Decider:
         latency: float,
         arrived: float,
         body_groups: Any,
+        call_id: str | None = None,
     ) -> Batch | None:
-        """`decide` for an answer already read into the V2 JSON shape (the gRPC adapter's)."""
+        """`decide` for an answer already read into the V2 JSON shape (the gRPC adapter's,
+        which gives the call id it already sent the client)."""
         try:
             parsed = call.parse(request, response, self._feature_names, self._labels)
         except _PARSE_ERRORS as exc:
@@ -257,7 +259,7 @@ class Decider:
             # find their decisions by it.
             body_id = request.get("id")
             client_id = client_request_id(body_id) if type(body_id) is str else None
-        call_id = new_call_id()
+        call_id = call_id or new_call_id()
         version = response.get("model_version") if isinstance(response, dict) else None
         version = str(version) if version else (call.model_version or self._model_version)
         names = parsed.feature_names

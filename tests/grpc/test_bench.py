@@ -49,7 +49,7 @@ def test_bench_grpc_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_grpc_hops_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The compiled comparison where there is a Go toolchain (built on first use).
-    kinds = ["aio", "sync-noee", "sidecar"] + (["go"] if shutil.which("go") else [])
+    kinds = ["aio", "sync-noee", "tap", "sidecar"] + (["go"] if shutil.which("go") else [])
     code = hops_main(
         [
             "--rate",

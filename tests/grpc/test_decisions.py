@@ -283,3 +283,41 @@ def test_stream_requests_past_the_pending_bound_are_not_recorded_nor_mismatched(
     text = body.decode()
     assert 'reason="stream_unanswered"} 3.0' in text
     assert 'reason="stream_unmatched"} 3.0' in text
+
+
+def test_a_decision_that_fails_never_fails_the_call(
+    sidecar: Service, channel: grpc.Channel, direct: grpc.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in deciding")
+
+    data = _typed_request(_rows(1), "broken-1").SerializeToString()
+    monkeypatch.setattr(sidecar.decider, "decide_parsed", broken)
+    # Decided after the answer is written: the answer is the model's, and the connection
+    # keeps serving.
+    assert channel.unary_unary(INFER)(data) == direct.unary_unary(INFER)(data)
+    assert channel.unary_unary(INFER)(data) == direct.unary_unary(INFER)(data)
+    monkeypatch.undo()
+    again = _typed_request(_rows(1), "broken-2").SerializeToString()
+    channel.unary_unary(INFER)(again)
+    wait_until(lambda: len(_decisions(sidecar, "broken-2")) == 1, what="decision")
+    assert _decisions(sidecar, "broken-1") == []
+
+
+def test_a_failure_where_the_answer_waits_ends_only_that_connection(
+    model_server: RunningModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with grpc_sidecar(model_server.url, review={"mode": "hold"}) as svc:
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug in deciding")
+
+        data = _typed_request(_rows(1), "broken-3").SerializeToString()
+        monkeypatch.setattr(svc.decider, "decide_parsed", broken)
+        with grpc.insecure_channel(address(svc)) as ch, pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(INFER)(data, timeout=10)
+        # Not an answer that looks like the model's: the connection ended.
+        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+        monkeypatch.undo()
+        with grpc.insecure_channel(address(svc)) as ch:
+            assert pb.ModelInferResponse.FromString(ch.unary_unary(INFER)(data, timeout=10)).outputs

@@ -1,4 +1,6 @@
-"""The gRPC listener: `server.py`, `forward.py`, `infer.py`, `tensors.py`.
+"""The gRPC listener: `server.py`, `tap.py` (with `frames.py`, `headerblock.py`), `infer.py`,
+`tensors.py`. The listener is an HTTP/2 frame tap, not grpcio; grpcio is left with the
+readiness check's channel (and the benchmarks' clients and candidate hops).
 
 Importing this package, before anything imports grpc, turns grpcio's EventEngine
 rollouts off for the process unless `GRPC_EXPERIMENTS` is already set (then the

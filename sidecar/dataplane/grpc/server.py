@@ -1,22 +1,21 @@
-"""The gRPC listener (`proxy.grpc_listen`): one generic handler that forwards every method.
+"""The gRPC listener (`proxy.grpc_listen`): the frame tap (tap.py) on the data plane's loop.
 
-It runs on the data plane's event loop (grpcio's asyncio API works on uvloop):
-the decisions go to the same pipeline from the same thread as the HTTP path's,
-and a second loop would only add a thread competing for the interpreter.
-Methods are served as they are named on the wire, without a registered
-service: the Open Inference Protocol's unary methods as unary-unary, its
-inference methods with decisions, and any other method as a stream-stream
-call, which carries unary and streaming RPCs alike.
+It runs on the data plane's event loop: the decisions go to the same pipeline
+from the same thread as the HTTP path's. Every method is forwarded as it is
+named on the wire, unknown ones included; ModelInfer and ModelStreamInfer are
+also decided (infer.py). The hooks here count calls by method and status code
+(grpc-status from the trailers; CANCELLED for a stream reset either way).
+
+`/readyz` asks the upstream ServerReady through a grpcio channel of its own:
+not on the hot path, and it checks what a gRPC client would see.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
-from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -24,51 +23,40 @@ from grpc.aio import AioRpcError
 
 from sidecar.config import ProxySettings
 from sidecar.dataplane.decide import Decider
-from sidecar.dataplane.grpc.forward import Forwarder
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import ServerReadyResponse
-from sidecar.dataplane.grpc.infer import MODEL_INFER, MODEL_STREAM_INFER, SERVICE, InferHandlers
+from sidecar.dataplane.grpc.headerblock import Header, Headers
+from sidecar.dataplane.grpc.infer import (
+    MODEL_INFER,
+    MODEL_STREAM_INFER,
+    SERVICE,
+    UNARY_METHODS,
+    InferHooks,
+)
+from sidecar.dataplane.grpc.tap import Hooks, Stream, TapConnection, tap_config
 from sidecar.metrics import Counter, Histogram, Registry
 from sidecar.pipeline.queue import Pipeline
 
 log = logging.getLogger("sidecar.dataplane.grpc")
 
 SERVER_READY = SERVICE + "ServerReady"
-# The protocol's unary methods (Triton's included): served unary-unary, a cheaper path.
-_UNARY = frozenset(
-    SERVICE + m
-    for m in (
-        "ServerLive",
-        "ServerReady",
-        "ModelReady",
-        "ServerMetadata",
-        "ModelMetadata",
-        "ModelConfig",
-        "ModelStatistics",
-        "RepositoryIndex",
-        "RepositoryModelLoad",
-        "RepositoryModelUnload",
-        "TraceSetting",
-        "LogSettings",
-    )
-)
 # Methods given their own metric label; others count as "other", so a client sending
 # random method names cannot grow the metric families.
 _MAX_METHOD_LABELS = 64
-_MAX_HANDLERS = 256
-
-# grpcio ships no type information: its objects are Any to mypy.
-Context = Any
+# grpc-status numbers to the names the metrics use (grpcio's table).
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_INFER = frozenset({MODEL_INFER, MODEL_STREAM_INFER})
+perf_counter = time.perf_counter
 
 
 class _Metrics:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._calls: dict[tuple[str, str], Counter] = {}
+        self._calls: dict[tuple[str, int], Counter] = {}
         self._labels: dict[str, str] = {}
         self.latency: Histogram = registry.histogram(
             "sidecar_grpc_call_seconds", "gRPC calls through the sidecar, from arrival to status"
         )
-        self.count(MODEL_INFER, grpc.StatusCode.OK, 0)
+        self.count(MODEL_INFER, 0, 0)
 
     def label(self, method: str) -> str:
         label = self._labels.get(method)
@@ -77,124 +65,81 @@ class _Metrics:
             self._labels[method] = label
         return label
 
-    def count(self, method: str, code: grpc.StatusCode, n: int = 1) -> None:
-        key = (self.label(method), code.name)
+    def count(self, method: str, code: int, n: int = 1) -> None:
+        key = (method, code)
         c = self._calls.get(key)
         if c is None:
+            if len(self._calls) >= _MAX_METHOD_LABELS * 20:
+                self._calls.clear()
             c = self._calls[key] = self._registry.counter(
                 "sidecar_grpc_calls_total",
                 "gRPC calls through the sidecar, by method and status code",
-                {"method": key[0], "code": key[1]},
+                {"method": self.label(method), "code": _CODE_NAMES.get(code, "UNKNOWN")},
             )
         c.inc(n)
 
 
-def _code(context: Context, failed: BaseException | None) -> grpc.StatusCode:
-    if isinstance(failed, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code  # type: ignore[no-any-return]
-    return grpc.StatusCode.UNKNOWN if failed is not None else grpc.StatusCode.OK
+class ListenerHooks(Hooks):
+    """Metrics for every call; the inference RPCs' hooks for those two methods."""
 
-
-class _Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """Maps each method name to a handler, built on first use and kept."""
-
-    def __init__(self, forwarder: Forwarder, infer: InferHandlers, metrics: _Metrics) -> None:
-        self._fwd = forwarder
-        self._infer = infer
+    def __init__(self, metrics: _Metrics, infer: InferHooks) -> None:
         self._metrics = metrics
-        self._handlers: dict[str, Any] = {}
+        self.infer = infer
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any | None:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        handler = self._handlers.get(method)
-        if handler is None:
-            handler = self._build(method)
-            if len(self._handlers) >= _MAX_HANDLERS:
-                self._handlers.clear()
-            self._handlers[method] = handler
-        return handler
+    def request(
+        self, conn: TapConnection, s: Stream, received: Headers, headers: list[Header]
+    ) -> tuple[int, str] | None:
+        if s.method in _INFER:
+            return self.infer.request(s, received)
+        return None
 
-    def _build(self, method: str) -> Any:
-        if method == MODEL_INFER:
-            return grpc.unary_unary_rpc_method_handler(
-                self._counted_unary(method, self._infer.model_infer)
-            )
-        if method in _UNARY:
-            return grpc.unary_unary_rpc_method_handler(
-                self._counted_unary(method, partial(self._fwd.passthrough_unary, method))
-            )
-        if method == MODEL_STREAM_INFER:
-            return grpc.stream_stream_rpc_method_handler(
-                self._counted_stream(method, self._infer.model_stream_infer)
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._counted_stream(method, partial(self._fwd.passthrough_stream, method))
-        )
+    def response_headers(self, conn: TapConnection, s: Stream, headers: list[Header]) -> bool:
+        if s.infer is not None:
+            return self.infer.response_headers(conn, s, headers)
+        return True
 
-    def _counted_unary(
-        self, method: str, fn: Callable[[bytes, Context], Awaitable[bytes]]
-    ) -> Callable[[bytes, Context], Awaitable[bytes]]:
-        metrics = self._metrics
+    def trailers(self, conn: TapConnection, s: Stream, headers: list[Header]) -> None:
+        if s.infer is not None:
+            self.infer.trailers(conn, s)
 
-        async def handle(request: bytes, context: Context) -> bytes:
-            t0 = time.perf_counter()
-            failed: BaseException | None = None
-            try:
-                return await fn(request, context)
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                metrics.count(method, _code(context, failed))
-                metrics.latency.observe(time.perf_counter() - t0)
+    def client_data(
+        self, conn: TapConnection, s: Stream, frame: bytes, flags: int, payload: bytes
+    ) -> bool:
+        self.infer.client_data(conn, s, frame, payload)
+        return False
 
-        return handle
+    def upstream_data(
+        self, conn: TapConnection, s: Stream, frame: bytes, flags: int, payload: bytes
+    ) -> bool:
+        return self.infer.upstream_data(conn, s, frame, payload)
 
-    def _counted_stream(
-        self, method: str, fn: Callable[[AsyncIterator[bytes], Context], Awaitable[None]]
-    ) -> Callable[[AsyncIterator[bytes], Context], Awaitable[None]]:
-        metrics = self._metrics
+    def done(self, s: Stream) -> None:
+        self._metrics.count(s.method, s.code)
+        self._metrics.latency.observe(perf_counter() - s.t0)
+        if s.infer is not None:
+            self.infer.done(s)
 
-        async def handle(requests: AsyncIterator[bytes], context: Context) -> None:
-            t0 = time.perf_counter()
-            failed: BaseException | None = None
-            try:
-                await fn(requests, context)
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                metrics.count(method, _code(context, failed))
-                metrics.latency.observe(time.perf_counter() - t0)
-
-        return handle
+    def after_flush(self, conn: TapConnection) -> None:
+        if self.infer.work:
+            self.infer.after_flush()
 
 
-def channel_for(settings: ProxySettings) -> tuple[grpc.aio.Channel, str]:
-    """The upstream channel (TLS verified for https://, against proxy.upstream_ca_file if set)."""
+def channel_for(settings: ProxySettings) -> grpc.aio.Channel:
+    """The readiness channel (TLS verified for https://, against proxy.upstream_ca_file if set)."""
     assert settings.grpc_upstream is not None
     parts = urlsplit(settings.grpc_upstream)
     https = parts.scheme == "https"
     target = f"{parts.hostname}:{parts.port or (443 if https else 80)}"
-    limit = settings.grpc_max_message_bytes
-    options = [
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        # Calls fail at once while the upstream is down rather than queue behind a reconnect.
-        ("grpc.enable_retries", 0),
-    ]
+    options = [("grpc.enable_retries", 0)]
     if not https:
-        return grpc.aio.insecure_channel(target, options=options), target
+        return grpc.aio.insecure_channel(target, options=options)
     roots = settings.upstream_ca_file.read_bytes() if settings.upstream_ca_file else None
     creds = grpc.ssl_channel_credentials(root_certificates=roots)
-    return grpc.aio.secure_channel(target, creds, options=options), target
+    return grpc.aio.secure_channel(target, creds, options=options)
 
 
 class GrpcServer:
-    """The listener, the upstream channel and the handlers; started and stopped by the Service."""
+    """The listener and its hooks; started and stopped by the Service."""
 
     def __init__(
         self,
@@ -209,49 +154,62 @@ class GrpcServer:
         self._pipeline = pipeline
         self._registry = registry
         self._body_field = body_field
-        self._server: grpc.aio.Server | None = None
+        self._server: asyncio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.infer: InferHandlers | None = None
+        self._conns: set[TapConnection] = set()
+        self.infer: InferHooks | None = None
         self.port = 0
 
     async def start(self) -> None:
-        """Open the channel and the listener (on the running loop). Fails naming the key."""
+        """Open the listener (on the running loop). Fails naming the key."""
         s = self._settings
-        assert s.grpc_listen is not None
-        self._loop = asyncio.get_running_loop()
-        self._channel, target = channel_for(s)
-        strip = frozenset(name.decode("latin-1") for name in self._decider.strip)
-        forwarder = Forwarder(self._channel, target, s.timeout_s, strip)
-        self.infer = infer = InferHandlers(
-            forwarder,
+        assert s.grpc_listen is not None and s.grpc_upstream is not None
+        self._loop = loop = asyncio.get_running_loop()
+        self.infer = infer = InferHooks(
             self._decider,
             self._pipeline,
             decision_id_in_parameters=s.grpc_decision_id_in_parameters,
             body_field=self._body_field,
         )
-        limit = s.grpc_max_message_bytes
-        server = grpc.aio.server(
-            handlers=[_Handler(forwarder, infer, _Metrics(self._registry))],
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-            ],
-            maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs,
+        config = tap_config(
+            s.grpc_upstream,
+            str(s.upstream_ca_file) if s.upstream_ca_file else None,
+            ListenerHooks(_Metrics(self._registry), infer),
+            timeout_s=s.timeout_s,
+            max_message=s.grpc_max_message_bytes,
+            max_concurrent=s.grpc_max_concurrent_rpcs,
+            max_header_bytes=s.max_header_bytes,
+            unary=UNARY_METHODS,
+            strip=self._decider.strip,
+            connect_timeout_s=s.connect_timeout_s,
         )
+        host, _, port = s.grpc_listen.rpartition(":")
+        conns = self._conns
         try:
-            self.port = server.add_insecure_port(s.grpc_listen)
-        except RuntimeError as exc:
+            self._server = await loop.create_server(
+                lambda: TapConnection(config, conns), host.strip("[]"), int(port)
+            )
+        except OSError as exc:
             raise RuntimeError(
                 f"proxy.grpc_listen = {s.grpc_listen!r}: cannot listen ({exc})"
             ) from None
-        self._server = server
-        await server.start()
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._channel = channel_for(s)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._server is not None:
-            await self._server.stop(grace_s)
+            self._server.close()
+            for conn in list(self._conns):
+                conn.close()
+            # Calls in flight get `grace_s` to finish; then their connections are closed.
+            deadline = time.monotonic() + grace_s
+            while self._conns and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for conn in list(self._conns):
+                conn.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
         if self._channel is not None:
             await self._channel.close()
 
