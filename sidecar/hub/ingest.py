@@ -6,17 +6,19 @@ commits. A hub killed between the two has its last batch delivered again (to
 itself after a restart, or to the hub that takes the partition over), and the
 writes skip what is already there: no event is lost and none is stored twice.
 
-Polling and writing overlap: one thread polls the next batch while another
-writes the current one (a queue of `_AHEAD` batches between them), because a
-batch's COPY and INSERTs are mostly the database's time, not the hub's. The
-writer takes batches in poll order and hands each back once its transaction
-has committed; the polling thread commits their offsets, in order, between
-polls (the consumer is only ever called from that thread: a synchronous commit
-from another thread while this one polls was seen to hang for minutes). So an
-offset is never committed ahead of its rows. When the group takes partitions
-away (a rebalance, or the consumer closing), the batches not yet written are
-dropped uncommitted, the one being written is finished and committed, and only
-then do the partitions go: the next owner starts from the last committed offset.
+Polling and writing overlap: one thread polls and decodes the next batch while
+another writes the current one (a queue of `_AHEAD` batches between them),
+because a batch's COPY is mostly the database's time, not the hub's: decoding
+on the writer's thread put the hub's decode and the database's insert one after
+the other on every batch. The writer takes batches in poll order and hands each
+back once its transaction has committed; the polling thread commits their
+offsets, in order, between polls (the consumer is only ever called from that
+thread: a synchronous commit from another thread while this one polls was seen
+to hang for minutes). So an offset is never committed ahead of its rows. When
+the group takes partitions away (a rebalance, or the consumer closing), the
+batches not yet written are dropped uncommitted, the one being written is
+finished and committed, and only then do the partitions go: the next owner
+starts from the last committed offset.
 """
 
 from __future__ import annotations

@@ -1,28 +1,36 @@
 """Batched, idempotent writes of one poll's events: one transaction per batch.
 
-The database-decoding path (`write_raw`; ingest now decodes in Python by
-default, `write_decoded`: see `sidecar.hub.ingest.DEFAULT_DECODE`) hands the
-messages to PostgreSQL as they came: COPY streams them verbatim into a
-staging table's `jsonb` column, and each table's `INSERT ... SELECT` extracts
-its columns there, so the hub decodes no JSON (it was a quarter of the hub's
-CPU per event with kafka-python's consumer). The checks the Python
-path makes (an object, of its topic's event type, with a UUID event id, a
-time, a decision id) are a view over the staging table; a batch the database
-cannot parse (a message that is not JSON, not UTF-8, or with a time it cannot
-read) is written again through the Python path, which counts and skips the
-bad messages, so a poison message never stalls a partition.
-
-Every INSERT takes its rows in primary-key order: two hubs writing the same
-redelivered events at once (a partition moving during a rebalance) then take
-the rows' locks in one order and wait for each other instead of deadlocking.
+Bodies are stored as the text that arrived (`sidecar.hub.schema`, migration 5):
+PostgreSQL neither parses nor rebuilds them. The hub decodes each message
+(`sidecar.hub.rows`) and sends the columns the queries filter on beside it.
 
 Two ways to write a batch, compared by `loadtests/bench_hub.py` (the README
-keeps the figures): `copy` streams the rows into a temporary table with COPY
-and moves them with one `INSERT ... SELECT ... ON CONFLICT DO NOTHING` per
-table; `pipeline` sends one `INSERT ... ON CONFLICT DO NOTHING` per row in
-psycopg's pipeline mode (`executemany`). Either way a redelivered event hits
-the conflict and is skipped, so writing a batch twice leaves what writing it
-once did.
+keeps the figures): `copy` and `pipeline` (one `INSERT ... ON CONFLICT DO
+NOTHING` per row in psycopg's pipeline mode, `executemany`). `copy` COPYs the
+decisions and explanations straight into their tables. A batch that meets a
+row already stored (redelivered after a restart or a rebalance, or being
+written by another hub at the same moment, whose commit ends our wait on the
+key) gets a unique violation, which rolls the whole transaction back; the
+batch is then written again through session-local staging tables, COPY into
+them and one `INSERT ... SELECT ... ON CONFLICT DO NOTHING` per table, which
+skips what is there. So writing a batch twice leaves what writing it once did,
+and the common batch, all new, costs PostgreSQL one pass instead of two.
+
+Every statement takes its rows in primary-key order (the direct COPY sorts
+them: canonical UUID text sorts as the index does): two hubs writing the same
+redelivered events at once then take the rows' locks in one order and wait
+for each other instead of deadlocking.
+
+The database-decoding path (`write_raw`; not the default, see
+`sidecar.hub.ingest.DEFAULT_DECODE`) hands the messages to PostgreSQL as they
+came: COPY streams them verbatim into a staging table, whose generated column
+parses each once (`jsonb`), and each table's `INSERT ... SELECT` extracts its
+columns there and stores the text. The checks the Python path makes (an
+object, of its topic's event type, with a UUID event id, a time, a decision
+id) are a view over the staging table; a batch the database cannot parse (a
+message that is not JSON, not UTF-8, or with a time it cannot read) is written
+again through the Python path, which counts and skips the bad messages, so a
+poison message never stalls a partition.
 """
 
 from __future__ import annotations
