@@ -4,6 +4,7 @@
                                   [--rate 500] [--duration 20] [--phases writer,ingest,lookup,visible]
                                   [--consumer confluent[,kafka-python]]
                                   [--database-url URL] [--bootstrap HOST:PORT]
+                                  [--pg-set NAME=VALUE ...]
 
 1. Write methods (same run, alternating): decision events/s through the hub's writer
    (parse + one transaction per 5,000-event batch) with COPY into a staging table against
@@ -12,6 +13,8 @@
    method), pinned to one core (target >= 20,000 events/s), and its process CPU per event:
    JSON decoded in Python (the hub's way) against decoded by PostgreSQL, alternating; with
    `--consumer confluent,kafka-python` also the hub's kafka-python loop of before, same run.
+   On the other core: PostgreSQL's and the broker's CPU per event, and the WAL written per
+   event with the checkpoints met (full-page images follow each one).
 3. Lookup: with `--decisions` stored decisions, GET /decisions/{id} at a running hub over
    HTTP, one client, keep-alive: p50/p99 (target p99 <= 5 ms); the database's share too (the
    one statement, against the three the control plane's lookup makes, same run).
@@ -20,7 +23,10 @@
    in the hub's database (polled every 5 ms), p50/p99 (target p99 <= 1 s at 500/s).
 
 Without --database-url / --bootstrap it starts PostgreSQL (scripts/postgres.sh) and Kafka
-(scripts/kafka.sh) on free ports. Writes the result as JSON to loadtests/results/.
+(scripts/kafka.sh) on free ports; `--pg-set` changes that server's settings (the test
+server runs without fsync and synchronous commit: `--pg-set fsync=on --pg-set
+synchronous_commit=on --pg-set full_page_writes=on` runs a durable one). The settings each
+run used are printed and kept with the result, written as JSON to loadtests/results/.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from loadtests.bench_proxy import LOCK_PATH, _exclusive
 from loadtests.bench_sink import _free_port, own_broker, sample_decision
@@ -88,6 +95,65 @@ def own_postgres(cpus: set[int] | None) -> Iterator[str]:
     finally:
         subprocess.run([script, "stop"], env=env, check=False)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+# The server settings every figure depends on, printed and kept with the result: the test
+# server (scripts/postgres.sh) runs without fsync and synchronous commit, which a deployment
+# must not; `--pg-set` runs the bench with others.
+SERVER_SETTINGS = (
+    "fsync",
+    "synchronous_commit",
+    "full_page_writes",
+    "wal_compression",
+    "wal_level",
+    "shared_buffers",
+    "max_wal_size",
+    "checkpoint_timeout",
+)
+
+
+def server_settings(server_url: str) -> dict[str, str]:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)",
+            (list(SERVER_SETTINGS),),
+        ).fetchall()
+    return {str(n): str(v) for n, v in sorted(rows, key=lambda r: SERVER_SETTINGS.index(r[0]))}
+
+
+def apply_settings(server_url: str, assignments: list[str], timeout_s: float = 10.0) -> None:
+    """`ALTER SYSTEM SET` each NAME=VALUE on the bench's own server and reload it; a setting
+    the server refuses, or that takes a restart, stops the run naming it."""
+    pairs = []
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--pg-set takes NAME=VALUE, got {item!r}")
+        pairs.append((name.strip(), value.strip()))
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for name, value in pairs:
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            )
+        conn.execute("SELECT pg_reload_conf()")
+    names = [n for n, _ in pairs]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # A new session reads the reloaded file: `applied` once the server took each setting.
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT name, applied, error FROM pg_file_settings WHERE name = ANY(%s)"
+                " AND sourcefile LIKE '%%postgresql.auto.conf'",
+                (names,),
+            ).fetchall()
+        refused = [f"{n} ({e})" for n, _, e in rows if e is not None]
+        if refused:
+            raise SystemExit(f"--pg-set: the server did not apply {', '.join(refused)}")
+        if len(rows) == len(names) and all(a for _, a, _ in rows):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"--pg-set: not applied after {timeout_s:g} s: {rows}")
+        time.sleep(0.1)
 
 
 def fresh_database(server_url: str) -> str:
@@ -228,6 +294,7 @@ def _ingest_once(
         )
     cpu0 = time.process_time()
     others0 = _server_cpu()
+    wal0 = _wal(url)
     t0 = time.perf_counter()
     ingest.start()
     try:
@@ -242,9 +309,24 @@ def _ingest_once(
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         others = {k: (v - others0[k]) / n * 1e6 for k, v in _server_cpu().items()}
+        wal1 = _wal(url)
+        others["wal_bytes"] = (wal1[0] - wal0[0]) / n
+        others["checkpoints"] = wal1[1] - wal0[1]
     finally:
         ingest.stop()
     return n / elapsed, cpu / n * 1e6, others
+
+
+def _wal(url: str) -> tuple[float, float]:
+    """The server's WAL position in bytes and its checkpoints so far: the run's WAL per event
+    (full-page images after each checkpoint included), and how many checkpoints it met."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8,"
+            " (checkpoints_timed + checkpoints_req)::float8 FROM pg_stat_bgwriter"
+        ).fetchone()
+    assert row is not None
+    return float(row[0]), float(row[1])
 
 
 def _server_cpu() -> dict[str, float]:
@@ -311,6 +393,8 @@ def bench_ingest(
         # On the other core, per event: PostgreSQL's processes and the broker (least of rounds).
         "postgres_cpu_us_per_event": min(o["postgres"] for o in servers[default]),
         "broker_cpu_us_per_event": min(o["broker"] for o in servers[default]),
+        "wal_bytes_per_event": min(o["wal_bytes"] for o in servers[default]),
+        "checkpoints": max(o["checkpoints"] for o in servers[default]),
         "other_decode_events_per_s": best[other],
         "other_decode_cpu_us_per_event": least[other],
         "variants": {k: {"events_per_s": best[k], "cpu_us_per_event": least[k]} for k in best},
@@ -589,12 +673,22 @@ def main(argv: list[str] | None = None) -> int:
         " more than one compares them in the same run (default: confluent)",
     )
     parser.add_argument("--database-url", default=None, help="a server to create databases on")
+    parser.add_argument(
+        "--pg-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting for the server the bench starts (repeatable; ALTER SYSTEM"
+        " and reload), e.g. --pg-set fsync=on --pg-set synchronous_commit=on",
+    )
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if not phases or phases - set(PHASES):
         parser.error(f"--phases takes {', '.join(PHASES)}")
+    if args.pg_set and args.database_url:
+        parser.error("--pg-set applies only to the server the bench starts (no --database-url)")
     consumers = tuple(c.strip() for c in args.consumer.split(",") if c.strip())
     if not consumers or set(consumers) - set(CONSUMERS):
         parser.error(f"--consumer takes {', '.join(CONSUMERS)}")
@@ -618,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
             contextmanager_or(args.database_url, own_postgres, others) as pg,
             contextmanager_or(args.bootstrap, broker, others) as bootstrap,
         ):
+            if args.pg_set:
+                apply_settings(pg, args.pg_set)
+            result["postgres_settings"] = server_settings(pg)
             method: Method = "copy"
             if "writer" in phases:
                 os.sched_setaffinity(0, one)
@@ -645,6 +742,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"machine: {os.cpu_count()} cores, load {result['machine']['loadavg_1m_at_start']:.2f}")
+    if "postgres_settings" in result:
+        print(
+            "PostgreSQL: " + ", ".join(f"{k}={v}" for k, v in result["postgres_settings"].items())
+        )
     checks: list[tuple[str, float, str]] = []
     if "writer" in result:
         w = result["writer"]
@@ -668,7 +769,9 @@ def main(argv: list[str] | None = None) -> int:
         pg_us, broker_us = i["postgres_cpu_us_per_event"], i["broker_cpu_us_per_event"]
         print(
             f"  on the other core, per event: PostgreSQL {pg_us:.1f} µs, the broker {broker_us:.1f} µs"
-            f" (together {1e6 / max(pg_us + broker_us, 1e-9):,.0f} events/s for that core)"
+            f" (together {1e6 / max(pg_us + broker_us, 1e-9):,.0f} events/s for that core);"
+            f" WAL {i['wal_bytes_per_event']:,.0f} bytes per event,"
+            f" {i['checkpoints']:.0f} checkpoints at most in a round"
         )
         for name, v in i["variants"].items():
             print(

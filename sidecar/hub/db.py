@@ -19,8 +19,9 @@ def connect(url: str, *, application_name: str = "sidecar-hub") -> Conn:
 
 
 def _configure(conn: Conn) -> None:
-    # jsonb read back (decision, explanation and item bodies) with orjson: psycopg's default
-    # is the standard library's json, several times slower on a decision's body.
+    # jsonb read back (review items' explanations and outcomes, review events) with orjson:
+    # psycopg's default is the standard library's json, several times slower on an
+    # explanation. Decision and explanation bodies are text, parsed by their readers.
     set_json_loads(orjson.loads, conn)
 
 

@@ -89,11 +89,11 @@ class HubExplainer:
         with self._pool.connection() as conn:
             row = conn.execute(
                 "SELECT body FROM explanations WHERE decision_id = %s"
-                " AND body->>'source' = 'on_demand' LIMIT 1",
+                " AND body::json->>'source' = 'on_demand' LIMIT 1",
                 (did,),
             ).fetchone()
         if row is not None:
-            stored: dict[str, Any] = row[0]
+            stored: dict[str, Any] = orjson.loads(row[0])
             return stored
         explainer = self._explainer(decision)
         body: dict[str, Any] = explainer.explain([decision_row(decision, explainer.n_features)])[

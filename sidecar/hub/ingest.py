@@ -6,17 +6,19 @@ commits. A hub killed between the two has its last batch delivered again (to
 itself after a restart, or to the hub that takes the partition over), and the
 writes skip what is already there: no event is lost and none is stored twice.
 
-Polling and writing overlap: one thread polls the next batch while another
-writes the current one (a queue of `_AHEAD` batches between them), because a
-batch's COPY and INSERTs are mostly the database's time, not the hub's. The
-writer takes batches in poll order and hands each back once its transaction
-has committed; the polling thread commits their offsets, in order, between
-polls (the consumer is only ever called from that thread: a synchronous commit
-from another thread while this one polls was seen to hang for minutes). So an
-offset is never committed ahead of its rows. When the group takes partitions
-away (a rebalance, or the consumer closing), the batches not yet written are
-dropped uncommitted, the one being written is finished and committed, and only
-then do the partitions go: the next owner starts from the last committed offset.
+Polling and writing overlap: one thread polls and decodes the next batch while
+another writes the current one (a queue of `_AHEAD` batches between them),
+because a batch's COPY is mostly the database's time, not the hub's: decoding
+on the writer's thread put the hub's decode and the database's insert one after
+the other on every batch. The writer takes batches in poll order and hands each
+back once its transaction has committed; the polling thread commits their
+offsets, in order, between polls (the consumer is only ever called from that
+thread: a synchronous commit from another thread while this one polls was seen
+to hang for minutes). So an offset is never committed ahead of its rows. When
+the group takes partitions away (a rebalance, or the consumer closing), the
+batches not yet written are dropped uncommitted, the one being written is
+finished and committed, and only then do the partitions go: the next owner
+starts from the last committed offset.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from sidecar.config import HubSettings, KafkaSettings
 from sidecar.hub.consumer import consumer_config
 from sidecar.hub.db import connect
-from sidecar.hub.rows import Raw
+from sidecar.hub.rows import Raw, Rows, add
 from sidecar.hub.writer import Method, Writer
 from sidecar.metrics import Registry
 
@@ -54,7 +56,10 @@ _AHEAD = 1
 
 @dataclass(slots=True)
 class _Batch:
-    raw: Raw
+    # Undecoded (decoded by the database), or decoded on the polling thread: a batch is
+    # decoded there while the one before it is in the database, off the writer's path.
+    messages: Raw | Rows
+    count: int
     offsets: list[TopicPartition]  # the next offset to read, per partition of the batch
 
 
@@ -174,7 +179,6 @@ class _Session:
                 messages = self._next_batch()
                 if not messages:
                     continue
-                raw = Raw()
                 ends: dict[tuple[str, int], int] = {}
                 values: dict[str, list[bytes | None]] = {}
                 for m in messages:
@@ -188,12 +192,27 @@ class _Session:
                     ends[(topic, int(m.partition() or 0))] = int(m.offset() or 0)
                 if not ends:
                     continue
-                for topic, vs in values.items():
-                    raw.extend(topics[topic], vs)
                 offsets = [TopicPartition(t, p, o + 1) for (t, p), o in ends.items()]
-                self._hand_over(_Batch(raw, offsets))
+                self._hand_over(self._batch(values, offsets))
         finally:
             self._end()
+
+    def _batch(
+        self, values: dict[str, list[bytes | None]], offsets: list[TopicPartition]
+    ) -> _Batch:
+        topics = self._in._topics
+        count = sum(len(vs) for vs in values.values())
+        if self._in._decode == "database":
+            raw = Raw()
+            for topic, vs in values.items():
+                raw.extend(topics[topic], vs)
+            return _Batch(raw, count, offsets)
+        rows = Rows()
+        for topic, vs in values.items():
+            kind = topics[topic]
+            for v in vs:
+                add(rows, kind, v)
+        return _Batch(rows, count, offsets)
 
     def _next_batch(self) -> list[Message]:
         """What the consumer holds now, up to `batch_max_events`; when it holds nothing, the
@@ -272,12 +291,11 @@ class _Session:
 
     def _write(self, batch: _Batch) -> None:
         ing = self._in
-        raw = batch.raw
-        if ing._decode == "database":
-            written = self._writer.write_raw(raw)
+        if isinstance(batch.messages, Raw):
+            written = self._writer.write_raw(batch.messages)
         else:
-            written = self._writer.write_decoded(raw)
-        ing._events.inc(raw.count)
+            written = self._writer.write_rows(batch.messages)
+        ing._events.inc(batch.count)
         ing._invalid.inc(written.invalid)
         ing._batches.inc()
         for table, counter in ing._written.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -37,8 +38,10 @@ def id_time(decision_id: str) -> float | None:
         return None
 
 
-def decision_dict(body: dict[str, Any], epoch: float) -> dict[str, Any]:
-    """A decision event's body as the control plane's decision dict (`decision_to_dict`'s shape)."""
+def decision_dict(stored: str | dict[str, Any], epoch: float) -> dict[str, Any]:
+    """A decision event's body (as stored: its JSON text) as the control plane's decision dict
+    (`decision_to_dict`'s shape)."""
+    body = orjson.loads(stored) if isinstance(stored, str) else stored
     d = {name: body[name] for name in DECISION_FIELDS if name in body}
     d["time"] = epoch
     d["group_attributes"] = dict(body.get("group_attributes") or {})
@@ -81,13 +84,13 @@ class HubDecisions:
         with self._pool.connection() as conn:
             row = conn.execute(
                 "SELECT body FROM explanations WHERE decision_id = %s"
-                f"{since} AND body->>'source' IS DISTINCT FROM 'on_demand'"
+                f"{since} AND body::json->>'source' IS DISTINCT FROM 'on_demand'"
                 " ORDER BY time DESC LIMIT 1".encode(),
                 args,
             ).fetchone()
         if row is None:
             return None
-        body: dict[str, Any] = row[0]
+        body: dict[str, Any] = orjson.loads(row[0])
         return body
 
     def by_request(

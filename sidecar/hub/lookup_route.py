@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
@@ -42,7 +43,7 @@ _COLUMNS = (
     f"{ITEM_STATE_COLUMNS}, x.body, x.on_demand"
     " FROM decisions d LEFT JOIN review_items i ON i.item_id = d.decision_id"
     " LEFT JOIN LATERAL (SELECT e.body,"
-    " e.body->>'source' IS NOT DISTINCT FROM 'on_demand' AS on_demand"
+    " e.body::json->>'source' IS NOT DISTINCT FROM 'on_demand' AS on_demand"
     " FROM explanations e WHERE e.decision_id = %(id)s{since}"
     # Sampled first (false sorts before true), then the newest.
     " ORDER BY 2, e.time DESC LIMIT 1) x ON true"
@@ -99,7 +100,9 @@ def find(pool: ConnectionPool[Conn], decision_id: str) -> Found | None:
     decision = decision_dict(row[0], float(row[1]))
     state = row[_ITEM]
     item = None if state[0] is None else item_with(state, decision)
-    explanation: dict[str, Any] | None = row[_EXPLANATION]
+    explanation: dict[str, Any] | None = (
+        None if row[_EXPLANATION] is None else orjson.loads(row[_EXPLANATION])
+    )
     source: Source | None = None
     if explanation is not None:
         source = "on_demand" if row[_EXPLANATION + 1] else "sampled"

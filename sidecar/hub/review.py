@@ -64,7 +64,7 @@ ITEM_STATE_COLUMNS = (
 ITEM_STATE_WIDTH = 18
 _SELECT = (
     f"SELECT {ITEM_STATE_COLUMNS}, d.body, extract(epoch FROM d.time)::float8"
-    " FROM review_items i JOIN LATERAL (SELECT body, time FROM decisions"
+    " FROM review_items i JOIN LATERAL (SELECT body, time, model_name FROM decisions"
     " WHERE decision_id = i.item_id LIMIT 1) d ON true"
 )
 
@@ -269,7 +269,7 @@ class HubReviewStore(ReviewStore):
         for column, value in (
             ("i.status", status),
             ("i.reason", reason),
-            ("d.body->>'model_name'", model),
+            ("d.model_name", model),
             ("i.claimed_by", claimed_by),
         ):
             if value is not None:

@@ -141,6 +141,26 @@ CREATE TABLE hub_relay (
 INSERT INTO hub_relay (name, audit_seq) VALUES ('reviews', 0);
 """,
     ),
+    (
+        5,
+        # Ingest's cost in PostgreSQL (loadtests/bench_hub.py): a `jsonb` body is parsed and
+        # rebuilt on every insert, about half of the database's CPU per decision. The hub has
+        # decoded and checked each event already and sends the columns the queries filter on,
+        # so bodies are kept as the text that arrived and parsed by the hub when read; SQL
+        # that needs a field of one casts it (`body::json`, the few explanations of one
+        # decision). jsonb's text output is JSON, so existing rows convert in place: a rewrite
+        # of both tables under their lock, which pauses ingest while it runs.
+        # `decisions_by_model` (a btree on model and time) served no query: the search orders
+        # by decision id and walks `decisions_by_id`, and the day partitions bound time. A
+        # BRIN index on time (rows arrive in time order) serves a time range inside a day at a
+        # fraction of a btree's upkeep per row.
+        """
+ALTER TABLE decisions ALTER COLUMN body TYPE text USING body::text;
+ALTER TABLE explanations ALTER COLUMN body TYPE text USING body::text;
+DROP INDEX decisions_by_model;
+CREATE INDEX decisions_by_time ON decisions USING brin (time);
+""",
+    ),
     (monitor_state.MIGRATION_VERSION, monitor_state.MIGRATION),
 )
 

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 
-from loadtests.bench_hub import _pct, bench_ingest, bench_writer, fresh_database, load_decisions
+from loadtests.bench_hub import (
+    SERVER_SETTINGS,
+    _pct,
+    apply_settings,
+    bench_ingest,
+    bench_writer,
+    fresh_database,
+    load_decisions,
+    server_settings,
+)
 from tests.kafka_broker import KafkaBroker
 from tests.postgres_server import PostgresServer
 
@@ -47,3 +57,24 @@ def test_the_ingest_ab_runs_every_consumer_and_decode_path_to_the_last_event(
     }
     assert (result["consumer"], result["decode"]) == ("confluent", "python")
     assert all(len(v) == 1 for v in result["all"]["events_per_s"].values())
+    # 500 decisions of about 1 KB each went into the WAL.
+    assert result["wal_bytes_per_event"] > 500
+
+
+def test_pg_set_applies_settings_and_refuses_one_that_needs_a_restart(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.url()
+    try:
+        apply_settings(url, ["checkpoint_timeout=17min", " max_wal_size = 3GB"])
+        settings = server_settings(url)
+        assert (settings["checkpoint_timeout"], settings["max_wal_size"]) == ("17min", "3GB")
+        assert list(settings) == list(SERVER_SETTINGS)
+        with pytest.raises(SystemExit, match="shared_buffers"):
+            apply_settings(url, ["shared_buffers=64MB"])
+        with pytest.raises(SystemExit, match="NAME=VALUE"):
+            apply_settings(url, ["fsync"])
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET ALL")
+            conn.execute("SELECT pg_reload_conf()")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from sidecar.hub import schema
@@ -93,3 +94,61 @@ def test_a_local_mode_review_step_is_kept_as_an_event_but_not_queued(conn: Conn)
     add(rows, "review", events.dumps(body))
     written = Writer(conn).write(rows)
     assert (written.review_events, written.review_items) == (1, 0)
+
+
+@pytest.mark.parametrize("method", ["copy", "pipeline"])
+def test_bodies_are_stored_as_the_text_that_arrived(conn: Conn, method: Method) -> None:
+    d = decision(request_id="r1", groups={"gender": "F"})
+    messages = {"decision": decision_message(d), "explanation": explanation_message(d)}
+    # Key order and spacing a jsonb column would not keep: the text is what was sent.
+    messages["decision"] = messages["decision"].replace(b'{"', b'{ "', 1)
+    rows = Rows()
+    for kind, value in messages.items():
+        add(rows, kind, value)
+    Writer(conn, method).write(rows)
+    for kind, table in (("decision", "decisions"), ("explanation", "explanations")):
+        row = conn.execute(f"SELECT body FROM {table}".encode()).fetchone()
+        assert row is not None and row[0] == messages[kind].decode()
+
+
+@pytest.mark.parametrize("method", ["copy", "pipeline"])
+def test_a_batch_that_meets_rows_already_stored_adds_only_the_new_ones(
+    conn: Conn, method: Method
+) -> None:
+    """A hub restarted mid-ingest reads its last batch again, and more after it: the copy
+    method's COPY into the table meets the stored rows and the batch goes through the
+    staging INSERT instead, in the same transaction's place."""
+    ds = [decision(at=1_764_460_800.0 + i * 60) for i in range(40)]
+    writer = Writer(conn, method)
+    first, whole = Rows(), Rows()
+    for i, d in enumerate(ds):
+        # Built once: each call mints a new event (id and time) of the same decision.
+        messages = (decision_message(d), explanation_message(d))
+        for rows in (first, whole) if i % 2 else (whole,):
+            add(rows, "decision", messages[0])
+            add(rows, "explanation", messages[1])
+    fresh = writer.write(first)
+    assert (fresh.decisions, fresh.explanations) == (20, 20)
+    again = writer.write(whole)
+    assert (again.decisions, again.explanations) == (20, 20)
+    row = conn.execute(
+        "SELECT count(*), count(DISTINCT event_id) FROM decisions"
+        " UNION ALL SELECT count(*), count(DISTINCT event_id) FROM explanations"
+    ).fetchall()
+    assert row == [(40, 40), (40, 40)]
+    # And a fresh batch after it is written whole again.
+    later = Rows()
+    add(later, "decision", decision_message(decision(at=1_764_460_800.0 + 7200)))
+    assert writer.write(later).decisions == 1
+
+
+def test_event_ids_in_other_uuid_spellings_are_stored_canonical(conn: Conn) -> None:
+    d = decision()
+    body = orjson.loads(decision_message(d))
+    canonical = body["event_id"]
+    body["event_id"] = "{" + canonical.upper().replace("-", "") + "}"
+    rows = Rows()
+    add(rows, "decision", orjson.dumps(body))
+    add(rows, "decision", decision_message(d))  # the same event in the sidecar's spelling
+    assert rows.decisions[0][0] == canonical
+    assert Writer(conn).write(rows).decisions == 1
