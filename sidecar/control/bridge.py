@@ -195,6 +195,11 @@ class BridgeClient:
     def start(self) -> None:
         self._reader.start()
 
+    @property
+    def closed(self) -> bool:
+        """The data plane's end is gone: every call fails from now on."""
+        return self._closed is not None
+
     def submit(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
         """Send `op` now; the future holds its answer (or BridgeError)."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
