@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from loadtests.procs import cpu_seconds, data_plane_cpu_seconds
 from sidecar.decisions import worker_of
 from sidecar.workers.supervisor import MAX_RESTARTS
 from tests.servers import RecordingUpstream, recording_upstream, wait_until
@@ -293,6 +294,23 @@ def test_each_worker_writes_its_own_files(served: Served, calls: list[str]) -> N
         what="both workers' event files",
     )
     assert sorted(p.name for p in events.iterdir()) == ["worker-0", "worker-1"]
+
+
+def test_the_harness_counts_every_workers_cpu_and_not_the_control_process(
+    served: Served, calls: list[str]
+) -> None:
+    pid = served.proc.pid
+    (worker,) = _workers(pid)
+    main_alone = _cpu(pid)
+    data_plane = data_plane_cpu_seconds(pid)
+    assert data_plane >= main_alone + _cpu(worker) - 0.05  # read a moment apart
+    assert data_plane > main_alone
+    assert cpu_seconds(pid) > data_plane  # the control process (and its fork server)
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_killed_worker_is_started_again_and_serves(served: Served, calls: list[str]) -> None:
