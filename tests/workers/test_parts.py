@@ -3,9 +3,11 @@ the sockets and the per-worker settings."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +16,7 @@ import pytest
 
 from sidecar import decisions
 from sidecar.config import ConfigError, load_settings
-from sidecar.control.bridge import BridgeClient, BridgeServer
+from sidecar.control.bridge import BridgeClient, BridgeError, BridgeServer
 from sidecar.control.store import DecisionStore
 from sidecar.metrics import Registry
 from sidecar.workers.fanout import FannedDecisions
@@ -223,3 +225,24 @@ def test_the_newest_forgotten_call_is_the_newest_any_worker_forgot() -> None:
     assert fanned.newest_forgotten == calls[0]
     for w in two:
         w.close()
+
+
+def test_an_answer_that_comes_after_its_caller_gave_up_leaves_the_bridge_up() -> None:
+    """A readiness check that times out (a worker stopped, a blocked loop) cancels its
+    future; the late answer must not end the reader (for worker 0: the control process)."""
+    ours, theirs = socket.socketpair()
+    release = threading.Event()
+    server = BridgeServer(ours, ops={"slow": lambda: release.wait(10), "echo": lambda v: v})
+    closed = threading.Event()
+    client = BridgeClient(theirs, on_close=closed.set, timeout_s=0.2)
+    server.start()
+    client.start()
+    try:
+        with pytest.raises(BridgeError, match="no answer"):
+            asyncio.run(client.acall("slow"))
+        release.set()
+        assert client.call("echo", 7) == 7  # answered after the late one was read
+        assert not closed.is_set() and not client.closed
+    finally:
+        client.close()
+        server.close()
