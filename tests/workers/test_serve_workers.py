@@ -296,6 +296,18 @@ def test_each_worker_writes_its_own_files(served: Served, calls: list[str]) -> N
     assert sorted(p.name for p in events.iterdir()) == ["worker-0", "worker-1"]
 
 
+def test_not_ready_while_one_worker_cannot_answer(served: Served) -> None:
+    (worker,) = _workers(served.proc.pid)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        status, body = _get(served.control + "/readyz")
+        assert status == 503, body
+        assert json.loads(body)["status"] == "not ready"
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_until(lambda: _ready(served.control), 30, what="ready again")
+
+
 def test_the_harness_counts_every_workers_cpu_and_not_the_control_process(
     served: Served, calls: list[str]
 ) -> None:
