@@ -103,6 +103,10 @@ class WorkerSet:
                     ],
                     stdin=subprocess.PIPE,
                     pass_fds=fds,
+                    # Out of the terminal's process group: a Ctrl-C reaches the service's
+                    # process, which stops the workers; they would otherwise exit first,
+                    # and be started again.
+                    start_new_session=True,
                 )
             finally:
                 theirs.close()
@@ -177,7 +181,8 @@ class WorkerSet:
         log.error("%s; the service stops", reason)
         self._on_failure(reason)
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM to each; a worker drains its queue and flushes its sink (5 s each at most)."""
         with self._lock:
             self._stopping = True
         for w in self._workers:

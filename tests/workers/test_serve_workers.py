@@ -117,6 +117,8 @@ def _serve(upstream_url: str, state: Path, workers: int = 2) -> Served:
         env={**os.environ, "PYTHONPATH": str(_ROOT)},
         text=True,
         cwd=state,
+        # Its own process group, as under a terminal: the tests send it a Ctrl-C.
+        start_new_session=True,
     )
     assert proc.stdout is not None
     proxy_line, control_line = proc.stdout.readline(), proc.stdout.readline()
@@ -344,11 +346,13 @@ def test_a_killed_worker_is_started_again_and_serves(served: Served, calls: list
     assert f"worker 1 (pid {first}) exited with -9; starting another" in log, log
 
 
-def test_sigterm_stops_every_worker(served: Served) -> None:
+def test_ctrl_c_stops_every_worker_without_starting_another(served: Served) -> None:
     workers = _workers(served.proc.pid)
     assert len(workers) == 1
-    served.proc.send_signal(signal.SIGTERM)
+    os.killpg(served.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the group
     assert served.proc.wait(30) == 0
+    # Once, for the kill above; the stop started none.
+    assert (served.state / "stderr.log").read_text().count("starting another") == 1
     wait_until(lambda: all(_gone(w) for w in workers), what="the workers to exit")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(served.proxy, timeout=5).close()
