@@ -129,6 +129,9 @@ class _Worker:
                     None if (p := store.packed(did)) is None else decisions_fragment(p)
                 ),
                 "by_request_sorted": page,
+                "explanation": lambda did: (
+                    None if (p := store.packed_explanation(did)) is None else decisions_fragment(p)
+                ),
                 "contains_many": store.contains_many,
                 "newest_forgotten": lambda: store.newest_forgotten,
                 "hello": lambda: {"started": 0.0},
@@ -183,6 +186,12 @@ def test_pages_by_request_id_merge_both_workers_in_order(two: list[_Worker]) -> 
     stray = made[5][:30] + "05/1"
     assert fanned.get(stray) is None
     assert fanned.contains_many([made[0], stray, made[-1]]) == [True, False, True]
+    # An explanation is asked of the worker that holds its decision.
+    held = two[1].store.get(made[0])
+    assert held is not None and decisions.worker_of(made[0]) == 1
+    two[1].store.set_explanation(held, {"base_value": 0.25})
+    assert fanned.get_explanation(made[0]) == {"base_value": 0.25}
+    assert fanned.get_explanation(made[2]) is None
 
 
 def test_metrics_are_summed_and_worst_cases_kept() -> None:
