@@ -91,8 +91,6 @@ class Service:
         # The model is loaded and checked before any port is opened: a model that
         # cannot be explained faithfully stops the start (ExplainerError names why).
         explainer = build_explainer(settings, registry)
-        # Reasons, recourse and tokens checked against the model, also before any port
-        # opens (the control process builds them again; here a bad key stops the start).
         self._worker_socks: list[socket.socket] = []
         self._bridge_socks: BridgeSockets | None = None
         self.workers: WorkerSet | None = None
@@ -101,6 +99,8 @@ class Service:
             self._proxy_sock = slot.proxy_sock
             self.control_url = slot.control_url
         else:
+            # Reasons, recourse and tokens checked against the model, also before any port
+            # opens (the control process builds them again; here a bad key stops the start).
             build_context(settings, explainer)
             TokenTable.from_settings(settings.auth)
             if workers > 1:

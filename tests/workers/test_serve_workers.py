@@ -8,6 +8,7 @@ lookups, metrics, the review chain, and last a worker killed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -30,6 +31,7 @@ from aiohttp import web
 from loadtests.procs import cpu_seconds, data_plane_cpu_seconds
 from sidecar.decisions import worker_of
 from sidecar.workers.supervisor import MAX_RESTARTS
+from tests.kafka_broker import dead_bootstrap
 from tests.servers import RecordingUpstream, recording_upstream, wait_until
 
 TOKEN = "reviewer-token-for-the-workers-test"
@@ -401,3 +403,35 @@ def test_a_worker_that_keeps_dying_stops_the_service_naming_it(
         if s.proc.poll() is None:
             s.proc.kill()
             s.proc.wait()
+
+
+def test_a_worker_that_cannot_start_stops_the_start_naming_it(
+    upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    # Worker 1's spool folder is held (as by another sidecar): that worker cannot open it.
+    held = tmp_path / "spool" / "worker-1"
+    held.mkdir(parents=True)
+    fd = os.open(held / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        config = tmp_path / "sidecar.toml"
+        config.write_text(
+            f'[proxy]\nport = 0\nupstream = "{upstream.url}"\nworkers = 2\n'
+            "[control]\nport = 0\n"
+            '[sink]\nkind = "kafka"\n'
+            f'[kafka]\nbootstrap_servers = "{dead_bootstrap()}"\n'
+            f'[spool]\ndirectory = "{tmp_path / "spool"}"\n'
+            f'[review]\ndb_path = "{tmp_path / "review.db"}"\n'
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(_ROOT)},
+            timeout=120,
+        )
+    finally:
+        os.close(fd)
+    assert out.returncode == 1, out.stderr
+    assert "sidecar: workers: worker 1 exited with 1 at start" in out.stderr
+    assert f"spool directory {held} is in use" in out.stderr  # the worker's own reason
