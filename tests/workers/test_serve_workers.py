@@ -12,6 +12,7 @@ import fcntl
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -348,13 +349,30 @@ def test_a_killed_worker_is_started_again_and_serves(served: Served, calls: list
     assert f"worker 1 (pid {first}) exited with -9; starting another" in log, log
 
 
+def test_a_restarted_control_process_reaches_every_worker_again(
+    served: Served, calls: list[str]
+) -> None:
+    workers = set(_workers(served.proc.pid))
+    (server,) = set(_children(served.proc.pid)) - workers  # the fork server
+    (control,) = _children(server)
+    os.kill(control, signal.SIGKILL)
+    wait_until(lambda: _children(server) not in ([], [control]), 60, what="a new control process")
+    wait_until(lambda: _ready(served.control), 60, what="ready again")
+    # Calls made now (worker 1 may have been replaced since `calls`, its store with it).
+    fresh = [_call(served.proxy, "after-control-restart") for _ in range(40)]
+    assert {worker_of(c) for c in fresh} == {0, 1}
+    for c in fresh:
+        wait_until(lambda c=c: _get(f"{served.control}/decisions/{c}/1")[0] == 200, 20, what=c)
+
+
 def test_ctrl_c_stops_every_worker_without_starting_another(served: Served) -> None:
     workers = _workers(served.proc.pid)
     assert len(workers) == 1
     os.killpg(served.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the group
     assert served.proc.wait(30) == 0
     # Once, for the kill above; the stop started none.
-    assert (served.state / "stderr.log").read_text().count("starting another") == 1
+    log = (served.state / "stderr.log").read_text()
+    assert len(re.findall(r"worker \d+ \(pid \d+\) exited with .*; starting another", log)) == 1
     wait_until(lambda: all(_gone(w) for w in workers), what="the workers to exit")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(served.proxy, timeout=5).close()
