@@ -67,6 +67,7 @@ from loadtests.procs import (
     FastUpstreamProcess,
     SidecarProcess,
     cpu_seconds,
+    data_plane_cpu_seconds,
     pin_descendants,
     start_model_server,
 )
@@ -84,12 +85,9 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 def _own_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` alone (all its threads; no child process)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of the sidecar's data plane: `pid` (all its threads) and its
+    worker processes with `proxy.workers` > 1; not the control process."""
+    return data_plane_cpu_seconds(pid)
 
 
 def _sidecar_command(python: str = sys.executable) -> list[str]:

@@ -48,6 +48,23 @@ def cpu_seconds(pid: int) -> float:
     return sum(_cpu(st[1]) for st in stats if st is not None)
 
 
+def data_plane_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a `sidecar serve`'s data plane: `pid` itself and its worker
+    processes (`proxy.workers`), threads included; not its control process."""
+    total = 0.0
+    for p in [pid, *_descendants(pid)]:
+        if p != pid:
+            try:
+                if b"sidecar.workers.process" not in Path(f"/proc/{p}/cmdline").read_bytes():
+                    continue
+            except OSError:
+                continue
+        st = _stat(p)
+        if st is not None:
+            total += _cpu(st[1])
+    return total
+
+
 def cpu_seconds_by_command(kind: Callable[[str], str | None]) -> dict[str, float]:
     """CPU seconds so far of every process on the machine, summed by `kind(command name)`
     (processes it maps to None left out)."""

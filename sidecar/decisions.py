@@ -40,6 +40,33 @@ def _reseed() -> None:
 os.register_at_fork(after_in_child=_reseed)
 
 
+# With `proxy.workers` > 1 the low 8 of the random bits carry the minting worker's index
+# (`set_worker`), so the control process asks that one worker for a call it looks up.
+# The constants are rebound, not tested per call: a single worker's ids cost the same.
+WORKER_BITS = 8
+
+
+def set_worker(index: int) -> None:
+    """Mint this process's ids with worker `index` (0-255) in their low 8 bits."""
+    global _RANDOM, _VERSION_VARIANT
+    if not 0 <= index < 1 << WORKER_BITS:
+        raise ValueError(f"worker index {index} is not in 0..255")
+    _RANDOM = ((1 << 80) - 1) & ~((0xF << 76) | (0b11 << 62) | ((1 << WORKER_BITS) - 1))
+    _VERSION_VARIANT = (0x7 << 76) | (0b10 << 62) | index
+
+
+def worker_of(call_id: str) -> int:
+    """The worker that minted `call_id` (a call id or a decision id `R/i`); only meaningful
+    for ids a multi-worker service minted. -1 when it is not a call id at all."""
+    rid = split_decision_id(call_id)[0]
+    if len(rid) != 32:
+        return -1
+    try:
+        return int(rid[-2:], 16)
+    except ValueError:
+        return -1
+
+
 def new_call_id() -> str:
     """A UUIDv7 (RFC 9562: 48 bits of Unix milliseconds, then 74 random bits) as 32 hex digits.
 

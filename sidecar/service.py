@@ -43,6 +43,9 @@ from sidecar.review.model import ReviewStore
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks import EventSink, build_sink
 from sidecar.sinks.events import ModelFacts
+from sidecar.workers.listener import BridgeListener
+from sidecar.workers.slot import BridgeSockets, WorkerSlot, bind_reuseport, for_worker
+from sidecar.workers.supervisor import WorkersError, WorkerSet
 
 __all__ = ["Service", "ServiceThread", "new_event_loop"]
 
@@ -66,11 +69,21 @@ def _url(sock: socket.socket) -> str:
 class Service:
     """The sidecar: data plane, control plane and the background stages between them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, slot: WorkerSlot | None = None) -> None:
         self.settings = settings
         self.registry = registry = Registry()
-        # What `sidecar config --check` checks, in the same function, before any port opens.
-        check_settings(settings)
+        # proxy.workers > 1: this process is worker 0 (slot None) or the worker `slot` says.
+        self.slot = slot
+        workers = settings.proxy.workers
+        own = for_worker(settings, 0 if slot is None else slot.index)
+        if workers > 1:
+            from sidecar.decisions import set_worker
+
+            set_worker(0 if slot is None else slot.index)
+        # What `sidecar config --check` checks, in the same function, before any port opens
+        # (a worker's settings were checked by the process that started it).
+        if slot is None:
+            check_settings(settings)
         if settings.review.store == "hub" and settings.sink.kind != "kafka":
             raise ConfigError(
                 'review.store = "hub" needs sink.kind = "kafka" (the hub reads Kafka)'
@@ -78,19 +91,30 @@ class Service:
         # The model is loaded and checked before any port is opened: a model that
         # cannot be explained faithfully stops the start (ExplainerError names why).
         explainer = build_explainer(settings, registry)
-        # Reasons, recourse and tokens checked against the model, also before any port
-        # opens (the control process builds them again; here a bad key stops the start).
-        build_context(settings, explainer)
-        TokenTable.from_settings(settings.auth)
-        self._proxy_sock = bind(settings.proxy.host, settings.proxy.port)
-        self._control_sock = bind(settings.control.host, settings.control.port)
+        self._worker_socks: list[socket.socket] = []
+        self._bridge_socks: BridgeSockets | None = None
+        self.workers: WorkerSet | None = None
+        self._control_sock: socket.socket | None = None
+        if slot is not None:
+            self._proxy_sock = slot.proxy_sock
+            self.control_url = slot.control_url
+        else:
+            # Reasons, recourse and tokens checked against the model, also before any port
+            # opens (the control process builds them again; here a bad key stops the start).
+            build_context(settings, explainer)
+            TokenTable.from_settings(settings.auth)
+            if workers > 1:
+                self._proxy_sock, *self._worker_socks = bind_reuseport(
+                    settings.proxy.host, settings.proxy.port, workers
+                )
+            else:
+                self._proxy_sock = bind(settings.proxy.host, settings.proxy.port)
+            self._control_sock = bind(settings.control.host, settings.control.port)
+            self.control_url = _url(self._control_sock)
         self.proxy_url = _url(self._proxy_sock)
-        self.control_url = _url(self._control_sock)
         self.upstream = Upstream(settings.proxy)
-        self.store = DecisionStore(
-            settings.decisions.retention, registry, settings.decisions.retention_bytes
-        )
-        self.sink: EventSink = build_sink(settings, registry)
+        self.store = DecisionStore(own.decisions.retention, registry, own.decisions.retention_bytes)
+        self.sink: EventSink = build_sink(own, registry)
         r = settings.review
         self.review_store: ReviewStore
         if r.store == "hub":
@@ -176,8 +200,10 @@ class Service:
             **({"grpc_upstream": self.grpc.ready} if self.grpc is not None else {}),
         }
         self._created = time.time()
+        self._listener: BridgeListener | None = None
         self.control: ControlProcess | None = None
         self._control_failure: str | None = None
+        self._workers_failure: str | None = None
         self._data_server: asyncio.Server | None = None
         self._reaper: IdleReaper | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -197,16 +223,22 @@ class Service:
             page, more = store.packed_by_request(request_id, after=after, limit=int(limit))
             return [[orjson.Fragment(d) for d in page], more]
 
+        def by_request_sorted(request_id: str, after: str | None, limit: int) -> list[Any]:
+            page, more = store.packed_by_request_sorted(request_id, after=after, limit=int(limit))
+            return [[orjson.Fragment(d) for d in page], more]
+
         return {
             "hello": lambda: {
                 "proxy_url": self.proxy_url,
                 "control_url": self.control_url,
                 "ready_checks": list(self._ready_checks),
                 "started": self._created,
+                "worker_bridges": [] if self._bridge_socks is None else self._bridge_socks.paths,
             },
             "decision": lambda decision_id: fragment(store.packed(decision_id)),
             "explanation": lambda decision_id: fragment(store.packed_explanation(decision_id)),
             "by_request": by_request,
+            "by_request_sorted": by_request_sorted,
             "newest_forgotten": lambda: store.newest_forgotten,
             "metrics": lambda skip: snapshot(self.registry, skip),
             "publish_each": lambda kind, items: [sink.publish(kind, k, b) for k, b in items],
@@ -219,6 +251,10 @@ class Service:
 
     def _control_failed(self, reason: str) -> None:
         self._control_failure = reason
+        self.request_stop()
+
+    def _workers_failed(self, reason: str) -> None:
+        self._workers_failure = reason
         self.request_stop()
 
     async def _sink_ready(self) -> bool:
@@ -247,6 +283,32 @@ class Service:
         )
         if self.grpc is not None:
             await self.grpc.start()
+        if self.slot is not None:
+            # A worker: the control process reaches it on its own socket; nothing else to start.
+            self._listener = BridgeListener(
+                self.slot.bridge_sock,
+                ops=self._bridge_ops(),
+                loop_ops={"ready": self._ready},
+                loop=self._loop,
+            )
+            self._listener.start()
+            sys.setswitchinterval(self.settings.control.gil_switch_interval_ms / 1000.0)
+            gc.collect()
+            gc.freeze()
+            self.started.set()
+            return
+        if self._worker_socks:
+            self._bridge_socks = BridgeSockets(len(self._worker_socks) + 1)
+            self.workers = WorkerSet(
+                settings=self.settings,
+                count=len(self._worker_socks) + 1,
+                sockets=list(zip(self._worker_socks, self._bridge_socks.socks, strict=True)),
+                control_url=self.control_url,
+                on_failure=self._workers_failed,
+            )
+            # Its start waits for other processes: off this loop, as the control process's.
+            await self._loop.run_in_executor(None, self.workers.start)
+        assert self._control_sock is not None
         self.control = ControlProcess(
             settings=self.settings,
             sock=self._control_sock,
@@ -281,6 +343,10 @@ class Service:
         loop = asyncio.get_running_loop()
         if self.control is not None:
             await loop.run_in_executor(None, self.control.stop)
+        if self.workers is not None:
+            await loop.run_in_executor(None, self.workers.stop)
+        if self._listener is not None:
+            self._listener.close()
         if self._data_server is not None:
             self._data_server.close()
         if self._reaper is not None:
@@ -289,8 +355,11 @@ class Service:
             await self.grpc.stop()
         await loop.run_in_executor(None, self._stop_background)
         await self.upstream.close()
-        for sock in (self._proxy_sock, self._control_sock):
-            sock.close()
+        for sock in (self._proxy_sock, self._control_sock, *self._worker_socks):
+            if sock is not None:
+                sock.close()
+        if self._bridge_socks is not None:
+            self._bridge_socks.close()
 
     def _stop_background(self) -> None:
         # In order: what the hot path handed over is recorded and explained, then flushed.
@@ -321,6 +390,8 @@ class Service:
             await self.stop()
         if self._control_failure is not None:
             raise ControlProcessError(self._control_failure)
+        if self._workers_failure is not None:
+            raise WorkersError(self._workers_failure)
 
 
 class ServiceThread:

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from sidecar.control.supervisor import ControlProcessError
     from sidecar.service import Service, new_event_loop
+    from sidecar.workers.supervisor import WorkersError
 
     try:
         settings = load_settings(args.config)
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except ControlProcessError as exc:
         print(f"sidecar: control plane: {exc}", file=sys.stderr)
+        return 1
+    except WorkersError as exc:
+        print(f"sidecar: workers: {exc}", file=sys.stderr)
         return 1
     finally:
         loop.close()

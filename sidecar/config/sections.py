@@ -65,6 +65,8 @@ class ProxySettings(_Section):
     """Largest gRPC message taken from a client or from the upstream, either way; larger ones end the call with RESOURCE_EXHAUSTED."""
     grpc_max_concurrent_rpcs: int = Field(default=1024, ge=1)
     """gRPC calls served at once; one past it is answered RESOURCE_EXHAUSTED."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Data-plane processes, each with its own listening socket on `port` (SO_REUSEPORT: the kernel spreads connections over them), event loop, upstream pool, decision queue, explainer and sink (its spool and files under `worker-K/`); one control process serves them all. Not with grpc_listen."""
 
     @field_validator("upstream_ca_file")
     @classmethod
@@ -95,6 +97,9 @@ class ProxySettings(_Section):
     def _check_grpc(self) -> ProxySettings:
         if self.grpc_listen is not None and self.grpc_upstream is None:
             raise ValueError("proxy.grpc_upstream is required when proxy.grpc_listen is set")
+        if self.grpc_listen is not None and self.workers > 1:
+            # Each worker would need its own gRPC listener (grpcio binds its own sockets).
+            raise ValueError("proxy.grpc_listen is not served with proxy.workers > 1")
         return self
 
     @field_validator("upstream")

@@ -195,6 +195,11 @@ class BridgeClient:
     def start(self) -> None:
         self._reader.start()
 
+    @property
+    def closed(self) -> bool:
+        """The data plane's end is gone: every call fails from now on."""
+        return self._closed is not None
+
     def submit(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
         """Send `op` now; the future holds its answer (or BridgeError)."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -241,10 +246,13 @@ class BridgeClient:
                     fut = self._waiting.pop(int(rid), None)
                 if fut is None:
                     continue
-                if ok:
-                    fut.set_result(result)
-                else:
-                    fut.set_exception(BridgeError(str(result)))
+                # Cancelled, its caller gave up (acall's timeout): the answer is dropped. Set,
+                # it would raise here and end this reader, closing a working bridge.
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    if ok:
+                        fut.set_result(result)
+                    else:
+                        fut.set_exception(BridgeError(str(result)))
         except BridgeClosed as exc:
             reason = str(exc)
         except OSError as exc:
@@ -254,7 +262,8 @@ class BridgeClient:
                 self._closed = reason
                 waiting, self._waiting = self._waiting, {}
             for fut in waiting.values():
-                fut.set_exception(BridgeClosed(reason))
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    fut.set_exception(BridgeClosed(reason))
             if self._on_close is not None:
                 self._on_close()
 

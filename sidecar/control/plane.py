@@ -43,6 +43,7 @@ from sidecar.review.api import create_review_router
 from sidecar.review.forward import HubForwardingStore
 from sidecar.review.model import ReviewStore
 from sidecar.review.store import SqliteReviewStore
+from sidecar.workers.fanout import AllReady, FannedDecisions, Link, WorkerLink, fetch_metrics
 
 log = logging.getLogger("sidecar.control")
 
@@ -58,6 +59,8 @@ class Hello:
     ready_checks: list[str]
     # When the data plane started (unix seconds): outcomes' `decision_known` horizon.
     started: float
+    # proxy.workers > 1: where workers 1..N-1 listen for the control process.
+    worker_bridges: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> Hello:
@@ -66,6 +69,7 @@ class Hello:
             control_url=str(d["control_url"]),
             ready_checks=[str(n) for n in d["ready_checks"]],
             started=float(d["started"]),
+            worker_bridges=tuple(str(p) for p in d.get("worker_bridges", ())),
         )
 
 
@@ -109,7 +113,11 @@ def build_control_plane(settings: Settings, bridge: BridgeClient, hello: Hello) 
         body: dict[str, Any] = stage.explain_now(decision).to_dict()
         return body
 
-    decisions = RemoteDecisions(bridge)
+    decisions: RemoteDecisions | FannedDecisions = RemoteDecisions(bridge)
+    links: list[Link] = [bridge]
+    if hello.worker_bridges:
+        links += [WorkerLink(k, p) for k, p in enumerate(hello.worker_bridges, start=1)]
+        decisions = FannedDecisions(links)
     auth = Authenticator(
         TokenTable.from_settings(settings.auth), settings.auth.group_attribute_roles
     )
@@ -149,12 +157,20 @@ def build_control_plane(settings: Settings, bridge: BridgeClient, hello: Hello) 
     )
     exposition = CollectorRegistry()
     exposition.register(
-        MergedMetrics(registry, partial(bridge.call, "metrics", sorted(CONTROL_GAUGES)))
+        MergedMetrics(
+            registry,
+            partial(bridge.call, "metrics", sorted(CONTROL_GAUGES))
+            if len(links) == 1
+            else partial(fetch_metrics, links, sorted(CONTROL_GAUGES)),
+        )
     )
     app = create_control_app(
         registry=registry,
         exposition=exposition,
-        ready_checks=[(name, RemoteCheck(bridge, name)) for name in hello.ready_checks],
+        ready_checks=[
+            (name, RemoteCheck(bridge, name) if len(links) == 1 else AllReady(links, name))
+            for name in hello.ready_checks
+        ],
         # People first: the review router's /decisions/{id}/{row} would take their paths.
         routers=[
             people_api,

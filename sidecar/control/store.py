@@ -220,6 +220,26 @@ class DecisionStore:
                 page.append(data)
         return page, more
 
+    def packed_by_request_sorted(
+        self, request_id: str, *, after: str | None = None, limit: int = MAX_PAGE
+    ) -> tuple[list[bytes], bool]:
+        """`packed_by_request` in (call id, row) order, after the key `after` (a decision id
+        that need not be held here): each worker's page, which the control process merges
+        with the others' (`proxy.workers`)."""
+        limit = max(1, min(limit, MAX_PAGE))
+        start = None if after is None else split_decision_id(after)
+        with self._lock:
+            rows = [
+                ((call_id, row), data)
+                for call_id in self._by_request.get(request_id, ())
+                for row, data in enumerate(self._calls[call_id].rows)
+                if data is not None
+            ]
+        rows.sort(key=lambda r: r[0])
+        if start is not None:
+            rows = [r for r in rows if r[0] > start]
+        return [data for _, data in rows[:limit]], len(rows) > limit
+
     def _rows_of(self, request_id: str) -> Iterator[tuple[str, bytes]]:
         for call_id in self._by_request.get(request_id, ()):
             for row, data in enumerate(self._calls[call_id].rows):

@@ -15,6 +15,7 @@ is de-duplicated like any other event.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -131,7 +132,8 @@ class GapLedger:
                         last_time=g.last,
                         decision_ids=g.ids,
                         decision_ids_complete=g.ids_complete,
-                        nonce=(time.time_ns(), self._seq),
+                        # The pid: two workers (proxy.workers) never mint one id.
+                        nonce=(time.time_ns(), self._seq, os.getpid()),
                     )
                 )
             if len(self._pending) > MAX_PENDING:
