@@ -65,6 +65,8 @@ class ProxySettings(_Section):
     """Largest gRPC message taken from a client or from the upstream, either way; larger ones end the call with RESOURCE_EXHAUSTED."""
     grpc_max_concurrent_rpcs: int = Field(default=1024, ge=1)
     """gRPC calls served at once; one past it is answered RESOURCE_EXHAUSTED."""
+    grpc_max_connections: int = Field(default=256, ge=1)
+    """Open gRPC client connections (each holds one upstream connection); one past it is answered UNAVAILABLE naming this key and closed, without an upstream connection. Apart from proxy.max_connections (HTTP)."""
 
     @field_validator("upstream_ca_file")
     @classmethod

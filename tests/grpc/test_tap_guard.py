@@ -1,0 +1,199 @@
+"""What one client may hold on the gRPC listener, each pushed past: connections
+(`proxy.grpc_max_connections`), time to send the preface (`proxy.header_timeout_s`), idle
+time (`proxy.idle_timeout_s`), and bytes queued toward a client that never reads. Past each:
+a clean refusal or close, no upstream connection spent, and the listener serves the others."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from sidecar.dataplane.grpc import frames as f
+from sidecar.service import Service
+from tests.grpc.conftest import address, grpc_sidecar
+from tests.grpc.test_tap_limits import ECHO, Raw, _message, _request
+from tests.grpc_model_server import RunningModelServer
+from tests.servers import http_get, wait_until
+
+UNAVAILABLE = str(grpc.StatusCode.UNAVAILABLE.value[0]).encode()
+
+
+class _CountingRelay:
+    """A TCP relay in front of the model server that counts the connections it is given:
+    how many upstream connections the tap opened."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._target = (host, int(port))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            up = socket.create_connection(self._target)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def relay(model_server: RunningModelServer) -> Iterator[_CountingRelay]:
+    r = _CountingRelay(model_server.address)
+    yield r
+    r.close()
+
+
+def _closed(svc: Service, reason: str) -> float:
+    _, body = http_get(f"{svc.control_url}/metrics")
+    line = f'sidecar_grpc_connections_closed_total{{reason="{reason}"}} '
+    for text in body.decode().splitlines():
+        if text.startswith(line):
+            return float(text[len(line) :])
+    raise AssertionError(f"no {line!r} in /metrics")
+
+
+def _served(target: str) -> bool:
+    with grpc.insecure_channel(target) as ch:
+        try:
+            return bool(ch.unary_unary(ECHO.decode())(b"ok", timeout=10) == b"ko")
+        except grpc.RpcError:
+            return False
+
+
+def test_a_connection_past_the_limit_is_refused_without_an_upstream_one(
+    relay: _CountingRelay,
+) -> None:
+    with grpc_sidecar(relay.url, proxy={"grpc_max_connections": 2}) as svc:
+        target = address(svc)
+        held = [Raw(target).preface(), Raw(target).preface()]
+        for raw in held:
+            assert raw.call(1, b"ab")[b"data"] == _message(b"ba")
+        assert relay.accepted == 2
+        # A grpcio client on a third connection: the call fails UNAVAILABLE naming the key.
+        with grpc.insecure_channel(target) as ch, pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(ECHO.decode())(b"x", timeout=10)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "proxy.grpc_max_connections" in (err.value.details() or "")
+        # On the wire: the stream answered trailers-only, then GOAWAY(NO_ERROR) and close.
+        third = Raw(target).preface()
+        got = third.call(1, b"x")
+        assert got[b"grpc-status"] == UNAVAILABLE
+        assert b"more than 2 gRPC connections" in got[b"grpc-message"]
+        assert third.goaway() == f.NO_ERROR
+        third.close()
+        assert relay.accepted == 2  # neither refused connection reached the upstream
+        assert _closed(svc, "max_connections") == 2
+        # Once one of the two goes, a new connection is served.
+        held.pop().close()
+        wait_until(lambda: _served(target), what="a connection admitted again")
+        held[0].close()
+
+
+def test_a_client_that_sends_no_preface_is_closed_and_never_costs_an_upstream_connection(
+    relay: _CountingRelay,
+) -> None:
+    with grpc_sidecar(relay.url, proxy={"header_timeout_s": 0.4}) as svc:
+        target = address(svc)
+        silent = Raw(target)  # connects, sends nothing
+        half = Raw(target)
+        half.send(f.PREFACE[:10])  # part of the preface
+        no_settings = Raw(target)
+        no_settings.send(f.PREFACE)  # the magic, never its SETTINGS frame
+        for raw in (silent, half, no_settings):
+            assert raw.goaway() == f.PROTOCOL_ERROR
+            raw.close()
+        assert relay.accepted == 0
+        assert _closed(svc, "preface_timeout") == 3
+        # The preface's first frame must be SETTINGS: anything else is refused at once.
+        wrong = Raw(target)
+        wrong.send(f.PREFACE + f.frame(f.PING, 0, 0, b"12345678"))
+        assert wrong.goaway() == f.PROTOCOL_ERROR
+        wrong.close()
+        assert relay.accepted == 0
+        # A client that sends its preface is served (and its upstream connection opened).
+        assert _served(target)
+        assert relay.accepted == 1
+
+
+def test_an_idle_connection_gets_goaway_and_clients_reconnect(relay: _CountingRelay) -> None:
+    with grpc_sidecar(relay.url, proxy={"idle_timeout_s": 0.4}) as svc:
+        target = address(svc)
+        raw = Raw(target).preface()
+        # A call that lasts past the idle time: a connection with a stream open is not idle.
+        got = raw.call(1, b"ab", (b"x-test-sleep", b"1.2"))
+        assert got[b"grpc-status"] == b"0" and got[b"data"] == _message(b"ba")
+        # Then, with no stream open, GOAWAY(NO_ERROR) naming the last stream, and close.
+        goaway = next(p for t, _, _, p in raw.frames() if t == f.GOAWAY)
+        assert f.u32(goaway) == 1 and f.u32(goaway, 4) == f.NO_ERROR
+        assert b"proxy.idle_timeout_s" in goaway[8:]
+        assert raw.goaway() == -1  # nothing more, the connection closed
+        raw.close()
+        # A grpcio client reconnects on its own after the GOAWAY: both calls succeed.
+        with grpc.insecure_channel(target) as ch:
+            echo = ch.unary_unary(ECHO.decode())
+            assert echo(b"12", timeout=10) == b"21"
+            before = _closed(svc, "idle")
+            wait_until(lambda: _closed(svc, "idle") > before, what="the channel's idle close")
+            assert echo(b"34", timeout=10) == b"43"
+        assert relay.accepted == 3
+
+
+def test_a_client_that_never_reads_stops_being_read(model_server: RunningModelServer) -> None:
+    # One call at once: every further stream is refused by the tap itself (trailers-only and
+    # RST_STREAM, ~5x the bytes of the fully indexed HEADERS asking for it). A client that
+    # asks and never reads must not make the tap queue those answers without bound.
+    with grpc_sidecar(model_server.url, proxy={"grpc_max_concurrent_rpcs": 1}) as svc:
+        raw = Raw(address(svc)).preface()
+        raw.send(f.header_block(1, raw.enc.encode(_request()), False))  # held open
+        block = raw.enc.encode(_request())
+        raw.sock.setblocking(False)
+        sid, sent = 3, 0
+        # Send refused streams until the tap stops reading (the socket stays full) or 256 MiB.
+        while sent < 256 << 20:
+            frames = b"".join(f.header_block(sid + 2 * k, block, True) for k in range(1000))
+            sid += 2000
+            view = memoryview(frames)
+            while view:
+                try:
+                    n = raw.sock.send(view)
+                except BlockingIOError:
+                    if not select.select([], [raw.sock], [], 2.0)[1]:
+                        break
+                    continue
+                view = view[n:]
+                sent += n
+            if view:
+                break
+        (conn,) = svc.grpc.connections() if svc.grpc else ()
+        assert conn.transport is not None
+        wait_until(lambda: not conn.transport.is_reading(), what="the tap to stop reading")
+        # What it queued toward the client: about the high-water mark, not what was asked.
+        assert conn.transport.get_write_buffer_size() < 4 << 20
+        assert sent < 256 << 20
+        raw.close()
+        assert _served(address(svc))
