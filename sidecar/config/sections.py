@@ -36,9 +36,9 @@ class ProxySettings(_Section):
     pool_size: int = Field(default=256, ge=1)
     """Pooled keep-alive connections to the upstream."""
     idle_timeout_s: float = Field(default=75.0, gt=0)
-    """Keep-alive connections from clients idle this long are closed (checked every quarter of it)."""
+    """Keep-alive connections from clients idle this long are closed (checked every quarter of it). On gRPC: a connection with no call open this long gets GOAWAY(NO_ERROR) and is closed; clients reconnect for their next call."""
     header_timeout_s: float = Field(default=20.0, gt=0)
-    """A request head (line and headers) not complete this long after it is awaited gets 408 and the connection closes."""
+    """A request head (line and headers) not complete this long after it is awaited gets 408 and the connection closes. On gRPC: a connection whose client preface (and its SETTINGS) is not complete this long after it opened is closed (GOAWAY PROTOCOL_ERROR); no upstream connection is opened before the preface."""
     body_timeout_s: float = Field(default=20.0, gt=0)
     """A request body with no bytes for this long (while the sidecar reads it) gets 408 and the connection closes."""
     max_target_bytes: int = Field(default=8 * 1024, ge=256)

@@ -13,10 +13,15 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
 
 from sidecar.dataplane.grpc import frames as f
+from sidecar.dataplane.grpc.tap import MAX_TABLE
 from sidecar.service import Service
 from tests.grpc.conftest import address, grpc_sidecar
+from tests.grpc.test_decisions import _decisions, _rows, _typed_request
 from tests.grpc.test_tap_limits import ECHO, Raw, _message, _request
 from tests.grpc_model_server import RunningModelServer
 from tests.servers import http_get, wait_until
@@ -99,6 +104,11 @@ def test_a_connection_past_the_limit_is_refused_without_an_upstream_one(
             ch.unary_unary(ECHO.decode())(b"x", timeout=10)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "proxy.grpc_max_connections" in (err.value.details() or "")
+        # And a tritonclient one.
+        with pytest.raises(InferenceServerException) as triton_err:
+            triton.InferenceServerClient(target).is_server_ready()
+        assert triton_err.value.status() == "StatusCode.UNAVAILABLE"
+        assert "proxy.grpc_max_connections" in (triton_err.value.message() or "")
         # On the wire: the stream answered trailers-only, then GOAWAY(NO_ERROR) and close.
         third = Raw(target).preface()
         got = third.call(1, b"x")
@@ -106,8 +116,8 @@ def test_a_connection_past_the_limit_is_refused_without_an_upstream_one(
         assert b"more than 2 gRPC connections" in got[b"grpc-message"]
         assert third.goaway() == f.NO_ERROR
         third.close()
-        assert relay.accepted == 2  # neither refused connection reached the upstream
-        assert _closed(svc, "max_connections") == 2
+        assert relay.accepted == 2  # no refused connection reached the upstream
+        assert _closed(svc, "max_connections") == 3
         # Once one of the two goes, a new connection is served.
         held.pop().close()
         wait_until(lambda: _served(target), what="a connection admitted again")
@@ -160,7 +170,14 @@ def test_an_idle_connection_gets_goaway_and_clients_reconnect(relay: _CountingRe
             before = _closed(svc, "idle")
             wait_until(lambda: _closed(svc, "idle") > before, what="the channel's idle close")
             assert echo(b"34", timeout=10) == b"43"
-        assert relay.accepted == 3
+        # tritonclient the same.
+        client = triton.InferenceServerClient(target)
+        assert client.is_server_ready()
+        before = _closed(svc, "idle")
+        wait_until(lambda: _closed(svc, "idle") > before, what="tritonclient's idle close")
+        assert client.is_server_ready()
+        client.close()
+        assert relay.accepted == 5
 
 
 def test_a_client_that_never_reads_stops_being_read(model_server: RunningModelServer) -> None:
@@ -197,3 +214,67 @@ def test_a_client_that_never_reads_stops_being_read(model_server: RunningModelSe
         assert sent < 256 << 20
         raw.close()
         assert _served(address(svc))
+
+
+def test_stream_requests_past_the_pending_bytes_are_not_recorded(
+    model_server: RunningModelServer,
+) -> None:
+    # A ModelStreamInfer request is kept until its answer comes, to be decided with it: the
+    # bytes one stream may keep are bounded too, not only their number.
+    with grpc_sidecar(model_server.url) as svc:
+        assert svc.grpc is not None and svc.grpc.infer is not None
+        requests = [_typed_request(_rows(1), f"big-{i}").SerializeToString() for i in range(5)]
+        # Room for two requests' bytes (their number alone would let all five wait).
+        svc.grpc.infer.max_pending_bytes = 2 * len(requests[0]) + len(requests[0]) // 2
+        with grpc.insecure_channel(address(svc)) as ch:
+            stream = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+            answers = [
+                pb.ModelStreamInferResponse.FromString(m)
+                for m in stream(iter(requests), metadata=(("x-test-sleep", "1.5"),))
+            ]
+        assert [a.infer_response.id for a in answers] == [f"big-{i}" for i in range(5)]
+        for i in (3, 4):
+            wait_until(lambda i=i: len(_decisions(svc, f"big-{i}")) == 1, what="decision")
+        assert all(_decisions(svc, f"big-{i}") == [] for i in range(3))
+        _, body = http_get(f"{svc.control_url}/metrics")
+        assert 'reason="stream_unanswered"} 3.0' in body.decode()
+
+
+def test_an_hpack_table_past_what_the_tap_keeps_is_a_compression_error(
+    sidecar: Service, channel: grpc.Channel
+) -> None:
+    # The tap keeps a mirror of each peer's HPACK table: at most MAX_TABLE octets per
+    # direction (it caps SETTINGS_HEADER_TABLE_SIZE it forwards at that), whatever a client
+    # then claims in a table size update.
+    assert MAX_TABLE == 65_536
+    at_limit = b"\x3f\xe1\xff\x03"  # size update to 65,536
+    past = b"\x3f\xe2\xff\x03"  # 65,537
+    raw = Raw(address(sidecar)).preface()
+    raw.send(f.header_block(1, at_limit + raw.enc.encode(_request()), False))
+    raw.send(f.frame(f.DATA, f.END_STREAM, 1, _message(b"ab")))
+    assert raw.answer(1)[b"data"] == _message(b"ba")
+    raw.close()
+    raw = Raw(address(sidecar)).preface()
+    raw.send(f.header_block(1, past + raw.enc.encode(_request()), True))
+    assert raw.goaway() == f.COMPRESSION_ERROR
+    raw.close()
+    assert _served(address(sidecar))
+
+
+def test_a_unary_call_a_client_never_finishes_ends_at_the_timeout_and_frees_its_slot(
+    model_server: RunningModelServer,
+) -> None:
+    # Streams count against proxy.grpc_max_concurrent_rpcs until they end: a protocol unary
+    # call whose request never ends is ended by the tap at proxy.timeout_s, so it cannot
+    # hold its slot (a streaming call may: it is held as long as the client keeps it open).
+    proxy = {"grpc_max_concurrent_rpcs": 1, "timeout_s": 0.5}
+    with grpc_sidecar(model_server.url, proxy=proxy) as svc:
+        raw = Raw(address(svc)).preface()
+        path = b"/inference.GRPCInferenceService/ModelReady"
+        raw.send(f.header_block(1, raw.enc.encode(_request(path)), False))  # no END_STREAM
+        got = raw.answer(1)
+        assert got[b"grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]).encode()
+        assert b"proxy.timeout_s" in got[b"grpc-message"]
+        # The slot is free again: the next call, on the same connection, is served.
+        assert raw.call(3, b"ab")[b"data"] == _message(b"ba")
+        raw.close()
