@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from sidecar.dataplane.grpc import frames as f
+from sidecar.dataplane.grpc import tap
 from sidecar.dataplane.grpc.tap import MAX_TABLE
 from sidecar.service import Service
 from tests.grpc.conftest import address, grpc_sidecar
@@ -278,3 +279,26 @@ def test_a_unary_call_a_client_never_finishes_ends_at_the_timeout_and_frees_its_
         # The slot is free again: the next call, on the same connection, is served.
         assert raw.call(3, b"ab")[b"data"] == _message(b"ba")
         raw.close()
+
+
+def test_past_the_refusals_answered_at_once_connections_are_closed_unanswered(
+    relay: _CountingRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refused connection is answered for a second (so its client learns why); a flood of
+    # them must not hold sockets that long: past _MAX_REFUSING at once they are closed unread.
+    monkeypatch.setattr(tap, "_MAX_REFUSING", 2)
+    with grpc_sidecar(relay.url, proxy={"grpc_max_connections": 1}) as svc:
+        target = address(svc)
+        admitted = Raw(target).preface()
+        assert admitted.call(1, b"ab")[b"data"] == _message(b"ba")
+        answered = [Raw(target), Raw(target)]
+        wait_until(lambda: _closed(svc, "max_connections") == 2, what="two refused")
+        dropped = Raw(target)
+        assert list(dropped.frames()) == []  # closed without a byte
+        for raw in answered:
+            # No preface from these clients: the tap's GOAWAY when its second is up.
+            assert raw.goaway() == f.NO_ERROR
+        assert _closed(svc, "max_connections") == 3
+        assert relay.accepted == 1
+        for raw in (admitted, dropped, *answered):
+            raw.close()
