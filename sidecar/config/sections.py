@@ -36,9 +36,9 @@ class ProxySettings(_Section):
     pool_size: int = Field(default=256, ge=1)
     """Pooled keep-alive connections to the upstream."""
     idle_timeout_s: float = Field(default=75.0, gt=0)
-    """Keep-alive connections from clients idle this long are closed (checked every quarter of it)."""
+    """Keep-alive connections from clients idle this long are closed (checked every quarter of it). On gRPC: a connection with no call open this long gets GOAWAY(NO_ERROR) and is closed; clients reconnect for their next call."""
     header_timeout_s: float = Field(default=20.0, gt=0)
-    """A request head (line and headers) not complete this long after it is awaited gets 408 and the connection closes."""
+    """A request head (line and headers) not complete this long after it is awaited gets 408 and the connection closes. On gRPC: a connection whose client preface (and its SETTINGS) is not complete this long after it opened is closed (GOAWAY PROTOCOL_ERROR); no upstream connection is opened before the preface."""
     body_timeout_s: float = Field(default=20.0, gt=0)
     """A request body with no bytes for this long (while the sidecar reads it) gets 408 and the connection closes."""
     max_target_bytes: int = Field(default=8 * 1024, ge=256)
@@ -65,6 +65,8 @@ class ProxySettings(_Section):
     """Largest gRPC message taken from a client or from the upstream, either way; larger ones end the call with RESOURCE_EXHAUSTED."""
     grpc_max_concurrent_rpcs: int = Field(default=1024, ge=1)
     """gRPC calls served at once; one past it is answered RESOURCE_EXHAUSTED."""
+    grpc_max_connections: int = Field(default=256, ge=1)
+    """Open gRPC client connections (each holds one upstream connection); one past it is answered UNAVAILABLE naming this key and closed, without an upstream connection. Apart from proxy.max_connections (HTTP)."""
     workers: int = Field(default=1, ge=1, le=64)
     """Data-plane processes, each with its own listening socket on `port` (SO_REUSEPORT: the kernel spreads connections over them), event loop, upstream pool, decision queue, explainer and sink (its spool and files under `worker-K/`); one control process serves them all. Not with grpc_listen."""
 

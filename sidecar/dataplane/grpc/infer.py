@@ -90,6 +90,9 @@ UNARY_METHODS = frozenset(
 )
 # Requests of one stream still waiting for their answer; past it the oldest is not recorded.
 MAX_PENDING = 1024
+# Their bytes (a request is kept to be decided with its answer): past it the oldest are not
+# recorded, as past MAX_PENDING; the newest is always kept (proxy.grpc_max_message_bytes).
+MAX_PENDING_BYTES = 64 * 1024 * 1024
 ABORTED = 10
 UNAVAILABLE = 14
 _HELD_HEADERS = [(b"content-type", b"application/json")]
@@ -134,11 +137,21 @@ class InferState:
     held: list[bytes] = field(default_factory=list)
     held_len: int = 0
     pending: deque[_Pending] = field(default_factory=deque)
+    pending_bytes: int = 0
     # Response side: the bytes being assembled, what the upstream sent for them (held
     # mode), and the upstream's initial headers while they are held.
     resp: bytearray = field(default_factory=bytearray)
     taken: int = 0
     initial: list[Header] | None = None
+
+
+def _take(st: InferState) -> _Pending | None:
+    """The oldest request waiting for its answer, taken off (None: none waits)."""
+    if not st.pending:
+        return None
+    entry = st.pending.popleft()
+    st.pending_bytes -= len(entry.raw)
+    return entry
 
 
 def _messages(buf: bytearray) -> list[bytes]:
@@ -181,6 +194,7 @@ class InferHooks:
         self.work: list[tuple[InferState, _Pending | None, bytes, float]] = []
         # Requests of one stream waiting for their answer (an attribute so tests can lower it).
         self.max_pending = MAX_PENDING
+        self.max_pending_bytes = MAX_PENDING_BYTES
 
     # The request ---------------------------------------------------------------------
 
@@ -206,19 +220,25 @@ class InferHooks:
         arrived = wall_clock()
         marker = self._marker
         changed = False
+        new: list[_Pending] = []
+        pending = st.pending
         for m in messages:
-            if len(st.pending) >= self.max_pending:
-                st.pending.popleft()
+            while pending and (
+                len(pending) >= self.max_pending
+                or st.pending_bytes + len(m) > self.max_pending_bytes
+            ):
+                st.pending_bytes -= len(pending.popleft().raw)
                 self._decider.parse_failed(v2.NAME, "stream_unanswered")
             entry = _Pending(m, arrived, now)
             if marker is not None and marker in m:
                 entry.read = self._read(m)
                 changed = changed or entry.read.body is not m
-            st.pending.append(entry)
+            pending.append(entry)
+            st.pending_bytes += len(m)
+            new.append(entry)
         if not changed:
             conn.to_upstream.extend(held)
             return
-        new = list(st.pending)[-len(messages) :]
         payload = b"".join(_framed(self._resolve(p).body) for p in new)
         end = bool(f.HEAD.unpack_from(held[-1])[3] & f.END_STREAM)
         conn.to_upstream.append(f.data_frames(s.sid, payload, end))
@@ -288,7 +308,7 @@ class InferHooks:
             now = perf_counter()
             for m in messages:
                 if st.unary:
-                    entry = st.pending.popleft() if st.pending else None
+                    entry = _take(st)
                     if entry is not None:
                         self.work.append((st, entry, m, now - entry.t0))
                 else:
@@ -327,7 +347,7 @@ class InferHooks:
         decision; None when the call was held (answered ABORTED here)."""
         if not st.unary:
             return self._stream_answer(message, st)
-        entry = st.pending.popleft() if st.pending else None
+        entry = _take(st)
         initial, st.initial = st.initial or [], None
         if entry is None:
             conn.send_headers(s, initial, False)
@@ -415,14 +435,16 @@ class InferHooks:
 
     # Streams -------------------------------------------------------------------------
 
-    def _match(self, pending: deque[_Pending], answer_id: str) -> _Pending | None:
-        """The request an answer belongs to, taken off `pending`: by id, else the oldest."""
+    def _match(self, st: InferState, answer_id: str) -> _Pending | None:
+        """The request an answer belongs to, taken off `st.pending`: by id, else the oldest."""
         if not answer_id:
-            return pending.popleft()
+            return _take(st)
+        pending = st.pending
         for i, entry in enumerate(pending):
             parsed = self._resolve(entry).parsed
             if parsed is not None and parsed["id"] == answer_id:
                 del pending[i]
+                st.pending_bytes -= len(entry.raw)
                 return entry
         # Its request is no longer waiting (given up on, or answered already): pairing the
         # answer with another request would record a wrong decision.
@@ -437,11 +459,10 @@ class InferHooks:
         except DecodeError:
             self._decider.parse_failed(v2.NAME, "response_protobuf")
             return data
-        pending = st.pending
-        if not pending:
+        if not st.pending:
             return data
         answered = message.HasField("infer_response")
-        entry = self._match(pending, message.infer_response.id if answered else "")
+        entry = self._match(st, message.infer_response.id if answered else "")
         if entry is None or not answered or message.error_message:
             # An error answers its request too (it is no longer waiting), but is no decision.
             return data

@@ -32,7 +32,7 @@ from sidecar.dataplane.grpc.infer import (
     UNARY_METHODS,
     InferHooks,
 )
-from sidecar.dataplane.grpc.tap import Hooks, Stream, TapConnection, tap_config
+from sidecar.dataplane.grpc.tap import Hooks, Stream, Sweep, TapConnection, tap_config
 from sidecar.metrics import Counter, Histogram, Registry
 from sidecar.pipeline.queue import Pipeline
 
@@ -57,6 +57,14 @@ class _Metrics:
             "sidecar_grpc_call_seconds", "gRPC calls through the sidecar, from arrival to status"
         )
         self.count(MODEL_INFER, 0, 0)
+        self.closed = {
+            reason: registry.counter(
+                "sidecar_grpc_connections_closed_total",
+                "gRPC client connections the sidecar refused or closed for a limit, by reason",
+                {"reason": reason},
+            )
+            for reason in ("max_connections", "preface_timeout", "idle")
+        }
 
     def label(self, method: str) -> str:
         label = self._labels.get(method)
@@ -123,6 +131,9 @@ class ListenerHooks(Hooks):
         if self.infer.work:
             self.infer.after_flush()
 
+    def connection_closed(self, reason: str) -> None:
+        self._metrics.closed[reason].inc()
+
 
 def channel_for(settings: ProxySettings) -> grpc.aio.Channel:
     """The readiness channel (TLS verified for https://, against proxy.upstream_ca_file if set)."""
@@ -158,6 +169,7 @@ class GrpcServer:
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: set[TapConnection] = set()
+        self._sweep: Sweep | None = None
         self.infer: InferHooks | None = None
         self.port = 0
 
@@ -183,6 +195,9 @@ class GrpcServer:
             unary=UNARY_METHODS,
             strip=self._decider.strip,
             connect_timeout_s=s.connect_timeout_s,
+            max_connections=s.grpc_max_connections,
+            header_timeout_s=s.header_timeout_s,
+            idle_timeout_s=s.idle_timeout_s,
         )
         host, _, port = s.grpc_listen.rpartition(":")
         conns = self._conns
@@ -195,9 +210,16 @@ class GrpcServer:
                 f"proxy.grpc_listen = {s.grpc_listen!r}: cannot listen ({exc})"
             ) from None
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweep = Sweep(loop, config, conns)
         self._channel = channel_for(s)
 
+    def connections(self) -> list[TapConnection]:
+        """The client connections open now (for tests and debugging; read, never changed)."""
+        return list(self._conns)
+
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self._sweep is not None:
+            self._sweep.stop()
         if self._server is not None:
             self._server.close()
             for conn in list(self._conns):

@@ -28,6 +28,17 @@ the receiver allows (the tap caps SETTINGS_MAX_FRAME_SIZE it forwards at
 floods), a decoded header list past it, HPACK the tap cannot decode, more
 streams than `proxy.grpc_max_concurrent_rpcs`: GOAWAY with the RFC's code for a
 connection error, RESOURCE_EXHAUSTED for a stream's.
+
+What one client may hold (README, "gRPC", limits): a connection past
+`proxy.grpc_max_connections` is answered as an unreachable upstream's are, with
+UNAVAILABLE naming the key, and never opens an upstream connection; the upstream
+connection is opened only once the client preface (and its SETTINGS) arrived,
+within `proxy.header_timeout_s`; a connection with no stream for
+`proxy.idle_timeout_s` gets GOAWAY(NO_ERROR) (grpc-core's max_connection_idle).
+Both deadlines are kept by one sweep over the listener's connections (`Sweep`),
+nothing per frame. Bytes queued toward a client past `_HIGH_WATER` stop the
+reading of both its upstream and of the client itself (the tap's own answers to
+its frames would otherwise queue without bound toward a client that never reads).
 """
 
 from __future__ import annotations
@@ -68,6 +79,12 @@ _GONE = 1024
 LINGER_S = 1.0
 # Outgoing bytes queued on one side past which the other side stops being read.
 _HIGH_WATER = 1 << 20
+# Connections past the limit answered at once (each for ALONE_S); more are closed unanswered.
+_MAX_REFUSING = 64
+# Why a client connection is not being read (bits: reading resumes when none is left).
+_EARLY = 1  # the upstream connection is not up yet and _EARLY_LIMIT bytes are waiting
+_UP_FULL = 2  # bytes toward the upstream past _HIGH_WATER
+_OWN_FULL = 4  # bytes toward the client itself past _HIGH_WATER
 
 
 UNAVAILABLE = 14
@@ -214,6 +231,10 @@ class Hooks:
     def after_flush(self, conn: TapConnection) -> None:
         """Runs once the bytes of one read are written: the place for work off the forwarding path."""
 
+    def connection_closed(self, reason: str) -> None:
+        """The tap ended a client connection for a limit: `max_connections`,
+        `preface_timeout` or `idle`."""
+
 
 class TapConfig:
     """What every connection of one listener shares."""
@@ -233,6 +254,9 @@ class TapConfig:
         strip: frozenset[bytes],
         hooks: Hooks,
         connect_timeout_s: float = 5.0,
+        max_connections: int = 1024,
+        header_timeout_s: float = 20.0,
+        idle_timeout_s: float = 75.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -246,7 +270,13 @@ class TapConfig:
         self.strip = strip
         self.hooks = hooks
         self.connect_timeout_s = connect_timeout_s
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.active = 0
+        # Client connections admitted (each may hold an upstream one), and those being refused.
+        self.connections = 0
+        self.refusing = 0
 
 
 def tap_config(
@@ -261,6 +291,9 @@ def tap_config(
     unary: frozenset[str],
     strip: frozenset[bytes],
     connect_timeout_s: float = 5.0,
+    max_connections: int = 1024,
+    header_timeout_s: float = 20.0,
+    idle_timeout_s: float = 75.0,
 ) -> TapConfig:
     parts = urlsplit(upstream_url)
     https = parts.scheme == "https"
@@ -283,6 +316,9 @@ def tap_config(
         strip=strip,
         hooks=hooks,
         connect_timeout_s=connect_timeout_s,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout_s,
+        idle_timeout_s=idle_timeout_s,
     )
 
 
@@ -297,14 +333,10 @@ class _Upstream(asyncio.Protocol):
         self.conn.upstream_lost(exc)
 
     def pause_writing(self) -> None:
-        t = self.conn.transport
-        if t is not None:
-            t.pause_reading()
+        self.conn.pause(_UP_FULL)
 
     def resume_writing(self) -> None:
-        t = self.conn.transport
-        if t is not None and not t.is_closing():
-            t.resume_reading()
+        self.conn.resume(_UP_FULL)
 
 
 class TapConnection(asyncio.Protocol):
@@ -325,6 +357,15 @@ class TapConnection(asyncio.Protocol):
         self._closing = False
         self.draining = False
         self._preface = False
+        # Until the client preface and its SETTINGS are here, no upstream connection.
+        self._waiting = True
+        self._admitted = False
+        self._refusing = False
+        self._paused = 0
+        self._made_at = 0.0
+        # The sweep's idle mark: the last stream id seen with no stream open (-1: none yet).
+        self._idle_mark = -1
+        self._idle_at = 0.0
         self._last_sid = 0
         # Incoming bytes not yet a whole frame, per direction.
         self._cbuf = b""
@@ -350,7 +391,64 @@ class TapConnection(asyncio.Protocol):
         # (uvloop's transports are not asyncio.Transport subclasses; they behave as one.)
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(_HIGH_WATER)
+        c = self.config
+        self._made_at = self.loop.time()
+        if c.connections >= c.max_connections:
+            self._waiting = False
+            c.hooks.connection_closed("max_connections")
+            if c.refusing >= _MAX_REFUSING:
+                transport.abort()
+                return
+            # Answered as an unreachable upstream's are (UNAVAILABLE, then GOAWAY), so the
+            # client's call fails naming the key, and may retry; no upstream connection.
+            c.refusing += 1
+            self._refusing = True
+            self._conns.add(self)
+            self._go_alone(
+                f"sidecar: more than {c.max_connections} gRPC connections "
+                "(proxy.grpc_max_connections)",
+                warn=False,
+            )
+            return
+        c.connections += 1
+        self._admitted = True
         self._conns.add(self)
+
+    def pause(self, why: int) -> None:
+        """Stop reading the client for `why` (a bit); reading resumes once no bit is left."""
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= why
+
+    def resume(self, why: int) -> None:
+        if not self._paused & why:
+            return
+        self._paused &= ~why
+        t = self.transport
+        if not self._paused and t is not None and not t.is_closing():
+            t.resume_reading()
+
+    def _gate(self) -> None:
+        """Opens the upstream connection once the client preface and its SETTINGS are here
+        (a client that sends nothing, or not HTTP/2, never costs an upstream connection)."""
+        early = self._early
+        assert early is not None
+        if len(early) > 1:
+            early[:] = [b"".join(early)]
+        buf = early[0]
+        n = min(len(buf), 24)
+        if buf[:n] != f.PREFACE[:n]:
+            self._connection_error(f.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+            return
+        if len(buf) < 33:
+            return
+        hi, lo, ftype, flags, _ = HEAD.unpack_from(buf, 24)
+        if ftype != f.SETTINGS or flags & f.ACK:
+            self._connection_error(f.PROTOCOL_ERROR, "client preface without SETTINGS")
+            return
+        if len(buf) < 33 + ((hi << 8) | lo):
+            return
+        self._waiting = False
         self._task = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -383,13 +481,18 @@ class TapConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(_HIGH_WATER)
         self.up = transport
         early, self._early = self._early, None
-        if self._early_len >= _EARLY_LIMIT:
-            self.transport.resume_reading()
+        self.resume(_EARLY)
         if early:
             self.data_received(b"".join(early))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._conns.discard(self)
+        if self._admitted:
+            self._admitted = False
+            self.config.connections -= 1
+        if self._refusing:
+            self._refusing = False
+            self.config.refusing -= 1
         self._closing = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -429,12 +532,53 @@ class TapConnection(asyncio.Protocol):
             self.transport.close()
 
     def pause_writing(self) -> None:
+        # The client reads slower than its answers come: stop reading the upstream, and the
+        # client too (the tap's own answers to its frames must not queue without bound).
         if self.up is not None:
             self.up.pause_reading()
+        self.pause(_OWN_FULL)
 
     def resume_writing(self) -> None:
         if self.up is not None and not self.up.is_closing():
             self.up.resume_reading()
+        self.resume(_OWN_FULL)
+
+    # The sweep's checks ---------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Called by the listener's sweep every quarter of the shorter timeout: the client
+        preface deadline, and the idle time of a connection with no stream open."""
+        if self._closing or self.draining or self._alone is not None:
+            return
+        c = self.config
+        if self._waiting:
+            if now - self._made_at >= c.header_timeout_s:
+                c.hooks.connection_closed("preface_timeout")
+                self._connection_error(
+                    f.PROTOCOL_ERROR,
+                    f"client preface not received within {c.header_timeout_s:g} s "
+                    "(proxy.header_timeout_s)",
+                )
+            return
+        if self.streams:
+            self._idle_mark = -1
+        elif self._idle_mark != self._last_sid:
+            # No stream has opened since the mark (stream ids only grow): idle since then.
+            self._idle_mark, self._idle_at = self._last_sid, now
+        elif now - self._idle_at >= c.idle_timeout_s:
+            c.hooks.connection_closed("idle")
+            self._idle_close()
+
+    def _idle_close(self) -> None:
+        """GOAWAY(NO_ERROR), as grpc-core's max_connection_idle: the client opens a new
+        connection for its next call. Streams it sent before reading the GOAWAY are refused
+        (REFUSED_STREAM, which clients retry); the connection closes a moment later."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        self.draining = True
+        t.write(f.goaway(self._last_sid, f.NO_ERROR, b"idle (proxy.idle_timeout_s)"))
+        self.loop.call_later(LINGER_S, self._close_drained)
 
     def _flush(self) -> None:
         if self.to_upstream:
@@ -476,8 +620,10 @@ class TapConnection(asyncio.Protocol):
             # The upstream connection is not up yet.
             self._early.append(data)
             self._early_len += len(data)
-            if self._early_len >= _EARLY_LIMIT and self.transport is not None:
-                self.transport.pause_reading()
+            if self._early_len >= _EARLY_LIMIT:
+                self.pause(_EARLY)
+            if self._waiting:
+                self._gate()
             return
         buf = self._cbuf + data if self._cbuf else data
         i = 0
@@ -998,15 +1144,15 @@ class TapConnection(asyncio.Protocol):
 
     # When the upstream cannot be reached ---------------------------------------------
 
-    def _go_alone(self, why: str) -> None:
+    def _go_alone(self, why: str, *, warn: bool = True) -> None:
         """Answer every stream UNAVAILABLE for a while, as an HTTP/2 server, then GOAWAY."""
         if self.transport is None or self.transport.is_closing():
             return
-        log.warning("gRPC: %s", why)
+        if warn:
+            log.warning("gRPC: %s", why)
         self._alone = why
         early, self._early = self._early or [], None
-        if self._early_len >= _EARLY_LIMIT:
-            self.transport.resume_reading()
+        self.resume(_EARLY)
         if self._preface:
             self.to_client.append(f.settings([]))
         self.loop.call_later(ALONE_S, self.close)
@@ -1108,3 +1254,31 @@ def _message(details: str) -> bytes:
 
 def listen(config: TapConfig, conns: set[TapConnection]) -> Callable[[], TapConnection]:
     return lambda: TapConnection(config, conns)
+
+
+class Sweep:
+    """The listener's one timer for every connection's deadlines (the client preface,
+    idle time): every quarter of the shorter timeout, so each fires at most 25% late, and
+    nothing is armed or cancelled per call."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, config: TapConfig, conns: set[TapConnection]
+    ) -> None:
+        self._loop = loop
+        self._conns = conns
+        self._period = min(config.header_timeout_s, config.idle_timeout_s) / 4
+        self._handle: asyncio.TimerHandle | None = loop.call_later(self._period, self._run)
+
+    def _run(self) -> None:
+        now = self._loop.time()
+        for conn in list(self._conns):
+            try:
+                conn.sweep(now)
+            except Exception:
+                log.exception("gRPC: error checking a connection's deadlines")
+        self._handle = self._loop.call_later(self._period, self._run)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
