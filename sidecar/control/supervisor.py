@@ -9,8 +9,9 @@ ops on a bridge thread (`sidecar.control.bridge`).
 
 A control process that exits while the service runs is started again on the same
 socket (connections wait in its backlog meanwhile), up to `MAX_RESTARTS` within
-`RESTART_WINDOW_S`; past that the service stops with an error naming it. The child
-watches the bridge: whatever ends this process closes its end, and the child stops.
+`RESTART_WINDOW_S` (`sidecar.restarts`); past that the service stops with an
+error naming it. The child watches the bridge: whatever ends this process closes
+its end, and the child stops.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from sidecar.config import Settings
 from sidecar.control import forkserver
 from sidecar.control.bridge import MAX_MESSAGE, AsyncOp, BridgeServer, SyncOp
 from sidecar.control.forkserver import ForkedProcess
+from sidecar.restarts import RestartBudget
 
 log = logging.getLogger("sidecar.control")
 
-MAX_RESTARTS = 5
-RESTART_WINDOW_S = 60.0
 # The child loads its own explainer before it serves (the fork server's imports are
 # forkserver.START_TIMEOUT_S's).
 START_TIMEOUT_S = 60.0
@@ -67,7 +67,7 @@ class ControlProcess:
         self._proc: ForkedProcess | None = None
         self._bridge: BridgeServer | None = None
         self._serving = threading.Event()
-        self._restarts: list[float] = []
+        self._restarts = RestartBudget()
         self._watcher: threading.Thread | None = None
 
     @property
@@ -150,15 +150,10 @@ class ControlProcess:
                     bridge = self._bridge
                 if bridge is not None:
                     bridge.close()
-                now = time.monotonic()
-                self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S]
-                if len(self._restarts) >= MAX_RESTARTS:
-                    self._fail(
-                        f"the control process exited with {code}, {MAX_RESTARTS} times"
-                        f" within {RESTART_WINDOW_S:.0f} s"
-                    )
+                spent = self._restarts.spend()
+                if spent is not None:
+                    self._fail(f"the control process exited with {code}, {spent}")
                     return
-                self._restarts.append(now)
                 log.error("control process %d exited with %s; starting another", proc.pid, code)
                 try:
                     self._spawn()

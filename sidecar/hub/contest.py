@@ -20,8 +20,7 @@ from psycopg.types.json import Jsonb
 from sidecar.hub import audit as chain
 from sidecar.hub.db import Conn
 from sidecar.review.event_body import review_event_body
-from sidecar.review.model import Contest
-from sidecar.review.store import FRONT_SEQ
+from sidecar.review.model import FRONT_SEQ, Contest
 
 # The table is migration 2 of `sidecar.hub.schema`.
 _COLUMNS = "item_id, filed_at, filed_by, statement, corrected, rescore, reasons, resolved_at"

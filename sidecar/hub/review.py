@@ -50,8 +50,8 @@ from sidecar.review.model import (
     Status,
     decidable,
     normalise_item_id,
+    page_filter,
 )
-from sidecar.review.store import FRONT_SEQ
 
 COUNTS_MAX_AGE_S = 1.0
 
@@ -262,21 +262,19 @@ class HubReviewStore(ReviewStore):
         limit: int = 50,
     ) -> list[ReviewItem]:
         self.expire_leases()
-        where = ["i.seq > %s"]
-        # Contested items sit before every other, at seqs from FRONT_SEQ up: a cursor of 0 is
-        # "from the start", theirs included.
-        args: list[Any] = [after if after else FRONT_SEQ]
-        for column, value in (
-            ("i.status", status),
-            ("i.reason", reason),
-            ("d.model_name", model),
-            ("i.claimed_by", claimed_by),
-        ):
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(value)
+        where, args = page_filter(
+            "i.seq",
+            after,
+            [
+                ("i.status", status),
+                ("i.reason", reason),
+                ("d.model_name", model),
+                ("i.claimed_by", claimed_by),
+            ],
+            "%s",
+        )
         args.append(limit)
-        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY i.seq LIMIT %s"
+        sql = f"{_SELECT} WHERE {where} ORDER BY i.seq LIMIT %s"
         with self._pool.connection() as conn:
             return [item_of_row(r) for r in conn.execute(sql.encode(), args).fetchall()]
 

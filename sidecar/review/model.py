@@ -227,6 +227,28 @@ class ReviewStore(abc.ABC):
     def close(self) -> None: ...
 
 
+# Contested items go to the front of the queue: they take seqs counting up from here,
+# below every routed item's (which start at 1 and are never reused), so the queue's one
+# order (by seq) puts them first, oldest contest first, and a page cursor keeps working
+# across both. A cursor of 0 means "from the start".
+FRONT_SEQ = -(2**40)
+
+
+def page_filter(
+    seq: str, after: int, filters: list[tuple[str, str | None]], mark: str
+) -> tuple[str, list[Any]]:
+    """A queue page's WHERE clause and its arguments, for either store's SQL: items past
+    the cursor `after` (0: from the start, contested items included) matching each
+    `(column, value)` whose value is set; `mark` is the driver's placeholder."""
+    where = [f"{seq} > {mark}"]
+    args: list[Any] = [after if after else FRONT_SEQ]
+    for column, value in filters:
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            args.append(value)
+    return " AND ".join(where), args
+
+
 def normalise_item_id(item_id: str) -> str:
     """`R` and `R/0` name the same item."""
     rid, row = split_decision_id(item_id)

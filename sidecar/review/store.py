@@ -22,6 +22,7 @@ from sidecar.metrics import Registry
 from sidecar.review import audit
 from sidecar.review.event_body import SYSTEM_ACTOR, review_event_body
 from sidecar.review.model import (
+    FRONT_SEQ,
     Action,
     Conflict,
     Contest,
@@ -36,6 +37,7 @@ from sidecar.review.model import (
     decidable,
     decision_to_dict,
     normalise_item_id,
+    page_filter,
 )
 from sidecar.sinks.base import EventSink
 
@@ -96,11 +98,6 @@ CREATE TABLE IF NOT EXISTS contests (
 );
 """
 
-# Contested items go to the front of the queue: they take seqs counting up from here,
-# below every routed item's (AUTOINCREMENT starts at 1 and never reuses a seq), so the
-# queue's one order (by seq) puts them first, oldest contest first, and a page cursor
-# keeps working across both. A cursor of 0 means "from the start".
-FRONT_SEQ = -(2**40)
 _CONTEST_COLUMNS = (
     "item_id, filed_at, filed_by, statement, corrected, rescore, reasons, resolved_at"
 )
@@ -352,19 +349,19 @@ class SqliteReviewStore(ReviewStore):
         limit: int = 50,
     ) -> list[ReviewItem]:
         self.expire_leases()
-        where = ["seq > ?"]
-        args: list[Any] = [after if after else FRONT_SEQ]
-        for column, value in (
-            ("status", status),
-            ("reason", reason),
-            ("model_name", model),
-            ("claimed_by", claimed_by),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
+        where, args = page_filter(
+            "seq",
+            after,
+            [
+                ("status", status),
+                ("reason", reason),
+                ("model_name", model),
+                ("claimed_by", claimed_by),
+            ],
+            "?",
+        )
         args.append(limit)
-        sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE {where} ORDER BY seq LIMIT ?"
         with self._lock:
             return [_item(r) for r in self._conn.execute(sql, args).fetchall()]
 

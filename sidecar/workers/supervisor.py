@@ -6,7 +6,8 @@ pair, its lifeline: the worker writes one byte on it when it serves, and either
 end closing tells the other that its peer is gone. A worker that exits while the
 service runs is started again on the same sockets (connections the kernel gave its
 socket wait in the backlog meanwhile), up to `MAX_RESTARTS` within
-`RESTART_WINDOW_S`; past that the service stops with an error naming the worker.
+`RESTART_WINDOW_S` (`sidecar.restarts`); past that the service stops with an
+error naming the worker.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 from sidecar.config import Settings
+from sidecar.restarts import RestartBudget
 
 log = logging.getLogger("sidecar.workers")
 
-MAX_RESTARTS = 5
-RESTART_WINDOW_S = 60.0
 # A worker imports the data plane and loads its own explainer before it serves.
 START_TIMEOUT_S = 60.0
 
@@ -41,7 +40,7 @@ class _Worker:
         self.bridge = bridge
         self.proc: subprocess.Popen[bytes] | None = None
         self.lifeline: socket.socket | None = None
-        self.restarts: list[float] = []
+        self.restarts = RestartBudget()
         self.watcher: threading.Thread | None = None
 
 
@@ -152,15 +151,10 @@ class WorkerSet:
             with self._lock:
                 if self._stopping:
                     return
-            now = time.monotonic()
-            w.restarts = [t for t in w.restarts if now - t < RESTART_WINDOW_S]
-            if len(w.restarts) >= MAX_RESTARTS:
-                self._fail(
-                    f"worker {w.index} exited with {code}, {MAX_RESTARTS} times"
-                    f" within {RESTART_WINDOW_S:.0f} s"
-                )
+            spent = w.restarts.spend()
+            if spent is not None:
+                self._fail(f"worker {w.index} exited with {code}, {spent}")
                 return
-            w.restarts.append(now)
             log.error(
                 "worker %d (pid %d) exited with %s; starting another", w.index, proc.pid, code
             )

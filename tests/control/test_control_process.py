@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from sidecar import restarts
 from sidecar.config import load_settings
-from sidecar.control import forkserver, supervisor
+from sidecar.control import forkserver
 from sidecar.control.supervisor import ControlProcessError
 from sidecar.priority import is_idle
 from sidecar.service import ServiceThread
@@ -138,7 +139,7 @@ def test_a_killed_control_process_is_started_again_on_the_same_port(
 def test_a_control_process_that_keeps_dying_stops_the_service_with_an_error(
     upstream: RecordingUpstream, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(supervisor, "MAX_RESTARTS", 1)
+    monkeypatch.setattr(restarts, "MAX_RESTARTS", 1)
     settings = load_settings(
         environ={},
         overrides={
@@ -210,7 +211,7 @@ def test_sidecar_serve_exits_naming_a_control_plane_that_keeps_dying(
         assert serve.stdout is not None and serve.stderr is not None
         control_url = [serve.stdout.readline(), serve.stdout.readline()][1].split()[1]
         killed: set[int] = set()
-        while serve.poll() is None and len(killed) <= supervisor.MAX_RESTARTS:
+        while serve.poll() is None and len(killed) <= restarts.MAX_RESTARTS:
             # The next control process, once it serves (a fresh one has a new pid).
             wait_until(
                 lambda: (
@@ -229,7 +230,7 @@ def test_sidecar_serve_exits_naming_a_control_plane_that_keeps_dying(
         assert serve.wait(60) == 1
         err = serve.stderr.read()
         assert "sidecar: control plane: the control process exited with -9" in err, err
-        assert f"{supervisor.MAX_RESTARTS} times" in err
+        assert f"{restarts.MAX_RESTARTS} times" in err
     finally:
         if serve.poll() is None:
             serve.kill()

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from loadtests.procs import cpu_seconds, data_plane_cpu_seconds
 from sidecar.decisions import worker_of
-from sidecar.workers.supervisor import MAX_RESTARTS
+from sidecar.restarts import MAX_RESTARTS
 from tests.kafka_broker import dead_bootstrap
 from tests.servers import RecordingUpstream, recording_upstream, wait_until
 
