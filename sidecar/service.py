@@ -92,11 +92,16 @@ class Service:
         # cannot be explained faithfully stops the start (ExplainerError names why).
         explainer = build_explainer(settings, registry)
         self._worker_socks: list[socket.socket] = []
+        # gRPC listening sockets bound here when there are workers (each takes one);
+        # with one process the gRPC listener binds its own.
+        self._grpc_sock: socket.socket | None = None
+        self._worker_grpc_socks: list[socket.socket | None] = []
         self._bridge_socks: BridgeSockets | None = None
         self.workers: WorkerSet | None = None
         self._control_sock: socket.socket | None = None
         if slot is not None:
             self._proxy_sock = slot.proxy_sock
+            self._grpc_sock = slot.grpc_sock
             self.control_url = slot.control_url
         else:
             # Reasons, recourse and tokens checked against the model, also before any port
@@ -107,6 +112,18 @@ class Service:
                 self._proxy_sock, *self._worker_socks = bind_reuseport(
                     settings.proxy.host, settings.proxy.port, workers
                 )
+                self._worker_grpc_socks = [None] * (workers - 1)
+                if settings.proxy.grpc_listen is not None:
+                    host, _, port = settings.proxy.grpc_listen.rpartition(":")
+                    try:
+                        grpc_socks = bind_reuseport(host.strip("[]"), int(port), workers)
+                        self._grpc_sock = grpc_socks[0]
+                        self._worker_grpc_socks = [*grpc_socks[1:]]
+                    except OSError as exc:
+                        # `sidecar serve` answers an OSError here "cannot listen: ...".
+                        raise OSError(
+                            exc.errno, f"proxy.grpc_listen = {settings.proxy.grpc_listen!r}: {exc}"
+                        ) from None
             else:
                 self._proxy_sock = bind(settings.proxy.host, settings.proxy.port)
             self._control_sock = bind(settings.control.host, settings.control.port)
@@ -282,7 +299,7 @@ class Service:
             self.dataplane.handle, self._proxy_sock, Limits.of(self.settings.proxy)
         )
         if self.grpc is not None:
-            await self.grpc.start()
+            await self.grpc.start(self._grpc_sock)
         if self.slot is not None:
             # A worker: the control process reaches it on its own socket; nothing else to start.
             self._listener = BridgeListener(
@@ -302,7 +319,14 @@ class Service:
             self.workers = WorkerSet(
                 settings=self.settings,
                 count=len(self._worker_socks) + 1,
-                sockets=list(zip(self._worker_socks, self._bridge_socks.socks, strict=True)),
+                sockets=list(
+                    zip(
+                        self._worker_socks,
+                        self._bridge_socks.socks,
+                        self._worker_grpc_socks,
+                        strict=True,
+                    )
+                ),
                 control_url=self.control_url,
                 on_failure=self._workers_failed,
             )
@@ -355,7 +379,13 @@ class Service:
             await self.grpc.stop()
         await loop.run_in_executor(None, self._stop_background)
         await self.upstream.close()
-        for sock in (self._proxy_sock, self._control_sock, *self._worker_socks):
+        for sock in (
+            self._proxy_sock,
+            self._control_sock,
+            *self._worker_socks,
+            self._grpc_sock,
+            *self._worker_grpc_socks,
+        ):
             if sock is not None:
                 sock.close()
         if self._bridge_socks is not None:

@@ -68,7 +68,7 @@ class ProxySettings(_Section):
     grpc_max_connections: int = Field(default=256, ge=1)
     """Open gRPC client connections (each holds one upstream connection); one past it is answered UNAVAILABLE naming this key and closed, without an upstream connection. Apart from proxy.max_connections (HTTP)."""
     workers: int = Field(default=1, ge=1, le=64)
-    """Data-plane processes, each with its own listening socket on `port` (SO_REUSEPORT: the kernel spreads connections over them), event loop, upstream pool, decision queue, explainer and sink (its spool and files under `worker-K/`); one control process serves them all. Not with grpc_listen."""
+    """Data-plane processes, each with its own listening socket on `port` (SO_REUSEPORT: the kernel spreads connections over them), event loop, upstream pool, decision queue, explainer and sink (its spool and files under `worker-K/`); one control process serves them all. With grpc_listen, each worker has its own gRPC listening socket on that port too."""
 
     @field_validator("upstream_ca_file")
     @classmethod
@@ -99,9 +99,6 @@ class ProxySettings(_Section):
     def _check_grpc(self) -> ProxySettings:
         if self.grpc_listen is not None and self.grpc_upstream is None:
             raise ValueError("proxy.grpc_upstream is required when proxy.grpc_listen is set")
-        if self.grpc_listen is not None and self.workers > 1:
-            # Each worker would need its own gRPC listener (grpcio binds its own sockets).
-            raise ValueError("proxy.grpc_listen is not served with proxy.workers > 1")
         return self
 
     @field_validator("upstream")

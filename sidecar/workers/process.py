@@ -30,6 +30,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--proxy-fd", type=int, required=True)
     p.add_argument("--bridge-fd", type=int, required=True)
     p.add_argument("--lifeline-fd", type=int, required=True)
+    p.add_argument("--grpc-fd", type=int, default=-1)
     p.add_argument("--control-url", required=True)
     p.add_argument("--log-level", type=int, default=30)
     return p.parse_args(argv)
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_sock=socket.socket(fileno=args.proxy_fd),
         bridge_sock=socket.socket(fileno=args.bridge_fd),
         control_url=args.control_url,
+        grpc_sock=socket.socket(fileno=args.grpc_fd) if args.grpc_fd >= 0 else None,
     )
     service = Service(settings, slot)
 

@@ -1,8 +1,9 @@
 """What makes a data-plane process worker K of N: its sockets and its own share of the settings.
 
 The service's own process is worker 0. It binds every worker's listening socket
-(SO_REUSEPORT, one per worker, all on `proxy.port`) before anything starts, so a
-port in use stops the start there, and keeps them open: a worker that dies leaves
+(SO_REUSEPORT, one per worker, all on `proxy.port`, and as many on
+`proxy.grpc_listen`'s port when it is set) before anything starts, so a port in
+use stops the start there, and keeps them open: a worker that dies leaves
 its socket's backlog waiting for the worker started in its place, not refused.
 """
 
@@ -28,6 +29,8 @@ class WorkerSlot:
     # Where the control process reaches this worker (a listening Unix socket).
     bridge_sock: socket.socket
     control_url: str
+    # Its gRPC listening socket, when proxy.grpc_listen is set.
+    grpc_sock: socket.socket | None = None
 
 
 def for_worker(settings: Settings, index: int) -> Settings:

@@ -34,10 +34,13 @@ class WorkersError(RuntimeError):
 
 
 class _Worker:
-    def __init__(self, index: int, proxy: socket.socket, bridge: socket.socket) -> None:
+    def __init__(
+        self, index: int, proxy: socket.socket, bridge: socket.socket, grpc: socket.socket | None
+    ) -> None:
         self.index = index
         self.proxy = proxy
         self.bridge = bridge
+        self.grpc = grpc
         self.proc: subprocess.Popen[bytes] | None = None
         self.lifeline: socket.socket | None = None
         self.restarts = RestartBudget()
@@ -50,7 +53,7 @@ class WorkerSet:
         *,
         settings: Settings,
         count: int,
-        sockets: list[tuple[socket.socket, socket.socket]],
+        sockets: list[tuple[socket.socket, socket.socket, socket.socket | None]],
         control_url: str,
         on_failure: Callable[[str], None],
     ) -> None:
@@ -58,7 +61,7 @@ class WorkerSet:
         self._count = count
         self._control_url = control_url
         self._on_failure = on_failure
-        self._workers = [_Worker(k, p, b) for k, (p, b) in enumerate(sockets, start=1)]
+        self._workers = [_Worker(k, p, b, g) for k, (p, b, g) in enumerate(sockets, start=1)]
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -85,7 +88,10 @@ class WorkerSet:
             if self._stopping:
                 return
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            fds = (w.proxy.fileno(), w.bridge.fileno(), theirs.fileno())
+            fds: tuple[int, ...] = (w.proxy.fileno(), w.bridge.fileno(), theirs.fileno())
+            grpc = [] if w.grpc is None else [f"--grpc-fd={w.grpc.fileno()}"]
+            if w.grpc is not None:
+                fds += (w.grpc.fileno(),)
             try:
                 w.proc = subprocess.Popen(
                     [
@@ -97,6 +103,7 @@ class WorkerSet:
                         f"--proxy-fd={fds[0]}",
                         f"--bridge-fd={fds[1]}",
                         f"--lifeline-fd={fds[2]}",
+                        *grpc,
                         f"--control-url={self._control_url}",
                         f"--log-level={logging.getLogger().getEffectiveLevel()}",
                     ],

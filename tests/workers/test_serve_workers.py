@@ -101,10 +101,10 @@ def _workers(pid: int) -> list[int]:
     return out
 
 
-def _serve(upstream_url: str, state: Path, workers: int = 2) -> Served:
+def _serve(upstream_url: str, state: Path, workers: int = 2, extra_proxy: str = "") -> Served:
     config = state / "sidecar.toml"
     config.write_text(
-        f'[proxy]\nport = 0\nupstream = "{upstream_url}"\nworkers = {workers}\n'
+        f'[proxy]\nport = 0\nupstream = "{upstream_url}"\nworkers = {workers}\n{extra_proxy}'
         "[control]\nport = 0\n"
         f'[sink]\ndirectory = "{state / "events"}"\n'
         f'[review]\ndb_path = "{state / "review.db"}"\nconfidence_below = 0.6\n'

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from urllib.parse import urlsplit
 
@@ -173,8 +174,9 @@ class GrpcServer:
         self.infer: InferHooks | None = None
         self.port = 0
 
-    async def start(self) -> None:
-        """Open the listener (on the running loop). Fails naming the key."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Open the listener (on the running loop), on `sock` when given (a worker's, bound
+        with SO_REUSEPORT by the service's process). Fails naming the key."""
         s = self._settings
         assert s.grpc_listen is not None and s.grpc_upstream is not None
         self._loop = loop = asyncio.get_running_loop()
@@ -202,9 +204,14 @@ class GrpcServer:
         host, _, port = s.grpc_listen.rpartition(":")
         conns = self._conns
         try:
-            self._server = await loop.create_server(
-                lambda: TapConnection(config, conns), host.strip("[]"), int(port)
-            )
+            if sock is not None:
+                self._server = await loop.create_server(
+                    lambda: TapConnection(config, conns), sock=sock
+                )
+            else:
+                self._server = await loop.create_server(
+                    lambda: TapConnection(config, conns), host.strip("[]"), int(port)
+                )
         except OSError as exc:
             raise RuntimeError(
                 f"proxy.grpc_listen = {s.grpc_listen!r}: cannot listen ({exc})"
