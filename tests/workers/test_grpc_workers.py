@@ -3,8 +3,6 @@ its own socket of the one port, and every decision is found through the one cont
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from sidecar.decisions import worker_of
 from sidecar.demo.model import load_meta
 from tests.grpc_model_server import RunningModelServer, grpc_model_server
 from tests.servers import free_port, http_get, recording_upstream
-from tests.workers.test_serve_workers import TOKEN, Served, _serve
+from tests.workers.test_serve_workers import TOKEN, Served, _serve, stop
 
 META = load_meta()
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -42,12 +40,7 @@ def served(model_server: RunningModelServer) -> Iterator[tuple[Served, int]]:
         try:
             yield s, port
         finally:
-            s.proc.send_signal(signal.SIGTERM)
-            try:
-                s.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                s.proc.kill()
-                s.proc.wait()
+            stop(s)
 
 
 def _infer(port: int, request_id: str) -> tuple[bytes, str]:

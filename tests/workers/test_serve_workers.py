@@ -150,12 +150,17 @@ def served(upstream: RecordingUpstream) -> Iterator[Served]:
     try:
         yield s
     finally:
-        s.proc.send_signal(signal.SIGTERM)
-        try:
-            s.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            s.proc.kill()
-            s.proc.wait()
+        stop(s)
+
+
+def stop(s: Served) -> None:
+    """SIGTERM, as a pod's stop sends; SIGKILL past 30 s."""
+    s.proc.send_signal(signal.SIGTERM)
+    try:
+        s.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+        s.proc.wait()
 
 
 def _call(proxy: tuple[str, int], request_id: str) -> str:

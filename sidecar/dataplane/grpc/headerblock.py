@@ -128,6 +128,18 @@ class Decoder:
         except IndexError:
             raise CompressionError(f"index {index} past the table") from None
 
+    def _literal(self, data: bytes, i: int, prefix: int) -> tuple[Header, int]:
+        """A literal field at `data[i]` whose name index has a `prefix`-bit prefix (6 with
+        incremental indexing, 4 without or never indexed): the field, and where the next
+        one starts."""
+        index, i = _integer(data, i, prefix)
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, i = _string(data, i)
+        value, i = _string(data, i)
+        return (name, value), i
+
     def _add(self, header: Header) -> None:
         size = len(header[0]) + len(header[1]) + _ENTRY_OVERHEAD
         table = self._table
@@ -158,13 +170,7 @@ class Decoder:
                 index, i = _integer(data, i, 7)
                 header = self._entry(index)
             elif b & 0x40:  # literal with incremental indexing
-                index, i = _integer(data, i, 6)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, i = _string(data, i)
-                value, i = _string(data, i)
-                header = (name, value)
+                header, i = self._literal(data, i, 6)
                 self._add(header)
                 changed = True
             elif b & 0x20:  # dynamic table size update
@@ -176,13 +182,7 @@ class Decoder:
                 changed = True
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
-                index, i = _integer(data, i, 4)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, i = _string(data, i)
-                value, i = _string(data, i)
-                header = (name, value)
+                header, i = self._literal(data, i, 4)
                 if b & 0x10:
                     never.append(header)
             # Decoded to the end even past the limit, so the table stays in step.
