@@ -128,7 +128,11 @@ def _serve(upstream_url: str, state: Path, workers: int = 2, extra_proxy: str = 
     assert proxy_line.startswith("proxy: "), proxy_line + (state / "stderr.log").read_text()
     host, port = proxy_line.split()[1].removeprefix("http://").split(":")
     served = Served(proc, (host, int(port)), control_line.split()[1], state)
-    wait_until(lambda: _ready(served.control), 90, what="every worker ready")
+    try:
+        wait_until(lambda: _ready(served.control), 90, what="every worker ready")
+    except BaseException:
+        stop(served)  # a service that never got ready must not outlive the test
+        raise
     return served
 
 
