@@ -60,12 +60,20 @@ class _SilentUpstream:
                     buf = buf[len(f.PREFACE) :]
                 while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
                     length, ftype, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+                    sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    payload = buf[9 : 9 + length]
                     buf = buf[9 + length :]
                     self.types.append(ftype)
                     if ftype == f.SETTINGS and not flags & f.ACK:
                         conn.sendall(f.frame(f.SETTINGS, f.ACK, 0))
-                    if ftype == f.HEADERS and self._hang_up:
+                    elif not self._on_frame(conn, ftype, flags, sid, payload):
                         return
+
+    def _on_frame(
+        self, conn: socket.socket, ftype: int, flags: int, sid: int, payload: bytes
+    ) -> bool:
+        """Any frame but SETTINGS; False hangs up."""
+        return not (ftype == f.HEADERS and self._hang_up)
 
     def close(self) -> None:
         self.sock.close()
@@ -136,41 +144,25 @@ class _ReplayUpstream(_SilentUpstream):
     def __init__(self, answer: bytes) -> None:
         self._answer = answer
         self.window_updates: list[tuple[int, int]] = []
+        self._encoders: dict[int, Encoder] = {}
         super().__init__(hang_up=False)
 
-    def _conn(self, conn: socket.socket) -> None:
-        enc = Encoder()
-        with conn:
-            conn.sendall(f.settings([]))
-            buf = b""
-            while True:
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buf += chunk
-                if buf.startswith(f.PREFACE):
-                    buf = buf[len(f.PREFACE) :]
-                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
-                    length, ftype, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
-                    sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-                    payload = buf[9 : 9 + length]
-                    buf = buf[9 + length :]
-                    self.types.append(ftype)
-                    if ftype == f.SETTINGS and not flags & f.ACK:
-                        conn.sendall(f.frame(f.SETTINGS, f.ACK, 0))
-                    elif ftype == f.WINDOW_UPDATE:
-                        self.window_updates.append((sid, f.u32(payload)))
-                    elif ftype == f.DATA and flags & f.END_STREAM:
-                        message = b"\x00" + len(self._answer).to_bytes(4, "big") + self._answer
-                        head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
-                        conn.sendall(
-                            f.header_block(sid, enc.encode(head), False)
-                            + f.frame(f.DATA, 0, sid, message)
-                            + f.header_block(sid, enc.encode([(b"grpc-status", b"0")]), True)
-                        )
+    def _on_frame(
+        self, conn: socket.socket, ftype: int, flags: int, sid: int, payload: bytes
+    ) -> bool:
+        if ftype == f.WINDOW_UPDATE:
+            self.window_updates.append((sid, f.u32(payload)))
+        elif ftype == f.DATA and flags & f.END_STREAM:
+            # One encoder per connection: HPACK is connection state.
+            enc = self._encoders.setdefault(conn.fileno(), Encoder())
+            message = b"\x00" + len(self._answer).to_bytes(4, "big") + self._answer
+            head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+            conn.sendall(
+                f.header_block(sid, enc.encode(head), False)
+                + f.frame(f.DATA, 0, sid, message)
+                + f.header_block(sid, enc.encode([(b"grpc-status", b"0")]), True)
+            )
+        return True
 
 
 @pytest.mark.parametrize("mode", ["id_in_parameters", "hold"])
