@@ -1,30 +1,36 @@
 """The gRPC benchmark: ModelInfer direct and through the sidecar, alternating, in one run.
 
-    python -m loadtests.bench_grpc --rate 500 --duration 30
+    python -m loadtests.bench_grpc --rate 500 --duration 60 --rounds 6 [--set sampling.rate=0]
 
-Starts a gRPC model server (the demo onnxruntime model behind grpcio's asyncio
-server, answering ModelInfer with raw contents as Triton does; `--serve-model PORT`
-runs it alone) and `sidecar serve` with `proxy.grpc_listen` in front of it, warms
-the paths, then runs `--rounds` rounds of `duration / rounds` seconds per path,
-rotating the order each round as loadtests/bench_proxy.py does. The load is open
-loop: call i is started at t0 + i/rate whatever the server does, and its latency
-counts from that scheduled time, so a stall is charged for the calls it held back.
-One single-row FP32 call in `raw_input_contents` (what tritonclient sends), with
-a request id and group attributes in the metadata, so every call through the
-sidecar is a recorded decision. Prints calls/s and p50/p99/p99.9 per path, what
-the sidecar adds, and its CPU time per call (utime + stime from /proc over its
-rounds). Writes the result as JSON to loadtests/results/.
+The load is open loop, the HTTP benchmark's method: call i is started at t0 + i/rate
+whatever the server does, on one HTTP/2 connection that never makes a call wait for a
+free one, so its latency counts from its start (the timer's jitter, and any stall of the
+generator's own, is reported apart as its lag, as loadtests/loadgen.py does). One single-row FP32 call in `raw_input_contents`
+(what tritonclient sends), with a request id and group attributes in the metadata, so
+every call through the sidecar is a recorded decision. As in loadtests/bench_proxy.py the
+generator and the model server share one core and the sidecar (with its control process)
+has the other (`--no-pin` leaves placement to the kernel), and the paths rotate each round.
 
-A third path, `passthrough`, is the same-run baseline for what grpcio charges for the
-hop: the same message through the same sidecar under a method it forwards without
-reading (`ModelStatistics`, one of the protocol's unary methods, which this model
-server answers as it answers ModelInfer), so no decision is made (`--no-passthrough`
-leaves it out).
+`--generator go` (the default) calls with grpc-go (loadtests/grpc_go_hop/, built with `go`
+into .cache/) against a grpc-go server that answers every call with the demo model's
+answer to the payload, computed once: the gRPC counterpart of the HTTP benchmark's
+fixed-answer upstream, tens of microseconds a call, so the other core's queueing does not
+set the tail. `--generator python` is the earlier method: grpcio's asyncio client, and the
+demo onnxruntime model behind grpcio's asyncio server (`--serve-model PORT` runs it alone),
+together about 1.3 ms of CPU a call on the generator's core.
 
-`--ab-grpcio-defaults` adds a second sidecar to the rotation, the same code and config
-started with `GRPC_EXPERIMENTS=""` (grpcio's own defaults: its EventEngine rollouts on,
-which sidecar/dataplane/grpc/ turns off), as the path `sidecar-grpcio-defaults`: the
-same-run A/B for that setting, CPU per call of each.
+Prints calls/s and p50/p99/p99.9 per path, what the sidecar adds, and its CPU time per
+call (utime + stime from /proc over its rounds, its control process included). Writes the
+result as JSON to loadtests/results/.
+
+A third path, `passthrough`, is the same-run baseline for the hop: the same message
+through the same sidecar under a method it forwards without reading (`ModelStatistics`,
+one of the protocol's unary methods, which the model server answers as it answers
+ModelInfer), so no decision is made (`--no-passthrough` leaves it out).
+
+`--set SECTION.KEY=VALUE` configures the sidecar (e.g. `sampling.rate=0`); `--ab-set`
+adds a second sidecar, `sidecar-b`, with those settings on top, to the same rotation: the
+same-run A/B for a setting.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ import grpc
 import numpy as np
 import uvloop
 
-from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive, write_config
+from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive, parse_set, write_config
+from loadtests.grpc_go import GO_BINARY, build_go
 from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import (
     ModelInferRequest,
@@ -61,6 +68,7 @@ SERVER_READY = "/inference.GRPCInferenceService/ServerReady"
 # Forwarded unary and unread by the sidecar; answered like ModelInfer here (the baseline path).
 PASSTHROUGH = "/inference.GRPCInferenceService/ModelStatistics"
 TARGETS = {"added_p50_ms": 0.3, "added_p99_ms": 1.0}
+METADATA = (("x-request-id", "bench"), ("x-group-attributes", "gender=F; age_band=30-39"))
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -84,16 +92,21 @@ class _ModelHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         return ready
 
     async def _infer(self, request: bytes, context: Any) -> bytes:
-        req = ModelInferRequest.FromString(request)
-        shape = list(req.inputs[0].shape)
-        x = np.frombuffer(req.raw_input_contents[0], dtype="<f4").reshape(shape)
-        label, proba = self._model.predict(x)
-        out = ModelInferResponse(model_name=req.model_name, id=req.id)
-        for name, value, dtype in (("label", label, "INT64"), ("probabilities", proba, "FP32")):
-            out.outputs.add(name=name, datatype=dtype, shape=list(value.shape))
-            out.raw_output_contents.append(value.astype(value.dtype.newbyteorder("<")).tobytes())
-        answer: bytes = out.SerializeToString()
-        return answer
+        return model_answer(self._model, request)
+
+
+def model_answer(model: OnnxClassifier, request: bytes) -> bytes:
+    """The demo model's ModelInfer answer to `request`, outputs in raw contents as Triton's."""
+    req = ModelInferRequest.FromString(request)
+    shape = list(req.inputs[0].shape)
+    x = np.frombuffer(req.raw_input_contents[0], dtype="<f4").reshape(shape)
+    label, proba = model.predict(x)
+    out = ModelInferResponse(model_name=req.model_name, id=req.id)
+    for name, value, dtype in (("label", label, "INT64"), ("probabilities", proba, "FP32")):
+        out.outputs.add(name=name, datatype=dtype, shape=list(value.shape))
+        out.raw_output_contents.append(value.astype(value.dtype.newbyteorder("<")).tobytes())
+    answer: bytes = out.SerializeToString()
+    return answer
 
 
 async def serve_model(port: int) -> None:
@@ -119,8 +132,10 @@ def _payload() -> bytes:
 async def run_load(
     target: str, payload: bytes, rate: float, duration_s: float, method: str = INFER
 ) -> dict[str, Any]:
-    """Open loop at `rate` calls/s for `duration_s`; latencies from each call's scheduled time."""
-    metadata = (("x-request-id", "bench"), ("x-group-attributes", "gender=F; age_band=30-39"))
+    """Open loop at `rate` calls/s for `duration_s` on one channel. A call never waits for a
+    free connection (HTTP/2 multiplexes), so as loadtests/loadgen.py's request on a free
+    connection its latency counts from its start; the timer's jitter is the lag, apart."""
+    metadata = METADATA
     latencies: list[float] = []
     errors: dict[str, int] = {}
     lag_max = 0.0
@@ -128,13 +143,14 @@ async def run_load(
         stub = channel.unary_unary(method)
         await stub(payload, metadata=metadata, timeout=10)
 
-        async def one(scheduled: float) -> None:
+        async def one() -> None:
+            started = time.perf_counter()
             try:
                 await stub(payload, metadata=metadata, timeout=10)
             except grpc.aio.AioRpcError as err:
                 errors[err.code().name] = errors.get(err.code().name, 0) + 1
                 return
-            latencies.append(time.perf_counter() - scheduled)
+            latencies.append(time.perf_counter() - started)
 
         n = int(rate * duration_s)
         tasks = []
@@ -147,7 +163,7 @@ async def run_load(
                 await asyncio.sleep(delay)
             else:
                 lag_max = max(lag_max, -delay)
-            tasks.append(asyncio.ensure_future(one(scheduled)))
+            tasks.append(asyncio.ensure_future(one()))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu0
@@ -196,10 +212,12 @@ def _report(result: dict[str, Any]) -> str:
     lines = [
         f"gRPC ModelInfer, open loop {result['rate']:g} calls/s, "
         f"{result['rounds']} rounds x {result['round_s']:g} s per path, {result['date']}",
+        f"generator: {result['generator']}; pinning: {result['pinning']};"
+        f" settings: {' '.join(result['set']) or 'defaults'}",
         "path                    calls/s   p50 ms   p99 ms  p99.9 ms  errors",
     ]
     paths = [("direct", d), ("sidecar", s)]
-    for name in ("passthrough", "sidecar-grpcio-defaults"):
+    for name in ("passthrough", "sidecar-b"):
         if name in result:
             paths.append((name, result[name]))
     for name, r in paths:
@@ -220,11 +238,13 @@ def _report(result: dict[str, Any]) -> str:
             f"p99 {p['p99_ms'] - d['p99_ms']:.3f} ms; "
             f"its sidecar CPU per call: {result['passthrough_cpu_us_per_call']:.0f} us"
         )
-    if "sidecar-grpcio-defaults" in result:
-        g = result["sidecar_grpcio_defaults_cpu_us_per_call"]
+    if "sidecar-b" in result:
+        b = result["sidecar-b"]
         lines.append(
-            f"sidecar with grpcio's defaults: CPU per call {g:.0f} us; "
-            f"this sidecar's is x{result['sidecar_cpu_us_per_call'] / g:.2f} of it"
+            f"sidecar-b ({' '.join(result['ab_set'])}) added: p50 {b['p50_ms'] - d['p50_ms']:.3f} ms,"
+            f" p99 {b['p99_ms'] - d['p99_ms']:.3f} ms; CPU per call "
+            f"{result['sidecar_b_cpu_us_per_call']:.0f} us against the sidecar's "
+            f"{result['sidecar_cpu_us_per_call']:.0f}"
         )
     lines.append(
         f"model server CPU per direct call: {result['model_server_cpu_us_per_call']:.0f} us; "
@@ -256,9 +276,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
     parser.add_argument("--no-passthrough", action="store_true", help="leave the baseline path out")
     parser.add_argument(
-        "--ab-grpcio-defaults",
-        action="store_true",
-        help="a second sidecar with grpcio's default experiments, in the same rotation",
+        "--generator",
+        choices=("go", "python"),
+        default="go",
+        help="go: grpc-go's generator and a fixed-answer grpc-go model server (built with `go`);"
+        " python: grpcio's client and the demo model behind grpcio's server",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a sidecar setting, e.g. sampling.rate=0 (repeatable)",
+    )
+    parser.add_argument(
+        "--ab-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="add a second sidecar, `sidecar-b`, with these settings on top of --set (repeatable)",
     )
     parser.add_argument(
         "--no-lock",
@@ -270,73 +307,144 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_model:
         uvloop.run(serve_model(args.serve_model))
         return 0
+    if args.generator == "go" and not build_go():
+        parser.error("the grpc-go generator did not build: install Go, or use --generator python")
+    cores = os.sched_getaffinity(0)
     # One benchmark at a time on the machine (bench_proxy's lock): they would measure each other.
-    with contextlib.nullcontext() if args.no_lock else _exclusive(LOCK_PATH):
-        return _run(args)
+    try:
+        with contextlib.nullcontext() if args.no_lock else _exclusive(LOCK_PATH):
+            return _run(args)
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+def _model_server(
+    args: argparse.Namespace, work: Path, cpus: set[int] | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The model server on `cpus`, and its port."""
+    if args.generator == "python":
+        port = _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.bench_grpc", "--serve-model", str(port)],
+            cwd=_REPO,
+            # A model server as it comes: grpcio's defaults (this process may have the sidecar's).
+            env=os.environ | {"GRPC_EXPERIMENTS": ""},
+        )
+    else:
+        answer = work / "answer.bin"
+        answer.write_bytes(
+            model_answer(OnnxClassifier(MODEL_PATH, load_meta(META_PATH)), _payload())
+        )
+        proc = subprocess.Popen(
+            [str(GO_BINARY), "-serve-answer", str(answer)],
+            stdout=subprocess.PIPE,
+            env=os.environ | {"GOMAXPROCS": "1"},
+        )
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().decode().rpartition(":")[2])
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
+    return proc, port
+
+
+def run_go_load(
+    target: str,
+    payload_path: Path,
+    rate: float,
+    duration_s: float,
+    method: str,
+    cpus: set[int] | None,
+) -> dict[str, Any]:
+    """The grpc-go generator's open loop (the same method as run_load), as run_load reports it."""
+    proc = subprocess.run(
+        [
+            str(GO_BINARY),
+            "-load",
+            target,
+            "-method",
+            method,
+            "-payload",
+            str(payload_path),
+            "-rate",
+            str(rate),
+            "-duration",
+            str(duration_s),
+            "-metadata",
+            "\n".join(f"{k}={v}" for k, v in METADATA),
+        ],
+        capture_output=True,
+        check=True,
+        env=os.environ | {"GOMAXPROCS": "1"},
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        timeout=duration_s + 60,
+    )
+    out: dict[str, Any] = json.loads(proc.stdout)
+    out["latencies"] = [us / 1e6 for us in out.pop("latencies_us")]
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
-
+    cores = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cores) >= 2
+    # As bench_proxy: the generator and the model server on one core, the sidecar on the other.
+    near: set[int] | None = {cores[0]} if pin else None
+    far: set[int] | None = {cores[1]} if pin else None
+    if near:
+        os.sched_setaffinity(0, near)
     work = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
-    model_port = _free_port()
-    model = subprocess.Popen(
-        [sys.executable, "-m", "loadtests.bench_grpc", "--serve-model", str(model_port)],
-        cwd=_REPO,
-        # A model server as it comes: grpcio's defaults (this process may have the sidecar's).
-        env=os.environ | {"GRPC_EXPERIMENTS": ""},
-    )
+    payload = _payload()
+    payload_path = work / "payload.bin"
+    payload_path.write_bytes(payload)
+    base_settings = parse_set(args.set)
+    model, model_port = _model_server(args, work, near)
     sidecars: dict[str, tuple[SidecarProcess, dict[str, str]]] = {}
     # The HTTP upstream carries no load here, but /readyz asks it an HTTP/1.1 question,
     # which the gRPC port cannot answer: a fixed-answer HTTP server stands beside it.
-    http_upstream = FastUpstreamProcess()
+    http_upstream = FastUpstreamProcess(cpus=near)
     try:
         _wait_grpc(f"127.0.0.1:{model_port}")
         http_url = http_upstream.start()
         upstream = f"http://127.0.0.1:{model_port}"
-        # Each sidecar: its name and the GRPC_EXPERIMENTS it starts with (None: unset, so
-        # the sidecar's own default applies).
-        variants: list[tuple[str, str | None]] = [("sidecar", None)]
-        if args.ab_grpcio_defaults:
-            variants.append(("sidecar-grpcio-defaults", ""))
+        variants: list[tuple[str, dict[str, dict[str, Any]]]] = [("sidecar", base_settings)]
+        if args.ab_set:
+            b = {k: dict(v) for k, v in base_settings.items()}
+            for section, values in parse_set(args.ab_set).items():
+                b.setdefault(section, {}).update(values)
+            variants.append(("sidecar-b", b))
         paths: dict[str, tuple[str, str, str | None]] = {
             "direct": (f"127.0.0.1:{model_port}", INFER, None)
         }
-        for name, experiments in variants:
+        for name, settings in variants:
             folder = work / name
             folder.mkdir()
             grpc_port = _free_port()
-            write_config(
-                folder / "sidecar.toml",
-                http_url,
-                {
-                    "proxy": {"grpc_listen": f"127.0.0.1:{grpc_port}", "grpc_upstream": upstream},
-                    "sink": {"directory": str(folder / "events")},
-                    "review": {"db_path": str(folder / "review.db")},
-                },
-            )
+            extra: dict[str, dict[str, Any]] = {
+                "proxy": {"grpc_listen": f"127.0.0.1:{grpc_port}", "grpc_upstream": upstream},
+                "sink": {"directory": str(folder / "events")},
+                "review": {"db_path": str(folder / "review.db")},
+            }
+            for section, values in settings.items():
+                extra.setdefault(section, {}).update(values)
+            write_config(folder / "sidecar.toml", http_url, extra)
             proc = SidecarProcess(
                 [sys.executable, "-m", "sidecar.cli"],
                 folder / "sidecar.toml",
                 _REPO,
                 folder / "sidecar.log",
-                None,
+                far,
             )
-            saved = os.environ.pop("GRPC_EXPERIMENTS", None)
-            if experiments is not None:
-                os.environ["GRPC_EXPERIMENTS"] = experiments
-            try:
-                sidecars[name] = (proc, proc.start())
-            finally:
-                if saved is None:
-                    os.environ.pop("GRPC_EXPERIMENTS", None)
-                else:
-                    os.environ["GRPC_EXPERIMENTS"] = saved
+            sidecars[name] = (proc, proc.start())
             paths[name] = (f"127.0.0.1:{grpc_port}", INFER, name)
             if name == "sidecar" and not args.no_passthrough:
                 paths["passthrough"] = (f"127.0.0.1:{grpc_port}", PASSTHROUGH, name)
-        payload = _payload()
+
+        def load(target: str, method: str, seconds: float) -> dict[str, Any]:
+            if args.generator == "go":
+                return run_go_load(target, payload_path, args.rate, seconds, method, near)
+            return uvloop.run(run_load(target, payload, args.rate, seconds, method))
+
         for target, method, _sc in paths.values():
-            uvloop.run(run_load(target, payload, args.rate, args.warmup, method))
+            load(target, method, args.warmup)
         per_round = args.duration / args.rounds
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
         cpu = dict.fromkeys(paths, 0.0)
@@ -348,9 +456,7 @@ def _run(args: argparse.Namespace) -> int:
                 target, method, sc = paths[name]
                 pid = sidecars[sc][0].pid if sc else model.pid
                 c0 = cpu_seconds(pid)
-                rounds[name].append(
-                    uvloop.run(run_load(target, payload, args.rate, per_round, method))
-                )
+                rounds[name].append(load(target, method, per_round))
                 cpu[name] += cpu_seconds(pid) - c0
         direct, through = _summary(rounds["direct"]), _summary(rounds["sidecar"])
         result = {
@@ -360,6 +466,14 @@ def _run(args: argparse.Namespace) -> int:
             "round_s": per_round,
             "cpus": os.cpu_count(),
             "load_average": os.getloadavg(),
+            "generator": args.generator,
+            "pinning": (
+                f"generator+model server on cpu {cores[0]}, sidecar on cpu {cores[1]}"
+                if pin
+                else "none"
+            ),
+            "set": args.set,
+            "ab_set": args.ab_set,
             "direct": direct,
             "sidecar": through,
             "added": {

@@ -61,6 +61,7 @@ import uvloop
 
 from loadtests.bench_grpc import PASSTHROUGH, SERVER_READY, _payload, _summary, run_load
 from loadtests.bench_proxy import LOCK_PATH, RESULTS_DIR, _exclusive, write_config
+from loadtests.grpc_go import GO_BINARY, build_go
 from loadtests.procs import FastUpstreamProcess, SidecarProcess, cpu_seconds
 from sidecar.dataplane.grpc import NO_EVENT_ENGINE
 from sidecar.dataplane.grpc.grpc_predict_v2_pb2 import ModelInferResponse, ServerReadyResponse
@@ -85,8 +86,6 @@ KINDS: dict[str, tuple[str, dict[str, str]]] = {
 }
 APIS = ("aio", "aio-asyncio", "aio-tuned", "aio-lazy", "sync", "sync-1", "grpclib", "tap")
 _REPO = Path(__file__).resolve().parent.parent
-_GO_SOURCE = Path(__file__).resolve().parent / "grpc_go_hop"
-_GO_BINARY = _REPO / ".cache" / "grpc-go-hop" / "grpchop"
 _TIMEOUT_S = 30.0
 _NO_DEADLINE_S = 1e8
 Context = Any
@@ -385,27 +384,12 @@ def _start_sidecar(port: int, upstream: str, stack: contextlib.ExitStack) -> Sid
     return sidecar
 
 
-def _build_go() -> bool:
-    """Build the grpc-go hop into .cache/ (go's own cache makes a rebuild cheap)."""
-    try:
-        subprocess.run(
-            ["go", "build", "-o", str(_GO_BINARY), "."],
-            cwd=_GO_SOURCE,
-            check=True,
-            timeout=600,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"the grpc-go hop did not build ({exc}): left out")
-        return False
-    return True
-
-
 def _kinds(only: str | None) -> list[str]:
     kinds = list(KINDS) if not only else [k.strip() for k in only.split(",")]
     for k in kinds:
         if k not in KINDS:
             raise SystemExit(f"--only: unknown kind {k!r} (one of {', '.join(KINDS)})")
-    if "go" in kinds and not _build_go():
+    if "go" in kinds and not build_go():
         kinds.remove("go")
     if "grpclib" in kinds:
         try:
@@ -494,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if api == "go":
                     go = subprocess.Popen(
-                        [str(_GO_BINARY), "-listen", f"127.0.0.1:{port}", "-upstream", upstream]
+                        [str(GO_BINARY), "-listen", f"127.0.0.1:{port}", "-upstream", upstream]
                     )
                     children.append(go)
                     _wait_port(port)
