@@ -30,7 +30,8 @@ ModelInfer), so no decision is made (`--no-passthrough` leaves it out).
 
 `--set SECTION.KEY=VALUE` configures the sidecar (e.g. `sampling.rate=0`); `--ab-set`
 adds a second sidecar, `sidecar-b`, with those settings on top, to the same rotation: the
-same-run A/B for a setting.
+same-run A/B for a setting. `--ab-sidecar COMMAND` runs `sidecar-b` by another command (an
+export of another commit), as bench_proxy's `--base-sidecar`: the A/B of two versions.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -240,8 +242,11 @@ def _report(result: dict[str, Any]) -> str:
         )
     if "sidecar-b" in result:
         b = result["sidecar-b"]
+        what = " ".join(
+            [*result["ab_set"], *([result["ab_sidecar"]] if result["ab_sidecar"] else [])]
+        )
         lines.append(
-            f"sidecar-b ({' '.join(result['ab_set'])}) added: p50 {b['p50_ms'] - d['p50_ms']:.3f} ms,"
+            f"sidecar-b ({what}) added: p50 {b['p50_ms'] - d['p50_ms']:.3f} ms,"
             f" p99 {b['p99_ms'] - d['p99_ms']:.3f} ms; CPU per call "
             f"{result['sidecar_b_cpu_us_per_call']:.0f} us against the sidecar's "
             f"{result['sidecar_cpu_us_per_call']:.0f}"
@@ -296,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="add a second sidecar, `sidecar-b`, with these settings on top of --set (repeatable)",
+    )
+    parser.add_argument(
+        "--ab-sidecar",
+        default=None,
+        metavar="COMMAND",
+        help="add `sidecar-b` run by COMMAND (e.g. `env PYTHONPATH=/tmp/base .venv/bin/sidecar` for"
+        " an export of another commit), with --ab-set's settings if any: an A/B of two versions",
     )
     parser.add_argument(
         "--no-lock",
@@ -406,7 +418,7 @@ def _run(args: argparse.Namespace) -> int:
         http_url = http_upstream.start()
         upstream = f"http://127.0.0.1:{model_port}"
         variants: list[tuple[str, dict[str, dict[str, Any]]]] = [("sidecar", base_settings)]
-        if args.ab_set:
+        if args.ab_set or args.ab_sidecar:
             b = {k: dict(v) for k, v in base_settings.items()}
             for section, values in parse_set(args.ab_set).items():
                 b.setdefault(section, {}).update(values)
@@ -426,10 +438,15 @@ def _run(args: argparse.Namespace) -> int:
             for section, values in settings.items():
                 extra.setdefault(section, {}).update(values)
             write_config(folder / "sidecar.toml", http_url, extra)
+            command, cwd = [sys.executable, "-m", "sidecar.cli"], _REPO
+            if name == "sidecar-b" and args.ab_sidecar:
+                # Run from its own folder: `python -m` puts the working folder first on
+                # sys.path, which would import this checkout's package instead.
+                command, cwd = shlex.split(args.ab_sidecar), folder
             proc = SidecarProcess(
-                [sys.executable, "-m", "sidecar.cli"],
+                command,
                 folder / "sidecar.toml",
-                _REPO,
+                cwd,
                 folder / "sidecar.log",
                 far,
             )
@@ -474,6 +491,7 @@ def _run(args: argparse.Namespace) -> int:
             ),
             "set": args.set,
             "ab_set": args.ab_set,
+            "ab_sidecar": args.ab_sidecar,
             "direct": direct,
             "sidecar": through,
             "added": {

@@ -1,5 +1,6 @@
 """Upstreams that misbehave at the HTTP/2 level: one that never answers (the tap's own deadline
-ends the call and cancels it upstream), one that drops the connection mid-call (UNAVAILABLE)."""
+ends the call and cancels it upstream), one that drops the connection mid-call (UNAVAILABLE);
+and the frames the tap answers on its own hop (PING)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hpack import Encoder
 from sidecar.dataplane.grpc import frames as f
 from tests.grpc.conftest import address, grpc_sidecar
 from tests.grpc.test_decisions import INFER, _rows, _typed_request
-from tests.grpc.test_tap_limits import Raw
+from tests.grpc.test_tap_limits import ECHO, Raw, _message, _request
 from tests.grpc_model_server import RunningModelServer
 from tests.servers import wait_until
 
@@ -195,5 +196,62 @@ def test_where_the_answer_waits_for_its_decision_the_upstreams_windows_stay_exac
                 wait_until(lambda: up.window_updates, what="WINDOW_UPDATE upstream")
                 assert up.window_updates == [(0, sent_by_upstream)]
             raw.close()
+    finally:
+        up.close()
+
+
+class _PingingUpstream(_ReplayUpstream):
+    """The replay upstream that PINGs as each request's DATA ends (as grpc-go's flow-control
+    probe does), then answers; records the PINGs it gets, (flags, payload)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.pings: list[tuple[int, bytes]] = []
+        super().__init__(answer)
+
+    def _on_frame(
+        self, conn: socket.socket, ftype: int, flags: int, sid: int, payload: bytes
+    ) -> bool:
+        if ftype == f.PING:
+            self.pings.append((flags, payload))
+            return True
+        if ftype == f.DATA and flags & f.END_STREAM:
+            conn.sendall(f.frame(f.PING, 0, 0, b"upstream"))
+        return super()._on_frame(conn, ftype, flags, sid, payload)
+
+
+def test_a_ping_is_answered_on_its_own_hop_and_never_forwarded() -> None:
+    up = _PingingUpstream(b"answer")
+    try:
+        with grpc_sidecar(f"http://127.0.0.1:{up.port}") as svc:
+            raw = Raw(address(svc)).preface()
+            # A client's PING, an unsolicited ACK (the tap sent no PING: dropped), then a call.
+            raw.send(f.frame(f.PING, 0, 0, b"client!!") + f.frame(f.PING, f.ACK, 0, b"stray!!!"))
+            raw.send(f.header_block(1, raw.enc.encode(_request(ECHO)), False))
+            raw.send(f.frame(f.DATA, f.END_STREAM, 1, _message(b"abc")))
+            pings: list[tuple[int, bytes]] = []
+            data = b""
+            for ftype, flags, sid, payload in raw.frames():
+                if ftype == f.PING:
+                    pings.append((flags, payload))
+                elif ftype == f.DATA and sid == 1:
+                    data += payload
+                if sid == 1 and flags & f.END_STREAM:
+                    break
+            assert data == _message(b"answer")
+            # The client's PING answered by the tap; the upstream's never reached the client.
+            assert pings == [(f.ACK, b"client!!")]
+            # The upstream's PING answered by the tap; the client's never reached the upstream.
+            wait_until(lambda: up.pings == [(f.ACK, b"upstream")], what="the tap's PING ACK")
+            raw.close()
+            # A PING must be 8 octets on stream 0 (RFC 9113 6.7): else a connection error.
+            for frame, code in (
+                (f.frame(f.PING, 0, 0, b"seven!!"), f.FRAME_SIZE_ERROR),
+                (f.frame(f.PING, 0, 1, b"stream!!"), f.PROTOCOL_ERROR),
+            ):
+                bad = Raw(address(svc)).preface()
+                bad.send(frame)
+                assert bad.goaway() == code
+                bad.close()
+            assert up.pings == [(f.ACK, b"upstream")]
     finally:
         up.close()

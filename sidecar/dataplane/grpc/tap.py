@@ -5,9 +5,10 @@ call on this project's VM (loadtests/grpc_hops.py), more than the whole HTTP/1.1
 data plane. gRPC is HTTP/2, and a proxy that changes nothing in a message need
 not terminate it: this one reads the frames (the 9-byte headers, struct), and
 forwards them in order on an upstream connection of its own, stream ids 1:1.
-DATA, SETTINGS, PING, WINDOW_UPDATE, RST_STREAM, GOAWAY and PRIORITY go through
+DATA, SETTINGS, WINDOW_UPDATE, RST_STREAM, GOAWAY and PRIORITY go through
 verbatim, so flow control stays end to end between client and model server, and
-cancellation both ways is the peer's RST_STREAM passing through.
+cancellation both ways is the peer's RST_STREAM passing through. A PING is
+answered on its own hop (`_ping`): it is the connection's, not the call's.
 
 Header blocks are the exception: HPACK is connection state, and the tap edits
 some (strips `x-group-attributes`, rewrites `grpc-timeout`, adds
@@ -726,6 +727,11 @@ class TapConnection(asyncio.Protocol):
                     if run < i:
                         out.append(buf[run:i])
                     run = end
+            elif ftype == f.PING:
+                if run < i:
+                    out.append(buf[run:i])
+                run = end
+                _ping(flags, sid, buf[i + 9 : end], self.to_client)
             elif ftype == f.SETTINGS and not flags & f.ACK:
                 if run < i:
                     out.append(buf[run:i])
@@ -942,6 +948,11 @@ class TapConnection(asyncio.Protocol):
                     if run < i:
                         out.append(buf[run:i])
                     run = end
+            elif ftype == f.PING:
+                if run < i:
+                    out.append(buf[run:i])
+                run = end
+                _ping(flags, sid, buf[i + 9 : end], self.to_upstream)
             elif ftype == f.SETTINGS and not flags & f.ACK:
                 if run < i:
                     out.append(buf[run:i])
@@ -1231,6 +1242,20 @@ def _header_payload(flags: int, payload: bytes) -> bytes:
     if flags & f.PRIORITY_FLAG:
         body = body[5:]
     return body
+
+
+def _ping(flags: int, sid: int, payload: bytes, back: list[bytes]) -> None:
+    """A peer's PING, answered on its own hop and never forwarded (RFC 9113 6.7: a PING is the
+    connection's, as every HTTP/2 proxy treats it). Passed through, each call's flow-control
+    probes (grpc-go and grpc-core ping as a call's DATA arrives) cost the tap two more reads
+    and writes, and a client's keepalive would keep an idle upstream connection busy. The
+    tap sends no PING of its own, so an ACK is dropped."""
+    if sid:
+        raise _ConnectionError(f.PROTOCOL_ERROR, "PING on a stream")
+    if len(payload) != 8:
+        raise _ConnectionError(f.FRAME_SIZE_ERROR, f"PING of {len(payload)} octets")
+    if not flags & f.ACK:
+        back.append(f.frame(f.PING, f.ACK, 0, payload))
 
 
 def _capped_settings(payload: bytes) -> bytes:
