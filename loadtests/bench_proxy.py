@@ -262,6 +262,9 @@ async def _rounds(
             "added_p99_ms": c["p99_ms"] - d["p99_ms"],
             "ratio_p99_to_quiet_sidecar": c["p99_ms"] / s["p99_ms"],
             "ratio_p50_to_quiet_sidecar": c["p50_ms"] / s["p50_ms"],
+            # The noise: how far the same ratio moves over resamplings of the rounds.
+            "ratio_p99_ci95": round_ratio_ci(results["sidecar"], results["sidecar+control"], 99),
+            "ratio_p50_ci95": round_ratio_ci(results["sidecar"], results["sidecar+control"], 50),
             "work_done": dict(control_load.counts) if control_load is not None else {},
             "control_on": args.control_on,
             "control_parts": args.control_parts,
@@ -295,6 +298,28 @@ async def _rounds(
         out["nginx_cpu_us_per_req"] = ngx
         out["sidecar_cpu_ratio_to_nginx"] = out["sidecar_cpu_us_per_req"] / ngx if ngx else None
     return out
+
+
+def round_ratio_ci(
+    quiet: list[LoadResult], working: list[LoadResult], q: float, draws: int = 2000
+) -> tuple[float, float]:
+    """A 95% interval for percentile `q` of `working` over that of `quiet`, by a paired
+    bootstrap over rounds: round r of each path ran side by side in time, so resampling
+    round indices (with replacement) keeps the machine's drift paired, and the interval
+    says how much of the ratio one run's rounds could give by chance. Excluding 1.0, the
+    difference is more than noise."""
+    a = [np.asarray(r.latencies) for r in quiet]
+    b = [np.asarray(r.latencies) for r in working]
+    rounds = min(len(a), len(b))
+    rng = np.random.default_rng(0)
+    ratios = np.empty(draws)
+    for k in range(draws):
+        pick = rng.integers(0, rounds, rounds)
+        ratios[k] = np.percentile(np.concatenate([b[i] for i in pick]), q) / np.percentile(
+            np.concatenate([a[i] for i in pick]), q
+        )
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -408,7 +433,10 @@ def report(result: dict[str, Any]) -> str:
         work = ", ".join(f"{k} {v}" for k, v in cl["work_done"].items())
         lines.append(
             f"control-plane load (+control rounds, on the {cl['control_on']}'s core: {work}): p99 {cl['ratio_p99_to_quiet_sidecar']:.2f}x"
-            f" and p50 {cl['ratio_p50_to_quiet_sidecar']:.2f}x the quiet sidecar's in the same run;"
+            f" (95% interval over resampled rounds {cl['ratio_p99_ci95'][0]:.2f}-{cl['ratio_p99_ci95'][1]:.2f})"
+            f" and p50 {cl['ratio_p50_to_quiet_sidecar']:.2f}x"
+            f" ({cl['ratio_p50_ci95'][0]:.2f}-{cl['ratio_p50_ci95'][1]:.2f}) the quiet sidecar's in"
+            " the same run;"
             f" the sidecar's own process (its control process left out) took"
             f" {cl['data_plane_cpu_us_per_req_working']:.0f} µs CPU per request while the control"
             f" plane worked, {cl['data_plane_cpu_us_per_req_quiet']:.0f} µs while it was quiet"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from loadtests.bench_proxy import main as bench_main
-from loadtests.bench_proxy import parse_set, write_config
+from loadtests.bench_proxy import parse_set, round_ratio_ci, write_config
 from loadtests.idle import idle_cpus
-from loadtests.loadgen import build_request, run_load
+from loadtests.loadgen import LoadResult, build_request, run_load
 from loadtests.payloads import V2_PATH, v2_requests
 from loadtests.procs import FastUpstreamProcess, cpu_seconds
 from sidecar.config import load_settings
@@ -245,3 +245,27 @@ def test_saturation_mode_steps_each_path_and_names_the_limit(
         for step in path["steps"]:
             if step["ok"]:
                 assert step["p99_ms"] <= 10.0 and step["rps"] >= 0.95 * step["rate"]
+
+
+def _rounds(scale: float, n: int = 6) -> list[LoadResult]:
+    out = []
+    for r in range(n):
+        res = LoadResult(rate=100.0, duration_s=1.0)
+        # Each round a little different, as a machine's drift makes them.
+        res.latencies = [scale * (1.0 + 0.05 * r) * (1 + i / 100.0) for i in range(100)]
+        out.append(res)
+    return out
+
+
+def test_the_control_load_ratio_comes_with_an_interval_over_its_rounds() -> None:
+    # The same rounds on both sides: the interval is exactly 1.0 (pairing keeps the drift).
+    assert round_ratio_ci(_rounds(1.0), _rounds(1.0), 99) == (1.0, 1.0)
+    # A working path 1.5x slower in every round: the interval sits at 1.5, excluding 1.0.
+    lo, hi = round_ratio_ci(_rounds(1.0), _rounds(1.5), 99)
+    assert lo == pytest.approx(1.5) and hi == pytest.approx(1.5)
+    # One slow round of six (a burst): the interval spans 1.0, so the ratio is not
+    # told apart from the noise by this run.
+    working = _rounds(1.0)
+    working[2].latencies = [x * 3.0 for x in working[2].latencies]
+    lo, hi = round_ratio_ci(_rounds(1.0), working, 99)
+    assert lo <= 1.0 < hi
