@@ -127,6 +127,12 @@ def decision_row(decision: Decision, n_features: int) -> list[float]:
         raise InputError(
             f"the decision has {len(feats)} features but the model expects {n_features}"
         )
+    return feature_floats(feats)
+
+
+def feature_floats(feats: list[Any]) -> list[float]:
+    """Recorded feature values as the explainer reads them (None -> NaN); InputError for a
+    value that is not a number."""
     row = []
     for v in feats:
         if v is None:
