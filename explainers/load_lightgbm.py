@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from explainers.ensemble import Transform, TreeEnsemble, build
-from explainers.errors import ModelLoadError
+from explainers.errors import ModelLoadError, converting
 
 # Beyond any tree model we serve; the fidelity probe allocates rows x features.
 MAX_FEATURES = 1 << 16
@@ -36,14 +36,8 @@ def load_lightgbm_file(path: Path) -> TreeEnsemble:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ModelLoadError(f"{path}: not a LightGBM text model (not UTF-8 text)") from None
-    try:
+    with converting(path, "LightGBM model", (KeyError, ValueError, IndexError)):
         return from_lightgbm_text(text)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
-    except (KeyError, ValueError, IndexError) as exc:
-        raise ModelLoadError(
-            f"{path}: malformed LightGBM model ({type(exc).__name__}: {exc})"
-        ) from None
 
 
 def _blocks(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from explainers.ensemble import Transform, TreeEnsemble, build, lt_to_le
-from explainers.errors import ModelLoadError
+from explainers.errors import ModelLoadError, converting
 from explainers.onnx_outputs import output_chain
 
 # Beyond any tree model we serve; the fidelity probe allocates rows x features.
@@ -45,16 +45,11 @@ def load_onnx_file(path: Path) -> TreeEnsemble:
         raise ModelLoadError(
             f"{path}: not a readable ONNX model ({exc or 'truncated or corrupt'})"
         ) from None
-    try:
+    # A well-formed protobuf can still hold attributes no converter writes (a missing
+    # list, a name that is not UTF-8, lists of different lengths).
+    malformed = (KeyError, TypeError, ValueError, IndexError, OverflowError)
+    with converting(path, "ONNX tree ensemble", malformed):
         return from_onnx(model)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
-        # A well-formed protobuf can still hold attributes no converter writes (a missing
-        # list, a name that is not UTF-8, lists of different lengths).
-        raise ModelLoadError(
-            f"{path}: malformed ONNX tree ensemble ({type(exc).__name__}: {exc})"
-        ) from None
 
 
 def tree_node(model: Any) -> Any:

@@ -19,7 +19,7 @@ import numpy as np
 
 from explainers import ubjson
 from explainers.ensemble import Transform, TreeEnsemble, build, lt_to_le
-from explainers.errors import ModelLoadError
+from explainers.errors import ModelLoadError, converting
 
 # objective -> (how base_score becomes a margin, transform from margin to prediction)
 _OBJECTIVES: dict[str, tuple[str, Transform]] = {
@@ -53,16 +53,11 @@ def load_xgboost_file(path: Path, *, all_rounds: bool = False) -> TreeEnsemble:
             doc = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ModelLoadError(f"{path}: not a valid XGBoost JSON model ({exc})") from None
-    try:
+    malformed = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+    with converting(path, "XGBoost model", malformed):
         ens = from_xgboost_json(doc, all_rounds=all_rounds)
         check_sizes(doc)
         return ens
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise ModelLoadError(
-            f"{path}: malformed XGBoost model ({type(exc).__name__}: {exc})"
-        ) from None
 
 
 # Beyond any tree model we serve; the fidelity probe allocates rows x features.

@@ -285,11 +285,7 @@ class GroupSettings(_Section):
     @field_validator("header")
     @classmethod
     def _check_group_header(cls, v: str) -> str:
-        import re
-
-        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v):
-            raise ValueError("must be an HTTP header name")
-        return v.lower()
+        return _header_name(v)
 
     @model_validator(mode="after")
     def _check_hash_key(self) -> GroupSettings:
@@ -475,11 +471,7 @@ class ReviewSettings(_Section):
     @field_validator("header")
     @classmethod
     def _check_header(cls, v: str) -> str:
-        import re
-
-        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v):
-            raise ValueError("must be an HTTP header name")
-        return v.lower()
+        return _header_name(v)
 
 
 class OutcomeSettings(_Section):
@@ -645,6 +637,15 @@ MONITOR_METRICS = (
     "ks",
     "top_features",
 )
+
+
+def _header_name(v: str) -> str:
+    """An HTTP header name (RFC 9110 token), lower-cased as the data plane compares them."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", v):
+        raise ValueError("must be an HTTP header name")
+    return v.lower()
 
 
 def _seconds(text: str) -> int:

@@ -30,7 +30,7 @@ import uvicorn
 
 from sidecar.control.bridge import BridgeClient
 from sidecar.control.plane import Hello, build_control_plane
-from sidecar.control.server import new_event_loop
+from sidecar.control.server import control_config, new_event_loop
 from sidecar.priority import lower_every_thread
 
 
@@ -107,20 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             if not await self.on_tick(0) and not self.should_exit:
                 await asked.wait()
 
-    server = Server(
-        uvicorn.Config(
-            plane.app,
-            http="httptools",
-            loop="none",
-            lifespan="on",
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            log_level=max(args.log_level, logging.WARNING),
-            timeout_keep_alive=75,
-            backlog=2048,
-        )
-    )
+    server = Server(control_config(plane.app, max(args.log_level, logging.WARNING)))
 
     async def serve() -> None:
         assert server is not None

@@ -43,6 +43,23 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
+def control_config(app: Any, log_level: int) -> uvicorn.Config:
+    """How a control app is served, in the sidecar's control process and at the hub: on the
+    caller's loop (loop="none"), no access log, no server or date header."""
+    return uvicorn.Config(
+        app,
+        http="httptools",
+        loop="none",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        log_level=log_level,
+        timeout_keep_alive=75,
+        backlog=2048,
+    )
+
+
 class ControlPlaneThread:
     """Serves the control app on `sock` from its own thread; `on_exit` runs when it stops."""
 
@@ -54,19 +71,7 @@ class ControlPlaneThread:
         on_exit: Callable[[], None],
         nice: int = 0,
     ) -> None:
-        config = uvicorn.Config(
-            app,
-            http="httptools",
-            loop="none",
-            lifespan="on",
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            log_level="warning",
-            timeout_keep_alive=75,
-            backlog=2048,
-        )
-        self._server = _Server(config)
+        self._server = _Server(control_config(app, logging.WARNING))
         self._sock = sock
         self._housekeeping = housekeeping
         self._on_exit = on_exit

@@ -21,9 +21,7 @@ from sidecar.review.audit import (
     GENESIS,
     AuditRecord,
     VerifyResult,
-    canonical,
-    canonical_data,
-    chain_hash,
+    next_record,
     record_of_row,
     verify_rows,
 )
@@ -49,15 +47,11 @@ def append(
     data: dict[str, Any],
 ) -> AuditRecord:
     """Append one record; the caller's transaction holds the lock (`lock`)."""
-    prev_seq, prev_hash = head(conn)
-    seq = prev_seq + 1
-    data_json = canonical_data(data)
-    digest = chain_hash(prev_hash, canonical(seq, time, item_id, item_id, action, actor, data_json))
+    rec, row = next_record(head(conn), time, item_id, item_id, action, actor, data)
     conn.execute(
-        f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (seq, time, item_id, item_id, action, actor, data_json, prev_hash, digest),
+        f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", row
     )
-    return AuditRecord(seq, time, item_id, item_id, action, actor, data, prev_hash, digest)
+    return rec
 
 
 def records(

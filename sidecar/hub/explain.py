@@ -19,12 +19,12 @@ import orjson
 from psycopg_pool import ConnectionPool
 
 from explainers.errors import ExplainerError
-from explainers.explainer import Explainer, ExplainerOptions, build_explainer
+from explainers.explainer import Explainer
 from sidecar.config import ExplainerSettings, HubModel
 from sidecar.decisions import Decision
 from sidecar.hub import schema
 from sidecar.hub.db import Conn
-from sidecar.pipeline.explain import decision_row
+from sidecar.pipeline.explain import decision_row, load_explainer
 from sidecar.sinks import events
 
 log = logging.getLogger("sidecar.hub")
@@ -32,32 +32,20 @@ log = logging.getLogger("sidecar.hub")
 
 def load_models(models: dict[str, HubModel], options: ExplainerSettings) -> dict[str, Explainer]:
     """Every configured model's explainer; ExplainerError names the `hub.models` key."""
-    opts = ExplainerOptions(
-        algorithm=options.algorithm,
-        fidelity_rows=options.fidelity_rows,
-        fidelity_tolerance=options.fidelity_tolerance,
-        cache_entries=options.cache_entries,
-        top_k=options.top_k,
-        table_budget_bytes=options.table_budget_mb * 1024 * 1024,
-        interventional_rows=options.interventional_rows,
-        output_space=options.output_space,
-        threads=1,
-    )
-    out = {}
-    for name, m in models.items():
-        try:
-            out[name] = build_explainer(
-                m.artifact,
-                model_version=m.version or "",
-                background_path=m.background,
-                feature_names=list(m.feature_names) or None,
-                options=opts,
-                trusted_sha256=frozenset(options.trusted_sha256),
-                xgboost_all_rounds=options.xgboost_rounds == "all",
-            )
-        except ExplainerError as exc:
-            raise type(exc)(f"hub.models.{name}: {exc}") from None
-    return out
+    # One thread each: the hub explains one decision per lookup, on the lookup's thread.
+    return {
+        name: load_explainer(
+            m.artifact,
+            m.version,
+            m.background,
+            m.feature_names,
+            options,
+            threads=1,
+            gil_yield_rows=0,
+            key=f"hub.models.{name}",
+        )
+        for name, m in models.items()
+    }
 
 
 class HubExplainer:

@@ -39,18 +39,18 @@ from sidecar.review.event_body import SYSTEM_ACTOR
 from sidecar.review.held import held_answer, held_field
 from sidecar.review.model import (
     Action,
-    Conflict,
     Contest,
-    Forbidden,
     HeldAnswer,
     NotFound,
     ReviewItem,
     ReviewMetrics,
     ReviewStore,
     Status,
+    claimable,
     decidable,
     normalise_item_id,
     page_filter,
+    releasable,
 )
 
 COUNTS_MAX_AGE_S = 1.0
@@ -207,11 +207,6 @@ class HubReviewStore(ReviewStore):
             raise NotFound(f"no review item {item_id}")
         return item
 
-    def _refuse_decided(self, item: ReviewItem) -> None:
-        if item.status == "decided":
-            self._conflicts.inc()
-            raise Conflict(f"item {item.item_id} was already decided by {item.decided_by}")
-
     # -- the interface -----------------------------------------------------------------------
 
     def enqueue(
@@ -283,17 +278,13 @@ class HubReviewStore(ReviewStore):
         now = self._clock()
         with self._write() as conn:
             item = self._current(conn, item_id, now)
-            self._refuse_decided(item)
-            if item.status == "claimed" and item.claimed_by != reviewer:
-                self._conflicts.inc()
-                raise Conflict(f"item {item_id} is claimed by {item.claimed_by}")
+            action = claimable(item, reviewer, self._conflicts)
             expires = now + self._lease
             conn.execute(
                 "UPDATE review_items SET status = 'claimed', claimed_by = %s, lease_expires = %s"
                 " WHERE item_id = %s",
                 (reviewer, expires, item_id),
             )
-            action = "renewed" if item.status == "claimed" else "claimed"
             chain.append(
                 conn,
                 time=now,
@@ -312,12 +303,7 @@ class HubReviewStore(ReviewStore):
         now = self._clock()
         with self._write() as conn:
             item = self._current(conn, item_id, now)
-            if item.status != "claimed":
-                raise Conflict(f"item {item_id} is {item.status}, not claimed")
-            if item.claimed_by != actor and not force:
-                raise Forbidden(
-                    f"item {item_id} is claimed by someone else; only they may release it"
-                )
+            releasable(item, actor, force)
             conn.execute(
                 "UPDATE review_items SET status = 'pending', claimed_by = NULL,"
                 " lease_expires = NULL WHERE item_id = %s",
@@ -343,7 +329,6 @@ class HubReviewStore(ReviewStore):
         now = self._clock()
         with self._write() as conn:
             item = self._current(conn, item_id, now)
-            self._refuse_decided(item)
             final = decidable(item, reviewer, action, outcome, self._conflicts)
             conn.execute(
                 "UPDATE review_items SET status = 'decided', action = %s, outcome = %s,"

@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 
 from explainers.ensemble import TreeEnsemble
+from explainers.errors import InputError
 from explainers.explainer import Explainer
 from explainers.recourse import Actionable, Favourable
 from explainers.reference import Reference
 from sidecar.config import ConfigError, ReasonSettings, RecourseSettings, Settings
 from sidecar.people.catalogue import Catalogue, load_catalogue
+from sidecar.pipeline.explain import feature_floats
 
 RUNTIMES = {
     "onnx": "onnxruntime",
@@ -100,15 +102,10 @@ class PeopleContext:
         feats = decision.get("features")
         if not feats or len(feats) != len(self.feature_names):
             raise Unanswerable(409, "the decision has no recorded features of the model's width")
-        out: list[float] = []
-        for v in feats:
-            if v is None:
-                out.append(math.nan)
-            elif isinstance(v, bool | int | float):
-                out.append(float(v))
-            else:
-                raise Unanswerable(409, f"feature value {v!r} is not a number")
-        return out
+        try:
+            return feature_floats(feats)
+        except InputError as exc:
+            raise Unanswerable(409, str(exc)) from None
 
 
 def shown(value: float, ens: TreeEnsemble | None) -> float | None:

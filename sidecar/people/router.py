@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import ValidationError
 
 from sidecar.config import Settings
 from sidecar.control.auth import Authenticator, Principal
@@ -30,7 +29,7 @@ from sidecar.people.notice import NOTICE_CSP, notice_document, notice_html
 from sidecar.people.options import RecourseCache
 from sidecar.people.plot import waterfall_svg
 from sidecar.people.reasons import principal_reasons, usable
-from sidecar.review.api import RequestId, Row, _errors, _read_json, refuse_unknown_query
+from sidecar.review.api import RequestId, Row, _errors, read_body, refuse_unknown_query
 from sidecar.review.model import CONTESTS_AT_HUB, CONTESTS_NOT_IN_FLEET, ReviewItem, ReviewStore
 
 Found = tuple[dict[str, Any], ReviewItem | None]
@@ -157,13 +156,7 @@ def create_people_router(
     async def file(decision_id: str, request: Request, who: Principal) -> JSONResponse:
         if not store.takes_contests:
             raise HTTPException(409, refused.replace("{id}", decision_id))
-        raw = await _read_json(request, body_limit)
-        try:
-            body = ContestIn.model_validate_json(raw)
-        except ValidationError as exc:
-            raise HTTPException(
-                422, exc.errors(include_url=False, include_context=False, include_input=False)
-            ) from None
+        body = await read_body(request, body_limit, ContestIn)
         statement = body.statement.strip()
         if not statement or len(statement) > c.max_statement_chars:
             raise HTTPException(

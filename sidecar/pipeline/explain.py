@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from explainers.explainer import Explainer, ExplainerOptions
 from explainers.explainer import build_explainer as _build
 from explainers.explanation import Explanation
 from explainers.served import compare_served
-from sidecar.config import Settings
+from sidecar.config import ExplainerSettings, Settings
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 
@@ -40,32 +41,18 @@ def build_explainer(settings: Settings, registry: Registry) -> Explainer | None:
     m, e = settings.model, settings.explainer
     if m.artifact is None:
         return None
-    options = ExplainerOptions(
-        algorithm=e.algorithm,
-        fidelity_rows=e.fidelity_rows,
-        fidelity_tolerance=e.fidelity_tolerance,
-        cache_entries=e.cache_entries,
-        top_k=e.top_k,
-        table_budget_bytes=e.table_budget_mb * 1024 * 1024,
-        interventional_rows=e.interventional_rows,
-        output_space=e.output_space,
-        # workers x threads bounds the cores taken from the proxy (threads defaults to 1).
+    started = time.perf_counter()
+    # workers x threads bounds the cores taken from the proxy (threads defaults to 1).
+    explainer = load_explainer(
+        m.artifact,
+        m.version,
+        m.background,
+        m.feature_names,
+        e,
         threads=e.threads,
         gil_yield_rows=8,
+        key="model.artifact / model.background",
     )
-    started = time.perf_counter()
-    try:
-        explainer = _build(
-            m.artifact,
-            model_version=m.version or "",
-            background_path=m.background,
-            feature_names=list(m.feature_names) or None,
-            options=options,
-            trusted_sha256=frozenset(e.trusted_sha256),
-            xgboost_all_rounds=e.xgboost_rounds == "all",
-        )
-    except ExplainerError as exc:
-        raise type(exc)(f"model.artifact / model.background: {exc}") from None
     if not m.version:
         # Without a configured version the artifact's content names it.
         explainer.model_version = f"sha256:{explainer.artifact_sha256[:12]}"
@@ -85,6 +72,45 @@ def build_explainer(settings: Settings, registry: Registry) -> Explainer | None:
     return explainer
 
 
+def load_explainer(
+    artifact: Path,
+    version: str | None,
+    background: Path | None,
+    feature_names: list[str],
+    e: ExplainerSettings,
+    *,
+    threads: int,
+    gil_yield_rows: int,
+    key: str,
+) -> Explainer:
+    """One model's explainer with the `[explainer]` settings (the sidecar's model and each of
+    the hub's); an ExplainerError names the setting `key`."""
+    options = ExplainerOptions(
+        algorithm=e.algorithm,
+        fidelity_rows=e.fidelity_rows,
+        fidelity_tolerance=e.fidelity_tolerance,
+        cache_entries=e.cache_entries,
+        top_k=e.top_k,
+        table_budget_bytes=e.table_budget_mb * 1024 * 1024,
+        interventional_rows=e.interventional_rows,
+        output_space=e.output_space,
+        threads=threads,
+        gil_yield_rows=gil_yield_rows,
+    )
+    try:
+        return _build(
+            artifact,
+            model_version=version or "",
+            background_path=background,
+            feature_names=list(feature_names) or None,
+            options=options,
+            trusted_sha256=frozenset(e.trusted_sha256),
+            xgboost_all_rounds=e.xgboost_rounds == "all",
+        )
+    except ExplainerError as exc:
+        raise type(exc)(f"{key}: {exc}") from None
+
+
 def _width_hint(decision: Decision, n_features: int) -> str:
     feats = decision.features
     if feats is not None and len(feats) != n_features:
@@ -101,6 +127,12 @@ def decision_row(decision: Decision, n_features: int) -> list[float]:
         raise InputError(
             f"the decision has {len(feats)} features but the model expects {n_features}"
         )
+    return feature_floats(feats)
+
+
+def feature_floats(feats: list[Any]) -> list[float]:
+    """Recorded feature values as the explainer reads them (None -> NaN); InputError for a
+    value that is not a number."""
     row = []
     for v in feats:
         if v is None:

@@ -11,13 +11,13 @@ thread pool and the event loop never waits on the database.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sidecar.config import ReviewSettings
 from sidecar.control.auth import Authenticator, Principal
@@ -52,6 +52,7 @@ Row = Annotated[int, Path(ge=0, le=1_000_000, description="The row within the re
 _MAX_SEQ = 2**62
 # (decision, explanation) -> the principal reasons, or None when none can be given.
 ReasonsFn = Callable[[dict[str, Any], dict[str, Any] | None], dict[str, Any] | None]
+M = TypeVar("M", bound=BaseModel)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -114,6 +115,18 @@ async def _read_json(request: Request, limit: int) -> bytes:
                 413, f"the body is larger than {limit} bytes (review.max_body_bytes)"
             )
     return bytes(body)
+
+
+async def read_body(request: Request, limit: int, model: type[M]) -> M:
+    """A JSON body of at most `limit` bytes as `model` (the review's and the people's POSTs):
+    415 when it is not JSON, 413 past the limit, 422 with pydantic's errors when it does not fit."""
+    raw = await _read_json(request, limit)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise HTTPException(
+            422, exc.errors(include_url=False, include_context=False, include_input=False)
+        ) from None
 
 
 def create_review_router(
@@ -249,13 +262,7 @@ def create_review_router(
         request_id: RequestId, row: Row, request: Request, who: Principal = deciders
     ) -> ItemOut:
         """Approve the model's answer or override it with an outcome; a reason is required."""
-        raw = await _read_json(request, body_limit)
-        try:
-            body = DecideIn.model_validate_json(raw)
-        except ValidationError as exc:
-            raise HTTPException(
-                422, exc.errors(include_url=False, include_context=False, include_input=False)
-            ) from None
+        body = await read_body(request, body_limit, DecideIn)
         if len(body.reason) > max_reason:
             raise HTTPException(
                 422, f"reason is longer than {max_reason} characters (review.max_reason_chars)"

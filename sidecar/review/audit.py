@@ -104,18 +104,30 @@ def append(
     data: dict[str, Any],
 ) -> AuditRecord:
     """Append one record; the caller holds the write transaction."""
-    prev_seq, prev_hash = head(conn)
+    rec, row = next_record(head(conn), time, item_id, decision_id, action, actor, data)
+    conn.execute(f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    return rec
+
+
+def next_record(
+    prev: tuple[int, str],
+    time: float,
+    item_id: str,
+    decision_id: str,
+    action: str,
+    actor: str,
+    data: dict[str, Any],
+) -> tuple[AuditRecord, tuple[Any, ...]]:
+    """The record that follows the head `prev` (seq, hash), and its row as `AUDIT_COLUMNS`
+    stores it: how every store (SQLite here, PostgreSQL at the hub) extends the chain."""
+    prev_seq, prev_hash = prev
     seq = prev_seq + 1
     data_json = canonical_data(data)
     digest = chain_hash(
         prev_hash, canonical(seq, time, item_id, decision_id, action, actor, data_json)
     )
-    conn.execute(
-        "INSERT INTO audit (seq, time, item_id, decision_id, action, actor, data, prev_hash, hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (seq, time, item_id, decision_id, action, actor, data_json, prev_hash, digest),
-    )
-    return AuditRecord(seq, time, item_id, decision_id, action, actor, data, prev_hash, digest)
+    row = (seq, time, item_id, decision_id, action, actor, data_json, prev_hash, digest)
+    return AuditRecord(seq, time, item_id, decision_id, action, actor, data, prev_hash, digest), row
 
 
 AUDIT_COLUMNS = "seq, time, item_id, decision_id, action, actor, data, prev_hash, hash"

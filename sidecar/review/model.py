@@ -278,12 +278,42 @@ class NoContests(ReviewStore):
         raise Conflict(CONTESTS_NOT_IN_FLEET)
 
 
+# The rules of the three transitions, one copy for every store (the sidecar's SQLite
+# queue and the hub's PostgreSQL one): a store reads the item in its transaction, asks
+# here, then writes the change and its audit record.
+
+
+def _refuse_decided(item: ReviewItem, conflicts: Counter) -> None:
+    if item.status == "decided":
+        conflicts.inc()
+        raise Conflict(f"item {item.item_id} was already decided by {item.decided_by}")
+
+
+def claimable(item: ReviewItem, reviewer: str, conflicts: Counter) -> str:
+    """The audit action if `reviewer` may claim `item` now: "claimed", or "renewed" when they
+    hold it already; Conflict when it is decided or someone else holds it."""
+    _refuse_decided(item, conflicts)
+    if item.status == "claimed" and item.claimed_by != reviewer:
+        conflicts.inc()
+        raise Conflict(f"item {item.item_id} is claimed by {item.claimed_by}")
+    return "renewed" if item.status == "claimed" else "claimed"
+
+
+def releasable(item: ReviewItem, actor: str, force: bool) -> None:
+    """Raises unless `actor` may give `item`'s claim back (anyone's, with force)."""
+    if item.status != "claimed":
+        raise Conflict(f"item {item.item_id} is {item.status}, not claimed")
+    if item.claimed_by != actor and not force:
+        raise Forbidden(f"item {item.item_id} is claimed by someone else; only they may release it")
+
+
 def decidable(
     item: ReviewItem, reviewer: str, action: Action, outcome: Any, conflicts: Counter
 ) -> Any:
-    """The final outcome if `reviewer` may decide `item` now (every store's rule); raises otherwise.
+    """The final outcome if `reviewer` may decide `item` now; raises otherwise.
 
     Approving keeps the model's answer as the final outcome."""
+    _refuse_decided(item, conflicts)
     if item.status == "pending":
         conflicts.inc()
         raise Conflict(f"item {item.item_id} is not claimed (or the lease expired); claim it first")

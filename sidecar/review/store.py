@@ -34,10 +34,12 @@ from sidecar.review.model import (
     ReviewMetrics,
     ReviewStore,
     Status,
+    claimable,
     decidable,
     decision_to_dict,
     normalise_item_id,
     page_filter,
+    releasable,
 )
 from sidecar.sinks.base import EventSink
 
@@ -375,27 +377,18 @@ class SqliteReviewStore(ReviewStore):
             raise NotFound(f"no review item {item_id}")
         return item
 
-    def _refuse_decided(self, item: ReviewItem) -> None:
-        if item.status == "decided":
-            self._conflicts.inc()
-            raise Conflict(f"item {item.item_id} was already decided by {item.decided_by}")
-
     def claim(self, item_id: str, reviewer: str) -> ReviewItem:
         item_id = normalise_item_id(item_id)
         now = self._clock()
         with self._write() as (conn, appended):
             item = self._current(conn, appended, item_id, now)
-            self._refuse_decided(item)
-            if item.status == "claimed" and item.claimed_by != reviewer:
-                self._conflicts.inc()
-                raise Conflict(f"item {item_id} is claimed by {item.claimed_by}")
+            action = claimable(item, reviewer, self._conflicts)
             expires = now + self._lease
             conn.execute(
                 "UPDATE items SET status = 'claimed', claimed_by = ?, lease_expires = ?"
                 " WHERE item_id = ?",
                 (reviewer, expires, item_id),
             )
-            action = "renewed" if item.status == "claimed" else "claimed"
             self._append(conn, appended, item_id, action, reviewer, {"lease_expires": expires}, now)
             self._transitions["claimed"].inc()
             claimed = self._row(conn, item_id)
@@ -407,12 +400,7 @@ class SqliteReviewStore(ReviewStore):
         now = self._clock()
         with self._write() as (conn, appended):
             item = self._current(conn, appended, item_id, now)
-            if item.status != "claimed":
-                raise Conflict(f"item {item_id} is {item.status}, not claimed")
-            if item.claimed_by != actor and not force:
-                raise Forbidden(
-                    f"item {item_id} is claimed by someone else; only they may release it"
-                )
+            releasable(item, actor, force)
             conn.execute(
                 "UPDATE items SET status = 'pending', claimed_by = NULL, lease_expires = NULL"
                 " WHERE item_id = ?",
@@ -433,7 +421,6 @@ class SqliteReviewStore(ReviewStore):
         now = self._clock()
         with self._write() as (conn, appended):
             item = self._current(conn, appended, item_id, now)
-            self._refuse_decided(item)
             final = decidable(item, reviewer, action, outcome, self._conflicts)
             conn.execute(
                 "UPDATE items SET status = 'decided', action = ?, outcome = ?, decided_reason = ?,"

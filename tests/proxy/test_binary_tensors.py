@@ -13,7 +13,7 @@ import orjson
 import pytest
 import tritonclient.http as triton
 
-from sidecar.dataplane.protocols import ParseError, binary
+from sidecar.dataplane.protocols import ParseError, binary, v2
 from sidecar.decisions import Decision
 from sidecar.service import Service
 from tests.servers import RecordingUpstream, running_sidecar
@@ -305,3 +305,13 @@ def test_a_header_only_binary_body_keeps_its_length_right_when_attributes_are_ta
     n = int(headers["inference-header-content-length"])
     proba = np.frombuffer(answer[n:], dtype="<f4").tolist()
     assert decisions[0].probabilities == proba
+
+
+@pytest.mark.parametrize("shape", ["4", [2, -1], [2, 1.5], [True], None])
+def test_a_bad_shape_is_refused_alike_by_the_binary_and_the_json_path(shape: Any) -> None:
+    t = {"name": "x", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": 4}}
+    said = r"tensor 'x': 'shape' must be a list of non-negative integers"
+    with pytest.raises(ParseError, match=said):
+        binary.fill([t], memoryview(b"\0" * 4))
+    with pytest.raises(ParseError, match=said):
+        v2.tensor({"name": "x", "datatype": "FP32", "shape": shape, "data": [0.0]})

@@ -176,3 +176,16 @@ def rows_from_predictions(
 def check_rows(rows: int, predictions: int) -> None:
     if rows != predictions:
         raise ParseError(f"request has {rows} rows but the response {predictions} predictions")
+
+
+def checked_shape(name: object, shape: object) -> tuple[list[int], int]:
+    """A V2 tensor's `shape` (the JSON body's and the binary extension's) and the number of
+    values it holds; ParseError unless it is a list of non-negative integers."""
+    if not isinstance(shape, list):
+        raise ParseError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
+    size = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise ParseError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
+        size *= d
+    return shape, size

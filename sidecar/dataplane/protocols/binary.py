@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sidecar.dataplane.protocols.base import ParseError
+from sidecar.dataplane.protocols.base import ParseError, checked_shape
 
 HEADER = b"inference-header-content-length"
 
@@ -85,22 +85,10 @@ def fill(tensors: Any, data: memoryview) -> None:
         raise ParseError(f"{len(data) - offset} bytes of binary data belong to no tensor")
 
 
-def _count(t: dict[str, Any]) -> int:
-    shape = t.get("shape")
-    if not isinstance(shape, list):
-        raise ParseError(f"tensor {t.get('name')!r}: 'shape' must be a list")
-    n = 1
-    for d in shape:
-        if type(d) is not int or d < 0:
-            raise ParseError(f"tensor {t.get('name')!r}: bad shape {shape}")
-        n *= d
-    return n
-
-
 def decode(t: dict[str, Any], raw: memoryview) -> list[Any]:
     """One tensor's raw bytes as its flat `data` list (the gRPC raw contents use the same layout)."""
     dtype_name = t.get("datatype")
-    n = _count(t)
+    _, n = checked_shape(t.get("name"), t.get("shape"))
     if dtype_name == "BYTES":
         return _bytes_elements(t, raw, n)
     dtype = _DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None

@@ -16,6 +16,7 @@ from sidecar.dataplane.protocols.base import (
     argmax,
     as_probabilities,
     check_rows,
+    checked_shape,
     names_for,
 )
 
@@ -70,16 +71,10 @@ def tensor(t: Any) -> tuple[str, list[int], list[Any]]:
     """Validate one tensor; return (name, shape, flat data)."""
     if not isinstance(t, dict):
         raise ParseError("each tensor must be a JSON object")
-    name, shape, dtype = t.get("name"), t.get("shape"), t.get("datatype")
+    name, dtype = t.get("name"), t.get("datatype")
     if not isinstance(name, str):
         raise ParseError("tensor has no 'name'")
-    if not isinstance(shape, list):
-        raise ParseError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
-    size = 1
-    for d in shape:
-        if type(d) is not int or d < 0:
-            raise ParseError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
-        size *= d
+    shape, size = checked_shape(name, t.get("shape"))
     if dtype is not None and dtype not in _DATATYPES:
         raise ParseError(f"tensor {name!r}: unknown datatype {dtype!r}")
     if len(shape) > MAX_DEPTH:
