@@ -14,8 +14,8 @@ The statement is awaited on the event loop, over a pool of async connections
 that this middleware opens and closes with the app's lifespan: a hop to a
 worker thread and back woke two more threads per lookup, and on a busy machine
 each wake-up waits for a core (measured in the hub: the hop p99 0.53 ms in and
-0.40 ms out, 2.0 and 1.3 ms at p99.9). Only an answer that may block (a lapsed lease read again, an
-explanation computed now) still goes to a thread.
+0.40 ms out, 2.0 and 1.3 ms at p99.9). Only an answer that may block (a lapsed
+lease read again, an explanation computed now) still goes to a thread.
 Anything else (no or an unknown token, a role that may not, a bad id, a query
 string, an error) goes on to the FastAPI app, which gives the error answers as
 before.
