@@ -608,7 +608,7 @@ class HubSettings(_Section):
     review_retention_days: int = Field(default=2555, ge=1, le=36_500)
     """Decided review items are kept this many days (7 years by default); the audit chain is never trimmed."""
     pool_size: int = Field(default=8, ge=1, le=256)
-    """Database connections the hub's API may hold."""
+    """Database connections the hub's API may hold; the lookup by id holds as many again, of its own (awaited on the API's event loop)."""
     publish_reviews: bool = True
     """Publish the review steps taken at the hubs (claims, releases, expired leases, verdicts, contests) on `kafka.topic_reviews` from the one audit chain, at least once and in chain order, one hub at a time: consumers of the stream (a fairness monitor) see them as they see a sidecar's own. False keeps them in the database only."""
     models: dict[str, HubModel] = {}

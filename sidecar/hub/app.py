@@ -13,15 +13,17 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from psycopg_pool import AsyncConnectionPool
 
 from sidecar.config import ReviewSettings
 from sidecar.control.app import ReadyCheck, create_control_app
 from sidecar.control.auth import Authenticator, Principal
 from sidecar.control.lookup import ExplainFn, Explanations
 from sidecar.control.store import MAX_PAGE
+from sidecar.hub.db import AsyncConn
 from sidecar.hub.lookup import HubDecisions
 from sidecar.hub.lookup_fast import FastLookup
-from sidecar.hub.lookup_route import LOOKUP_ROLES, create_lookup_router, lookup_function
+from sidecar.hub.lookup_route import LOOKUP_ROLES, Lookup, create_lookup_router
 from sidecar.hub.people import HubPeople
 from sidecar.hub.review import HubReviewStore
 from sidecar.metrics import Registry
@@ -100,6 +102,7 @@ def create_hub_app(
     review: ReviewSettings,
     store: HubReviewStore,
     decisions: HubDecisions,
+    lookup_pool: AsyncConnectionPool[AsyncConn],
     registry: Registry,
     ready_checks: list[ReadyCheck],
     open_health: bool = True,
@@ -139,12 +142,13 @@ def create_hub_app(
         ]
     )
     # The lookup by id in one statement, ahead of the review router's three-query one.
-    lookup = lookup_function(
+    lookup = Lookup(
         authenticator,
         decisions.pool,
         store,
         explanations,
         reasons_of=people.reasons_of if people is not None else None,
+        explains=explain_now is not None,
     )
     lookup_api = create_lookup_router(authenticator, lookup)
     app = create_control_app(
@@ -163,10 +167,12 @@ def create_hub_app(
         open_metrics=open_metrics,
     )
     app.title = "sidecar hub"
-    # The plain lookup answered in front of FastAPI's routing (see lookup_fast): the same answer.
+    # The plain lookup answered in front of FastAPI's routing (see lookup_fast): the same answer,
+    # on the event loop over `lookup_pool`, which the middleware opens with the app's lifespan.
     app.add_middleware(
         FastLookup,
         lookup=lookup,
+        pool=lookup_pool,
         require=authenticator.require(*LOOKUP_ROLES),
     )
     return app

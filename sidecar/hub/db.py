@@ -8,9 +8,10 @@ import orjson
 import psycopg
 from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 Conn: TypeAlias = psycopg.Connection[TupleRow]
+AsyncConn: TypeAlias = psycopg.AsyncConnection[TupleRow]
 
 
 def connect(url: str, *, application_name: str = "sidecar-hub") -> Conn:
@@ -22,6 +23,10 @@ def _configure(conn: Conn) -> None:
     # jsonb read back (review items' explanations and outcomes, review events) with orjson:
     # psycopg's default is the standard library's json, several times slower on an
     # explanation. Decision and explanation bodies are text, parsed by their readers.
+    set_json_loads(orjson.loads, conn)
+
+
+async def _configure_async(conn: AsyncConn) -> None:
     set_json_loads(orjson.loads, conn)
 
 
@@ -38,3 +43,18 @@ def pool(url: str, size: int) -> ConnectionPool[Conn]:
     )
     p.open(wait=True, timeout=30.0)
     return p
+
+
+def async_pool(url: str, size: int) -> AsyncConnectionPool[AsyncConn]:
+    """The lookup's connections, used on the API's event loop (`sidecar.hub.lookup_fast`):
+    a statement awaited there costs no hand-off to a worker thread and back. Not opened here:
+    its tasks belong to the loop that opens it (the app's lifespan does)."""
+    return AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "application_name": "sidecar-hub-lookup"},
+        open=False,
+        name="hub-lookup",
+        configure=_configure_async,
+    )

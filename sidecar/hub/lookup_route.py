@@ -26,11 +26,11 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from sidecar.control.auth import BEARER, Authenticator, Principal, Role
 from sidecar.control.lookup import Explanations, Source
-from sidecar.hub.db import Conn
+from sidecar.hub.db import AsyncConn, Conn
 from sidecar.hub.lookup import ID_WINDOW_S, decision_dict, id_time
 from sidecar.hub.review import ITEM_STATE_COLUMNS, ITEM_STATE_WIDTH, HubReviewStore, item_with
 from sidecar.review.api import ReasonsFn, RequestId, refuse_unknown_query
@@ -55,6 +55,7 @@ ONE_STATEMENT = _COLUMNS.format(
 )
 # For ids that carry no time (not minted by a sidecar): every partition.
 ONE_STATEMENT_UNBOUNDED = _COLUMNS.format(since="", window="")
+_BOUNDED, _UNBOUNDED = ONE_STATEMENT.encode(), ONE_STATEMENT_UNBOUNDED.encode()
 
 _BEARER = Security(BEARER)
 # Who may look a decision up (the route, and `sidecar.hub.lookup_fast` in front of it).
@@ -83,18 +84,17 @@ class Found:
         self.source = source
 
 
-def find(pool: ConnectionPool[Conn], decision_id: str) -> Found | None:
-    """The decision, its review item and its stored explanation, in one statement."""
+def statement(decision_id: str) -> tuple[bytes, dict[str, str | float]]:
+    """The one statement for `decision_id` and its parameters."""
     key = normalise_item_id(decision_id)
     at = id_time(key)
-    args: dict[str, str | float]
     if at is None:
-        sql, args = ONE_STATEMENT_UNBOUNDED, {"id": key}
-    else:
-        sql = ONE_STATEMENT
-        args = {"id": key, "lo": at - ID_WINDOW_S, "hi": at + ID_WINDOW_S}
-    with pool.connection() as conn:
-        row = conn.execute(sql.encode(), args).fetchone()
+        return _UNBOUNDED, {"id": key}
+    return _BOUNDED, {"id": key, "lo": at - ID_WINDOW_S, "hi": at + ID_WINDOW_S}
+
+
+def read(row: tuple[Any, ...] | None) -> Found | None:
+    """The statement's row, read (None: no such decision)."""
     if row is None:
         return None
     decision = decision_dict(row[0], float(row[1]))
@@ -109,40 +109,92 @@ def find(pool: ConnectionPool[Conn], decision_id: str) -> Found | None:
     return Found(decision, item, explanation, source)
 
 
-def lookup_function(
-    authenticator: Authenticator,
-    pool: ConnectionPool[Conn],
-    store: HubReviewStore,
-    explanations: Explanations,
-    reasons_of: ReasonsFn | None = None,
-) -> Callable[[str, Principal], LookupOut]:
-    """The lookup both the route and `sidecar.hub.lookup_fast` answer with (blocking: run it
-    off the loop); a decision it cannot find raises the route's 404. `explanations` (the
-    lookup the review and people routes share, one cache) explains what has no stored
-    explanation, past the sampled one the statement already looked for; `reasons_of` adds
-    the principal reasons, as on a sidecar."""
+def find(pool: ConnectionPool[Conn], decision_id: str) -> Found | None:
+    """The decision, its review item and its stored explanation, in one statement."""
+    sql, args = statement(decision_id)
+    with pool.connection() as conn:
+        row = conn.execute(sql, args).fetchone()
+    return read(row)
 
-    def lookup(decision_id: str, who: Principal) -> LookupOut:
-        found = find(pool, decision_id)
+
+async def find_async(pool: AsyncConnectionPool[AsyncConn], decision_id: str) -> Found | None:
+    """`find` on the event loop, over the pool of `sidecar.hub.db.async_pool`."""
+    sql, args = statement(decision_id)
+    async with pool.connection() as conn:
+        cursor = await conn.execute(sql, args)
+        row = await cursor.fetchone()
+    return read(row)
+
+
+class Lookup:
+    """The lookup both the route and `sidecar.hub.lookup_fast` answer with.
+
+    Called, it blocks (run it off the loop); a decision it cannot find raises the route's 404.
+    `answer` completes a `find`'s result, and `blocks` says whether that completion may wait
+    on the database or on an explainer: most do not (a sampled explanation, none to compute),
+    and the fast path answers those on the loop without a hop to a thread.
+    `explanations` (the lookup the review and people routes share, one cache) explains what
+    has no stored explanation, past the sampled one the statement already looked for, when
+    `explains` (an explainer is configured); `reasons_of` adds the principal reasons, as on a
+    sidecar.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        pool: ConnectionPool[Conn],
+        store: HubReviewStore,
+        explanations: Explanations,
+        reasons_of: ReasonsFn | None = None,
+        *,
+        explains: bool = True,
+    ) -> None:
+        self._authenticator = authenticator
+        self._pool = pool
+        self._store = store
+        self._explanations = explanations
+        self._reasons_of = reasons_of
+        self._explains = explains
+
+    def __call__(self, decision_id: str, who: Principal) -> LookupOut:
+        return self.answer(decision_id, find(self._pool, decision_id), who)
+
+    def _lapsed(self, item: ReviewItem | None) -> bool:
+        return (
+            item is not None
+            and item.status == "claimed"
+            and (item.lease_expires or 0) <= self._store.now()
+        )
+
+    def blocks(self, found: Found | None) -> bool:
+        """Whether `answer(found)` may block: it reads the store again, or explains now."""
+        if found is None:
+            return False
+        if self._lapsed(found.item):
+            return True
+        if found.explanation is not None:
+            return False
+        item = found.item
+        return self._explains and (item is None or item.explanation is None)
+
+    def answer(self, decision_id: str, found: Found | None, who: Principal) -> LookupOut:
+        """The answer for `find(decision_id)`'s result (blocking where `blocks` says so)."""
         if found is None:
             raise HTTPException(
                 404, f"no decision {decision_id} (unknown, or older than hub.retention_days)"
             )
         item = found.item
-        if (
-            item is not None
-            and item.status == "claimed"
-            and (item.lease_expires or 0) <= store.now()
-        ):
+        if item is not None and self._lapsed(item):
             # The lease lapsed and housekeeping has not returned it yet: the store does.
-            item = store.get(item.item_id)
+            item = self._store.get(item.item_id)
         explanation, source, error = found.explanation, found.source, None
         # As on a sidecar: sampled, then the review item's own, then on demand.
         if source != "sampled" and item is not None and item.explanation is not None:
             explanation, source = item.explanation, "review_item"
         elif explanation is None:
-            explanation, source, error = explanations.explain_unsampled(found.decision, item)
-        show = authenticator.sees_group_attributes(who)
+            explanation, source, error = self._explanations.explain_unsampled(found.decision, item)
+        show = self._authenticator.sees_group_attributes(who)
+        reasons_of = self._reasons_of
         return LookupOut(
             decision=decision_out(found.decision, show),
             explanation=explanation,
@@ -152,14 +204,12 @@ def lookup_function(
             reasons=reasons_of(found.decision, explanation) if reasons_of is not None else None,
         )
 
-    return lookup
-
 
 def create_lookup_router(
     authenticator: Authenticator, lookup: Callable[[str, Principal], LookupOut]
 ) -> APIRouter:
-    """GET /decisions/{id} and /decisions/{id}/{row}, answered by `lookup` (`lookup_function`'s,
-    which `sidecar.hub.lookup_fast` answers the plain case with too)."""
+    """GET /decisions/{id} and /decisions/{id}/{row}, answered by `lookup` (a `Lookup`, which
+    `sidecar.hub.lookup_fast` answers the plain case with too)."""
     # FastAPI runs every plain-function dependency in its thread pool, one hop each: with the
     # handler's own that was three thread hand-offs per lookup, which on a busy machine cost
     # more at p99 than the statement. The checks are cheap and never block (a dictionary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -15,7 +16,7 @@ from sidecar.hub import retention, schema
 from sidecar.hub.app import create_hub_app
 from sidecar.hub.consumer import check as check_consumer
 from sidecar.hub.consumer import consumer_config
-from sidecar.hub.db import connect, pool
+from sidecar.hub.db import async_pool, connect, pool
 from sidecar.hub.explain import HubExplainer, load_models
 from sidecar.hub.ingest import Ingest
 from sidecar.hub.lookup import HubDecisions
@@ -63,6 +64,8 @@ class Hub:
             log.info("hub schema: applied migrations %s", applied)
         self.pool = pool(url, h.pool_size)
         self.decisions = HubDecisions(self.pool)
+        # The lookup's own, awaited on the API's loop (opened and closed with the app's lifespan).
+        self.lookup_pool = async_pool(url, h.pool_size)
         self.review_store = HubReviewStore(
             self.pool, registry=registry, lease_seconds=settings.review.lease_seconds
         )
@@ -77,6 +80,7 @@ class Hub:
             review=settings.review,
             store=self.review_store,
             decisions=self.decisions,
+            lookup_pool=self.lookup_pool,
             registry=registry,
             ready_checks=[("database", self._database_ready), ("ingest", self._ingest_ready)],
             open_health=settings.control.open_health,
@@ -142,6 +146,11 @@ class Hub:
             on_exit=self._stopping.set,
         )
         self._server.start()
+        # Everything loaded at start (fastapi, pydantic's models, the explainers) lives as long
+        # as the hub: frozen, a full collection no longer walks it (measured in the hub after
+        # start: one 53-60 ms collection of the oldest generation within 5,000 lookups).
+        gc.collect()
+        gc.freeze()
 
     def stop(self) -> None:
         if self._server is not None:

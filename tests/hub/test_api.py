@@ -24,7 +24,7 @@ from sidecar.control.auth import authenticator_from_settings
 from sidecar.decisions import Decision, new_call_id
 from sidecar.hub import schema
 from sidecar.hub.app import MAX_GROUP_FILTERS, create_hub_app
-from sidecar.hub.db import Conn, connect, pool
+from sidecar.hub.db import Conn, async_pool, connect, pool
 from sidecar.hub.lookup import HubDecisions
 from sidecar.hub.review import HubReviewStore
 from sidecar.hub.rows import Rows, add
@@ -75,6 +75,7 @@ def _app(url: str, clock: list[float]) -> tuple[TestClient, HubReviewStore, Conn
         review=settings.review,
         store=store,
         decisions=HubDecisions(p),
+        lookup_pool=async_pool(url, 2),
         registry=registry,
         ready_checks=[],
     )
@@ -88,7 +89,8 @@ def hubs(hub_database: str) -> Iterator[Hubs]:
     clock = [T0 + 3600]
     a, sa, pa = _app(hub_database, clock)
     b, sb, pb = _app(hub_database, clock)
-    yield Hubs(hub_database, a, b, sa, sb, clock)
+    with a, b:  # each app's lifespan opens its lookup pool, on its client's one loop
+        yield Hubs(hub_database, a, b, sa, sb, clock)
     pa.close()
     pb.close()
 

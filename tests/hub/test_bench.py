@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -13,6 +15,7 @@ from loadtests.bench_hub import (
     bench_writer,
     fresh_database,
     load_decisions,
+    lookup_database,
     server_settings,
 )
 from tests.kafka_broker import KafkaBroker
@@ -78,3 +81,19 @@ def test_pg_set_applies_settings_and_refuses_one_that_needs_a_restart(
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET ALL")
             conn.execute("SELECT pg_reload_conf()")
+
+
+def test_a_lookup_database_is_loaded_once_then_reused_and_refused_at_another_count(
+    postgres_server: PostgresServer,
+) -> None:
+    name = f"bench_lookup_{uuid.uuid4().hex[:8]}"
+    url, ids, rate = lookup_database(postgres_server.url(), name, 300)
+    try:
+        assert rate is not None and len(set(ids)) == 300
+        again_url, again, again_rate = lookup_database(postgres_server.url(), name, 300)
+        assert (again_url, again_rate) == (url, None)
+        assert again == sorted(ids)  # in id order: the seeded picks are the same run to run
+        with pytest.raises(SystemExit, match="holds 300 decisions, not 400"):
+            lookup_database(postgres_server.url(), name, 400)
+    finally:
+        postgres_server.drop_database(url)

@@ -16,7 +16,7 @@ from sidecar.control.auth import authenticator_from_settings
 from sidecar.decisions import Decision, new_call_id
 from sidecar.hub import schema
 from sidecar.hub.app import create_hub_app
-from sidecar.hub.db import connect, pool
+from sidecar.hub.db import async_pool, connect, pool
 from sidecar.hub.explain import HubExplainer, load_models
 from sidecar.hub.lookup import HubDecisions
 from sidecar.hub.review import HubReviewStore
@@ -70,6 +70,7 @@ def _client(url: str, settings: Settings, explainers: Any) -> tuple[TestClient, 
         review=settings.review,
         store=HubReviewStore(p, registry=registry),
         decisions=HubDecisions(p),
+        lookup_pool=async_pool(url, 2),
         registry=registry,
         ready_checks=[],
         explain_now=explain_now,
@@ -83,7 +84,8 @@ def two_hubs(hub_database: str, explainers: Any) -> Iterator[list[tuple[TestClie
         schema.migrate(conn)
     settings, loaded = explainers
     made = [_client(hub_database, settings, loaded) for _ in range(2)]
-    yield [(c, n) for c, n, _ in made]
+    with made[0][0], made[1][0]:  # each app's lifespan opens its lookup pool, on one loop
+        yield [(c, n) for c, n, _ in made]
     for _, _, p in made:
         p.close()
 

@@ -26,7 +26,8 @@ from sidecar.decisions import Decision
 from sidecar.hub import schema
 from sidecar.hub.db import Conn, connect, pool
 from sidecar.hub.lookup import ID_WINDOW_S
-from sidecar.hub.lookup_route import ONE_STATEMENT, create_lookup_router, find, lookup_function
+from sidecar.hub.lookup_route import ONE_STATEMENT, create_lookup_router, find
+from sidecar.hub.lookup_route import Lookup as RouteLookup
 from sidecar.hub.review import HubReviewStore
 from sidecar.hub.rows import Rows, add
 from sidecar.hub.writer import Writer
@@ -101,7 +102,7 @@ def hub(hub_database: str) -> Iterator[Lookup]:
     app.include_router(
         create_lookup_router(
             authenticator,
-            lookup_function(authenticator, cast(ConnectionPool[Conn], counting), store, fallback),
+            RouteLookup(authenticator, cast(ConnectionPool[Conn], counting), store, fallback),
         )
     )
     yield Lookup(hub_database, TestClient(app), counting, store, clock)
@@ -264,7 +265,7 @@ def test_paths_under_a_decision_that_are_not_rows_go_on_to_their_own_routes(hub:
     app.include_router(
         create_lookup_router(
             authenticator,
-            lookup_function(authenticator, hub.counting.inner, hub.store, fallback),
+            RouteLookup(authenticator, hub.counting.inner, hub.store, fallback),
         )
     )
     app.include_router(other)
