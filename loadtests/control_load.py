@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.decisions import Decision
+from sidecar.demo.model import model_settings
 from sidecar.metrics import Registry
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks.null import NullSink
@@ -33,6 +34,7 @@ def prepare(work: Path, items: int) -> dict[str, dict[str, Any]]:
     """Fill a review database and write a tokens file; the sidecar settings that use them."""
     db = work / "review.db"
     registry = Registry()
+    names = list(model_settings()["feature_names"])
     store = SqliteReviewStore(db, sink=NullSink(registry), registry=registry)
     try:
         now = time.time()
@@ -45,8 +47,11 @@ def prepare(work: Path, items: int) -> dict[str, dict[str, Any]]:
                     protocol="v2",
                     model_name="credit",
                     model_version="1",
-                    features=[0.5] * 8,
-                    feature_names=[f"f{j}" for j in range(8)],
+                    # The demo model's features, so the console's item page gets its
+                    # explanation as a reviewer's does (made once, kept on the item); the
+                    # names f0..f7 used until 2026-11-30 made every page a failed one.
+                    features=[0.5] * len(names),
+                    feature_names=names,
                     prediction=0,
                     probabilities=[0.45, 0.55],
                     confidence=0.55,

@@ -70,6 +70,10 @@ class Explanations:
         self._explain_now = explain_now
         self._cache_size = cache_size
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Why an explanation failed, by key, bounded alike: the artifact does not change while
+        # the process runs, so the same decision would fail again, and a console open on
+        # it would recompute (and log) the failure on every refresh.
+        self._failures: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
         self._on_demand = registry.counter(
             "sidecar_explanations_on_demand_total", "Explanations computed for a lookup"
@@ -121,6 +125,9 @@ class Explanations:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached, "cached", None
+            failed = self._failures.get(key)
+        if failed is not None:
+            return None, None, failed
         if self._explain_now is None:
             return None, None, "no model artifact is configured (model.artifact); cannot explain"
         if not decision.get("features"):
@@ -130,7 +137,13 @@ class Explanations:
         except Exception as exc:
             self._failed.inc()
             log.warning("on-demand explanation of %s failed: %s", key, exc)
-            return None, None, f"explanation failed: {exc}"
+            why = f"explanation failed: {exc}"
+            if self._cache_size > 0:
+                with self._lock:
+                    self._failures[key] = why
+                    while len(self._failures) > self._cache_size:
+                        self._failures.popitem(last=False)
+            return None, None, why
         self._on_demand.inc()
         if item is not None:
             self._store.set_explanation(key, explanation)
