@@ -94,7 +94,9 @@ def _workers(pid: int) -> list[int]:
     for child in _children(pid):
         try:
             cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
+            # Gone between the listing and the read (a killed worker exits meanwhile):
+            # its cmdline file can still open and then fail to read.
             continue
         if b"sidecar.workers.process" in cmd:
             out.append(child)
