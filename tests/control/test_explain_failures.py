@@ -13,26 +13,11 @@ from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks.null import NullSink
+from tests.eventlib import make_decision
 
 
 def _decision(i: int) -> dict[str, Any]:
-    return decision_to_dict(
-        Decision(
-            call_id=f"call-{i}",
-            row=0,
-            time=1.0,
-            protocol="v2",
-            model_name="credit",
-            model_version="1",
-            features=[1.0, 2.0],
-            feature_names=["a", "b"],
-            prediction=0,
-            probabilities=[0.4, 0.6],
-            confidence=0.6,
-            upstream_status=200,
-            upstream_latency_ms=1.0,
-        )
-    )
+    return decision_to_dict(make_decision(i, call_id=f"call-{i}"))
 
 
 @pytest.mark.parametrize("cache_size", [2, 0])
