@@ -9,7 +9,7 @@ import contextlib
 import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -181,6 +181,36 @@ def test_an_idle_connection_gets_goaway_and_clients_reconnect(relay: _CountingRe
         assert relay.accepted == 5
 
 
+def _flood(raw: Raw, chunk: Callable[[int], bytes]) -> int:
+    """Send `chunk(k)` for k = 0, 1, ... until the tap stops reading (the socket stays full)
+    or 256 MiB went; the bytes sent."""
+    raw.sock.setblocking(False)
+    k, sent = 0, 0
+    while sent < 256 << 20:
+        view = memoryview(chunk(k))
+        k += 1
+        while view:
+            try:
+                n = raw.sock.send(view)
+            except BlockingIOError:
+                if not select.select([], [raw.sock], [], 2.0)[1]:
+                    break
+                continue
+            view = view[n:]
+            sent += n
+        if view:
+            break
+    return sent
+
+
+def _stopped_reading(svc: Service) -> None:
+    (conn,) = svc.grpc.connections() if svc.grpc else ()
+    assert conn.transport is not None
+    wait_until(lambda: not conn.transport.is_reading(), what="the tap to stop reading")
+    # What it queued toward the client: about the high-water mark, not what was asked.
+    assert conn.transport.get_write_buffer_size() < 4 << 20
+
+
 def test_a_client_that_never_reads_stops_being_read(model_server: RunningModelServer) -> None:
     # One call at once: every further stream is refused by the tap itself (trailers-only and
     # RST_STREAM, ~5x the bytes of the fully indexed HEADERS asking for it). A client that
@@ -189,30 +219,26 @@ def test_a_client_that_never_reads_stops_being_read(model_server: RunningModelSe
         raw = Raw(address(svc)).preface()
         raw.send(f.header_block(1, raw.enc.encode(_request()), False))  # held open
         block = raw.enc.encode(_request())
-        raw.sock.setblocking(False)
-        sid, sent = 3, 0
-        # Send refused streams until the tap stops reading (the socket stays full) or 256 MiB.
-        while sent < 256 << 20:
-            frames = b"".join(f.header_block(sid + 2 * k, block, True) for k in range(1000))
-            sid += 2000
-            view = memoryview(frames)
-            while view:
-                try:
-                    n = raw.sock.send(view)
-                except BlockingIOError:
-                    if not select.select([], [raw.sock], [], 2.0)[1]:
-                        break
-                    continue
-                view = view[n:]
-                sent += n
-            if view:
-                break
-        (conn,) = svc.grpc.connections() if svc.grpc else ()
-        assert conn.transport is not None
-        wait_until(lambda: not conn.transport.is_reading(), what="the tap to stop reading")
-        # What it queued toward the client: about the high-water mark, not what was asked.
-        assert conn.transport.get_write_buffer_size() < 4 << 20
+        sent = _flood(
+            raw,
+            lambda k: b"".join(
+                f.header_block(3 + 2000 * k + 2 * j, block, True) for j in range(1000)
+            ),
+        )
+        _stopped_reading(svc)
         assert sent < 256 << 20
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_stops_being_read(
+    model_server: RunningModelServer,
+) -> None:
+    # The tap answers PINGs itself: their ACKs queue toward the client as any answer of its own.
+    with grpc_sidecar(model_server.url) as svc:
+        raw = Raw(address(svc)).preface()
+        sent = _flood(raw, lambda k: f.frame(f.PING, 0, 0, b"pingping") * 4096)
+        _stopped_reading(svc)
+        assert sent < 256 << 20
+        assert _served(address(svc))
         raw.close()
         assert _served(address(svc))
 
