@@ -170,8 +170,14 @@ def test_a_control_process_that_keeps_dying_stops_the_service_with_an_error(
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        # A child can end between its parent's listing and this one (a killed control
+        # process, a fork server's short-lived helper): it has no children then.
+        return found
+    for tid in tids:
         # A thread can end between the listing and the read (the service's executor threads).
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             found += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
