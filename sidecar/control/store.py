@@ -3,11 +3,16 @@
 Bounded by `decisions.retention` decisions and `decisions.retention_bytes` of
 entries, explanations and index (oldest call forgotten first, all its rows at
 once): very wide rows cannot grow it past the byte bound. Each entry is
-kept serialised (orjson bytes), not as live objects: a hundred thousand
-decisions held as dataclasses, lists and dicts are half a million objects
-the garbage collector walks on every full collection (measured: pauses of
-150-200 ms in the proxy's p99.9), while bytes are not tracked at all.
-Held in memory: a restart forgets them; the event stream is the record.
+kept serialised (orjson bytes), not as live objects, and each call is a tuple
+of bytes, strings and numbers, replaced whole when it changes: the garbage
+collector stops tracking such a tuple at the first collection it survives, so
+a full store adds nothing to what a full collection walks. A hundred thousand
+decisions held as dataclasses, lists and dicts are half a million objects to
+walk (measured: pauses of 150-200 ms in the proxy's p99.9); held as a record
+object and a list per call, 200,000 (pauses of 20-100 ms; the 2026-11-30 runs).
+A client's request id that more than one call carried keeps its calls in a
+deque (tracked; one per such id). Held in memory: a restart forgets them; the
+event stream is the record.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -53,31 +58,40 @@ def unpack(data: bytes) -> Decision:
 
 
 # What an entry costs beyond its bytes: the bytes object's header, its slot in the
-# call's list and, per call, the call record, its OrderedDict node and key string
-# (measured with tracemalloc: counted bytes are within 10% above what is held,
+# call's rows and, per call, its tuples, its OrderedDict node and key string, and the
+# tables' room for the calls evicted and added (measured with tracemalloc on a store at
+# its bound: ~390 bytes a one-row call; what is held is within 5% of what is counted,
 # tests/sinks/test_store_bounds.py).
 ROW_OVERHEAD = 64
-CALL_OVERHEAD = 360
-# A request id's place in the index: its key, its deque (a 64-slot block), its dict slot
-# (measured: ~840 bytes for a request id that one call carried).
-INDEX_OVERHEAD = 850
+CALL_OVERHEAD = 330
+# A request id's place in the index: its key and dict slot (measured the same way: ~110
+# bytes for a request id that one call carried) and, once a second call carries it, a
+# deque (a 64-slot block: ~800 bytes more).
+INDEX_OVERHEAD = 150
+DEQUE_OVERHEAD = 800
 # The largest page `by_request` returns (GET /decisions?request_id=...).
 MAX_PAGE = 100
 
 
-class _Call:
-    """One call's rows, packed; its explanations by row; what it all costs."""
+# One call: its client's request id, its rows (packed; None for a row not held), its
+# explanations by row (None: none yet) and what it all costs. Immutable and made of
+# atomic parts, so the collector untracks it (module doc); `add` and `set_explanation`
+# replace it whole.
+_Call = tuple[str | None, tuple[bytes | None, ...], tuple[bytes | None, ...] | None, int]
+_RID: Final = 0
+_ROWS: Final = 1
+_EXPL: Final = 2
+_NBYTES: Final = 3
 
-    __slots__ = ("explanations", "nbytes", "request_id", "rows")
 
-    def __init__(self, request_id: str | None) -> None:
-        self.request_id = request_id
-        self.rows: list[bytes | None] = []
-        self.explanations: dict[int, bytes] | None = None
-        self.nbytes = CALL_OVERHEAD
+def _count(call: _Call) -> int:
+    return sum(1 for r in call[_ROWS] if r is not None)
 
-    def count(self) -> int:
-        return sum(1 for r in self.rows if r is not None)
+
+def _with_row(rows: tuple[bytes | None, ...], row: int, data: bytes) -> tuple[bytes | None, ...]:
+    if row < len(rows):
+        return (*rows[:row], data, *rows[row + 1 :])
+    return (*rows, *(None,) * (row - len(rows)), data)
 
 
 class DecisionStore:
@@ -87,8 +101,9 @@ class DecisionStore:
         self._retention = retention
         self._retention_bytes = retention_bytes
         self._calls: OrderedDict[str, _Call] = OrderedDict()
-        # The client's request id -> the calls that carried it, oldest first.
-        self._by_request: dict[str, deque[str]] = {}
+        # The client's request id -> the call that carried it, or the calls, oldest first,
+        # when more than one did.
+        self._by_request: dict[str, str | deque[str]] = {}
         self._rows = 0
         self._bytes = 0
         # The newest call id forgotten so far: a call newer than it, not here, never was.
@@ -116,59 +131,86 @@ class DecisionStore:
         return self._bytes
 
     def add(self, decisions: list[Decision]) -> None:
-        packed = [(d.call_id, d.request_id, d.row, pack(d)) for d in decisions]
+        # Each call's rows of this batch together: its tuple is rebuilt once, not once a row.
+        batch: dict[str, tuple[str | None, list[tuple[int, bytes]]]] = {}
+        for d in decisions:
+            entry = batch.get(d.call_id)
+            if entry is None:
+                entry = batch[d.call_id] = (d.request_id, [])
+            entry[1].append((d.row, pack(d)))
         with self._lock:
             calls = self._calls
-            for call_id, request_id, row, data in packed:
+            for call_id, (request_id, new_rows) in batch.items():
                 call = calls.get(call_id)
                 if call is None:
-                    call = calls[call_id] = _Call(request_id)
+                    call = (request_id, (), None, CALL_OVERHEAD)
                     self._bytes += CALL_OVERHEAD
                     if request_id is not None:
-                        ids = self._by_request.get(request_id)
-                        if ids is None:
-                            ids = self._by_request[request_id] = deque()
-                            self._bytes += INDEX_OVERHEAD + len(request_id)
-                        ids.append(call_id)
-                        self._bytes += 8
-                rows = call.rows
-                while len(rows) <= row:
-                    rows.append(None)
-                old = rows[row]
-                if old is None:
-                    self._rows += 1
-                rows[row] = data
-                size = len(data) + ROW_OVERHEAD - (0 if old is None else len(old) + ROW_OVERHEAD)
-                call.nbytes += size
+                        self._index(request_id, call_id)
+                rows = list(call[_ROWS])
+                size = 0
+                for row, data in new_rows:
+                    if row >= len(rows):
+                        rows.extend([None] * (row + 1 - len(rows)))
+                    old = rows[row]
+                    if old is None:
+                        self._rows += 1
+                        size += len(data) + ROW_OVERHEAD
+                    else:
+                        size += len(data) - len(old)
+                    rows[row] = data
+                calls[call_id] = (call[_RID], tuple(rows), call[_EXPL], call[_NBYTES] + size)
                 self._bytes += size
             self._trim()
+
+    def _index(self, request_id: str, call_id: str) -> None:
+        ids = self._by_request.get(request_id)
+        if ids is None:
+            self._by_request[request_id] = call_id
+            self._bytes += INDEX_OVERHEAD + len(request_id)
+        elif isinstance(ids, str):
+            self._by_request[request_id] = deque((ids, call_id))
+            self._bytes += DEQUE_OVERHEAD
+        else:
+            ids.append(call_id)
+        self._bytes += 8
 
     def _trim(self) -> None:
         calls = self._calls
         while calls and (self._rows > self._retention or self._bytes > self._retention_bytes):
             call_id, call = calls.popitem(last=False)
-            n = call.count()
+            n = _count(call)
             self._rows -= n
-            self._bytes -= call.nbytes
+            self._bytes -= call[_NBYTES]
             self._evicted.inc(n)
             if self._newest_forgotten is None or call_id > self._newest_forgotten:
                 self._newest_forgotten = call_id
-            rid = call.request_id
+            rid = call[_RID]
             if rid is not None:
-                ids = self._by_request[rid]
-                if ids[0] == call_id:
-                    ids.popleft()
-                else:
-                    ids.remove(call_id)
-                self._bytes -= 8
-                if not ids:
-                    del self._by_request[rid]
-                    self._bytes -= INDEX_OVERHEAD + len(rid)
+                self._unindex(rid, call_id)
+
+    def _unindex(self, request_id: str, call_id: str) -> None:
+        ids = self._by_request[request_id]
+        self._bytes -= 8
+        if not isinstance(ids, str):
+            if ids[0] == call_id:
+                ids.popleft()
+            else:
+                ids.remove(call_id)
+            if ids:
+                return
+            self._bytes -= DEQUE_OVERHEAD
+        del self._by_request[request_id]
+        self._bytes -= INDEX_OVERHEAD + len(request_id)
+
+    def _call_ids(self, request_id: str) -> tuple[str, ...] | deque[str]:
+        ids = self._by_request.get(request_id, ())
+        return (ids,) if isinstance(ids, str) else ids
 
     def _row(self, decision_id: str) -> tuple[_Call, int] | None:
         call_id, row = split_decision_id(decision_id)
         call = self._calls.get(call_id)
-        if call is None or row >= len(call.rows):
+        if call is None or row >= len(call[_ROWS]):
             return None
         return call, row
 
@@ -181,7 +223,7 @@ class DecisionStore:
         """`get` as the bytes held (what crosses to the control process, unparsed)."""
         with self._lock:
             found = self._row(decision_id)
-            return found[0].rows[found[1]] if found is not None else None
+            return found[0][_ROWS][found[1]] if found is not None else None
 
     def contains_many(self, decision_ids: Sequence[str]) -> list[bool]:
         """Whether each decision is held, under one lock: an outcome batch asks for all at once."""
@@ -231,8 +273,8 @@ class DecisionStore:
         with self._lock:
             rows = [
                 ((call_id, row), data)
-                for call_id in self._by_request.get(request_id, ())
-                for row, data in enumerate(self._calls[call_id].rows)
+                for call_id in self._call_ids(request_id)
+                for row, data in enumerate(self._calls[call_id][_ROWS])
                 if data is not None
             ]
         rows.sort(key=lambda r: r[0])
@@ -241,23 +283,27 @@ class DecisionStore:
         return [data for _, data in rows[:limit]], len(rows) > limit
 
     def _rows_of(self, request_id: str) -> Iterator[tuple[str, bytes]]:
-        for call_id in self._by_request.get(request_id, ()):
-            for row, data in enumerate(self._calls[call_id].rows):
+        for call_id in self._call_ids(request_id):
+            for row, data in enumerate(self._calls[call_id][_ROWS]):
                 if data is not None:
                     yield f"{call_id}/{row}", data
 
     def set_explanation(self, decision: Decision, explanation: dict[str, Any]) -> None:
         data = _kept(orjson.dumps(explanation, option=_OPTS))
+        row = decision.row
         with self._lock:
             call = self._calls.get(decision.call_id)
-            if call is None or decision.row >= len(call.rows) or call.rows[decision.row] is None:
+            if call is None or row >= len(call[_ROWS]) or call[_ROWS][row] is None:
                 return
-            if call.explanations is None:
-                call.explanations = {}
-            old = call.explanations.get(decision.row)
+            explanations = call[_EXPL] or ()
+            old = explanations[row] if row < len(explanations) else None
             size = len(data) + ROW_OVERHEAD - (0 if old is None else len(old) + ROW_OVERHEAD)
-            call.explanations[decision.row] = data
-            call.nbytes += size
+            self._calls[decision.call_id] = (
+                call[_RID],
+                call[_ROWS],
+                _with_row(explanations, row, data),
+                call[_NBYTES] + size,
+            )
             self._bytes += size
             self._trim()
 
@@ -272,6 +318,10 @@ class DecisionStore:
         """`get_explanation` as the bytes held."""
         with self._lock:
             found = self._row(decision_id)
-            if found is None or found[0].explanations is None:
+            if found is None:
                 return None
-            return found[0].explanations.get(found[1])
+            explanations = found[0][_EXPL]
+            row = found[1]
+            return (
+                explanations[row] if explanations is not None and row < len(explanations) else None
+            )
