@@ -110,7 +110,10 @@ class Explainer:
         # As summarise takes it (a writeable copy: a read-only array is another numba type).
         self._base_rows = self._base_array.reshape(1, -1).copy()
         self._probe(loaded.format)
-        self.cache: LRUCache[_Entry] = LRUCache(opts.cache_entries)
+        # Entries as plain tuples of arrays and numbers: the garbage collector stops tracking
+        # them, so a full cache (100,000 entries) adds nothing to a full collection's walk of
+        # the process that forwards inference calls (as `sidecar.control.store`).
+        self.cache: LRUCache[_Packed] = LRUCache(opts.cache_entries)
 
     def _check(self, loaded: LoadedModel, ens: TreeEnsemble, bg: Background | None) -> float | None:
         if loaded.reference is None:
@@ -168,7 +171,7 @@ class Explainer:
                 todo.append(i)
                 out.append(None)
             else:
-                out.append(self._explanation(X[i], hit, cache_hit=True))
+                out.append(self._explanation(X[i], _Entry(*hit), cache_hit=True))
         if todo:
             every = self.options.gil_yield_rows
             # All rows new (what a single row mostly is): no copy of them.
@@ -176,7 +179,7 @@ class Explainer:
             for n, (i, entry) in enumerate(zip(todo, self._compute(todo_rows), strict=True)):
                 if every and n % every == every - 1:
                     time.sleep(0)
-                self.cache.put(keys[i], entry)
+                self.cache.put(keys[i], entry.packed())
                 out[i] = self._explanation(X[i], entry, cache_hit=False)
         return [e for e in out if e is not None]
 
@@ -262,6 +265,21 @@ class _Entry:
     additivity_error: float
     out: int
     top: tuple[int, ...]
+
+    def packed(self) -> _Packed:
+        """The fields as a plain tuple (what the cache keeps); `_Entry(*packed)` reads it back."""
+        return (
+            self.contributions,
+            self.margin,
+            self.prediction,
+            self.base,
+            self.additivity_error,
+            self.out,
+            self.top,
+        )
+
+
+_Packed = tuple[FloatArray, FloatArray, FloatArray, FloatArray, float, int, tuple[int, ...]]
 
 
 def build_explainer(
