@@ -38,7 +38,7 @@ class ProxySettings(_Section):
     idle_timeout_s: float = Field(default=75.0, gt=0)
     """Keep-alive connections from clients idle this long are closed (checked every quarter of it). On gRPC: a connection with no call open this long gets GOAWAY(NO_ERROR) and is closed; clients reconnect for their next call."""
     header_timeout_s: float = Field(default=20.0, gt=0)
-    """A request head (line and headers) not complete this long after it is awaited gets 408 and the connection closes. On gRPC: a connection whose client preface (and its SETTINGS) is not complete this long after it opened is closed (GOAWAY PROTOCOL_ERROR); no upstream connection is opened before the preface."""
+    """A request head (line and headers) not complete this long after it is awaited gets 408 and the connection closes; a connection that sent no byte at all is closed without an answer. On gRPC: a connection whose client preface (and its SETTINGS) is not complete this long after it opened is closed (GOAWAY PROTOCOL_ERROR); no upstream connection is opened before the preface."""
     body_timeout_s: float = Field(default=20.0, gt=0)
     """A request body with no bytes for this long (while the sidecar reads it) gets 408 and the connection closes."""
     max_target_bytes: int = Field(default=8 * 1024, ge=256)

@@ -15,7 +15,8 @@ sweep that keeps the deadlines are in limits.py.
 No client can hold more than the documented limits (`Limits`, the README's
 "Data-plane limits"): a request target past `max_target_bytes` is a 414, a
 header section past `max_header_bytes` or `max_headers` a 431, a head not in
-within `header_timeout_s` or a body that stalls past `body_timeout_s` a 408,
+within `header_timeout_s` or a body that stalls past `body_timeout_s` a 408 (a
+connection that sent no byte at all is closed without one),
 and connections past `max_connections` get a 503 and are closed. Deadlines are
 kept by one sweep over all connections (`IdleReaper`), not a timer per request.
 Whatever the parser cannot accept is a 4xx (505 for an HTTP major version other
@@ -357,7 +358,13 @@ class HttpConnection(asyncio.Protocol):
 
     def timed_out(self) -> None:
         """Called by the sweep: the head or the body did not come in time."""
-        if self.in_head:
+        if self.in_head and self.reads == 0:
+            # Not one byte came: there is no request to answer. A client that opened the
+            # connection ahead of need (a pool, a browser's preconnect) and sends its request
+            # as a 408 leaves would read that 408 as the answer to it, and a POST is not
+            # retried. Closed without a word, as nginx closes it.
+            self.close()
+        elif self.in_head:
             self._reject(408, "request head not received within proxy.header_timeout_s")
         else:
             self._reject(408, "request body stalled past proxy.body_timeout_s")

@@ -223,12 +223,15 @@ def test_a_slow_head_gets_408_within_the_header_deadline(upstream: RecordingUpst
             time.sleep(0.1)
         _others_answer(svc)
         out = _read_until_closed(s)
-        # A connection that sends nothing at all meets the same deadline.
+        # A connection that sends nothing at all meets the same deadline, and is closed
+        # without an answer: there is no request to answer, and a client that sent one as a
+        # 408 left would take the 408 for its answer. (Not closed, its read times out at 10 s;
+        # keep-alive's idle deadline is 75 s.)
         silent = _connect(svc.proxy_url)
         _others_answer(svc)
         nothing = _read_until_closed(silent)
     assert _status(out) == 408 and b"proxy.header_timeout_s" in out
-    assert _status(nothing) == 408
+    assert nothing == b""
     assert upstream.seen and all(s.path_qs == "/v2/models/m/infer" for s in upstream.seen)
 
 
