@@ -160,6 +160,7 @@ def _combine(results: list[LoadResult]) -> dict[str, Any]:
         "non_2xx": sum(n for r in results for s, n in r.statuses.items() if not 200 <= s < 300),
         "errors": sum(r.errors + r.unanswered for r in results),
         "reconnects": sum(r.reconnects for r in results),
+        "unsolicited": sum(r.unsolicited for r in results),
         "backlogged": sum(r.backlogged for r in results),
         "loadgen_lag_max_ms": max(r.summary()["lag_max_ms"] for r in results),
         "loadgen_cpu_us_per_req": 1e6
@@ -412,6 +413,13 @@ def report(result: dict[str, Any]) -> str:
             for name, row in rows
         )
     )
+    for name, row in rows:
+        if row.get("unsolicited") or row.get("reconnects"):
+            lines.append(
+                f"{name}: {row.get('reconnects', 0)} connections replaced, of which"
+                f" {row.get('unsolicited', 0)} after an answer to no request (not counted as"
+                " requests)"
+            )
     if "base_cpu_us_per_req" in result:
         lines.append(
             f"base sidecar CPU (--base-sidecar): {result['base_cpu_us_per_req']:.0f} µs per request"

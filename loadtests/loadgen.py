@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import socket
@@ -67,6 +68,9 @@ class LoadResult:
     errors: int = 0
     reconnects: int = 0
     unanswered: int = 0
+    unsolicited: int = 0
+    """Answers that came on a connection with no request out (a server's 408 on a connection
+    it found idle): counted here, never as a request's latency; the connection is replaced."""
     backlogged: int = 0
     lags: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -102,6 +106,7 @@ class LoadResult:
             "errors": self.errors,
             "reconnects": self.reconnects,
             "unanswered": self.unanswered,
+            "unsolicited": self.unsolicited,
             "backlogged": self.backlogged,
             **{k: float(v) for k, v in pct.items()},
             "mean_ms": float(lat.mean()) if lat.size else None,
@@ -192,6 +197,16 @@ class _Generator:
     def completed(
         self, conn: _Connection, status: int, started: float, latency: float, keep: bool = True
     ) -> None:
+        if conn not in self.busy:
+            # No request of ours was out on it: not an answer to one. Counted apart, and the
+            # connection replaced (what follows on it cannot be matched to our requests).
+            self.result.unsolicited += 1
+            if conn in self.idle:
+                self.idle.remove(conn)
+            self._retire(conn)
+            if conn.transport is not None:
+                conn.transport.close()
+            return
         self.result.latencies.append(latency)
         self.result.starts.append(started - self.t0)
         self.result.statuses[status] += 1
@@ -272,22 +287,32 @@ async def run_load(
     total = int(rate * duration_s)
     gen.expected = total
     interval = 1.0 / rate
-    cpu0 = time.process_time()
-    t0 = gen.t0 = _perf() + 0.005
-    i = 0
-    while i < total:
-        now = _perf()
-        while i < total and t0 + i * interval <= now:
-            gen.dispatch(t0 + i * interval, now)
-            i += 1
-        if i < total:
-            # uvloop's timers count whole milliseconds and fire at once below one: round the
-            # wait up so the generator sleeps instead of spinning on a core it shares.
-            await asyncio.sleep(math.ceil((t0 + i * interval - _perf()) * 1000.0) / 1000.0)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(gen.all_done.wait(), drain_timeout_s)
-    result.elapsed_s = _perf() - t0
-    result.cpu_s = time.process_time() - cpu0
+    # The generator's own full collections (its heap holds the bench's imports: the
+    # sidecar's modules, numpy) paused it for up to 100 ms inside a round, charged to
+    # whichever path it was loading (bench_proxy --control-load, 2026-11-30: the quiet
+    # path's p99.9 10-27 ms, generator lag 101 ms). Collected now, before the timetable
+    # starts, and held off until the round is over.
+    gc.collect()
+    gc.disable()
+    try:
+        cpu0 = time.process_time()
+        t0 = gen.t0 = _perf() + 0.005
+        i = 0
+        while i < total:
+            now = _perf()
+            while i < total and t0 + i * interval <= now:
+                gen.dispatch(t0 + i * interval, now)
+                i += 1
+            if i < total:
+                # uvloop's timers count whole milliseconds and fire at once below one: round
+                # the wait up so the generator sleeps instead of spinning on a core it shares.
+                await asyncio.sleep(math.ceil((t0 + i * interval - _perf()) * 1000.0) / 1000.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gen.all_done.wait(), drain_timeout_s)
+        result.elapsed_s = _perf() - t0
+        result.cpu_s = time.process_time() - cpu0
+    finally:
+        gc.enable()
     result.unanswered = total - len(result.latencies) - result.errors
     gen.closing = True
     for task in list(gen._replacing):

@@ -112,6 +112,47 @@ async def test_a_server_that_ends_keep_alive_gets_new_connections_and_no_errors(
     assert result.reconnects >= 30
 
 
+async def test_an_answer_to_no_request_is_counted_apart_not_as_a_latency() -> None:
+    # A server that times out a connection it found idle may answer 408 on it (the sidecar
+    # did, to a pre-opened connection with no bytes, until 2026-12-01): that is no request's
+    # answer. Counted as one, it was a latency from the clock's zero (p99.9 78,412,356 ms).
+    async def answers_then_408s_the_idle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Keep-alive; a connection that has carried no request in 0.2 s gets a 408 and is
+        # closed. The generator reuses its newest idle connection, so the ones it left idle
+        # are never in use when theirs comes.
+        first = True
+        while True:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.2 if first else None)
+            except TimeoutError:
+                writer.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+                writer.close()
+                return
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            first = False
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server = await asyncio.start_server(answers_then_408s_the_idle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        reqs = [build_request("127.0.0.1", port, "/", b"{}")]
+        # Four connections, one request every 0.1 s: the ones left idle get the 408.
+        result = await run_load(
+            f"http://127.0.0.1:{port}/", reqs, rate=10, duration_s=1.0, connections=4
+        )
+    assert result.unsolicited >= 2
+    assert 408 not in result.statuses
+    assert result.errors == 0 and result.unanswered == 0
+    assert max(result.latencies) < 1.0
+
+
 def test_cpu_seconds_of_this_process_grows() -> None:
     import os
 
