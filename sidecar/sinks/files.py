@@ -12,6 +12,13 @@ Files are named by the UTC time they were opened (`20261123T101500.123456Z.jsonl
 so names sort in time order; a new one starts past `rotate_bytes` or
 `rotate_interval_s`, and only the newest `keep_files` per topic are kept.
 A restart always opens a new file, never appends after a possibly torn line.
+
+Each `SYNC_BYTES` written are made durable as they are written (`fdatasync`), and a
+finished file whole at rotation (`fsync`): a rotation of a 64 MiB file written with
+no sync in between flushed it all at once, and on this project's VM that stalled
+the proxy and the load generator on the other core alike for 20-50 ms (the
+`bench_proxy` runs of 2026-11-30, one at every ~88,000 events; none with rotation
+out of reach, nor with 4 MiB files).
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from sidecar.sinks.stats import SinkStats
 
 log = logging.getLogger("sidecar.sinks.files")
 
+# Written bytes not yet made durable, at most (module doc).
+SYNC_BYTES = 4 << 20
+
 
 class RotatingFile:
     """Appends whole lines to the current file of one topic; rotates and prunes."""
@@ -47,6 +57,7 @@ class RotatingFile:
         self._lock = threading.Lock()
         self._fd = -1
         self._size = 0
+        self._unsynced = 0
         self._opened = 0.0
         self.path: Path | None = None
 
@@ -64,6 +75,10 @@ class RotatingFile:
             while n < len(lines):
                 n += os.write(self._fd, lines[n:])
             self._size += len(lines)
+            self._unsynced += len(lines)
+            if self._unsynced >= SYNC_BYTES:
+                os.fdatasync(self._fd)
+                self._unsynced = 0
 
     def _open_next(self, now: float) -> None:
         self._close_fd()
@@ -75,7 +90,7 @@ class RotatingFile:
             n += 1
             path = self.directory / f"{stamp}-{n}.jsonl"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
-        self.path, self._size, self._opened = path, 0, now
+        self.path, self._size, self._unsynced, self._opened = path, 0, 0, now
         self._prune()
 
     def _prune(self) -> None:
