@@ -125,7 +125,7 @@ class FastLookup:
             if lookup.blocks(found):
                 out = await run_in_threadpool(lookup.answer, key, found, who)
             else:
-                out = lookup.answer(key, found, who)
+                out = lookup.answer(key, found, who, reread=False)
         except HTTPException as exc:
             # The route's 404, in FastAPI's words, without running the statement again there.
             return await http_exception_handler(Request(scope), exc)

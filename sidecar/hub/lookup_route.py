@@ -177,14 +177,21 @@ class Lookup:
         item = found.item
         return self._explains and (item is None or item.explanation is None)
 
-    def answer(self, decision_id: str, found: Found | None, who: Principal) -> LookupOut:
-        """The answer for `find(decision_id)`'s result (blocking where `blocks` says so)."""
+    def answer(
+        self, decision_id: str, found: Found | None, who: Principal, *, reread: bool = True
+    ) -> LookupOut:
+        """The answer for `find(decision_id)`'s result (blocking where `blocks` says so).
+
+        `reread=False`: `blocks` said no, so a lease is not checked again here. One that
+        lapsed in the microseconds since would read the store, on the caller's event loop;
+        the item is shown as found, claimed, as it was when the statement ran.
+        """
         if found is None:
             raise HTTPException(
                 404, f"no decision {decision_id} (unknown, or older than hub.retention_days)"
             )
         item = found.item
-        if item is not None and self._lapsed(item):
+        if item is not None and reread and self._lapsed(item):
             # The lease lapsed and housekeeping has not returned it yet: the store does.
             item = self._store.get(item.item_id)
         explanation, source, error = found.explanation, found.source, None

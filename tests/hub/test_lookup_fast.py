@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from sidecar.config import load_settings
-from sidecar.control.auth import Authenticator, authenticator_from_settings
+from sidecar.control.auth import Authenticator, Principal, authenticator_from_settings
 from sidecar.control.lookup import Explanations
 from sidecar.hub import schema
 from sidecar.hub.db import AsyncConn, Conn, async_pool, connect, pool
@@ -250,6 +250,28 @@ def test_only_a_lapsed_lease_or_an_explanation_to_compute_blocks(apps: Apps) -> 
         # Nothing stored to show: computed now, where an explainer is configured.
         assert lookup.blocks(Found(decision_, None, None, None)) is explains
         assert lookup.blocks(Found(decision_, stored, None, None)) is explains
+
+
+def test_a_lease_that_lapses_after_blocks_said_no_is_not_read_again_on_the_loop(
+    apps: Apps,
+) -> None:
+    stored = apps.store.get(apps.call_id)
+    assert stored is not None
+    sampled = {"contributions": [[1.0]]}
+    held = replace(stored, status="claimed", claimed_by="a", lease_expires=apps.clock[0] + 1)
+    # No pool: a read of the store here would fail.
+    lookup, _, _ = _lookup(cast(ConnectionPool[Conn], None), apps.clock)
+    found = Found(stored.decision, held, sampled, "sampled")
+    assert not lookup.blocks(found)
+    who = Principal(name="alice", role="reviewer")
+    apps.clock[0] += 2  # the lease lapses between the two calls
+    try:
+        out = lookup.answer(apps.call_id, found, who, reread=False)
+        with pytest.raises(AttributeError):
+            lookup.answer(apps.call_id, found, who)  # the route's own answer reads it again
+    finally:
+        apps.clock[0] -= 2
+    assert out.review_item is not None and out.review_item.status == "claimed"
 
 
 def test_a_basic_scheme_is_not_taken_for_a_bearer_token(apps: Apps) -> None:
