@@ -14,11 +14,10 @@ so names sort in time order; a new one starts past `rotate_bytes` or
 A restart always opens a new file, never appends after a possibly torn line.
 
 Each `SYNC_BYTES` written are made durable as they are written (`fdatasync`), and a
-finished file whole at rotation (`fsync`): a rotation of a 64 MiB file written with
-no sync in between flushed it all at once, and on this project's VM that stalled
-the proxy and the load generator on the other core alike for 20-50 ms (the
-`bench_proxy` runs of 2026-11-30, one at every ~88,000 events; none with rotation
-out of reach, nor with 4 MiB files).
+finished file whole at rotation (`fsync`): the rotation's flush finds at most that
+much dirty data (a 64 MiB fsync took ~48 ms on this project's VM, on the sink's
+thread with the file's lock held), and a power loss takes at most that much from
+an open file.
 """
 
 from __future__ import annotations

@@ -82,8 +82,8 @@ def test_files_rotate_and_old_ones_are_pruned(tmp_path: Path) -> None:
 def test_a_file_is_made_durable_every_sync_bytes_not_only_at_rotation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A rotation that flushed a whole 64 MiB file at once stalled both of the VM's cores
-    # for 20-50 ms (module doc): the dirty bytes of an open file stay under SYNC_BYTES.
+    # A rotation flushed a whole 64 MiB file at once (module doc): the dirty bytes of an
+    # open file stay under SYNC_BYTES.
     synced: list[int] = []
     real = os.fdatasync
 
