@@ -11,16 +11,21 @@ decisions held as dataclasses, lists and dicts are half a million objects to
 walk (measured: pauses of 150-200 ms in the proxy's p99.9); held as a record
 object and a list per call, 200,000 (pauses of 20-100 ms; the 2026-11-30 runs).
 A client's request id that more than one call carried keeps its calls in a
-deque (tracked; one per such id). Held in memory: a restart forgets them; the
+deque (tracked; one per such id). The calls and the index are each split over
+`SHARDS` dicts, with the calls' order in a deque: a dict of 100,000 entries
+rehashes them all when it grows, holding the interpreter, and one OrderedDict
+did so for 14-23 ms at 87,381 calls and at every 74,762 calls after it
+(stalls in the proxy's p99.9; bench_proxy, 2026-12-01); a shard's resize is
+a sixty-fourth of that. Held in memory: a restart forgets them; the
 event stream is the record.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import orjson
 
@@ -58,16 +63,16 @@ def unpack(data: bytes) -> Decision:
 
 
 # What an entry costs beyond its bytes: the bytes object's header, its slot in the
-# call's rows and, per call, its tuples, its OrderedDict node and key string, and the
-# tables' room for the calls evicted and added (measured with tracemalloc on a store at
-# its bound: ~390 bytes a one-row call; what is held is within 5% of what is counted,
-# tests/sinks/test_store_bounds.py).
+# call's rows and, per call, its tuples, its dict slot, its place in the order and its
+# key string, and the tables' room for the calls evicted and added (measured with
+# tracemalloc on a store at its bound: ~330 bytes a one-row call; what is held is
+# 90-100% of what is counted, tests/sinks/test_store_bounds.py).
 ROW_OVERHEAD = 64
-CALL_OVERHEAD = 330
-# A request id's place in the index: its key and dict slot (measured the same way: ~110
+CALL_OVERHEAD = 270
+# A request id's place in the index: its key and dict slot (measured the same way: ~100
 # bytes for a request id that one call carried) and, once a second call carries it, a
 # deque (a 64-slot block: ~800 bytes more).
-INDEX_OVERHEAD = 150
+INDEX_OVERHEAD = 120
 DEQUE_OVERHEAD = 800
 # The largest page `by_request` returns (GET /decisions?request_id=...).
 MAX_PAGE = 100
@@ -94,16 +99,42 @@ def _with_row(rows: tuple[bytes | None, ...], row: int, data: bytes) -> tuple[by
     return (*rows, *(None,) * (row - len(rows)), data)
 
 
+V = TypeVar("V")
+# A power of two: a key's shard is the low bits of its hash.
+SHARDS = 64
+
+
+class _Shards(Generic[V]):
+    """One mapping split over `SHARDS` dicts by the key's hash (module doc: what a resize holds)."""
+
+    __slots__ = ("_maps",)
+
+    def __init__(self) -> None:
+        self._maps: list[dict[str, V]] = [{} for _ in range(SHARDS)]
+
+    def of(self, key: str) -> dict[str, V]:
+        """The dict that holds `key`, or would."""
+        return self._maps[hash(key) & (SHARDS - 1)]
+
+    def get(self, key: str) -> V | None:
+        return self.of(key).get(key)
+
+    def __getitem__(self, key: str) -> V:
+        return self.of(key)[key]
+
+
 class DecisionStore:
     def __init__(
         self, retention: int, registry: Registry, retention_bytes: int = 128 << 20
     ) -> None:
         self._retention = retention
         self._retention_bytes = retention_bytes
-        self._calls: OrderedDict[str, _Call] = OrderedDict()
+        self._calls: _Shards[_Call] = _Shards()
+        # Call ids, oldest first: the order retention forgets them in.
+        self._order: deque[str] = deque()
         # The client's request id -> the call that carried it, or the calls, oldest first,
         # when more than one did.
-        self._by_request: dict[str, str | deque[str]] = {}
+        self._by_request: _Shards[str | deque[str]] = _Shards()
         self._rows = 0
         self._bytes = 0
         # The newest call id forgotten so far: a call newer than it, not here, never was.
@@ -139,11 +170,12 @@ class DecisionStore:
                 entry = batch[d.call_id] = (d.request_id, [])
             entry[1].append((d.row, pack(d)))
         with self._lock:
-            calls = self._calls
             for call_id, (request_id, new_rows) in batch.items():
+                calls = self._calls.of(call_id)
                 call = calls.get(call_id)
                 if call is None:
                     call = (request_id, (), None, CALL_OVERHEAD)
+                    self._order.append(call_id)
                     self._bytes += CALL_OVERHEAD
                     if request_id is not None:
                         self._index(request_id, call_id)
@@ -164,21 +196,23 @@ class DecisionStore:
             self._trim()
 
     def _index(self, request_id: str, call_id: str) -> None:
-        ids = self._by_request.get(request_id)
+        index = self._by_request.of(request_id)
+        ids = index.get(request_id)
         if ids is None:
-            self._by_request[request_id] = call_id
+            index[request_id] = call_id
             self._bytes += INDEX_OVERHEAD + len(request_id)
         elif isinstance(ids, str):
-            self._by_request[request_id] = deque((ids, call_id))
+            index[request_id] = deque((ids, call_id))
             self._bytes += DEQUE_OVERHEAD
         else:
             ids.append(call_id)
         self._bytes += 8
 
     def _trim(self) -> None:
-        calls = self._calls
-        while calls and (self._rows > self._retention or self._bytes > self._retention_bytes):
-            call_id, call = calls.popitem(last=False)
+        order = self._order
+        while order and (self._rows > self._retention or self._bytes > self._retention_bytes):
+            call_id = order.popleft()
+            call = self._calls.of(call_id).pop(call_id)
             n = _count(call)
             self._rows -= n
             self._bytes -= call[_NBYTES]
@@ -190,7 +224,8 @@ class DecisionStore:
                 self._unindex(rid, call_id)
 
     def _unindex(self, request_id: str, call_id: str) -> None:
-        ids = self._by_request[request_id]
+        index = self._by_request.of(request_id)
+        ids = index[request_id]
         self._bytes -= 8
         if not isinstance(ids, str):
             if ids[0] == call_id:
@@ -200,11 +235,13 @@ class DecisionStore:
             if ids:
                 return
             self._bytes -= DEQUE_OVERHEAD
-        del self._by_request[request_id]
+        del index[request_id]
         self._bytes -= INDEX_OVERHEAD + len(request_id)
 
     def _call_ids(self, request_id: str) -> tuple[str, ...] | deque[str]:
-        ids = self._by_request.get(request_id, ())
+        ids = self._by_request.get(request_id)
+        if ids is None:
+            return ()
         return (ids,) if isinstance(ids, str) else ids
 
     def _row(self, decision_id: str) -> tuple[_Call, int] | None:
@@ -298,7 +335,7 @@ class DecisionStore:
             explanations = call[_EXPL] or ()
             old = explanations[row] if row < len(explanations) else None
             size = len(data) + ROW_OVERHEAD - (0 if old is None else len(old) + ROW_OVERHEAD)
-            self._calls[decision.call_id] = (
+            self._calls.of(decision.call_id)[decision.call_id] = (
                 call[_RID],
                 call[_ROWS],
                 _with_row(explanations, row, data),
