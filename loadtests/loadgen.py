@@ -199,11 +199,9 @@ class _Generator:
     ) -> None:
         if conn not in self.busy:
             # No request of ours was out on it: not an answer to one. Counted apart, and the
-            # connection replaced (what follows on it cannot be matched to our requests).
+            # connection given up as a failed one is (not busy: no error counted) and closed.
             self.result.unsolicited += 1
-            if conn in self.idle:
-                self.idle.remove(conn)
-            self._retire(conn)
+            self.failed(conn)
             if conn.transport is not None:
                 conn.transport.close()
             return

@@ -93,10 +93,13 @@ def _count(call: _Call) -> int:
     return sum(1 for r in call[_ROWS] if r is not None)
 
 
-def _with_row(rows: tuple[bytes | None, ...], row: int, data: bytes) -> tuple[bytes | None, ...]:
-    if row < len(rows):
-        return (*rows[:row], data, *rows[row + 1 :])
-    return (*rows, *(None,) * (row - len(rows)), data)
+def _put(rows: list[bytes | None], row: int, data: bytes) -> bytes | None:
+    """Set `rows[row]`, growing the list with None as needed; what was there."""
+    if row >= len(rows):
+        rows.extend([None] * (row + 1 - len(rows)))
+    old = rows[row]
+    rows[row] = data
+    return old
 
 
 V = TypeVar("V")
@@ -182,15 +185,12 @@ class DecisionStore:
                 rows = list(call[_ROWS])
                 size = 0
                 for row, data in new_rows:
-                    if row >= len(rows):
-                        rows.extend([None] * (row + 1 - len(rows)))
-                    old = rows[row]
+                    old = _put(rows, row, data)
                     if old is None:
                         self._rows += 1
                         size += len(data) + ROW_OVERHEAD
                     else:
                         size += len(data) - len(old)
-                    rows[row] = data
                 calls[call_id] = (call[_RID], tuple(rows), call[_EXPL], call[_NBYTES] + size)
                 self._bytes += size
             self._trim()
@@ -332,13 +332,13 @@ class DecisionStore:
             call = self._calls.get(decision.call_id)
             if call is None or row >= len(call[_ROWS]) or call[_ROWS][row] is None:
                 return
-            explanations = call[_EXPL] or ()
-            old = explanations[row] if row < len(explanations) else None
+            explanations = list(call[_EXPL] or ())
+            old = _put(explanations, row, data)
             size = len(data) + ROW_OVERHEAD - (0 if old is None else len(old) + ROW_OVERHEAD)
             self._calls.of(decision.call_id)[decision.call_id] = (
                 call[_RID],
                 call[_ROWS],
-                _with_row(explanations, row, data),
+                tuple(explanations),
                 call[_NBYTES] + size,
             )
             self._bytes += size

@@ -73,6 +73,12 @@ async def test_a_server_that_hangs_up_counts_as_errors_not_a_hang() -> None:
     assert result.errors + result.unanswered == result.sent == 50
 
 
+async def _read_request(reader: asyncio.StreamReader, head: bytes) -> None:
+    """The body after `head` (the test servers' requests carry a content-length)."""
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+
+
 async def test_a_server_that_ends_keep_alive_gets_new_connections_and_no_errors() -> None:
     # nginx ends a client's connection after `keepalive_requests` (1,000) answers with
     # `Connection: close`; the generator must open another, as any client does.
@@ -84,9 +90,7 @@ async def test_a_server_that_ends_keep_alive_gets_new_connections_and_no_errors(
         nonlocal served
         n = 0
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            await _read_request(reader, await reader.readuntil(b"\r\n\r\n"))
             n += 1
             served += 1
             close = n % 3 == 0
@@ -134,8 +138,7 @@ async def test_an_answer_to_no_request_is_counted_apart_not_as_a_latency() -> No
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             first = False
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            await _read_request(reader, head)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
             await writer.drain()
 

@@ -24,6 +24,25 @@ def lines(directory: Path) -> list[dict[str, object]]:
     return out
 
 
+def _started(tmp_path: Path, rotate_bytes: int, keep_files: int = 3) -> FileSink:
+    sink = FileSink(
+        tmp_path,
+        {"decision": "d", "explanation": "e", "review": "r"},
+        Registry(),
+        rotate_bytes=rotate_bytes,
+        rotate_interval_s=3600,
+        keep_files=keep_files,
+    )
+    sink.start()
+    return sink
+
+
+def _publish(sink: FileSink, ids: range) -> None:
+    for i in ids:
+        d = make_decision(i)
+        sink.publish("decision", d.decision_id, events.decision_event(d))
+
+
 def test_default_sink_is_files_and_writes_json_lines(tmp_path: Path) -> None:
     reg = Registry()
     settings = load_settings(environ={}, overrides={"sink": {"directory": str(tmp_path)}})
@@ -56,18 +75,8 @@ def test_default_sink_is_files_and_writes_json_lines(tmp_path: Path) -> None:
 
 
 def test_files_rotate_and_old_ones_are_pruned(tmp_path: Path) -> None:
-    sink = FileSink(
-        tmp_path,
-        {"decision": "d", "explanation": "e", "review": "r"},
-        Registry(),
-        rotate_bytes=4096,
-        rotate_interval_s=3600,
-        keep_files=3,
-    )
-    sink.start()
-    for i in range(200):
-        d = make_decision(i)
-        sink.publish("decision", d.decision_id, events.decision_event(d))
+    sink = _started(tmp_path, 4096)
+    _publish(sink, range(200))
     sink.close()
     files = sorted((tmp_path / "d").glob("*.jsonl"))
     assert len(files) == 3
@@ -93,18 +102,8 @@ def test_a_file_is_made_durable_every_sync_bytes_not_only_at_rotation(
 
     monkeypatch.setattr(files, "SYNC_BYTES", 8192)
     monkeypatch.setattr(os, "fdatasync", counting)
-    sink = FileSink(
-        tmp_path,
-        {"decision": "d", "explanation": "e", "review": "r"},
-        Registry(),
-        rotate_bytes=1 << 30,
-        rotate_interval_s=3600,
-        keep_files=3,
-    )
-    sink.start()
-    for i in range(200):
-        d = make_decision(i)
-        sink.publish("decision", d.decision_id, events.decision_event(d))
+    sink = _started(tmp_path, 1 << 30)
+    _publish(sink, range(200))
     sink.close()
     size = sum(f.stat().st_size for f in (tmp_path / "d").glob("*.jsonl"))
     assert len(synced) == size // 8192 or len(synced) == size // 8192 - 1, (synced, size)
@@ -114,20 +113,10 @@ def test_a_file_is_made_durable_every_sync_bytes_not_only_at_rotation(
 
 
 def test_concurrent_publishers_never_interleave_lines(tmp_path: Path) -> None:
-    sink = FileSink(
-        tmp_path,
-        {"decision": "d", "explanation": "e", "review": "r"},
-        Registry(),
-        rotate_bytes=1 << 20,
-        rotate_interval_s=3600,
-        keep_files=10,
-    )
-    sink.start()
+    sink = _started(tmp_path, 1 << 20, keep_files=10)
 
     def work(base: int) -> None:
-        for i in range(300):
-            d = make_decision(base + i)
-            sink.publish("decision", d.decision_id, events.decision_event(d))
+        _publish(sink, range(base, base + 300))
 
     threads = [threading.Thread(target=work, args=(k * 1000,)) for k in range(4)]
     for t in threads:
