@@ -6,8 +6,8 @@ spool when it is full or its disk fails, a sink refusing an event); a
 `FLUSH_S` and hands them to the sink, which writes them even into a full
 spool (they are small, and they are the only trace of the loss). A gap event
 says why (`reason`), how many (`dropped`, `by_kind`), over which time range,
-and names the decision ids lost (up to `MAX_IDS` per record), so a consumer
-can join it to what it did not receive. A gap event the sink refuses stays
+and names the decision ids lost (up to `MAX_IDS` per record; more losses go on
+in the next record), so a consumer can join it to what it did not receive. A gap event the sink refuses stays
 pending and is offered again: its id is fixed when it is built, so a retry
 is de-duplicated like any other event.
 """
@@ -105,37 +105,62 @@ class GapLedger:
                 )
             c.inc(n)
             start = now if since is None else min(since, now)
-            g = self._open.get(reason)
-            if g is None:
-                g = self._open[reason] = _Open(start, now)
-            g.last = max(g.last, now)
-            g.first = min(g.first, start)
-            g.by_kind[kind] = g.by_kind.get(kind, 0) + n
-            if kind == "decision" and g.ids_complete:
-                room = MAX_IDS - len(g.ids)
-                got = list(ids)
-                if len(got) < n or len(got) > room:
-                    g.ids_complete = False
-                g.ids.extend(got[:room])
+            got = list(ids)
+            if kind != "decision" or len(got) != n:
+                self._add(reason, kind, n, got, start, now)
+                return
+            # Every id known: a record names at most MAX_IDS, and the rest go on in the
+            # next record, so a burst of losses never leaves a list partial.
+            while got:
+                g = self._open.get(reason)
+                if g is not None and not g.ids_complete:
+                    self._add(reason, kind, len(got), got, start, now)
+                    return
+                if g is not None and len(g.ids) >= MAX_IDS:
+                    self._seal(reason)
+                    g = None
+                room = MAX_IDS - (len(g.ids) if g is not None else 0)
+                part, got = got[:room], got[room:]
+                self._add(reason, kind, len(part), part, start, now)
+
+    def _add(
+        self, reason: str, kind: str, n: int, ids: list[str], start: float, now: float
+    ) -> None:
+        """Note `n` lost events in the open record of `reason` (lock held)."""
+        g = self._open.get(reason)
+        if g is None:
+            g = self._open[reason] = _Open(start, now)
+        g.last = max(g.last, now)
+        g.first = min(g.first, start)
+        g.by_kind[kind] = g.by_kind.get(kind, 0) + n
+        if kind == "decision" and g.ids_complete:
+            room = MAX_IDS - len(g.ids)
+            if len(ids) < n or len(ids) > room:
+                g.ids_complete = False
+            g.ids.extend(ids[:room])
+
+    def _seal(self, reason: str) -> None:
+        """The open record of `reason` becomes a gap event, pending for the sink (lock held)."""
+        g = self._open.pop(reason)
+        self._seq += 1
+        self._pending.append(
+            events.gap_event(
+                reason=reason,
+                by_kind=g.by_kind,
+                first_time=g.first,
+                last_time=g.last,
+                decision_ids=g.ids,
+                decision_ids_complete=g.ids_complete,
+                # The pid: two workers (proxy.workers) never mint one id.
+                nonce=(time.time_ns(), self._seq, os.getpid()),
+            )
+        )
 
     def take(self) -> list[dict[str, Any]]:
         """Turn what was noted into gap events (pending until the sink accepts them)."""
         with self._lock:
-            opened, self._open = self._open, {}
-            for reason, g in opened.items():
-                self._seq += 1
-                self._pending.append(
-                    events.gap_event(
-                        reason=reason,
-                        by_kind=g.by_kind,
-                        first_time=g.first,
-                        last_time=g.last,
-                        decision_ids=g.ids,
-                        decision_ids_complete=g.ids_complete,
-                        # The pid: two workers (proxy.workers) never mint one id.
-                        nonce=(time.time_ns(), self._seq, os.getpid()),
-                    )
-                )
+            for reason in list(self._open):
+                self._seal(reason)
             if len(self._pending) > MAX_PENDING:
                 over = len(self._pending) - MAX_PENDING
                 del self._pending[:over]

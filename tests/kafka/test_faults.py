@@ -213,7 +213,12 @@ def assert_accounted(load: Load, stream: Stream) -> None:
         f"{len(both)} decisions both delivered and reported lost: "
         f"{[(g['reason'], g['dropped'], g['first_time']) for g in stream.gaps]}"
     )
-    assert all(g["decision_ids_complete"] for g in stream.gaps)
+    incomplete = [
+        (g["reason"], g["dropped"], len(g["decision_ids"]), g["first_time"], g["last_time"])
+        for g in stream.gaps
+        if not g["decision_ids_complete"]
+    ]
+    assert not incomplete, f"gap records without every decision id: {incomplete}"
     assert stream.decisions | stream.gap_ids == load.answered
     assert len(stream.decisions) + stream.gap_decisions == len(load.answered)
 

@@ -27,13 +27,32 @@ def test_losses_become_one_record_per_reason_naming_the_decisions() -> None:
     assert bodies["spool_full"]["by_kind"] == {"explanation": 4}
 
 
-def test_past_the_id_bound_the_record_says_its_list_is_partial() -> None:
+def test_past_the_id_bound_the_losses_go_on_in_the_next_record() -> None:
+    # A burst of losses (a full queue shedding a thousand calls in one flush window on a slow
+    # machine) still names every decision: the list is never left partial.
     ledger = GapLedger(Registry())
-    ledger.note("queue_full", "decision", MAX_IDS + 5, [f"r{i}/0" for i in range(MAX_IDS + 5)])
+    ids = [f"r{i}/0" for i in range(2 * MAX_IDS + 5)]
+    ledger.note("queue_full", "decision", 10, ids[:10])
+    ledger.note("queue_full", "decision", len(ids) - 10, ids[10:])
+    ledger.note("queue_full", "explanation", 3)
+    bodies = ledger.take()
+    for b in bodies:
+        validate_event(b)
+    assert [len(b["decision_ids"]) for b in bodies] == [MAX_IDS, MAX_IDS, 5]
+    assert all(b["decision_ids_complete"] for b in bodies)
+    assert [i for b in bodies for i in b["decision_ids"]] == ids
+    assert sum(b["by_kind"]["decision"] for b in bodies) == len(ids)
+    assert sum(b["dropped"] for b in bodies) == len(ids) + 3
+    assert len({b["event_id"] for b in bodies}) == 3
+
+
+def test_losses_without_their_ids_make_the_record_partial() -> None:
+    ledger = GapLedger(Registry())
+    ledger.note("crashed", "decision", 7, since=10.0, when=20.0)
+    ledger.note("crashed", "decision", 2, ["a/0", "a/1"])
     (body,) = ledger.take()
     validate_event(body)
-    assert body["dropped"] == MAX_IDS + 5
-    assert len(body["decision_ids"]) == MAX_IDS and not body["decision_ids_complete"]
+    assert body["dropped"] == 9 and not body["decision_ids_complete"]
 
 
 def test_a_refused_record_is_offered_again_with_the_same_id() -> None:
