@@ -13,7 +13,7 @@ so the check runs on a thread of its own that lowers only its own priority: a
 program that calls `main` in-process keeps its priority.
 
 Priority does not reach what the VM's cores share underneath, so the local check is
-also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about 5% of a
+also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about 3% of a
 core here; `--max-records-per-s`, 0 for no limit). A hub's chain is checked off the
 pods, against PostgreSQL, so `--hub` is not paced unless asked.
 """
@@ -33,9 +33,9 @@ from sidecar.priority import LOWEST_NICE, lower_thread
 from sidecar.review import audit
 
 NICE = LOWEST_NICE
-# The local check's default pace: hashing a record takes about 23 us of CPU on this
-# project's reference machine, so 2,000 a second is about 5% of a core, and a chain of
-# 20,000 review actions takes 10 s.
+# The local check's default pace: reading and hashing a record takes about 15 us of CPU
+# on this project's reference machine, so 2,000 a second is about 3% of a core, and a
+# chain of 20,000 review actions takes 10 s.
 LOCAL_RECORDS_PER_S = 2000
 
 T = TypeVar("T")

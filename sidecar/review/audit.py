@@ -64,23 +64,31 @@ class AuditRecord:
         }
 
 
+# json.dumps with any non-default option builds an encoder per call; `audit verify`
+# hashes every record beside the proxy, so the head is written here as json.dumps writes
+# it (ints and floats by repr, the time as a float, strings by json's own C escaper; a test holds the two
+# byte-equal), and the data by one encoder built once: 15 against 20 us a record here.
+_DATA = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_string = json.encoder.encode_basestring  # the escaper json.dumps uses with ensure_ascii=False
+_INF = float("inf")
+
+
 def canonical(
     seq: int, time: float, item_id: str, decision_id: str, action: str, actor: str, data_json: str
 ) -> bytes:
     """The bytes a record's hash covers (data is already canonical JSON)."""
-    head = json.dumps(
-        [seq, time, item_id, decision_id, action, actor],
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-    )
-    return f"{head[:-1]},{data_json}]".encode()
+    # float(): verify reads the time back from a REAL column, so an int time hashes as it will.
+    t = float(time)
+    if t != t or t in (_INF, -_INF):
+        raise ValueError(f"Out of range float values are not JSON compliant: {time!r}")
+    return (
+        f"[{int(seq)!r},{t!r},{_string(item_id)},{_string(decision_id)},"
+        f"{_string(action)},{_string(actor)},{data_json}]"
+    ).encode()
 
 
 def canonical_data(data: dict[str, Any]) -> str:
-    return json.dumps(
-        data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
+    return _DATA.encode(data)
 
 
 def chain_hash(prev_hash: str, body: bytes) -> str:
@@ -189,6 +197,10 @@ def _raw_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
     yield from conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
 
 
+def _where(seq: Any, count: int) -> str:
+    return f"record seq={seq} (position {count + 1})"
+
+
 def verify_rows(rows: Iterable[tuple[Any, ...]], expected_head: str | None = None) -> VerifyResult:
     """Walk the chain from genesis; report the first record that does not hold."""
     prev_hash = GENESIS
@@ -197,14 +209,13 @@ def verify_rows(rows: Iterable[tuple[Any, ...]], expected_head: str | None = Non
     head_seen = expected_head is None or expected_head == GENESIS
     for row in rows:
         seq, time, item_id, decision_id, action, actor, data_json, stored_prev, stored_hash = row
-        where = f"record seq={seq} (position {count + 1})"
         if seq != expected_seq:
             return VerifyResult(
                 False,
                 count,
                 expected_seq - 1,
                 prev_hash,
-                f"{where}: expected seq {expected_seq}; a record was deleted or moved here",
+                f"{_where(seq, count)}: expected seq {expected_seq}; a record was deleted or moved here",
                 seq,
             )
         if stored_prev != prev_hash:
@@ -213,7 +224,7 @@ def verify_rows(rows: Iterable[tuple[Any, ...]], expected_head: str | None = Non
                 count,
                 seq - 1,
                 prev_hash,
-                f"{where}: its previous-hash does not match record {seq - 1}'s hash;"
+                f"{_where(seq, count)}: its previous-hash does not match record {seq - 1}'s hash;"
                 " a record before it was deleted, edited or reordered",
                 seq,
             )
@@ -229,7 +240,12 @@ def verify_rows(rows: Iterable[tuple[Any, ...]], expected_head: str | None = Non
             )
         except (TypeError, ValueError) as exc:
             return VerifyResult(
-                False, count, seq - 1, prev_hash, f"{where}: unreadable ({exc}); it was edited", seq
+                False,
+                count,
+                seq - 1,
+                prev_hash,
+                f"{_where(seq, count)}: unreadable ({exc}); it was edited",
+                seq,
             )
         if chain_hash(prev_hash, body) != stored_hash:
             return VerifyResult(
@@ -237,7 +253,7 @@ def verify_rows(rows: Iterable[tuple[Any, ...]], expected_head: str | None = Non
                 count,
                 seq - 1,
                 prev_hash,
-                f"{where}: its contents do not match its hash; the record was edited",
+                f"{_where(seq, count)}: its contents do not match its hash; the record was edited",
                 seq,
             )
         prev_hash = stored_hash

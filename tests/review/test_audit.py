@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sqlite3
 import subprocess
@@ -103,6 +104,39 @@ def test_the_chain_is_sha256_over_the_previous_hash_and_the_canonical_record(
         assert r.prev_hash == prev
         assert r.hash == audit.chain_hash(prev, body)
         prev = r.hash
+
+
+@pytest.mark.parametrize(
+    "seq,time,text",
+    [
+        (1, 1764556800.123456, "plain"),
+        (2**53 + 1, 0.1, 'quote " backslash \\ slash /'),
+        (7, 1e16, "control \x00\x1f\x7f tab\t newline\n"),
+        (8, 1e-07, "ünïcode 漢字 \u2028 \U0001f600 emoji"),
+        (9, -0.0, ""),
+        (10, 123, "an int time hashes as the float it is read back as"),
+    ],
+)
+def test_the_canonical_record_is_the_json_the_docstring_names(
+    seq: int, time: float, text: str
+) -> None:
+    # canonical() writes the head itself for speed: it must stay byte-equal to the JSON that
+    # stored chains (here and at the hub) were hashed over, or every old chain fails.
+    data = audit.canonical_data({"z": text, "a": [time, seq, None, True], "m": {"y": 1, "b": 2}})
+    expected = json.dumps(
+        [seq, float(time), text, text[::-1], "claim", text, json.loads(data)],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()
+    assert audit.canonical(seq, time, text, text[::-1], "claim", text, data) == expected
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_time_is_refused_as_json_refuses_it(bad: float) -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        audit.canonical(1, bad, "i", "d", "a", "x", "{}")
 
 
 TAMPERING: dict[str, tuple[list[str], int, str]] = {
