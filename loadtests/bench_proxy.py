@@ -152,6 +152,7 @@ def _combine(results: list[LoadResult]) -> dict[str, Any]:
     p50, p99, p999 = np.percentile(lat, [50, 99, 99.9]) if lat.size else (np.nan,) * 3
     return {
         "requests": int(lat.size),
+        "seconds": elapsed,
         "rps": lat.size / elapsed if elapsed else 0.0,
         "p50_ms": float(p50),
         "p99_ms": float(p99),
@@ -216,6 +217,9 @@ async def _rounds(
     # +control rounds: what the control plane's work takes from the data plane's process,
     # in CPU time, which a busy machine disturbs far less than it disturbs the tails.
     own_cpu = {"sidecar": 0.0, "sidecar+control": 0.0}
+    # The sidecar's control process over the same rounds: what the control plane's work
+    # itself took of the core the two share.
+    ctl_cpu = {"sidecar": 0.0, "sidecar+control": 0.0}
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         if r % 2:
@@ -238,7 +242,9 @@ async def _rounds(
             if name in pids:
                 cpu_hot[name] += cpu_seconds(pids[name]) - before[name]
             if name in own_cpu:
-                own_cpu[name] += _own_cpu_seconds(pids["sidecar"]) - own_before
+                own = _own_cpu_seconds(pids["sidecar"]) - own_before
+                own_cpu[name] += own
+                ctl_cpu[name] += cpu_seconds(pids["sidecar"]) - before["sidecar"] - own
             if pids.get(name) != pids["sidecar"]:
                 # The sidecar's background stages and timers over every other path's rounds
                 # (direct and bare alike), not only the direct path's.
@@ -274,6 +280,13 @@ async def _rounds(
             "data_plane_cpu_us_per_req_working": 1e6
             * own_cpu["sidecar+control"]
             / max(c["requests"], 1),
+            # ms of CPU a second of round, summed over the rounds of each kind.
+            "control_process_cpu_ms_per_s_quiet": 1e3
+            * ctl_cpu["sidecar"]
+            / max(s["seconds"], 1e-9),
+            "control_process_cpu_ms_per_s_working": 1e3
+            * ctl_cpu["sidecar+control"]
+            / max(c["seconds"], 1e-9),
         }
     if "sidecar+hostile" in combined:
         h = combined["sidecar+hostile"]
@@ -447,7 +460,9 @@ def report(result: dict[str, Any]) -> str:
             " the same run;"
             f" the sidecar's own process (its control process left out) took"
             f" {cl['data_plane_cpu_us_per_req_working']:.0f} µs CPU per request while the control"
-            f" plane worked, {cl['data_plane_cpu_us_per_req_quiet']:.0f} µs while it was quiet"
+            f" plane worked, {cl['data_plane_cpu_us_per_req_quiet']:.0f} µs while it was quiet;"
+            f" its control process {cl['control_process_cpu_ms_per_s_working']:.1f} ms of CPU a"
+            f" second working, {cl['control_process_cpu_ms_per_s_quiet']:.1f} quiet"
         )
     if "hostile_load" in result:
         hl = result["hostile_load"]
