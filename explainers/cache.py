@@ -21,7 +21,8 @@ import numpy as np
 
 V = TypeVar("V")
 
-# The most entries one segment holds: its rehash is then about 0.2 ms here.
+# The most entries one segment holds: the slowest of 300,000 puts into a full cache of
+# 100,000 in such segments took 0.56 ms here.
 SEGMENT_ENTRIES: Final = 2048
 # The most segments: a power of two, picked by the key hash's first byte.
 MAX_SEGMENTS: Final = 256
