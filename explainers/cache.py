@@ -2,8 +2,8 @@
 
 The cache lives in the process that forwards inference calls, and a dict of n entries
 is rehashed whole, with the interpreter held, each time it runs out of slots: at
-100,000 entries one OrderedDict stalled every thread of that process for 19 ms, and
-once full it does so again every ~250,000 inserts. A large cache is therefore split into
+100,000 entries one OrderedDict stalled every thread of that process for 10 ms (19 ms on
+a busy machine), and once full it does so again every ~250,000 inserts. A large cache is therefore split into
 segments of at most `SEGMENT_ENTRIES`, each its own LRU over the keys whose hash falls in
 it (as Guava's and Caffeine's segmented caches are): a rehash walks one segment, and the
 LRU order is exact within a segment and approximate across them. A cache of up to

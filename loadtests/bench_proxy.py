@@ -240,11 +240,14 @@ async def _rounds(
             if side is not None:
                 side.stop()
             if name in pids:
-                cpu_hot[name] += cpu_seconds(pids[name]) - before[name]
-            if name in own_cpu:
-                own = _own_cpu_seconds(pids["sidecar"]) - own_before
-                own_cpu[name] += own
-                ctl_cpu[name] += cpu_seconds(pids["sidecar"]) - before["sidecar"] - own
+                used = cpu_seconds(pids[name]) - before[name]
+                cpu_hot[name] += used
+                if name in own_cpu:
+                    # Both sidecar paths are the sidecar's pid: `used` is its process and
+                    # its control process together.
+                    own = _own_cpu_seconds(pids["sidecar"]) - own_before
+                    own_cpu[name] += own
+                    ctl_cpu[name] += used - own
             if pids.get(name) != pids["sidecar"]:
                 # The sidecar's background stages and timers over every other path's rounds
                 # (direct and bare alike), not only the direct path's.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -64,13 +65,12 @@ class AuditRecord:
         }
 
 
-# json.dumps with any non-default option builds an encoder per call; `audit verify`
-# hashes every record beside the proxy, so the head is written here as json.dumps writes
-# it (ints and floats by repr, the time as a float, strings by json's own C escaper; a test holds the two
-# byte-equal), and the data by one encoder built once: 15 against 20 us a record here.
+# json.dumps with any non-default option builds an encoder per call, and `audit verify`
+# hashes every record beside the proxy: the head is written here as json.dumps writes it
+# (ints and floats by repr, strings by json's own escaper; a test holds the two
+# byte-equal), the data by one encoder built once. 15 against 20 us a record here.
 _DATA = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _string = json.encoder.encode_basestring  # the escaper json.dumps uses with ensure_ascii=False
-_INF = float("inf")
 
 
 def canonical(
@@ -79,7 +79,7 @@ def canonical(
     """The bytes a record's hash covers (data is already canonical JSON)."""
     # float(): verify reads the time back from a REAL column, so an int time hashes as it will.
     t = float(time)
-    if t != t or t in (_INF, -_INF):
+    if not math.isfinite(t):
         raise ValueError(f"Out of range float values are not JSON compliant: {time!r}")
     return (
         f"[{int(seq)!r},{t!r},{_string(item_id)},{_string(decision_id)},"

@@ -7,9 +7,9 @@ spool when it is full or its disk fails, a sink refusing an event); a
 spool (they are small, and they are the only trace of the loss). A gap event
 says why (`reason`), how many (`dropped`, `by_kind`), over which time range,
 and names the decision ids lost (up to `MAX_IDS` per record; more losses go on
-in the next record), so a consumer can join it to what it did not receive. A gap event the sink refuses stays
-pending and is offered again: its id is fixed when it is built, so a retry
-is de-duplicated like any other event.
+in the next record), so a consumer can join it to what it did not receive. A
+gap event the sink refuses stays pending and is offered again: its id is fixed
+when it is built, so a retry is de-duplicated like any other event.
 """
 
 from __future__ import annotations
