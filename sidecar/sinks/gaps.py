@@ -122,6 +122,7 @@ class GapLedger:
                 room = MAX_IDS - (len(g.ids) if g is not None else 0)
                 part, got = got[:room], got[room:]
                 self._add(reason, kind, len(part), part, start, now)
+            self._bound()
 
     def _add(
         self, reason: str, kind: str, n: int, ids: list[str], start: float, now: float
@@ -161,12 +162,18 @@ class GapLedger:
         with self._lock:
             for reason in list(self._open):
                 self._seal(reason)
-            if len(self._pending) > MAX_PENDING:
-                over = len(self._pending) - MAX_PENDING
-                del self._pending[:over]
-                self.m_lost_pending.inc(over)
-                log.error("gap records: %d could not be written and are given up", over)
+            self._bound()
             return list(self._pending)
+
+    def _bound(self) -> None:
+        """At most MAX_PENDING records wait for the sink; the oldest past it are given up,
+        counted (lock held). Checked wherever records are sealed: a burst of losses seals
+        one record a MAX_IDS decisions between two flushes."""
+        if len(self._pending) > MAX_PENDING:
+            over = len(self._pending) - MAX_PENDING
+            del self._pending[:over]
+            self.m_lost_pending.inc(over)
+            log.error("gap records: %d could not be written and are given up", over)
 
     def flush(self) -> int:
         """Offer every pending gap event to the sink; returns how many it accepted."""

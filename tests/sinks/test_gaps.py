@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from sidecar.metrics import Registry
+from sidecar.sinks import gaps
 from sidecar.sinks.gaps import MAX_IDS, GapLedger
 from tests.eventlib import validate_event
 
@@ -44,6 +47,24 @@ def test_past_the_id_bound_the_losses_go_on_in_the_next_record() -> None:
     assert sum(b["by_kind"]["decision"] for b in bodies) == len(ids)
     assert sum(b["dropped"] for b in bodies) == len(ids) + 3
     assert len({b["event_id"] for b in bodies}) == 3
+
+
+def test_a_burst_past_the_pending_bound_gives_up_the_oldest_records_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rolling over seals a record every MAX_IDS decisions between two flushes, so the bound on
+    # records waiting for the sink holds at each note, not only at the flush.
+    monkeypatch.setattr(gaps, "MAX_IDS", 2)
+    monkeypatch.setattr(gaps, "MAX_PENDING", 3)
+    reg = Registry()
+    ledger = GapLedger(reg)
+    ids = [f"r{i}/0" for i in range(10)]
+    ledger.note("queue_full", "decision", 10, ids)
+    assert len(ledger._pending) == 3  # four sealed, the oldest given up; the fifth still open
+    bodies = ledger.take()
+    assert [b["decision_ids"] for b in bodies] == [ids[4:6], ids[6:8], ids[8:10]]
+    assert all(b["decision_ids_complete"] for b in bodies)
+    assert "sidecar_gap_records_lost_total 2" in reg.render()
 
 
 def test_losses_without_their_ids_make_the_record_partial() -> None:
