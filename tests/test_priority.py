@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.priority import paced
+from sidecar.priority import _PACE_STEP_S, paced
 
 
 class FakeTime:
@@ -39,10 +39,11 @@ def test_no_limit_never_sleeps() -> None:
 
 def test_fast_work_is_held_to_the_rate_in_steps() -> None:
     t = FakeTime()
-    assert consume(list(range(1000)), 100, t, [0.0] * 1000) == list(range(1000))
-    # 1,000 items at 100 a second take 10 s, slept in steps of 10 items (0.1 s).
-    assert t.now - 1000.0 == pytest.approx(10.0)
-    assert len(t.sleeps) == 100 and max(t.sleeps) == pytest.approx(0.1)
+    per_s = 10 / _PACE_STEP_S  # a step is 10 items
+    assert consume(list(range(1000)), per_s, t, [0.0] * 1000) == list(range(1000))
+    # 1,000 items take 1,000 / per_s seconds, slept in 100 steps of 10 items each.
+    assert t.now - 1000.0 == pytest.approx(1000 / per_s)
+    assert len(t.sleeps) == 100 and max(t.sleeps) == pytest.approx(_PACE_STEP_S)
 
 
 def test_work_slower_than_the_rate_is_not_slowed_further() -> None:
