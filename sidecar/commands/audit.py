@@ -10,7 +10,9 @@ whole chain. So it runs at the lowest scheduling priority (niceness `NICE` and
 SCHED_IDLE, `sidecar.priority`): a data-plane thread waking on its core takes the
 core at once; `--normal-priority` keeps the caller's. On Linux both are per thread,
 so the check runs on a thread of its own that lowers only its own priority: a
-program that calls `main` in-process keeps its priority.
+program that calls `main` in-process keeps its priority. Run as the `sidecar`
+program, the whole process is lowered from its first line (`sidecar.cli`), so its
+start-up does not run at the caller's priority either.
 
 Priority does not reach what the VM's cores share underneath, so the local check is
 also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about 3% of a

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,51 @@ def test_an_untouched_chain_verifies(env: ReviewEnv) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert f"ok: 12 records, head seq 12 hash {head}" in out.stdout
+
+
+def _threads(pid: int) -> dict[int, tuple[int, bool]]:
+    """Each thread of `pid`: its niceness and whether it runs under SCHED_IDLE."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, OSError):
+            found[int(tid)] = (os.getpriority(os.PRIO_PROCESS, int(tid)), is_idle(int(tid)))
+    return found
+
+
+@pytest.mark.parametrize("normal", [False, True])
+def test_the_verify_program_runs_whole_at_the_lowest_priority(env: ReviewEnv, normal: bool) -> None:
+    """Its main thread too (its start-up), not only the check's thread; not with
+    --normal-priority. Paced to 4 records a second, its 12 records take about 3 s: the
+    last look at its threads before it ends is well into the check."""
+    fill(env)
+    command = [sys.executable, "-m", "sidecar.cli", "audit", "verify", "--db", str(env.db_path)]
+    extra = ["--normal-priority"] if normal else []
+    proc = subprocess.Popen(
+        [*command, "--max-records-per-s", "4", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    last: dict[int, tuple[int, bool]] = {}
+    try:
+        while proc.poll() is None:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                seen = _threads(proc.pid)
+                if proc.poll() is None and seen:
+                    last = seen
+            time.sleep(0.01)
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.pid in last
+    if normal:
+        assert last[proc.pid] == (ours, False)
+    else:
+        assert len(last) == 2  # the main thread, waiting, and the check's
+        assert set(last.values()) == {(NICE, True)}
 
 
 def test_the_chain_is_sha256_over_the_previous_hash_and_the_canonical_record(
