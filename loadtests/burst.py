@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,10 +36,9 @@ import uvloop
 from loadtests.bench_proxy import _host_port, _sidecar_command, round_ratio_ci, write_config
 from loadtests.control_load import prepare
 from loadtests.loadgen import LoadResult, run_load
-from loadtests.payloads import v2_requests
+from loadtests.payloads import V2_PATH, v2_requests
 from loadtests.procs import FastUpstreamProcess, SidecarProcess
 
-V2_PATH = "/v2/models/credit/infer"
 START_WINDOW_S = 0.4
 
 
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if sidecar is not None:
             sidecar.stop()
         upstream.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     lat = np.asarray(result.latencies) * 1000.0
     at = np.asarray(result.starts) + t0

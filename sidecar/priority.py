@@ -55,8 +55,8 @@ def is_idle(tid: int) -> bool:
 # How often `paced` sleeps, in seconds of items at the given rate. The work between two
 # sleeps is one burst on its core, and on a VM the length of a burst reaches a neighbour's
 # tail below the guest's scheduler, SCHED_IDLE or not: on the project's VM, 3 ms of work
-# every 100 ms on the sidecar's core took its p99 from 0.9 to 2.3 ms, 0.3 ms every 10 ms
-# (the same share) from 0.68 to 0.77 (`python -m loadtests.burst --spin 3/100`). So the
+# every 100 ms on the sidecar's core took its p99 from 0.68 to 2.67 ms, 0.3 ms every 10 ms
+# (the same share) from 0.57 to 0.72 (`python -m loadtests.burst --spin 3/100`). So the
 # steps are short; each wake-up costs a little (cold caches: `audit verify` at 2,000
 # records a second used 0.54 s of CPU for 20,000 records in 10 ms steps, 0.45 in 100 ms).
 _PACE_STEP_S = 0.01

@@ -184,11 +184,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _control_processes(pid: int) -> list[int]:
-    """The control processes a `sidecar serve` runs: its fork server's children."""
-    return [child for server in _children(pid) for child in _children(server)]
-
-
 def _serve(upstream_url: str) -> subprocess.Popen[str]:
     """`sidecar serve` in a process of its own, on free ports, its state in a fresh folder."""
     state = Path(tempfile.mkdtemp(prefix="sidecar-test-"))

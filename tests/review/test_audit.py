@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from sidecar.commands.audit import LOCAL_RECORDS_PER_S, NICE
 from sidecar.priority import is_idle
 from sidecar.review import audit
 from tests.review.review_helpers import ReviewEnv, make_decision
+from tests.servers import wait_until
 
 
 def fill(env: ReviewEnv) -> tuple[int, str]:
@@ -95,11 +95,22 @@ def _threads(pid: int) -> dict[int, tuple[int, bool]]:
     return found
 
 
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open."""
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for fd in fds.iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if os.readlink(fd) == str(path):
+                    return True
+    return False
+
+
 @pytest.mark.parametrize("normal", [False, True])
 def test_the_verify_program_runs_whole_at_the_lowest_priority(env: ReviewEnv, normal: bool) -> None:
     """Its main thread too (its start-up), not only the check's thread; not with
-    --normal-priority. Paced to 4 records a second, its 12 records take about 3 s: the
-    last look at its threads before it ends is well into the check."""
+    --normal-priority. Paced to 4 records a second, its 12 records take about 3 s: once it
+    has the database open, the check is under way."""
     fill(env)
     command = [sys.executable, "-m", "sidecar.cli", "audit", "verify", "--db", str(env.db_path)]
     extra = ["--normal-priority"] if normal else []
@@ -110,30 +121,23 @@ def test_the_verify_program_runs_whole_at_the_lowest_priority(env: ReviewEnv, no
         text=True,
     )
     ours = os.getpriority(os.PRIO_PROCESS, 0)
-    # Looks at its threads while it lives: the check's thread shows only once the main
-    # thread has lowered itself, and ends a moment before the process does.
-    looks: list[dict[int, tuple[int, bool]]] = []
     try:
-        while proc.poll() is None:
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                seen = _threads(proc.pid)
-                if proc.poll() is None and seen:
-                    looks.append(seen)
-            time.sleep(0.01)
+        wait_until(
+            lambda: proc.poll() is not None or _has_open(proc.pid, env.db_path.resolve()),
+            60,
+            what="the check to open the database",
+        )
+        look = _threads(proc.pid)
         assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert looks and proc.pid in looks[-1]
     if normal:
-        assert looks[-1][proc.pid] == (ours, False)
-        assert all(len(look) == 1 for look in looks)  # the check runs on the main thread
+        assert look == {proc.pid: (ours, False)}  # the check runs on the main thread
     else:
-        during = [look for look in looks if len(look) == 2]  # the main thread and the check's
-        assert during, looks[-1]
-        assert {v for look in during for v in look.values()} == {(NICE, True)}
-        assert looks[-1][proc.pid] == (NICE, True)
+        assert len(look) == 2, look  # the main thread, waiting, and the check's
+        assert set(look.values()) == {(NICE, True)}
 
 
 def test_the_chain_is_sha256_over_the_previous_hash_and_the_canonical_record(
