@@ -72,6 +72,7 @@ from loadtests.procs import (
     start_model_server,
 )
 from loadtests.slowloris import HostileLoad
+from sidecar.commands.audit import LOCAL_RECORDS_PER_S
 from sidecar.demo.model import model_settings
 
 # Counters worth a line in the report: what was recorded, explained, shed or spooled.
@@ -188,6 +189,16 @@ def _metrics(control_url: str) -> dict[str, float]:
     return out
 
 
+def _verify_chain(args: argparse.Namespace) -> int:
+    """Audit records enough for one `audit verify` at its pace to last every `+control`
+    round (a fifth to spare), so no round measures a check's start-up; flat out, no check
+    can last, and the review items' own records do."""
+    pace = LOCAL_RECORDS_PER_S if args.verify_pace is None else args.verify_pace
+    if "verify" not in args.control_parts.split(",") or pace <= 0:
+        return 0
+    return int(pace * args.duration * 1.2)
+
+
 async def _rounds(
     urls: dict[str, str],
     args: argparse.Namespace,
@@ -279,6 +290,7 @@ async def _rounds(
             "control_on": args.control_on,
             "control_parts": args.control_parts,
             "verify_pace": args.verify_pace,
+            "verify_chain_records": _verify_chain(args),
             "data_plane_cpu_us_per_req_quiet": 1e6 * own_cpu["sidecar"] / max(s["requests"], 1),
             "data_plane_cpu_us_per_req_working": 1e6
             * own_cpu["sidecar+control"]
@@ -669,7 +681,7 @@ def _run(
             upstream_url = upstream.url
         config = work / "sidecar.toml"
         if args.control_load:
-            for section, values in prepare(work, args.control_load).items():
+            for section, values in prepare(work, args.control_load, _verify_chain(args)).items():
                 extra.setdefault(section, {}).update(values)
         write_config(config, upstream_url, extra)
         command = shlex.split(args.sidecar) if args.sidecar else _sidecar_command(args.python)

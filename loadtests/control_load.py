@@ -2,15 +2,23 @@
 
 While it runs: `/metrics` is scraped every second, a reviewer's console is open
 (its queue page and one item fetched every second, as the console does when a
-reviewer works the queue), and `sidecar audit verify` runs back to back (niced, on the sidecar's core) over a
-review database pre-filled with `items` review items. Each of these used to run
-on (or lock against) the loop that forwards inference calls.
+reviewer works the queue), and `sidecar audit verify` runs (niced, on the sidecar's
+core) over a review database pre-filled with `items` review items and an audit chain
+of `chain` records. Each of these used to run on (or lock against) the loop that
+forwards inference calls.
+
+The verify is one long check, as an operator runs it: started before the rounds and
+paused (SIGSTOP) between the `+control` rounds, so each of them measures a check under
+way. Started afresh in every round, its start-up (a burst of imports on the sidecar's
+core, measured on its own by `loadtests.burst`) fell inside every round's window.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +31,7 @@ from typing import Any
 from sidecar.decisions import Decision
 from sidecar.demo.model import model_settings
 from sidecar.metrics import Registry
+from sidecar.review import audit
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks.null import NullSink
 
@@ -30,8 +39,9 @@ TOKEN = "bench-reviewer-token"
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def prepare(work: Path, items: int) -> dict[str, dict[str, Any]]:
-    """Fill a review database and write a tokens file; the sidecar settings that use them."""
+def prepare(work: Path, items: int, chain: int = 0) -> dict[str, dict[str, Any]]:
+    """Fill a review database with `items` queued items and an audit chain of at least
+    `chain` records, and write a tokens file; the sidecar settings that use them."""
     db = work / "review.db"
     registry = Registry()
     names = list(model_settings()["feature_names"])
@@ -64,32 +74,141 @@ def prepare(work: Path, items: int) -> dict[str, dict[str, Any]]:
             )
     finally:
         store.close()
+    _extend_chain(db, chain)
     tokens = work / "tokens.json"
     tokens.write_text(json.dumps({"tokens": {TOKEN: {"name": "bench", "role": "admin"}}}))
     return {"review": {"db_path": str(db)}, "auth": {"tokens_file": str(tokens)}}
 
 
+def _extend_chain(db: Path, records: int) -> None:
+    """Lengthen the audit chain to `records` with the history of a long-lived deployment:
+    items requested, claimed and approved, since purged from the queue (a check reads the
+    chain, not the items). One transaction: 576,000 records took 7.5 s here."""
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            prev = audit.head(conn)
+            now = time.time()
+            rows = []
+            for n in range(prev[0], records):
+                item = f"hist{n // 3:08d}"
+                action, actor, data = (
+                    ("requested", "system", {"reason": "low_confidence", "mode": "async"}),
+                    ("claimed", "bench", {"lease_expires": now + 300.0}),
+                    ("approved", "bench", {"reason": "checked", "outcome": 0}),
+                )[n % 3]
+                rec, row = audit.next_record(prev, now, item, item, action, actor, data)
+                prev = (rec.seq, rec.hash)
+                rows.append(row)
+            conn.executemany(
+                f"INSERT INTO audit ({audit.AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+    finally:
+        conn.close()
+
+
 PARTS = ("metrics", "console", "verify")
+
+
+class _Verifier:
+    """`audit verify` under way through the `+control` rounds and paused (SIGSTOP) between
+    them; a check that ends is started again at once (`prepare`'s `chain` sizes one check
+    to the run, so that is rare: `verify_starts` says how often it happened)."""
+
+    def __init__(self, command: list[str], cpus: set[int] | None, db: str) -> None:
+        self._command = command
+        self._cpus = cpus
+        self._db = db
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._closed = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.counts = {"verify_starts": 0, "verifies": 0, "failures": 0}
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._running.wait()
+            with self._lock:
+                if self._closed:
+                    return
+                proc = subprocess.Popen(
+                    self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                if self._cpus:
+                    os.sched_setaffinity(proc.pid, self._cpus)
+                if not self._running.is_set():
+                    proc.send_signal(signal.SIGSTOP)
+                self._proc = proc
+                self.counts["verify_starts"] += 1
+            done = proc.wait()
+            with self._lock:
+                self._proc = None
+                if self._closed:
+                    return
+                self.counts["verifies" if done == 0 else "failures"] += 1
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(sig)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._running.set()
+            self._signal(signal.SIGCONT)
+
+    def pause(self) -> None:
+        with self._lock:
+            self._running.clear()
+            self._signal(signal.SIGSTOP)
+
+    def start_paused(self, timeout: float = 30.0) -> None:
+        """Start the check and pause it once it reads the chain (its start-up done)."""
+        self.resume()
+        deadline = time.monotonic() + timeout
+        while not self._reading():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"audit verify did not open {self._db} in {timeout} s")
+            time.sleep(0.05)
+        self.pause()
+
+    def _reading(self) -> bool:
+        proc = self._proc
+        if proc is None:
+            return False
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            return any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") == self._db for fd in fds)
+        except OSError:  # it ended, or a descriptor closed while we looked
+            return False
+
+    def take_counts(self) -> dict[str, int]:
+        with self._lock:
+            counts, self.counts = self.counts, dict.fromkeys(self.counts, 0)
+        return counts
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._running.set()
+            self._signal(signal.SIGCONT)
+            if self._proc is not None:
+                self._proc.terminate()
+        self._thread.join(30)
 
 
 class _Worker:
     """The control-plane work itself, in threads, until `stop`: what `python -m
     loadtests.control_load` runs."""
 
-    def __init__(
-        self,
-        control_url: str,
-        verify: list[str],
-        parts: tuple[str, ...],
-        verify_cpus: set[int] | None,
-    ) -> None:
+    def __init__(self, control_url: str, parts: tuple[str, ...]) -> None:
         self._url = control_url.rstrip("/")
-        self._verify = verify
-        self._verify_cpus = verify_cpus
         self._parts = parts
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.counts = {"scrapes": 0, "console_calls": 0, "verifies": 0, "failures": 0}
+        self.counts = {"scrapes": 0, "console_calls": 0, "failures": 0}
 
     def _get(self, path: str) -> None:
         req = urllib.request.Request(self._url + path)
@@ -108,24 +227,15 @@ class _Worker:
                     self.counts["failures"] += 1
             self._stop.wait(max(0.0, 1.0 - (time.monotonic() - t0)))
 
-    def _verifying(self) -> None:
-        while not self._stop.is_set():
-            proc = subprocess.Popen(
-                self._verify, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            if self._verify_cpus:
-                os.sched_setaffinity(proc.pid, self._verify_cpus)
-            done = proc.wait()
-            self.counts["verifies" if done == 0 else "failures"] += 1
-
     def start(self) -> None:
         console = ["/review/items?limit=50", "/review/items/bench00000001/0"]
         jobs: dict[str, tuple[Callable[..., None], tuple[Any, ...]]] = {
             "metrics": (self._every_second, (["/metrics"], "scrapes")),
             "console": (self._every_second, (console, "console_calls")),
-            "verify": (self._verifying, ()),
         }
         for part in self._parts:
+            if part not in jobs:
+                continue
             fn, args = jobs[part]
             t = threading.Thread(target=fn, args=args, daemon=True)
             self._threads.append(t)
@@ -143,7 +253,8 @@ class ControlLoad:
     delay the generator's own sends, charging the `+control` path for them). The process is
     started once, by `open`, before the rounds, and runs under SCHED_IDLE: starting an
     interpreter in each round cost the generator's core a second of imports (an A=A run,
-    no work in the +control rounds, read 1.9x at p99). `start` and `stop` bracket a round;
+    no work in the +control rounds, read 1.9x at p99). `open` also starts the verify and
+    pauses it once it reads the chain (`_Verifier`). `start` and `stop` bracket a round;
     `counts` sums what it did."""
 
     def __init__(
@@ -169,12 +280,19 @@ class ControlLoad:
                 "verify": verify,
                 "parts": list(parts),
                 "verify_cpus": sorted(verify_cpus) if verify_cpus else None,
+                "db": os.path.realpath(db),
             }
         )
         # Prometheus and a reviewer's browser are outside the pod: the load generator's core.
         self._client_cpus = client_cpus
         self._proc: subprocess.Popen[str] | None = None
-        self.counts = {"scrapes": 0, "console_calls": 0, "verifies": 0, "failures": 0}
+        self.counts = {
+            "scrapes": 0,
+            "console_calls": 0,
+            "verify_starts": 0,
+            "verifies": 0,
+            "failures": 0,
+        }
 
     def open(self) -> None:
         proc = subprocess.Popen(
@@ -218,26 +336,45 @@ class ControlLoad:
 
 
 def main(argv: list[str]) -> int:
-    """Lines on stdin: `ready`, `start` (the work begins), `stop` (it ends; its counts are
-    the answer, a JSON line); end of input ends the process."""
+    """Lines on stdin: `ready` (answered once a verify, when asked for, is under way and
+    paused), `start` (the work begins), `stop` (it ends; its counts are the answer, a JSON
+    line); end of input ends the process."""
     spec = json.loads(argv[0])
     cpus = set(spec["verify_cpus"]) if spec["verify_cpus"] else None
+    parts = tuple(spec["parts"])
+    verifier: _Verifier | None = None
     worker: _Worker | None = None
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "start":
-            worker = _Worker(spec["url"], spec["verify"], tuple(spec["parts"]), cpus)
-            worker.start()
-            answer = "started"
-        elif cmd == "stop" and worker is not None:
+    try:
+        for line in sys.stdin:
+            cmd = line.strip()
+            if cmd == "ready" and verifier is None and "verify" in parts:
+                verifier = _Verifier(spec["verify"], cpus, spec["db"])
+                verifier.start_paused()
+                answer = cmd
+            elif cmd == "start":
+                worker = _Worker(spec["url"], parts)
+                worker.start()
+                if verifier is not None:
+                    verifier.resume()
+                answer = "started"
+            elif cmd == "stop" and worker is not None:
+                if verifier is not None:
+                    verifier.pause()
+                worker.stop()
+                counts = dict(worker.counts)
+                if verifier is not None:
+                    for k, v in verifier.take_counts().items():
+                        counts[k] = counts.get(k, 0) + v
+                answer = json.dumps(counts)
+                worker = None
+            else:
+                answer = cmd
+            print(answer, flush=True)
+    finally:
+        if worker is not None:
             worker.stop()
-            answer = json.dumps(worker.counts)
-            worker = None
-        else:
-            answer = cmd
-        print(answer, flush=True)
-    if worker is not None:
-        worker.stop()
+        if verifier is not None:
+            verifier.close()
     return 0
 
 
