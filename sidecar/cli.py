@@ -47,7 +47,7 @@ def _batch_at_lowest_priority(argv: list[str]) -> None:
     from its first line, unless `--normal-priority`.
 
     Its check lowers its own thread wherever it runs (`sidecar.commands.audit`), but the
-    start before it (imports, arguments, opening the database: about 90 ms of CPU on the
+    start before it (imports, arguments, opening the database: 40-90 ms of CPU on the
     project's VM) ran at the caller's priority; beside a serving sidecar (`kubectl exec`)
     that is the data plane's own. Only for the program: a caller of `main` in-process keeps
     its priority.
