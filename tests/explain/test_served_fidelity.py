@@ -82,7 +82,14 @@ def _explained(svc: Service, n: int) -> list[dict[str, Any]]:
 
     def read() -> list[dict[str, Any]]:
         files = sorted(folder.glob("*.jsonl")) if folder.exists() else []
-        return [orjson.loads(x) for f in files for x in f.read_bytes().splitlines() if x.strip()]
+        out = []
+        for f in files:
+            data = f.read_bytes()
+            # The sink may be writing the file as it is read: whole lines only (each event
+            # ends with a newline); a torn last line is read on the next poll.
+            whole = data[: data.rfind(b"\n") + 1]
+            out.extend(orjson.loads(x) for x in whole.splitlines() if x.strip())
+        return out
 
     wait_until(lambda: len(read()) >= n, what=f"{n} explanation events")
     return read()

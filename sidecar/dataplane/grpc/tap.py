@@ -71,7 +71,13 @@ MAX_FRAME = 1 << 20
 # The largest HPACK table either encoder may use (the tap keeps a mirror of each).
 MAX_TABLE = 64 * 1024
 # Bytes a client may send before the upstream connection is up (then reading pauses).
-_EARLY_LIMIT = 1 << 20
+# They are handled in one go once it is up, and a flood of HEADERS the tap refuses itself
+# turns into about five times its bytes of answers toward the client: at 1 MiB a client
+# that never read got 5 MB queued, past what `_HIGH_WATER` means to bound
+# (tests/grpc/test_tap_guard.py); at 256 KiB up to 3 MB. 64 KiB is HTTP/2's initial
+# connection window, all the DATA a conforming client may send before it hears from the
+# upstream anyway.
+_EARLY_LIMIT = 64 << 10
 # How long a connection whose upstream could not be reached keeps answering before GOAWAY.
 ALONE_S = 1.0
 # Streams the tap ended whose late frames it still recognises (and drops).
