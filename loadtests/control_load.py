@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loadtests.procs import has_open
 from sidecar.decisions import Decision
 from sidecar.demo.model import model_settings
 from sidecar.metrics import Registry
@@ -100,10 +101,7 @@ def _extend_chain(db: Path, records: int) -> None:
                 rec, row = audit.next_record(prev, now, item, item, action, actor, data)
                 prev = (rec.seq, rec.hash)
                 rows.append(row)
-            conn.executemany(
-                f"INSERT INTO audit ({audit.AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            conn.executemany(audit.INSERT, rows)
     finally:
         conn.close()
 
@@ -176,13 +174,7 @@ class _Verifier:
 
     def _reading(self) -> bool:
         proc = self._proc
-        if proc is None:
-            return False
-        try:
-            fds = os.listdir(f"/proc/{proc.pid}/fd")
-            return any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") == self._db for fd in fds)
-        except OSError:  # it ended, or a descriptor closed while we looked
-            return False
+        return proc is not None and has_open(proc.pid, self._db)
 
     def take_counts(self) -> dict[str, int]:
         with self._lock:

@@ -42,6 +42,22 @@ def _all_stats() -> dict[int, tuple[str, list[str]]]:
     return found
 
 
+def has_open(pid: int, path: str | Path) -> bool:
+    """Whether process `pid` has the file at `path` (an absolute, resolved path) open;
+    False once it has gone."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:  # a descriptor closed while we looked
+            continue
+    return False
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of `pid` and its live descendants (threads included)."""
     stats = [_stat(p) for p in [pid, *_descendants(pid)]]

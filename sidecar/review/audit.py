@@ -113,7 +113,7 @@ def append(
 ) -> AuditRecord:
     """Append one record; the caller holds the write transaction."""
     rec, row = next_record(head(conn), time, item_id, decision_id, action, actor, data)
-    conn.execute(f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    conn.execute(INSERT, row)
     return rec
 
 
@@ -139,6 +139,8 @@ def next_record(
 
 
 AUDIT_COLUMNS = "seq, time, item_id, decision_id, action, actor, data, prev_hash, hash"
+# One record's row, as `next_record` returns it, into SQLite.
+INSERT = f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def record_of_row(row: tuple[Any, ...]) -> AuditRecord:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.procs import has_open
 from sidecar.cli import main
 from sidecar.commands.audit import LOCAL_RECORDS_PER_S, NICE
 from sidecar.priority import is_idle
@@ -95,17 +96,6 @@ def _threads(pid: int) -> dict[int, tuple[int, bool]]:
     return found
 
 
-def _has_open(pid: int, path: Path) -> bool:
-    """Whether process `pid` has `path` open."""
-    fds = Path(f"/proc/{pid}/fd")
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for fd in fds.iterdir():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                if os.readlink(fd) == str(path):
-                    return True
-    return False
-
-
 @pytest.mark.parametrize("normal", [False, True])
 def test_the_verify_program_runs_whole_at_the_lowest_priority(env: ReviewEnv, normal: bool) -> None:
     """Its main thread too (its start-up), not only the check's thread; not with
@@ -123,7 +113,7 @@ def test_the_verify_program_runs_whole_at_the_lowest_priority(env: ReviewEnv, no
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     try:
         wait_until(
-            lambda: proc.poll() is not None or _has_open(proc.pid, env.db_path.resolve()),
+            lambda: proc.poll() is not None or has_open(proc.pid, env.db_path.resolve()),
             60,
             what="the check to open the database",
         )
