@@ -328,3 +328,36 @@ def test_past_the_refusals_answered_at_once_connections_are_closed_unanswered(
         assert relay.accepted == 1
         for raw in (admitted, dropped, *answered):
             raw.close()
+
+
+def test_a_client_sending_before_the_upstream_is_up_stops_being_read() -> None:
+    # A TLS upstream whose handshake never completes (the socket listens, nothing answers
+    # the ClientHello): the tap's upstream connection is not up for the whole connect
+    # timeout. What the client sends meanwhile is held, up to tap._EARLY_LIMIT and one read
+    # past it, and the client is not read until the upstream is up (or given up on).
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        up = f"https://127.0.0.1:{mute.getsockname()[1]}"
+        with grpc_sidecar(up, proxy={"connect_timeout_s": 3.0}) as svc:
+            raw = Raw(address(svc)).preface()
+            block = raw.enc.encode(_request())
+            sent = _flood(
+                raw,
+                lambda k: b"".join(
+                    f.header_block(1 + 2000 * k + 2 * j, block, True) for j in range(1000)
+                ),
+            )
+            (conn,) = svc.grpc.connections() if svc.grpc else ()
+            assert conn.transport is not None
+            wait_until(lambda: not conn.transport.is_reading(), what="the tap to stop reading")
+            assert conn._early is not None  # still waiting for the upstream
+            assert 0 < conn._early_len <= tap._EARLY_LIMIT + (256 << 10)
+            assert sent > tap._EARLY_LIMIT  # the client did push past it
+            # Another client is not held up by it: once the connect timeout passes, it is
+            # told the upstream is unreachable, as the first one is.
+            with grpc.insecure_channel(address(svc)) as ch, pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary(ECHO.decode())(b"ab", timeout=10)
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "unreachable" in (err.value.details() or "")
+            raw.close()
