@@ -20,6 +20,7 @@ from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sidecar import __version__
+from sidecar.control.metrics_view import MergedMetrics
 from sidecar.metrics import Registry
 
 ReadyCheck = tuple[str, Callable[[], Awaitable[bool]]]
@@ -65,12 +66,13 @@ def create_control_app(
     guard: Callable[..., Any] | None = None,
     open_health: bool = True,
     open_metrics: bool = True,
-    exposition: CollectorRegistry | None = None,
+    exposition: MergedMetrics | None = None,
 ) -> FastAPI:
     """Build the control plane app. `guard` is the auth dependency used when health or metrics are closed.
 
     `/metrics` shows `exposition` when given (the control process: both processes'
-    metrics), else `registry`'s collectors."""
+    metrics, each family written again only when it changed), else `registry`'s
+    collectors."""
     app = FastAPI(
         title="sidecar control plane",
         version=__version__,
@@ -80,7 +82,7 @@ def create_control_app(
         redoc_url=None,
     )
     app.add_middleware(HtmlPolicy)
-    shown = exposition if exposition is not None else registry.collectors
+    collectors: CollectorRegistry = registry.collectors
     health_deps = [] if open_health or guard is None else [Depends(guard)]
     metrics_deps = [] if open_metrics or guard is None else [Depends(guard)]
 
@@ -112,7 +114,8 @@ def create_control_app(
         """Prometheus text format, or OpenMetrics when the scraper asks for it."""
         # prometheus_client's own negotiation, as its ASGI app does: no Accept gets text 0.0.4.
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encode(shown), media_type=content_type)
+        body = encode(collectors) if exposition is None else exposition.text(encode)
+        return Response(body, media_type=content_type)
 
     for router in routers:
         app.include_router(router)

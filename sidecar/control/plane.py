@@ -19,7 +19,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
 
 from explainers.explanation import Explanation
 from sidecar.config import Settings
@@ -155,14 +154,11 @@ def build_control_plane(settings: Settings, bridge: BridgeClient, hello: Hello) 
         known=KnownDecisions(decisions, started=hello.started),
         registry=registry,
     )
-    exposition = CollectorRegistry()
-    exposition.register(
-        MergedMetrics(
-            registry,
-            partial(bridge.call, "metrics", sorted(CONTROL_GAUGES))
-            if len(links) == 1
-            else partial(fetch_metrics, links, sorted(CONTROL_GAUGES)),
-        )
+    exposition = MergedMetrics(
+        registry,
+        partial(bridge.call, "metrics", sorted(CONTROL_GAUGES))
+        if len(links) == 1
+        else partial(fetch_metrics, links, sorted(CONTROL_GAUGES)),
     )
     app = create_control_app(
         registry=registry,

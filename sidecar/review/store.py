@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
 from sidecar.review import audit
@@ -59,6 +61,15 @@ log = logging.getLogger("sidecar.review")
 def _dumps(value: Any) -> str:
     # default=str: numpy scalars and other oddities become text rather than failing the enqueue.
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _loads(text: str | bytes) -> Any:
+    # orjson reads a queue page's 50 decisions in a fifth of json's time; what it refuses
+    # is the NaN and Infinity that json.dumps writes for such features, which json reads.
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 # How stale the per-status counts (metrics, the console's queue page) may be.
@@ -107,7 +118,7 @@ _CONTEST_COLUMNS = (
 
 def _contest(row: tuple[Any, ...]) -> Contest:
     def loads(v: Any) -> Any:
-        return None if v is None else json.loads(v)
+        return None if v is None else _loads(v)
 
     return Contest(
         item_id=row[0],
@@ -131,7 +142,7 @@ _ITEM_COLUMNS = (
 def _item(row: tuple[Any, ...]) -> ReviewItem:
     held = None
     if row[15] is not None:
-        held = HeldAnswer(int(row[15]), [tuple(h) for h in json.loads(row[16])], bytes(row[17]))
+        held = HeldAnswer(int(row[15]), [tuple(h) for h in _loads(row[16])], bytes(row[17]))
     return ReviewItem(
         item_id=row[0],
         seq=int(row[1]),
@@ -139,12 +150,12 @@ def _item(row: tuple[Any, ...]) -> ReviewItem:
         reason=row[3],
         mode=row[4],
         status=row[5],
-        decision=json.loads(row[6]),
-        explanation=json.loads(row[7]) if row[7] is not None else None,
+        decision=_loads(row[6]),
+        explanation=_loads(row[7]) if row[7] is not None else None,
         claimed_by=row[8],
         lease_expires=row[9],
         action=row[10],
-        outcome=json.loads(row[11]) if row[11] is not None else None,
+        outcome=_loads(row[11]) if row[11] is not None else None,
         decided_reason=row[12],
         decided_by=row[13],
         decided_at=row[14],

@@ -72,3 +72,56 @@ def test_a_family_that_differs_between_the_processes_shows_the_data_planes() -> 
     text = _render(dp, cp)
     assert 'sidecar_x_total{a="1"} 2.0' in text
     assert "sidecar_x_total 5.0" not in text
+
+
+ENCODERS = {
+    "text 0.0.4": "text/plain",
+    "OpenMetrics": "application/openmetrics-text; version=1.0.0",
+}
+
+
+def test_a_scrape_is_what_the_encoder_writes_and_only_changed_families_are_written_again() -> None:
+    from prometheus_client.exposition import choose_encoder
+
+    dp, cp = Registry(), Registry()
+    requests = dp.counter("sidecar_requests_total", "Requests", {"code": "200"})
+    latency = dp.histogram("sidecar_upstream_latency_seconds", "L", bounds=(0.001, 0.01))
+    dp.counter("sidecar_parse_failures_total", "P", {"protocol": "v2"})
+    level = [1.0]
+    dp.gauge("sidecar_queue_depth", "Q", fn=lambda: level[0])
+    cp.counter("sidecar_review_transitions_total", "T", {"action": "claimed"}).inc(2)
+    merged = MergedMetrics(cp, lambda: snapshot(dp))
+    whole = CollectorRegistry()
+    whole.register(merged)
+
+    for accept in ENCODERS.values():
+        encode, _ = choose_encoder(accept)
+        written: list[str] = []
+
+        def counting(
+            collector: object, encode: object = encode, written: list[str] = written
+        ) -> bytes:
+            written.extend(m.name for m in collector.collect())  # type: ignore[attr-defined]
+            return encode(collector)  # type: ignore[operator,no-any-return]
+
+        assert merged.text(counting) == encode(whole)
+        assert len(written) == 5
+        written.clear()
+        requests.inc(3)
+        latency.observe(0.005)
+        assert merged.text(counting) == encode(whole)
+        # The counter and the histogram changed; the rest came from the last scrape.
+        assert sorted(written) == ["sidecar_requests", "sidecar_upstream_latency_seconds"]
+        written.clear()
+        level[0] = float("nan")
+        assert merged.text(counting) == encode(whole)
+        assert merged.text(counting) == encode(whole)
+        assert b"sidecar_queue_depth NaN" in merged.text(counting)
+        level[0] = 1.0
+
+
+def test_a_nan_gauge_that_crossed_the_bridge_as_null_is_shown_as_nan() -> None:
+    dp, cp = Registry(), Registry()
+    dp.gauge("sidecar_queue_depth", "Q", fn=lambda: float("nan"))
+    text = _render(dp, cp)
+    assert "sidecar_queue_depth NaN" in text

@@ -230,3 +230,16 @@ def test_counts_follow_this_store_writes_at_once(env: ReviewEnv) -> None:
     assert store.counts() == {"pending": 1}
     store.claim("c1/0", "alice")
     assert store.counts() == {"claimed": 1}
+
+
+def test_an_item_whose_features_are_not_finite_reads_back_as_stored(env: ReviewEnv) -> None:
+    """Missing values arrive as NaN: stored as JSON's NaN, which orjson refuses to read."""
+    features = [float("nan"), float("inf"), 2**70, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    env.store.enqueue(make_decision("nf", features=features), explanation={"top": ["a"]})
+    page = env.store.list_items(limit=10)
+    assert [i.item_id for i in page] == ["nf/0"]
+    got = page[0].decision["features"]
+    assert (
+        got[0] != got[0] and got[1] == float("inf") and got[2] == 2**70 and got[3:] == features[3:]
+    )
+    assert env.store.get("nf/0").explanation == {"top": ["a"]}
