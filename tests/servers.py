@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from sidecar.config import load_settings
@@ -138,6 +139,20 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(interval_s)
+
+
+def jsonl_events(folder: Path, recursive: bool = False) -> list[dict[str, Any]]:
+    """Every event in the `*.jsonl` files under `folder` (none when it is not there), in
+    file order. Whole lines only: the files sink may be writing a file as it is read, and
+    a torn last line is read whole on the next poll."""
+    if not folder.is_dir():
+        return []
+    out: list[dict[str, Any]] = []
+    for f in sorted(folder.rglob("*.jsonl") if recursive else folder.glob("*.jsonl")):
+        data = f.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        out.extend(orjson.loads(line) for line in whole.splitlines() if line.strip())
+    return out
 
 
 def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:

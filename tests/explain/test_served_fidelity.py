@@ -17,7 +17,7 @@ from sidecar.demo.model import model_settings
 from sidecar.demo.process import ModelServerProcess
 from sidecar.service import Service
 from tests.review.review_helpers import ALICE, TOKENS, bearer
-from tests.servers import RecordingUpstream, running_sidecar, wait_until
+from tests.servers import RecordingUpstream, jsonl_events, running_sidecar, wait_until
 
 ROW = [34.0, 78.9, 0.102, 120.0, 1.0, 47.8, 2.2, 0.359, 2.0, 0.0]
 INFER = "/v2/models/credit/infer"
@@ -80,19 +80,8 @@ def _metrics(svc: Service) -> str:
 def _explained(svc: Service, n: int) -> list[dict[str, Any]]:
     folder = Path(svc.settings.sink.directory) / "sidecar.explanations"
 
-    def read() -> list[dict[str, Any]]:
-        files = sorted(folder.glob("*.jsonl")) if folder.exists() else []
-        out = []
-        for f in files:
-            data = f.read_bytes()
-            # The sink may be writing the file as it is read: whole lines only (each event
-            # ends with a newline); a torn last line is read on the next poll.
-            whole = data[: data.rfind(b"\n") + 1]
-            out.extend(orjson.loads(x) for x in whole.splitlines() if x.strip())
-        return out
-
-    wait_until(lambda: len(read()) >= n, what=f"{n} explanation events")
-    return read()
+    wait_until(lambda: len(jsonl_events(folder)) >= n, what=f"{n} explanation events")
+    return jsonl_events(folder)
 
 
 def test_the_served_model_matches(model_server: str) -> None:

@@ -19,7 +19,7 @@ from sidecar.config import load_settings
 from sidecar.demo.model import META_PATH, MODEL_PATH, load_meta, model_settings
 from sidecar.demo.process import ModelServerProcess
 from sidecar.service import Service
-from tests.servers import RecordingUpstream, running_sidecar, wait_until
+from tests.servers import RecordingUpstream, jsonl_events, running_sidecar, wait_until
 
 META = load_meta(META_PATH)
 ROW = [34.0, 78.9, 0.102, 120.0, 1.0, 47.8, 2.2, 0.359, 2.0, 0.0]
@@ -51,11 +51,7 @@ def _post(svc: Service, path: str, body: Any, headers: dict[str, str] | None = N
 
 
 def _events(svc: Service, topic: str) -> list[dict[str, Any]]:
-    folder = Path(svc.settings.sink.directory) / topic
-    out = []
-    for f in sorted(folder.glob("*.jsonl")) if folder.exists() else []:
-        out += [orjson.loads(line) for line in f.read_bytes().splitlines() if line.strip()]
-    return out
+    return jsonl_events(Path(svc.settings.sink.directory) / topic)
 
 
 def _v2(rows: list[list[float]], **extra: Any) -> dict[str, Any]:

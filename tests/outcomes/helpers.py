@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.service import Service
-from tests.servers import RecordingUpstream, recording_upstream
+from tests.servers import RecordingUpstream, jsonl_events, recording_upstream
 
 LABELS = ["default", "repaid"]
 WRITER = "outcome-writer-token-0123456789"
@@ -78,8 +78,4 @@ def infer(svc: Service, rows: int = 1, groups: Any = None) -> str:
 
 def read_events(directory: Path, topic: str) -> list[dict[str, Any]]:
     """Every event the files sink wrote under `directory/topic/`, in file order."""
-    folder = directory / topic
-    out: list[dict[str, Any]] = []
-    for f in sorted(folder.glob("*.jsonl")) if folder.exists() else []:
-        out += [orjson.loads(line) for line in f.read_bytes().splitlines() if line.strip()]
-    return out
+    return jsonl_events(directory / topic)

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from tests.people.people_helpers import (
     ADMIN,
     AUDITOR,
@@ -19,15 +17,11 @@ from tests.people.people_helpers import (
     demo_rows,
     send_rows,
 )
-from tests.servers import wait_until
+from tests.servers import jsonl_events, wait_until
 
 
 def _events(made: Made, topic: str) -> list[dict[str, Any]]:
-    folder = Path(made.service.settings.sink.directory) / topic
-    out: list[dict[str, Any]] = []
-    for f in sorted(folder.glob("*.jsonl")) if folder.exists() else []:
-        out += [orjson.loads(line) for line in f.read_bytes().splitlines() if line.strip()]
-    return out
+    return jsonl_events(Path(made.service.settings.sink.directory) / topic)
 
 
 def _metric(made: Made, name: str) -> float:

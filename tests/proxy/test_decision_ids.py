@@ -14,7 +14,7 @@ import pytest
 from sidecar.decisions import client_request_id, new_call_id
 from sidecar.service import Service
 from tests.proxy.test_inference import V2_REQUEST, V2_RESPONSE, _answer, _post
-from tests.servers import RecordingUpstream, http_get, running_sidecar
+from tests.servers import RecordingUpstream, http_get, jsonl_events, running_sidecar
 
 TOKEN = "rita-token-0123456789ab"
 AUTH = {"tokens": {TOKEN: {"name": "rita", "role": "reviewer"}}}
@@ -47,14 +47,8 @@ def test_client_request_ids_are_recorded_only_when_printable_and_short() -> None
 
 
 def _events(svc: Service) -> list[dict[str, Any]]:
-    folder = Path(svc.settings.sink.directory)
-    out = []
-    for f in sorted(folder.rglob("*.jsonl")):
-        for line in f.read_bytes().splitlines():
-            body = orjson.loads(line)
-            if body["event_type"] == "decision":
-                out.append(body)
-    return out
+    events = jsonl_events(Path(svc.settings.sink.directory), recursive=True)
+    return [body for body in events if body["event_type"] == "decision"]
 
 
 def _by_request(svc: Service, query: str, token: str | None = TOKEN) -> tuple[int, Any]:

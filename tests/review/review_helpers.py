@@ -29,6 +29,7 @@ from sidecar.metrics import Registry
 from sidecar.review.api import create_review_router
 from sidecar.review.store import SqliteReviewStore
 from sidecar.sinks.files import FileSink
+from tests.servers import jsonl_events
 
 DEMO_ASSETS = Path(__file__).resolve().parents[2] / "sidecar" / "demo" / "assets"
 DEMO_META = json.loads((DEMO_ASSETS / "model.json").read_text())
@@ -109,11 +110,7 @@ def demo_explainer() -> DemoExplainer:
 
 
 def read_events(directory: Path, kind: str = "review") -> list[dict[str, Any]]:
-    topic = directory / TOPICS[kind]
-    out: list[dict[str, Any]] = []
-    for f in sorted(topic.glob("*.jsonl")) if topic.exists() else []:
-        out.extend(json.loads(line) for line in f.read_text().splitlines() if line)
-    return out
+    return jsonl_events(directory / TOPICS[kind])
 
 
 @dataclass
