@@ -1,14 +1,17 @@
-"""The control-plane load's own pieces: the review database it fills and the long
-`audit verify` it pauses between rounds (real `sidecar audit verify` processes)."""
+"""The control-plane load's own pieces: the review database it fills, the long
+`audit verify` it pauses between rounds (real `sidecar audit verify` processes) and its
+HTTP clients."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from loadtests.control_load import _Verifier, prepare
+from loadtests.control_load import TOKEN, _Verifier, _Worker, prepare
 from sidecar.review import audit
 from tests.servers import wait_until
 
@@ -68,3 +71,48 @@ def test_a_check_that_ends_is_started_again_and_counted(tmp_path: Path) -> None:
         verifier.close()
     assert counts["failures"] == 0
     assert counts["verify_starts"] >= counts["verifies"] >= 2
+
+
+def test_the_clients_keep_one_connection_each_and_count_what_fails() -> None:
+    seen: dict[str, int] = {"connections": 0}
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn serves
+
+        def setup(self) -> None:
+            super().setup()
+            seen["connections"] += 1
+
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            ok = self.headers["authorization"] == f"Bearer {TOKEN}" and "items/" not in self.path
+            body = b"ok"
+            self.send_response(200 if ok else 500)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        worker = _Worker(f"http://127.0.0.1:{server.server_address[1]}", ("metrics", "console"))
+        worker.start()
+        wait_until(
+            lambda: worker.counts["scrapes"] >= 2 and worker.counts["failures"] >= 2,
+            timeout_s=10,
+            what="two scrapes and two failed item pages",
+        )
+        worker.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    # The item page answered 500: each is a failure, and its client connects afresh.
+    assert worker.counts["failures"] == worker.counts["console_calls"] >= 2
+    assert paths.count("/metrics") == worker.counts["scrapes"]
+    scrapes, items = worker.counts["scrapes"], worker.counts["failures"]
+    # One connection for the scrapes and one for the console, plus one per failed item.
+    assert seen["connections"] <= 2 + items and scrapes >= 2
