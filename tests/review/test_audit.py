@@ -190,6 +190,13 @@ TAMPERING: dict[str, tuple[list[str], int, str]] = {
         8,
         "edited",
     ),
+    # Equal JSON in another form is still not the text that was hashed.
+    "reformatted data": (
+        ["UPDATE audit SET data = replace(data, ':', ': ') WHERE seq = 4"],
+        4,
+        "edited",
+    ),
+    "data as a blob": (["UPDATE audit SET data = CAST(data AS BLOB) WHERE seq = 3"], 3, "edited"),
     "edited actor": (["UPDATE audit SET actor = 'mallory' WHERE seq = 9"], 9, "edited"),
     "edited time": (["UPDATE audit SET time = time + 1 WHERE seq = 2"], 2, "edited"),
     "deleted": (["DELETE FROM audit WHERE seq = 5"], 6, "deleted"),
