@@ -17,8 +17,9 @@ prometheus_client writes the text:
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -127,9 +128,9 @@ class MergedMetrics:
     def __init__(self, own: Registry, fetch: Callable[[], list[RawFamily]]) -> None:
         self._own = own
         self._fetch = fetch
-        # (encoder, family name) -> (the raw family, its text without the encoder's tail)
-        self._texts: dict[tuple[Encoder, str], tuple[RawFamily, bytes]] = {}
-        self._tails: dict[Encoder, bytes] = {}
+        # Per encoder (`_encoder_key`): its tail, and per family name the raw family and
+        # its text without the tail. At most `KEPT_ENCODERS`, the oldest dropped first.
+        self._kept: dict[Hashable, tuple[bytes, dict[str, tuple[RawFamily, bytes]]]] = {}
 
     def _merged(self) -> list[RawFamily]:
         return merge(self._fetch(), snapshot(self._own))
@@ -141,17 +142,36 @@ class MergedMetrics:
     def text(self, encode: Encoder) -> bytes:
         """What `encode` writes for this collector, from families' texts kept since the
         last scrape where their values are the same."""
-        tail = self._tails.get(encode)
-        if tail is None:  # OpenMetrics ends with `# EOF`; the text format with nothing
-            tail = self._tails[encode] = encode(_Families())
+        key = _encoder_key(encode)
+        entry = self._kept.get(key)
+        if entry is None:
+            while len(self._kept) >= KEPT_ENCODERS:
+                del self._kept[next(iter(self._kept))]
+            # OpenMetrics ends with `# EOF`; the text format with nothing.
+            entry = self._kept[key] = (encode(_Families()), {})
+        tail, texts = entry
         parts: list[bytes] = []
         for raw in self._merged():
-            key = (encode, raw[0])
-            kept = self._texts.get(key)
+            kept = texts.get(raw[0])
             # Deep equality of numbers, strings and lists: equal values write equal text.
             if kept is None or kept[0] != raw:
                 text = encode(_Families(_family(raw)))
-                kept = self._texts[key] = (raw, text[: len(text) - len(tail)])
+                kept = texts[raw[0]] = (raw, text[: len(text) - len(tail)])
             parts.append(kept[1])
         parts.append(tail)
         return b"".join(parts)
+
+
+# How many encoders' texts a scrape keeps. choose_encoder makes the encoder from the
+# scraper's Accept header (format, version, escaping), so which ones come is the client's
+# choice: a scraper uses one, and a client sending new versions each time costs a
+# re-render, never memory.
+KEPT_ENCODERS = 4
+
+
+def _encoder_key(encode: Encoder) -> Hashable:
+    """What an encoder is: choose_encoder returns a new `partial` per scrape for OpenMetrics
+    and versioned text, so the function and its arguments, not the object."""
+    if isinstance(encode, functools.partial):
+        return (encode.func, encode.args, tuple(sorted(encode.keywords.items())))
+    return encode

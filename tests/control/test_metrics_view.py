@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
@@ -125,3 +126,35 @@ def test_a_nan_gauge_that_crossed_the_bridge_as_null_is_shown_as_nan() -> None:
     dp.gauge("sidecar_queue_depth", "Q", fn=lambda: float("nan"))
     text = _render(dp, cp)
     assert "sidecar_queue_depth NaN" in text
+
+
+def test_encoders_made_afresh_per_scrape_share_their_texts_and_few_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """choose_encoder makes a new `partial` per call for OpenMetrics: keyed by what it is,
+    and a client that sends a new version each time cannot grow what is kept."""
+    from prometheus_client.exposition import choose_encoder
+
+    from sidecar.control import metrics_view
+
+    dp, cp = Registry(), Registry()
+    dp.counter("sidecar_requests_total", "Requests").inc(1)
+    dp.counter("sidecar_parse_failures_total", "P")
+    merged = MergedMetrics(cp, lambda: snapshot(dp))
+    whole = CollectorRegistry()
+    whole.register(merged)
+    rendered: list[str] = []
+    family = metrics_view._family
+    monkeypatch.setattr(metrics_view, "_family", lambda raw: rendered.append(raw[0]) or family(raw))
+    accept = "application/openmetrics-text; version=1.0.0"
+
+    first = merged.text(choose_encoder(accept)[0])
+    assert first == choose_encoder(accept)[0](whole) and first.endswith(b"# EOF\n")
+    rendered.clear()
+    for _ in range(3):
+        assert merged.text(choose_encoder(accept)[0]) == first  # a new object every scrape
+    assert rendered == []
+    for minor in range(50):
+        encode = choose_encoder(f"application/openmetrics-text; version=1.{minor}.0")[0]
+        assert merged.text(encode) == encode(whole)
+    assert len(merged._kept) <= metrics_view.KEPT_ENCODERS
