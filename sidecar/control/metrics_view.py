@@ -20,9 +20,10 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Collection, Hashable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from sidecar.metrics import Registry, le_labels, render
 
@@ -82,29 +83,30 @@ def merge(remote: list[RawFamily], own: list[RawFamily]) -> list[RawFamily]:
 _NAN = float("nan")
 
 
-def _number(value: Any) -> Any:
-    # JSON has no NaN: one crosses the bridge as null (a gauge whose source has no value).
-    return _NAN if value is None else value
+def restore_nan(families: list[RawFamily]) -> list[RawFamily]:
+    """A snapshot as the bridge delivered it, its NaNs put back (in place): JSON has no
+    NaN, so a gauge or a histogram's sum that was NaN crossed as null, and summing the
+    workers' values or writing the text would fail on it."""
+    for _name, _help, kind, _labels, _bounds, children in families:
+        for child in children:
+            if kind == "histogram":
+                if child[1][1] is None:
+                    child[1][1] = _NAN
+            elif child[1] is None:
+                child[1] = _NAN
+    return families
 
 
 def _family(raw: RawFamily) -> Metric:
     name, help_, kind, labels, bounds, children = raw
-    if kind == "histogram":
-        children = [[key, [counts, _number(total)]] for key, (counts, total) in children]
-    else:
-        children = [[key, _number(value)] for key, value in children]
     return render(name, help_, kind, labels, le_labels(bounds), children)
 
 
-class _Collector(Protocol):
-    def collect(self) -> Iterator[Metric]: ...
-
-
 # prometheus_client's encoders (text 0.0.4, OpenMetrics): a collector in, the text out.
-Encoder = Callable[[_Collector], bytes]
+Encoder = Callable[[Collector], bytes]
 
 
-class _Families:
+class _Families(Collector):
     """A collector over given families: what an encoder is handed for part of a scrape."""
 
     def __init__(self, *families: Metric) -> None:

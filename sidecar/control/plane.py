@@ -26,7 +26,7 @@ from sidecar.control.app import create_control_app
 from sidecar.control.auth import Authenticator, TokenTable
 from sidecar.control.bridge import BridgeClient, BridgeError
 from sidecar.control.lookup import Explanations
-from sidecar.control.metrics_view import CONTROL_GAUGES, MergedMetrics
+from sidecar.control.metrics_view import CONTROL_GAUGES, MergedMetrics, RawFamily, restore_nan
 from sidecar.control.remote import BridgeSink, RemoteCheck, RemoteDecisions
 from sidecar.decisions import Decision
 from sidecar.metrics import Registry
@@ -154,11 +154,13 @@ def build_control_plane(settings: Settings, bridge: BridgeClient, hello: Hello) 
         known=KnownDecisions(decisions, started=hello.started),
         registry=registry,
     )
+    skip = sorted(CONTROL_GAUGES)
+
+    def one_data_plane() -> list[RawFamily]:
+        return restore_nan(bridge.call("metrics", skip))
+
     exposition = MergedMetrics(
-        registry,
-        partial(bridge.call, "metrics", sorted(CONTROL_GAUGES))
-        if len(links) == 1
-        else partial(fetch_metrics, links, sorted(CONTROL_GAUGES)),
+        registry, one_data_plane if len(links) == 1 else partial(fetch_metrics, links, skip)
     )
     app = create_control_app(
         registry=registry,

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sidecar.control.bridge import CALL_TIMEOUT_S, BridgeClient, BridgeError
+from sidecar.control.metrics_view import restore_nan
 from sidecar.decisions import Decision, from_values, worker_of
 from sidecar.outcomes.known import call_id_at
 from sidecar.workers.metrics import combine
@@ -181,4 +182,4 @@ class AllReady:
 
 def fetch_metrics(links: Sequence[Link], skip: list[str]) -> list[Any]:
     """Every worker's raw families summed into one set (a scrape fails when one cannot answer)."""
-    return combine(ask_all(links, "metrics", skip))
+    return combine([restore_nan(s) for s in ask_all(links, "metrics", skip)])

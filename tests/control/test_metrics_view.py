@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from sidecar.control.metrics_view import CONTROL_GAUGES, MergedMetrics, snapshot
+from sidecar.control.metrics_view import CONTROL_GAUGES, MergedMetrics, restore_nan, snapshot
 from sidecar.metrics import Registry
 
 
@@ -19,7 +19,7 @@ def _render(data_plane: Registry, control: Registry) -> str:
         asked.append(skip)
         # As it crosses the bridge: JSON both ways.
         raw: list[list[object]] = orjson.loads(orjson.dumps(snapshot(data_plane, skip)))
-        return raw
+        return restore_nan(raw)
 
     shown = CollectorRegistry()
     shown.register(MergedMetrics(control, fetch))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import re
 import socket
 import threading
@@ -17,9 +18,10 @@ import pytest
 from sidecar import decisions
 from sidecar.config import ConfigError, load_settings
 from sidecar.control.bridge import BridgeClient, BridgeError, BridgeServer
+from sidecar.control.metrics_view import snapshot
 from sidecar.control.store import DecisionStore
 from sidecar.metrics import Registry
-from sidecar.workers.fanout import FannedDecisions
+from sidecar.workers.fanout import FannedDecisions, fetch_metrics
 from sidecar.workers.metrics import combine
 from sidecar.workers.slot import bind_reuseport, for_worker
 from tests.test_decision_fields import full_decision
@@ -219,6 +221,28 @@ def test_metrics_are_summed_and_worst_cases_kept() -> None:
     assert out["sidecar_oldest_unacked_event_age_seconds"] == [[[], 1.5]]
     assert out["sidecar_thread_alive"] == [[["decisions"], 0.0]]
     assert out["sidecar_latency"] == [[[], [[1, 3, 1], 2.5]]]
+
+
+def test_a_nan_that_crossed_the_workers_bridges_as_null_is_summed_as_nan() -> None:
+    """JSON has no NaN: each worker's snapshot crosses its bridge with null in its place,
+    which summing or taking the largest would fail on (a scrape answering 500)."""
+    clients = []
+    for _ in range(2):
+        registry = Registry()
+        registry.gauge("sidecar_decision_queue_depth", "Q", fn=lambda: float("nan"))
+        registry.gauge("sidecar_explainer_fidelity_max_diff", "F", fn=lambda: float("nan"))
+        ours, theirs = socket.socketpair()
+        BridgeServer(ours, ops={"metrics": lambda skip, r=registry: snapshot(r, skip)}).start()
+        client = BridgeClient(theirs)
+        client.start()
+        clients.append(client)
+    try:
+        out = {f[0]: f[5] for f in fetch_metrics(clients, [])}
+    finally:
+        for client in clients:
+            client.close()
+    assert math.isnan(out["sidecar_decision_queue_depth"][0][1])
+    assert math.isnan(out["sidecar_explainer_fidelity_max_diff"][0][1])
 
 
 @pytest.mark.usefixtures("minting")
