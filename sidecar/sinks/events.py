@@ -367,6 +367,16 @@ def outcome_event(
     }
 
 
+# Without OPT_NON_STR_KEYS orjson serialises a dict on its fast path: a decision event in
+# 0.60 against 0.85 µs warm (10 features, 2026-12-01), and ~5 µs in place in the
+# background stage of a saturated sidecar (profile_proxy). The output is the same bytes.
+_STR_KEYS_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
 def dumps(body: dict[str, Any]) -> bytes:
-    """Serialise an event body (orjson; numpy values allowed)."""
-    return orjson.dumps(body, option=_JSON_OPTS)
+    """Serialise an event body (orjson; numpy values and non-string keys allowed)."""
+    try:
+        return orjson.dumps(body, option=_STR_KEYS_OPTS)
+    except orjson.JSONEncodeError:
+        # A key that is not a string somewhere in the body (rare): written as its string.
+        return orjson.dumps(body, option=_JSON_OPTS)

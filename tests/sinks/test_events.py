@@ -164,3 +164,17 @@ def test_numpy_values_serialise() -> None:
     d = make_decision(features=[np.float32(1.5), np.int64(3)], probabilities=None)
     body = events.decision_event(d)
     assert events.dumps(body).count(b"1.5") == 1
+
+
+def test_bodies_serialise_the_same_on_the_fast_path_and_keys_that_are_not_strings_still_do(
+    decision: Decision,
+) -> None:
+    body = events.decision_event(decision)
+    both = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    assert events.dumps(body) == orjson.dumps(body, option=both)
+    # An explanation's detail keyed by class index, say: written with its key as a string.
+    body = {"event_type": "explanation", "fidelity_detail": {1: 0.5, "x": [1]}}
+    assert orjson.loads(events.dumps(body)) == {
+        "event_type": "explanation",
+        "fidelity_detail": {"1": 0.5, "x": [1]},
+    }
