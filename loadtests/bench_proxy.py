@@ -287,9 +287,15 @@ async def _rounds(
             "ratio_p99_ci95": round_ratio_ci(results["sidecar"], results["sidecar+control"], 99),
             "ratio_p50_ci95": round_ratio_ci(results["sidecar"], results["sidecar+control"], 50),
             "work_done": dict(control_load.counts) if control_load is not None else {},
+            "tail_near_calls": _tail_near_each(
+                results["sidecar"],
+                results["sidecar+control"],
+                control_load.calls if control_load is not None else {},
+            ),
             "control_on": args.control_on,
             "control_parts": args.control_parts,
             "verify_pace": args.verify_pace,
+            "console_offset_s": args.console_offset,
             "verify_chain_records": _verify_chain(args),
             "data_plane_cpu_us_per_req_quiet": 1e6 * own_cpu["sidecar"] / max(s["requests"], 1),
             "data_plane_cpu_us_per_req_working": 1e6
@@ -349,6 +355,61 @@ def round_ratio_ci(
         )
     lo, hi = np.percentile(ratios, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def _tail_near_each(
+    quiet: list[LoadResult], working: list[LoadResult], calls: dict[str, list[tuple[float, float]]]
+) -> dict[str, dict[str, float]]:
+    """`tail_near_calls` for all the calls together (`all`) and for each path's."""
+    out = {"all": tail_near_calls(quiet, working, [c for cs in calls.values() for c in cs])}
+    for path, cs in sorted(calls.items()):
+        out[path] = tail_near_calls(quiet, working, cs)
+    return out
+
+
+def tail_near_calls(
+    quiet: list[LoadResult],
+    working: list[LoadResult],
+    calls: list[tuple[float, float]],
+    margin_s: float = 0.002,
+) -> dict[str, float]:
+    """Whether the working path's slow requests line up with the control plane's calls.
+
+    A request is near a call when it was in flight from the call's start until `margin_s`
+    after its end (`calls` are the clients' start and end times, on the generator's
+    monotonic clock, as the requests' are). Of the working rounds' requests slower than
+    the quiet rounds' p99, the share near a call, against the share of all its requests
+    near one: equal shares say the slow ones were slow whenever they ran (colder caches, a
+    busier core), a larger share that the calls' own bursts delayed them."""
+    threshold = 1000.0 * float(np.percentile(np.concatenate([r.latencies for r in quiet]), 99))
+    starts = np.asarray(sorted(s for s, _ in calls))
+    # The latest end of any call started by each start: calls of two clients may overlap.
+    ends = np.maximum.accumulate(np.asarray([e for _, e in sorted(calls)])) + margin_s
+    total = slow = slow_near = near = 0
+    for r in working:
+        a = r.t0 + np.asarray(r.starts)
+        lat = np.asarray(r.latencies)
+        b = a + lat
+        idx = np.searchsorted(starts, b, side="right") - 1
+        hit = (
+            (idx >= 0) & (ends[np.maximum(idx, 0)] >= a)
+            if starts.size
+            else np.zeros(a.size, dtype=bool)
+        )
+        over = lat * 1000.0 > threshold
+        total += a.size
+        near += int(hit.sum())
+        slow += int(over.sum())
+        slow_near += int((hit & over).sum())
+    return {
+        "quiet_p99_ms": threshold,
+        "slow": slow,
+        "slow_share": slow / max(total, 1),
+        "slow_near_calls": slow_near,
+        "share_of_slow_near_calls": slow_near / max(slow, 1),
+        "share_of_all_near_calls": near / max(total, 1),
+        "calls": len(calls),
+    }
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -468,7 +529,8 @@ def report(result: dict[str, Any]) -> str:
         cl = result["control_load"]
         work = ", ".join(f"{k} {v}" for k, v in cl["work_done"].items())
         lines.append(
-            f"control-plane load (+control rounds, on the {cl['control_on']}'s core: {work}): p99 {cl['ratio_p99_to_quiet_sidecar']:.2f}x"
+            f"control-plane load (+control rounds, on the {cl['control_on']}'s core, console"
+            f" {cl['console_offset_s']:g} s after each scrape: {work}): p99 {cl['ratio_p99_to_quiet_sidecar']:.2f}x"
             f" (95% interval over resampled rounds {cl['ratio_p99_ci95'][0]:.2f}-{cl['ratio_p99_ci95'][1]:.2f})"
             f" and p50 {cl['ratio_p50_to_quiet_sidecar']:.2f}x"
             f" ({cl['ratio_p50_ci95'][0]:.2f}-{cl['ratio_p50_ci95'][1]:.2f}) the quiet sidecar's in"
@@ -479,6 +541,21 @@ def report(result: dict[str, Any]) -> str:
             f" its control process {cl['control_process_cpu_ms_per_s_working']:.1f} ms of CPU a"
             f" second working, {cl['control_process_cpu_ms_per_s_quiet']:.1f} quiet"
         )
+        near = cl["tail_near_calls"]
+        if near["all"]["calls"]:
+            a = near["all"]
+            each = "; ".join(
+                f"{path} {n['share_of_slow_near_calls']:.1%} against {n['share_of_all_near_calls']:.1%}"
+                for path, n in near.items()
+                if path != "all"
+            )
+            lines.append(
+                f"the +control rounds' requests slower than the quiet p99"
+                f" ({a['quiet_p99_ms']:.3f} ms): {a['slow']} ({a['slow_share']:.2%} of"
+                f" them), {a['share_of_slow_near_calls']:.1%} in flight during a scrape or"
+                f" console call or 2 ms after it, against {a['share_of_all_near_calls']:.1%}"
+                f" of all their requests ({a['calls']} calls; by call: {each})"
+            )
     if "hostile_load" in result:
         hl = result["hostile_load"]
         held = hl["held"]
@@ -627,6 +704,15 @@ def main(argv: list[str] | None = None) -> int:
         " command's own pace; 0: flat out, as before it was paced)",
     )
     parser.add_argument(
+        "--console-offset",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="with --control-load: the console's calls begin S seconds after each scrape (a"
+        " Prometheus and a browser tick on their own clocks); 0 puts them in one burst with the"
+        " scrape, as every run did until 2026-12-01 16:50",
+    )
+    parser.add_argument(
         "--slowloris",
         type=int,
         default=0,
@@ -725,6 +811,7 @@ def _run(
                 parts=tuple(p for p in args.control_parts.split(",") if p != "none"),
                 client_cpus=near,
                 verify_pace=args.verify_pace,
+                console_offset=args.console_offset,
             )
             control_load.open()
         hostile = None

@@ -2,7 +2,8 @@
 
 While it runs: `/metrics` is scraped every second, a reviewer's console is open
 (its queue page and one item fetched every second, as the console does when a
-reviewer works the queue), and `sidecar audit verify` runs (niced, on the sidecar's
+reviewer works the queue, `console_offset` seconds after each scrape: a Prometheus
+and a browser tick on their own clocks; 0 puts the two calls in one burst), and `sidecar audit verify` runs (niced, on the sidecar's
 core) over a review database pre-filled with `items` review items and an audit chain
 of `chain` records. Each of these used to run on (or lock against) the loop that
 forwards inference calls.
@@ -196,22 +197,30 @@ class _Worker:
     """The control-plane work itself, in threads, until `stop`: what `python -m
     loadtests.control_load` runs."""
 
-    def __init__(self, control_url: str, parts: tuple[str, ...]) -> None:
+    def __init__(
+        self, control_url: str, parts: tuple[str, ...], console_offset: float = 0.0
+    ) -> None:
         self._url = control_url.rstrip("/")
         self._parts = parts
+        self._console_offset = console_offset
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.counts = {"scrapes": 0, "console_calls": 0, "failures": 0}
+        # Each call's start and end (`time.perf_counter()`, the machine's monotonic clock):
+        # the harness lines the slowest requests up against them.
+        self.calls: dict[str, list[tuple[float, float]]] = {}
 
-    def _every_second(self, paths: list[str], counter: str) -> None:
+    def _every_second(self, paths: list[str], counter: str, offset: float = 0.0) -> None:
         # One keep-alive connection per client, as Prometheus and a browser hold one (until
         # 2026-12-01 13:30 each call opened its own: a TCP handshake and uvicorn's
         # connection set-up on the sidecar's core per call, which neither client does).
         url = urlsplit(self._url)
         conn: http.client.HTTPConnection | None = None
+        self._stop.wait(offset)
         while not self._stop.is_set():
             t0 = time.monotonic()
             for path in paths:
+                began = time.perf_counter()
                 try:
                     if conn is None:
                         conn = http.client.HTTPConnection(url.netloc, timeout=30)
@@ -221,6 +230,7 @@ class _Worker:
                     if resp.status != 200:
                         raise OSError(f"{path} answered {resp.status}")
                     self.counts[counter] += 1
+                    self.calls.setdefault(path, []).append((began, time.perf_counter()))
                 except (OSError, http.client.HTTPException):
                     self.counts["failures"] += 1
                     if conn is not None:
@@ -234,7 +244,7 @@ class _Worker:
         console = ["/review/items?limit=50", "/review/items/bench00000001/0"]
         jobs: dict[str, tuple[Callable[..., None], tuple[Any, ...]]] = {
             "metrics": (self._every_second, (["/metrics"], "scrapes")),
-            "console": (self._every_second, (console, "console_calls")),
+            "console": (self._every_second, (console, "console_calls", self._console_offset)),
         }
         for part in self._parts:
             if part not in jobs:
@@ -269,6 +279,7 @@ class ControlLoad:
         parts: tuple[str, ...] = PARTS,
         client_cpus: set[int] | None = None,
         verify_pace: float | None = None,
+        console_offset: float = 0.5,
     ) -> None:
         # An operator's command run beside the sidecar (`kubectl exec` shares its container's
         # CPU): niced, on the sidecar's core unless told otherwise. `audit verify` lowers its
@@ -284,6 +295,7 @@ class ControlLoad:
                 "parts": list(parts),
                 "verify_cpus": sorted(verify_cpus) if verify_cpus else None,
                 "db": os.path.realpath(db),
+                "console_offset": console_offset,
             }
         )
         # Prometheus and a reviewer's browser are outside the pod: the load generator's core.
@@ -296,6 +308,8 @@ class ControlLoad:
             "verifies": 0,
             "failures": 0,
         }
+        # Each path's calls, as `_Worker.calls`.
+        self.calls: dict[str, list[tuple[float, float]]] = {}
 
     def open(self) -> None:
         proc = subprocess.Popen(
@@ -327,7 +341,10 @@ class ControlLoad:
         self._ask("start")
 
     def stop(self) -> None:
-        for k, v in json.loads(self._ask("stop")).items():
+        done = json.loads(self._ask("stop"))
+        for path, calls in done.pop("calls", {}).items():
+            self.calls.setdefault(path, []).extend((float(s), float(e)) for s, e in calls)
+        for k, v in done.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
 
     def close(self) -> None:
@@ -355,7 +372,7 @@ def main(argv: list[str]) -> int:
                 verifier.start_paused()
                 answer = cmd
             elif cmd == "start":
-                worker = _Worker(spec["url"], parts)
+                worker = _Worker(spec["url"], parts, spec["console_offset"])
                 worker.start()
                 if verifier is not None:
                     verifier.resume()
@@ -364,10 +381,11 @@ def main(argv: list[str]) -> int:
                 if verifier is not None:
                     verifier.pause()
                 worker.stop()
-                counts = dict(worker.counts)
+                counts: dict[str, Any] = dict(worker.counts)
                 if verifier is not None:
                     for k, v in verifier.take_counts().items():
                         counts[k] = counts.get(k, 0) + v
+                counts["calls"] = worker.calls
                 answer = json.dumps(counts)
                 worker = None
             else:

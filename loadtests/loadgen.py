@@ -73,6 +73,9 @@ class LoadResult:
     it found idle): counted here, never as a request's latency; the connection is replaced."""
     backlogged: int = 0
     lags: list[float] = field(default_factory=list)
+    t0: float = 0.0
+    """`time.perf_counter()` when the timetable began: `starts` are relative to it (the
+    clock is the machine's monotonic one, so other processes' times compare with it)."""
     elapsed_s: float = 0.0
     cpu_s: float = 0.0
 
@@ -294,7 +297,7 @@ async def run_load(
     gc.disable()
     try:
         cpu0 = time.process_time()
-        t0 = gen.t0 = _perf() + 0.005
+        t0 = gen.t0 = result.t0 = _perf() + 0.005
         i = 0
         while i < total:
             now = _perf()

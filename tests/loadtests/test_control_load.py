@@ -116,3 +116,44 @@ def test_the_clients_keep_one_connection_each_and_count_what_fails() -> None:
     scrapes, items = worker.counts["scrapes"], worker.counts["failures"]
     # One connection for the scrapes and one for the console, plus one per failed item.
     assert seen["connections"] <= 2 + items and scrapes >= 2
+    # Each call that answered is timed, by path, for the harness to line the tail up with.
+    assert len(worker.calls["/metrics"]) == scrapes
+    assert "/review/items/bench00000001/0" not in worker.calls
+    assert all(0 <= end - start < 10 for start, end in worker.calls["/metrics"])
+
+
+def test_the_console_ticks_its_offset_after_the_scrape() -> None:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        worker = _Worker(
+            f"http://127.0.0.1:{server.server_address[1]}", ("metrics", "console"), 0.4
+        )
+        worker.start()
+        wait_until(
+            lambda: worker.counts["console_calls"] >= 4,
+            timeout_s=10,
+            what="two seconds of console calls",
+        )
+        worker.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    scrapes = [start for start, _ in worker.calls["/metrics"]]
+    pages = [start for start, _ in worker.calls["/review/items?limit=50"]]
+    # Each queue page about 0.4 s after the scrape before it, never in the same burst (wide
+    # bounds: a busy machine may start a thread late, never by a whole offset both ways).
+    for page in pages:
+        gap = page - max((s for s in scrapes if s <= page), default=page - 1.0)
+        assert 0.2 < gap < 0.8

@@ -313,3 +313,26 @@ def test_the_control_load_ratio_comes_with_an_interval_over_its_rounds() -> None
     working[2].latencies = [x * 3.0 for x in working[2].latencies]
     lo, hi = round_ratio_ci(_rounds(1.0), working, 99)
     assert lo <= 1.0 < hi
+
+
+def test_slow_requests_are_lined_up_against_the_control_calls() -> None:
+    from loadtests.bench_proxy import tail_near_calls
+    from loadtests.loadgen import LoadResult
+
+    quiet = LoadResult(rate=1, duration_s=1, latencies=[0.002] * 100, starts=[0.0] * 100)
+    # Requests every 10 ms from t0 = 100 s, 1 ms each; two of them 5 ms long.
+    starts = [i * 0.01 for i in range(100)]
+    lat = [0.001] * 100
+    lat[10] = lat[50] = 0.005
+    working = LoadResult(rate=1, duration_s=1, latencies=lat, starts=starts, t0=100.0)
+    # One call from 100.095 to 100.099: request 10 (100.100-100.105) begins within 2 ms of
+    # its end; request 9 (100.090-100.091) ended before it began; request 50 is far from it.
+    near = tail_near_calls([quiet], [working], [(100.095, 100.099)])
+    assert near["slow"] == 2 and near["slow_near_calls"] == 1
+    assert near["share_of_slow_near_calls"] == 0.5
+    assert near["share_of_all_near_calls"] == 0.01
+    # Two overlapping calls, the earlier one longer: a request after the later one's end
+    # but within the earlier one's is near.
+    near = tail_near_calls([quiet], [working], [(100.40, 100.52), (100.45, 100.46)])
+    assert near["slow_near_calls"] == 1 and near["share_of_all_near_calls"] == 0.13
+    assert tail_near_calls([quiet], [working], [])["slow_near_calls"] == 0
