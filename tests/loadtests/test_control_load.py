@@ -8,6 +8,7 @@ import os
 import sqlite3
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -73,6 +74,27 @@ def test_a_check_that_ends_is_started_again_and_counted(tmp_path: Path) -> None:
     assert counts["verify_starts"] >= counts["verifies"] >= 2
 
 
+def _worked_against(
+    handler: type[BaseHTTPRequestHandler],
+    console_offset: float,
+    done: Callable[[_Worker], bool],
+    what: str,
+) -> _Worker:
+    """A `_Worker` (scrapes and console) run against a server of `handler` until `done`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        worker = _Worker(url, ("metrics", "console"), console_offset)
+        worker.start()
+        wait_until(lambda: done(worker), timeout_s=10, what=what)
+        worker.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return worker
+
+
 def test_the_clients_keep_one_connection_each_and_count_what_fails() -> None:
     seen: dict[str, int] = {"connections": 0}
     paths: list[str] = []
@@ -96,20 +118,12 @@ def test_the_clients_keep_one_connection_each_and_count_what_fails() -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        worker = _Worker(f"http://127.0.0.1:{server.server_address[1]}", ("metrics", "console"))
-        worker.start()
-        wait_until(
-            lambda: worker.counts["scrapes"] >= 2 and worker.counts["failures"] >= 2,
-            timeout_s=10,
-            what="two scrapes and two failed item pages",
-        )
-        worker.stop()
-    finally:
-        server.shutdown()
-        server.server_close()
+    worker = _worked_against(
+        Handler,
+        0.0,
+        lambda w: w.counts["scrapes"] >= 2 and w.counts["failures"] >= 2,
+        "two scrapes and two failed item pages",
+    )
     # The item page answered 500: each is a failure, and its client connects afresh.
     assert worker.counts["failures"] == worker.counts["console_calls"] >= 2
     assert paths.count("/metrics") == worker.counts["scrapes"]
@@ -134,22 +148,9 @@ def test_the_console_ticks_its_offset_after_the_scrape() -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        worker = _Worker(
-            f"http://127.0.0.1:{server.server_address[1]}", ("metrics", "console"), 0.4
-        )
-        worker.start()
-        wait_until(
-            lambda: worker.counts["console_calls"] >= 4,
-            timeout_s=10,
-            what="two seconds of console calls",
-        )
-        worker.stop()
-    finally:
-        server.shutdown()
-        server.server_close()
+    worker = _worked_against(
+        Handler, 0.4, lambda w: w.counts["console_calls"] >= 4, "two seconds of console calls"
+    )
     scrapes = [start for start, _ in worker.calls["/metrics"]]
     pages = [start for start, _ in worker.calls["/review/items?limit=50"]]
     # Each queue page about 0.4 s after the scrape before it, never in the same burst (wide
