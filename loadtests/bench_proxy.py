@@ -57,7 +57,7 @@ import numpy as np
 import uvloop
 
 from loadtests import saturation
-from loadtests.control_load import PARTS, ControlLoad, prepare
+from loadtests.control_load import CONSOLE_OFFSET_S, PARTS, ControlLoad, prepare
 from loadtests.idle import idle_cpus
 from loadtests.loadgen import LoadResult, run_load
 from loadtests.nginx import NginxProcess
@@ -382,9 +382,10 @@ def tail_near_calls(
     near one: equal shares say the slow ones were slow whenever they ran (colder caches, a
     busier core), a larger share that the calls' own bursts delayed them."""
     threshold = 1000.0 * float(np.percentile(np.concatenate([r.latencies for r in quiet]), 99))
-    starts = np.asarray(sorted(s for s, _ in calls))
+    ordered = np.asarray(sorted(calls)).reshape(-1, 2)
+    starts = ordered[:, 0]
     # The latest end of any call started by each start: calls of two clients may overlap.
-    ends = np.maximum.accumulate(np.asarray([e for _, e in sorted(calls)])) + margin_s
+    ends = np.maximum.accumulate(ordered[:, 1]) + margin_s
     total = slow = slow_near = near = 0
     for r in working:
         a = r.t0 + np.asarray(r.starts)
@@ -706,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--console-offset",
         type=float,
-        default=0.5,
+        default=CONSOLE_OFFSET_S,
         metavar="S",
         help="with --control-load: the console's calls begin S seconds after each scrape (a"
         " Prometheus and a browser tick on their own clocks); 0 puts them in one burst with the"

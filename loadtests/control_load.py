@@ -3,8 +3,8 @@
 While it runs: `/metrics` is scraped every second, a reviewer's console is open
 (its queue page and one item fetched every second, as the console does when a
 reviewer works the queue, `console_offset` seconds after each scrape: a Prometheus
-and a browser tick on their own clocks; 0 puts the two calls in one burst), and `sidecar audit verify` runs (niced, on the sidecar's
-core) over a review database pre-filled with `items` review items and an audit chain
+and a browser tick on their own clocks; 0 puts the two calls in one burst), and
+`sidecar audit verify` runs (niced, on the sidecar's core) over a review database pre-filled with `items` review items and an audit chain
 of `chain` records. Each of these used to run on (or lock against) the loop that
 forwards inference calls.
 
@@ -109,6 +109,8 @@ def _extend_chain(db: Path, records: int) -> None:
 
 
 PARTS = ("metrics", "console", "verify")
+# Seconds from each scrape to the console's calls (module doc).
+CONSOLE_OFFSET_S = 0.5
 
 
 class _Verifier:
@@ -197,9 +199,7 @@ class _Worker:
     """The control-plane work itself, in threads, until `stop`: what `python -m
     loadtests.control_load` runs."""
 
-    def __init__(
-        self, control_url: str, parts: tuple[str, ...], console_offset: float = 0.0
-    ) -> None:
+    def __init__(self, control_url: str, parts: tuple[str, ...], console_offset: float) -> None:
         self._url = control_url.rstrip("/")
         self._parts = parts
         self._console_offset = console_offset
@@ -279,7 +279,7 @@ class ControlLoad:
         parts: tuple[str, ...] = PARTS,
         client_cpus: set[int] | None = None,
         verify_pace: float | None = None,
-        console_offset: float = 0.5,
+        console_offset: float = CONSOLE_OFFSET_S,
     ) -> None:
         # An operator's command run beside the sidecar (`kubectl exec` shares its container's
         # CPU): niced, on the sidecar's core unless told otherwise. `audit verify` lowers its
