@@ -173,6 +173,6 @@ def create_hub_app(
         FastLookup,
         lookup=lookup,
         pool=lookup_pool,
-        require=authenticator.require(*LOOKUP_ROLES),
+        require=authenticator.check(*LOOKUP_ROLES),
     )
     return app

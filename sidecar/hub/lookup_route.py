@@ -23,12 +23,11 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPAuthorizationCredentials
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from sidecar.control.auth import BEARER, Authenticator, Principal, Role
+from sidecar.control.auth import Authenticator, Principal, Role
 from sidecar.control.lookup import Explanations, Source
 from sidecar.hub.db import AsyncConn, Conn
 from sidecar.hub.lookup import ID_WINDOW_S, decision_dict, id_time
@@ -57,7 +56,6 @@ ONE_STATEMENT = _COLUMNS.format(
 ONE_STATEMENT_UNBOUNDED = _COLUMNS.format(since="", window="")
 _BOUNDED, _UNBOUNDED = ONE_STATEMENT.encode(), ONE_STATEMENT_UNBOUNDED.encode()
 
-_BEARER = Security(BEARER)
 # Who may look a decision up (the route, and `sidecar.hub.lookup_fast` in front of it).
 LOOKUP_ROLES: tuple[Role, ...] = ("reviewer", "auditor", "admin")
 
@@ -217,22 +215,8 @@ def create_lookup_router(
 ) -> APIRouter:
     """GET /decisions/{id} and /decisions/{id}/{row}, answered by `lookup` (a `Lookup`, which
     `sidecar.hub.lookup_fast` answers the plain case with too)."""
-    # FastAPI runs every plain-function dependency in its thread pool, one hop each: with the
-    # handler's own that was three thread hand-offs per lookup, which on a busy machine cost
-    # more at p99 than the statement. The checks are cheap and never block (a dictionary
-    # look-up), so they run on the loop, and the handler makes the one hop, for the database.
-    require = authenticator.require(*LOOKUP_ROLES)
-
-    async def refuse_unknown(request: Request) -> None:
-        refuse_unknown_query(request)
-
-    async def caller(
-        credentials: HTTPAuthorizationCredentials | None = _BEARER,
-    ) -> Principal:
-        return require(credentials)
-
-    router = APIRouter(dependencies=[Depends(refuse_unknown)])
-    anyone = Depends(caller)
+    router = APIRouter(dependencies=[Depends(refuse_unknown_query)])
+    anyone = Depends(authenticator.require(*LOOKUP_ROLES))
     codes = {401: "Missing or unknown bearer token", 403: "Role forbids", 404: "No such decision"}
     responses: dict[int | str, dict[str, Any]] = {
         c: {"model": ErrorOut, "description": d} for c, d in codes.items()

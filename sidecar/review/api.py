@@ -75,8 +75,10 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def refuse_unknown_query(request: Request) -> None:
-    """422 for query parameters the route does not take: a typo must not silently widen a filter."""
+async def refuse_unknown_query(request: Request) -> None:
+    """422 for query parameters the route does not take: a typo must not silently widen a filter.
+
+    A coroutine, so FastAPI runs it on the loop, not with a thread-pool hop: it never blocks."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not request.query_params:
         return

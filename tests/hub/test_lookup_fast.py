@@ -138,7 +138,7 @@ def apps(hub_database: str) -> Iterator[Apps]:
         pool=cast(
             AsyncConnectionPool[AsyncConn], CountingAsyncPool(async_pool(hub_database, 2), seen)
         ),
-        require=authenticator.require(*LOOKUP_ROLES),
+        require=authenticator.check(*LOOKUP_ROLES),
     )
     with connect(hub_database) as conn:
         rows = Rows()
