@@ -11,6 +11,7 @@ thread pool and the event loop never waits on the database.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -146,6 +147,10 @@ def create_review_router(
 
     `explanations` is shared with other routers that read explanations (one cache);
     `reasons_of` adds the principal reasons to the lookup."""
+    # Every route is a coroutine and makes at most one thread-pool hop, for the store or the
+    # bridge: FastAPI runs a plain-function route in its thread pool and then its response's
+    # validation in a second hop. Each hop is a burst of work beside the data plane on a
+    # shared core; /review/me cost 0.31 ms of CPU as a plain function, 0.08 as a coroutine.
     router = APIRouter(dependencies=[Depends(refuse_unknown_query)])
     if explanations is None:
         explanations = Explanations(
@@ -176,13 +181,21 @@ def create_review_router(
             item, show(who), explanation, error, None if contest is None else contest.to_dict()
         )
 
+    def changed(transition: Callable[[str, str], object], item_id: str, who: Principal) -> ItemOut:
+        """A claim or a release, then the item as it is now."""
+        try:
+            transition(item_id, who.name)
+        except ReviewError as exc:
+            raise _refused(exc) from None
+        return detail(item_id, who)
+
     @router.get("/review/me", tags=tags, responses=_errors(401))
-    def me(who: Principal = anyone) -> MeOut:
+    async def me(who: Principal = anyone) -> MeOut:
         """Who the token belongs to (the console's login check)."""
         return MeOut(name=who.name, role=who.role, sees_group_attributes=show(who))
 
     @router.get("/review/items", tags=tags, responses=_errors(401, 403, 422))
-    def list_items(
+    async def list_items(
         who: Principal = anyone,
         status: Literal["pending", "claimed", "decided"] | None = None,
         reason: Annotated[str | None, Query(max_length=128)] = None,
@@ -195,59 +208,60 @@ def create_review_router(
         limit: int = Query(min(50, page_size), ge=1, le=page_size),
     ) -> ItemPageOut:
         """The queue, oldest first, with filters; `mine` keeps the caller's claims."""
-        items = store.list_items(
-            status=status,
-            reason=reason,
-            model=model,
-            claimed_by=who.name if mine else None,
-            after=after,
-            limit=limit + 1,
-        )
-        more = len(items) > limit
-        items = items[:limit]
-        return ItemPageOut(
-            items=[summary_out(i) for i in items],
-            next_after=items[-1].seq if more else None,
-            counts=store.counts(),
-        )
+
+        def page() -> ItemPageOut:
+            items = store.list_items(
+                status=status,
+                reason=reason,
+                model=model,
+                claimed_by=who.name if mine else None,
+                after=after,
+                limit=limit + 1,
+            )
+            more = len(items) > limit
+            items = items[:limit]
+            return ItemPageOut(
+                items=[summary_out(i) for i in items],
+                next_after=items[-1].seq if more else None,
+                counts=store.counts(),
+            )
+
+        return await run_in_threadpool(page)
 
     @router.get("/review/items/{request_id}", tags=tags, responses=_errors(401, 403, 404, 422))
-    def get_item_first_row(request_id: RequestId, who: Principal = anyone) -> ItemOut:
+    async def get_item_first_row(request_id: RequestId, who: Principal = anyone) -> ItemOut:
         """A review item by its decision id's request part (row 0); also a hold ticket's status."""
-        return detail(f"{request_id}/0", who)
+        return await run_in_threadpool(detail, f"{request_id}/0", who)
 
     @router.get(
         "/review/items/{request_id}/{row}", tags=tags, responses=_errors(401, 403, 404, 422)
     )
-    def get_item(request_id: RequestId, row: Row, who: Principal = anyone) -> ItemOut:
+    async def get_item(request_id: RequestId, row: Row, who: Principal = anyone) -> ItemOut:
         """A review item: the decision, its explanation, its state and, when held, the final outcome."""
-        return detail(f"{request_id}/{row}", who)
+        return await run_in_threadpool(detail, f"{request_id}/{row}", who)
 
     @router.post(
         "/review/items/{request_id}/{row}/claim",
         tags=tags,
         responses=_errors(401, 403, 404, 409, 422),
     )
-    def claim(request_id: RequestId, row: Row, who: Principal = deciders) -> ItemOut:
+    async def claim(request_id: RequestId, row: Row, who: Principal = deciders) -> ItemOut:
         """Take the item for `review.lease_seconds` (claiming again renews); 409 when someone else holds it."""
-        try:
-            store.claim(f"{request_id}/{row}", who.name)
-        except ReviewError as exc:
-            raise _refused(exc) from None
-        return detail(f"{request_id}/{row}", who)
+        return await run_in_threadpool(changed, store.claim, f"{request_id}/{row}", who)
 
     @router.post(
         "/review/items/{request_id}/{row}/release",
         tags=tags,
         responses=_errors(401, 403, 404, 409, 422),
     )
-    def release(request_id: RequestId, row: Row, who: Principal = deciders) -> ItemOut:
+    async def release(request_id: RequestId, row: Row, who: Principal = deciders) -> ItemOut:
         """Give a claim back to the queue (an admin may release anyone's)."""
-        try:
-            store.release(f"{request_id}/{row}", who.name, force=who.role == "admin")
-        except ReviewError as exc:
-            raise _refused(exc) from None
-        return detail(f"{request_id}/{row}", who)
+        return await run_in_threadpool(
+            changed,
+            partial(store.release, force=who.role == "admin"),
+            f"{request_id}/{row}",
+            who,
+        )
 
     @router.post(
         "/review/items/{request_id}/{row}/decision",
@@ -283,23 +297,27 @@ def create_review_router(
         tags=tags,
         responses=_errors(401, 403, 404, 422),
     )
-    def history(request_id: RequestId, row: Row, who: Principal = anyone) -> AuditPageOut:
+    async def history(request_id: RequestId, row: Row, who: Principal = anyone) -> AuditPageOut:
         """The item's audit records, oldest first."""
         item_id = f"{request_id}/{row}"
-        if store.get(item_id) is None:
-            raise HTTPException(404, f"no review item {item_id}")
-        return AuditPageOut(
-            records=[record_out(r) for r in store.history(item_id)], next_after=None
-        )
+
+        def page() -> AuditPageOut:
+            if store.get(item_id) is None:
+                raise HTTPException(404, f"no review item {item_id}")
+            return AuditPageOut(
+                records=[record_out(r) for r in store.history(item_id)], next_after=None
+            )
+
+        return await run_in_threadpool(page)
 
     @router.get("/review/audit", tags=tags, responses=_errors(401, 403, 422))
-    def audit_records(
+    async def audit_records(
         who: Principal = auditors,
         after: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
         limit: int = Query(min(50, page_size), ge=1, le=page_size),
     ) -> AuditPageOut:
         """The audit chain, from `after` (a seq)."""
-        recs = store.audit_records(after=after, limit=limit + 1)
+        recs = await run_in_threadpool(store.audit_records, after=after, limit=limit + 1)
         more = len(recs) > limit
         recs = recs[:limit]
         return AuditPageOut(
@@ -307,21 +325,21 @@ def create_review_router(
         )
 
     @router.get("/review/audit/head", tags=tags, responses=_errors(401, 403))
-    def audit_head(who: Principal = anyone) -> AuditHeadOut:
+    async def audit_head(who: Principal = anyone) -> AuditHeadOut:
         """The newest record's seq and hash: keep it to detect truncation later."""
-        seq, digest = store.audit_head()
+        seq, digest = await run_in_threadpool(store.audit_head)
         return AuditHeadOut(seq=seq, hash=digest)
 
     @router.get("/review/audit/verify", tags=tags, responses=_errors(401, 403, 422))
-    def audit_verify(
+    async def audit_verify(
         who: Principal = auditors,
         head: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
     ) -> Any:
         """Walk the chain; `head` is a hash kept earlier, to catch truncation."""
-        return verify_out(store.verify(head))
+        return verify_out(await run_in_threadpool(store.verify, head))
 
     @router.get("/decisions", tags=["decisions"], responses=_errors(401, 403, 422))
-    def list_by_request(
+    async def list_by_request(
         request_id: Annotated[
             str,
             Query(
@@ -337,23 +355,25 @@ def create_review_router(
     ) -> DecisionPageOut:
         """Every recent decision that carries the client's request id, oldest first, a page at
         a time: a reused id (retries, a constant id) lists each call's decisions."""
-        found, more = explanations.by_request(request_id, after=after, limit=limit)
+        found, more = await run_in_threadpool(
+            explanations.by_request, request_id, after=after, limit=limit
+        )
         page = [decision_out(d, show(who)) for d in found]
         return DecisionPageOut(decisions=page, next_after=page[-1].decision_id if more else None)
 
     @router.get(
         "/decisions/{request_id}", tags=["decisions"], responses=_errors(401, 403, 404, 422)
     )
-    def lookup_first_row(request_id: RequestId, who: Principal = anyone) -> LookupOut:
+    async def lookup_first_row(request_id: RequestId, who: Principal = anyone) -> LookupOut:
         """A decision (row 0 of the request) and why it was made."""
-        return lookup(f"{request_id}/0", who)
+        return await run_in_threadpool(lookup, f"{request_id}/0", who)
 
     @router.get(
         "/decisions/{request_id}/{row}", tags=["decisions"], responses=_errors(401, 403, 404, 422)
     )
-    def lookup_row(request_id: RequestId, row: Row, who: Principal = anyone) -> LookupOut:
+    async def lookup_row(request_id: RequestId, row: Row, who: Principal = anyone) -> LookupOut:
         """A decision and why it was made: its explanation, computed now if it was not sampled."""
-        return lookup(f"{request_id}/{row}", who)
+        return await run_in_threadpool(lookup, f"{request_id}/{row}", who)
 
     def lookup(decision_id: str, who: Principal) -> LookupOut:
         found = explanations.find(decision_id)
