@@ -15,7 +15,7 @@ program, the whole process is lowered from its first line (`sidecar.cli`), so it
 start-up does not run at the caller's priority either.
 
 Priority does not reach what the VM's cores share underneath, so the local check is
-also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about 3% of a
+also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about 1.5% of a
 core here; `--max-records-per-s`, 0 for no limit). A hub's chain is checked off the
 pods, against PostgreSQL, so `--hub` is not paced unless asked.
 """
@@ -35,10 +35,13 @@ from sidecar.priority import LOWEST_NICE, lower_thread
 from sidecar.review import audit
 
 NICE = LOWEST_NICE
-# The local check's default pace: reading and hashing a record takes about 15 us of CPU
-# on this project's reference machine, so 2,000 a second is about 3% of a core, and a
-# chain of 20,000 review actions takes 10 s.
-LOCAL_RECORDS_PER_S = 2000
+# The local check's default pace: a chain of 20,000 review actions takes 20 s. Beside a
+# serving sidecar on its one core, 2,000 a second (19 ms of CPU a second, most of it the
+# wake-ups' cold caches) made every proxied request dearer: the data plane's own CPU per
+# request +7%, its p50 1.07x (1.02-1.14) with nothing else running (2026-12-01 18:55).
+# At 1,000 a second, with the scrapes and the console too: +2%, p50 1.01x (0.98-1.05),
+# p99 1.03x (0.84-1.20) (19:10; loadtests/RESULTS.md).
+LOCAL_RECORDS_PER_S = 1000
 
 T = TypeVar("T")
 
