@@ -357,6 +357,11 @@ def round_ratio_ci(
     return float(lo), float(hi)
 
 
+# A request in flight up to this long after a control call's end is near it (the report
+# says so in these words).
+NEAR_MARGIN_S = 0.002
+
+
 def _tail_near_each(
     quiet: list[LoadResult], working: list[LoadResult], calls: dict[str, list[tuple[float, float]]]
 ) -> dict[str, dict[str, float]]:
@@ -371,7 +376,7 @@ def tail_near_calls(
     quiet: list[LoadResult],
     working: list[LoadResult],
     calls: list[tuple[float, float]],
-    margin_s: float = 0.002,
+    margin_s: float = NEAR_MARGIN_S,
 ) -> dict[str, float]:
     """Whether the working path's slow requests line up with the control plane's calls.
 
@@ -554,7 +559,7 @@ def report(result: dict[str, Any]) -> str:
                 f"the +control rounds' requests slower than the quiet p99"
                 f" ({a['quiet_p99_ms']:.3f} ms): {a['slow']} ({a['slow_share']:.2%} of"
                 f" them), {a['share_of_slow_near_calls']:.1%} in flight during a scrape or"
-                f" console call or 2 ms after it, against {a['share_of_all_near_calls']:.1%}"
+                f" console call or {NEAR_MARGIN_S * 1e3:g} ms after it, against {a['share_of_all_near_calls']:.1%}"
                 f" of all their requests ({a['calls']} calls; by call: {each})"
             )
     if "hostile_load" in result:

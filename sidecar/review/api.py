@@ -182,7 +182,7 @@ def create_review_router(
         )
 
     def changed(transition: Callable[[str, str], object], item_id: str, who: Principal) -> ItemOut:
-        """A claim or a release, then the item as it is now."""
+        """A claim, a release or a decision, then the item as it is now: one thread hop."""
         try:
             transition(item_id, who.name)
         except ReviewError as exc:
@@ -283,14 +283,10 @@ def create_review_router(
             raise HTTPException(
                 422, f"reason is longer than {max_reason} characters (review.max_reason_chars)"
             )
-        item_id = f"{request_id}/{row}"
-        try:
-            await run_in_threadpool(
-                store.decide, item_id, who.name, body.action, body.outcome, body.reason.strip()
-            )
-        except ReviewError as exc:
-            raise _refused(exc) from None
-        return await run_in_threadpool(detail, item_id, who)
+        verdict = partial(
+            store.decide, action=body.action, outcome=body.outcome, reason=body.reason.strip()
+        )
+        return await run_in_threadpool(changed, verdict, f"{request_id}/{row}", who)
 
     @router.get(
         "/review/items/{request_id}/{row}/history",
