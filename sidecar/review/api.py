@@ -210,7 +210,7 @@ def create_review_router(
         """The queue, oldest first, with filters; `mine` keeps the caller's claims."""
 
         def page() -> ItemPageOut:
-            items = store.list_items(
+            items = store.list_summaries(
                 status=status,
                 reason=reason,
                 model=model,

@@ -97,6 +97,62 @@ class ReviewItem:
         return str(self.decision.get("model_name", ""))
 
 
+# What a queue page shows of an item's decision: model name, version, prediction and
+# confidence (`decision_facts`).
+DecisionFacts = tuple[str, Any, Any, Any]
+
+
+def decision_facts(decision: dict[str, Any]) -> DecisionFacts:
+    return (
+        str(decision.get("model_name", "")),
+        decision.get("model_version"),
+        decision.get("prediction"),
+        decision.get("confidence"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSummary:
+    """An item as a queue page shows it: its state, and four facts of its decision."""
+
+    item_id: str
+    seq: int
+    created: float
+    reason: str
+    mode: str
+    status: Status
+    model_name: str
+    model_version: Any
+    prediction: Any
+    confidence: Any
+    claimed_by: str | None
+    lease_expires: float | None
+    action: Action | None
+    decided_by: str | None
+    decided_at: float | None
+
+    @classmethod
+    def of(cls, item: ReviewItem) -> ItemSummary:
+        name, version, prediction, confidence = decision_facts(item.decision)
+        return cls(
+            item_id=item.item_id,
+            seq=item.seq,
+            created=item.created,
+            reason=item.reason,
+            mode=item.mode,
+            status=item.status,
+            model_name=name,
+            model_version=version,
+            prediction=prediction,
+            confidence=confidence,
+            claimed_by=item.claimed_by,
+            lease_expires=item.lease_expires,
+            action=item.action,
+            decided_by=item.decided_by,
+            decided_at=item.decided_at,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Contest:
     """A decision contested by the person it is about (one per decision)."""
@@ -169,6 +225,29 @@ class ReviewStore(abc.ABC):
         limit: int = 50,
     ) -> list[ReviewItem]:
         """Items in queue order (oldest first), after the cursor `after` (an item's seq)."""
+
+    def list_summaries(
+        self,
+        *,
+        status: Status | None = None,
+        reason: str | None = None,
+        model: str | None = None,
+        claimed_by: str | None = None,
+        after: int = 0,
+        limit: int = 50,
+    ) -> list[ItemSummary]:
+        """`list_items`' page as a queue page shows it (a store may read less for it)."""
+        return [
+            ItemSummary.of(i)
+            for i in self.list_items(
+                status=status,
+                reason=reason,
+                model=model,
+                claimed_by=claimed_by,
+                after=after,
+                limit=limit,
+            )
+        ]
 
     @abc.abstractmethod
     def claim(self, item_id: str, reviewer: str) -> ReviewItem:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sidecar.review.audit import AuditRecord, VerifyResult
-from sidecar.review.model import ReviewItem
+from sidecar.review.model import ItemSummary, ReviewItem
 
 
 class ErrorOut(BaseModel):
@@ -196,24 +196,24 @@ def decision_out(d: dict[str, Any], show_groups: bool) -> DecisionOut:
     )
 
 
-def summary_out(item: ReviewItem) -> ItemSummaryOut:
-    d = item.decision
+def summary_out(item: ReviewItem | ItemSummary) -> ItemSummaryOut:
+    s = item if isinstance(item, ItemSummary) else ItemSummary.of(item)
     return ItemSummaryOut(
-        item_id=item.item_id,
-        seq=item.seq,
-        created=item.created,
-        reason=item.reason,
-        mode=item.mode,
-        status=item.status,
-        model_name=item.model_name,
-        model_version=d.get("model_version"),
-        prediction=d.get("prediction"),
-        confidence=d.get("confidence"),
-        claimed_by=item.claimed_by,
-        lease_expires=item.lease_expires,
-        action=item.action,
-        decided_by=item.decided_by,
-        decided_at=item.decided_at,
+        item_id=s.item_id,
+        seq=s.seq,
+        created=s.created,
+        reason=s.reason,
+        mode=s.mode,
+        status=s.status,
+        model_name=s.model_name,
+        model_version=s.model_version,
+        prediction=s.prediction,
+        confidence=s.confidence,
+        claimed_by=s.claimed_by,
+        lease_expires=s.lease_expires,
+        action=s.action,
+        decided_by=s.decided_by,
+        decided_at=s.decided_at,
     )
 
 

@@ -9,7 +9,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sidecar.review.store import Conflict, Forbidden, NotFound
+from sidecar.metrics import Registry
+from sidecar.review import store as store_module
+from sidecar.review.model import ItemSummary, decision_to_dict
+from sidecar.review.store import Conflict, Forbidden, NotFound, SqliteReviewStore
+from sidecar.sinks.null import NullSink
 from tests.review.review_helpers import ReviewEnv, build_env, make_decision
 
 SCHEMA = json.loads(
@@ -243,3 +247,55 @@ def test_an_item_whose_features_are_not_finite_reads_back_as_stored(env: ReviewE
         got[0] != got[0] and got[1] == float("inf") and got[2] == 2**70 and got[3:] == features[3:]
     )
     assert env.store.get("nf/0").explanation == {"top": ["a"]}
+
+
+def test_queue_page_summaries_are_the_items_own(
+    env: ReviewEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue page reads summaries (its columns, and each decision's facts kept once per
+    item), not whole items: page for page they are what the items say, whichever process
+    queued the item, and however few facts are kept."""
+    monkeypatch.setattr(store_module, "_FACTS_KEPT", 3)
+    store = env.store
+    for i in range(6):
+        store.enqueue(
+            make_decision(f"s{i}", confidence=0.5 + i / 100, reason="band" if i % 2 else "low")
+        )
+    store.enqueue(make_decision("nan", features=[float("nan")] * 10))
+    store.claim("s1/0", "alice")
+    store.claim("s2/0", "bob")
+    store.decide("s2/0", "bob", "override", "approve", "checked")
+    store.contest(
+        decision_to_dict(make_decision("front", review=None, reason=None)),
+        actor="cara",
+        statement="wrong",
+        corrected=None,
+        rescore=None,
+        reasons=None,
+    )
+    # Another process (the data plane's own store) queues into the same database.
+    registry = Registry()
+    other = SqliteReviewStore(env.db_path, sink=NullSink(registry), registry=registry)
+    other.enqueue(make_decision("late", confidence=0.51))
+    other.close()
+    pages = [
+        {},
+        {"limit": 2},
+        {"status": "pending"},
+        {"status": "decided"},
+        {"reason": "band"},
+        {"claimed_by": "alice"},
+        {"model": "credit", "limit": 4},
+        {"model": "other"},
+    ]
+    for _ in range(2):  # the facts read, then (some) kept
+        for kw in pages:
+            items = store.list_items(**kw)  # type: ignore[arg-type]
+            assert store.list_summaries(**kw) == [ItemSummary.of(i) for i in items], kw  # type: ignore[arg-type]
+        after, seen = 0, []
+        while page := store.list_summaries(after=after, limit=3):
+            seen += [s.item_id for s in page]
+            after = page[-1].seq
+        assert seen == [i.item_id for i in store.list_items(limit=100)]
+        assert seen[0] == "front/0" and "late/0" in seen and len(seen) == 9
+        assert len(store._facts) <= 3
