@@ -559,8 +559,9 @@ def report(result: dict[str, Any]) -> str:
                 f"the +control rounds' requests slower than the quiet p99"
                 f" ({a['quiet_p99_ms']:.3f} ms): {a['slow']} ({a['slow_share']:.2%} of"
                 f" them), {a['share_of_slow_near_calls']:.1%} in flight during a scrape or"
-                f" console call or {NEAR_MARGIN_S * 1e3:g} ms after it, against {a['share_of_all_near_calls']:.1%}"
-                f" of all their requests ({a['calls']} calls; by call: {each})"
+                f" console call or {NEAR_MARGIN_S * 1e3:g} ms after it, against"
+                f" {a['share_of_all_near_calls']:.1%} of all their requests ({a['calls']} calls;"
+                f" by call: {each})"
             )
     if "hostile_load" in result:
         hl = result["hostile_load"]

@@ -5,8 +5,8 @@ While it runs: `/metrics` is scraped every second, a reviewer's console is open
 reviewer works the queue, `console_offset` seconds after each scrape: a Prometheus
 and a browser tick on their own clocks; 0 puts the two calls in one burst), and
 `sidecar audit verify` runs (niced, on the sidecar's core) over a review database
-pre-filled with `items` review items and an audit chain of `chain` records. Each of these used to run on (or lock against) the loop that
-forwards inference calls.
+pre-filled with `items` review items and an audit chain of `chain` records. Each of
+these used to run on (or lock against) the loop that forwards inference calls.
 
 The verify is one long check, as an operator runs it: started before the rounds and
 paused (SIGSTOP) between the `+control` rounds, so each of them measures a check under

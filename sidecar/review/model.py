@@ -97,12 +97,9 @@ class ReviewItem:
         return str(self.decision.get("model_name", ""))
 
 
-# What a queue page shows of an item's decision: model name, version, prediction and
-# confidence (`decision_facts`).
-DecisionFacts = tuple[str, Any, Any, Any]
-
-
-def decision_facts(decision: dict[str, Any]) -> DecisionFacts:
+def decision_facts(decision: dict[str, Any]) -> tuple[str, Any, Any, Any]:
+    """What a queue page shows of an item's decision: model name, version, prediction and
+    confidence."""
     return (
         str(decision.get("model_name", "")),
         decision.get("model_version"),

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
@@ -28,7 +28,6 @@ from sidecar.review.model import (
     Action,
     Conflict,
     Contest,
-    DecisionFacts,
     Forbidden,
     HeldAnswer,
     ItemSummary,
@@ -142,17 +141,34 @@ _ITEM_COLUMNS = (
 )
 
 
-# A queue page reads these and, once per item, the four facts of its decision it shows
-# (`_FACTS_KEPT`): 0.28 of a 0.47 ms page (50 of 20,000 items, in-process) went to
-# reading whole items (the decision's and explanation's text, parsed, into ReviewItems).
+# A queue page reads an item's state and four facts of its decision. A page of 50 (of
+# 20,000 items, with its JSON, in-process) cost 0.56-0.65 ms read as whole items (the
+# explanation and held answer too, into ReviewItems), 0.41-0.49 ms this way.
 _SUMMARY_COLUMNS = (
-    "item_id, seq, created, reason, mode, status, claimed_by, lease_expires, action,"
-    " decided_by, decided_at"
+    "item_id, seq, created, reason, mode, status, decision, claimed_by, lease_expires,"
+    " action, decided_by, decided_at"
 )
-# Decision facts kept per item for the queue page, oldest dropped first past this many
-# (about 3 MB). An item's decision never changes once queued (INSERT OR IGNORE; a contest
-# reopens an item without touching it), so a kept fact is never stale.
-_FACTS_KEPT = 10_000
+
+
+def _summary(row: tuple[Any, ...]) -> ItemSummary:
+    name, version, prediction, confidence = decision_facts(_loads(row[6]))
+    return ItemSummary(
+        item_id=row[0],
+        seq=int(row[1]),
+        created=float(row[2]),
+        reason=row[3],
+        mode=row[4],
+        status=row[5],
+        model_name=name,
+        model_version=version,
+        prediction=prediction,
+        confidence=confidence,
+        claimed_by=row[7],
+        lease_expires=row[8],
+        action=row[9],
+        decided_by=row[10],
+        decided_at=row[11],
+    )
 
 
 def _item(row: tuple[Any, ...]) -> ReviewItem:
@@ -204,7 +220,6 @@ class SqliteReviewStore(ReviewStore):
         self._lock = threading.Lock()
         # (when, the database's data_version then, the counts); None after this store's writes.
         self._counts: tuple[float, int, dict[str, int]] | None = None
-        self._facts: dict[str, DecisionFacts] = {}  # item id -> its decision's facts
         self._sink = sink
         self._lease = lease_seconds
         self._clock = clock
@@ -395,39 +410,7 @@ class SqliteReviewStore(ReviewStore):
         sql, args = self._page(_SUMMARY_COLUMNS, status, reason, model, claimed_by, after, limit)
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
-            kept = self._facts
-            facts = {r[0]: kept.get(r[0]) for r in rows}
-            missing = [item_id for item_id, f in facts.items() if f is None]
-            if missing:
-                marks = ",".join("?" * len(missing))
-                for item_id, text in self._conn.execute(
-                    f"SELECT item_id, decision FROM items WHERE item_id IN ({marks})", missing
-                ):
-                    facts[item_id] = kept[item_id] = decision_facts(_loads(text))
-                    if len(kept) > _FACTS_KEPT:
-                        del kept[next(iter(kept))]
-            # Items are never deleted and their decision never changes: each row has its facts.
-            found = [(r, cast(DecisionFacts, facts[r[0]])) for r in rows]
-        return [
-            ItemSummary(
-                item_id=r[0],
-                seq=int(r[1]),
-                created=float(r[2]),
-                reason=r[3],
-                mode=r[4],
-                status=r[5],
-                model_name=f[0],
-                model_version=f[1],
-                prediction=f[2],
-                confidence=f[3],
-                claimed_by=r[6],
-                lease_expires=r[7],
-                action=r[8],
-                decided_by=r[9],
-                decided_at=r[10],
-            )
-            for r, f in found
-        ]
+        return [_summary(r) for r in rows]
 
     def _page(
         self,

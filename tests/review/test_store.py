@@ -10,7 +10,6 @@ import jsonschema
 import pytest
 
 from sidecar.metrics import Registry
-from sidecar.review import store as store_module
 from sidecar.review.model import ItemSummary, decision_to_dict
 from sidecar.review.store import Conflict, Forbidden, NotFound, SqliteReviewStore
 from sidecar.sinks.null import NullSink
@@ -249,13 +248,10 @@ def test_an_item_whose_features_are_not_finite_reads_back_as_stored(env: ReviewE
     assert env.store.get("nf/0").explanation == {"top": ["a"]}
 
 
-def test_queue_page_summaries_are_the_items_own(
-    env: ReviewEnv, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The queue page reads summaries (its columns, and each decision's facts kept once per
-    item), not whole items: page for page they are what the items say, whichever process
-    queued the item, and however few facts are kept."""
-    monkeypatch.setattr(store_module, "_FACTS_KEPT", 3)
+def test_queue_page_summaries_are_the_items_own(env: ReviewEnv) -> None:
+    """The queue page reads summaries (an item's state and four facts of its decision), not
+    whole items: page for page they are what the items say, whichever process queued the
+    item."""
     store = env.store
     for i in range(6):
         store.enqueue(
@@ -288,14 +284,12 @@ def test_queue_page_summaries_are_the_items_own(
         {"model": "credit", "limit": 4},
         {"model": "other"},
     ]
-    for _ in range(2):  # the facts read, then (some) kept
-        for kw in pages:
-            items = store.list_items(**kw)  # type: ignore[arg-type]
-            assert store.list_summaries(**kw) == [ItemSummary.of(i) for i in items], kw  # type: ignore[arg-type]
-        after, seen = 0, []
-        while page := store.list_summaries(after=after, limit=3):
-            seen += [s.item_id for s in page]
-            after = page[-1].seq
-        assert seen == [i.item_id for i in store.list_items(limit=100)]
-        assert seen[0] == "front/0" and "late/0" in seen and len(seen) == 9
-        assert len(store._facts) <= 3
+    for kw in pages:
+        items = store.list_items(**kw)  # type: ignore[arg-type]
+        assert store.list_summaries(**kw) == [ItemSummary.of(i) for i in items], kw  # type: ignore[arg-type]
+    after, seen = 0, []
+    while page := store.list_summaries(after=after, limit=3):
+        seen += [s.item_id for s in page]
+        after = page[-1].seq
+    assert seen == [i.item_id for i in store.list_items(limit=100)]
+    assert seen[0] == "front/0" and "late/0" in seen and len(seen) == 9
