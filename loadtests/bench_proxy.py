@@ -57,7 +57,7 @@ import numpy as np
 import uvloop
 
 from loadtests import saturation
-from loadtests.control_load import CONSOLE_OFFSET_S, PARTS, ControlLoad, prepare
+from loadtests.control_load import CONSOLE_OFFSET_S, FLOOR_PART, PARTS, ControlLoad, prepare
 from loadtests.idle import idle_cpus
 from loadtests.loadgen import LoadResult, run_load
 from loadtests.nginx import NginxProcess
@@ -364,7 +364,7 @@ NEAR_MARGIN_S = 0.002
 
 def _tail_near_each(
     quiet: list[LoadResult], working: list[LoadResult], calls: dict[str, list[tuple[float, float]]]
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """`tail_near_calls` for all the calls together (`all`) and for each path's."""
     out = {"all": tail_near_calls(quiet, working, [c for cs in calls.values() for c in cs])}
     for path, cs in sorted(calls.items()):
@@ -377,7 +377,7 @@ def tail_near_calls(
     working: list[LoadResult],
     calls: list[tuple[float, float]],
     margin_s: float = NEAR_MARGIN_S,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Whether the working path's slow requests line up with the control plane's calls.
 
     A request is near a call when it was in flight from the call's start until `margin_s`
@@ -392,21 +392,28 @@ def tail_near_calls(
     # The latest end of any call started by each start: calls of two clients may overlap.
     ends = np.maximum.accumulate(ordered[:, 1]) + margin_s
     total = slow = slow_near = near = 0
+    # Where each near request started against its call: already in flight when the call
+    # began, during the call, or in the margin after it; for the slow ones and for all.
+    phases = ("before", "during", "after")
+    by_phase = {f"{w}_{ph}": 0 for w in ("slow", "all") for ph in phases}
     for r in working:
         a = r.t0 + np.asarray(r.starts)
         lat = np.asarray(r.latencies)
         b = a + lat
         idx = np.searchsorted(starts, b, side="right") - 1
-        hit = (
-            (idx >= 0) & (ends[np.maximum(idx, 0)] >= a)
-            if starts.size
-            else np.zeros(a.size, dtype=bool)
-        )
+        at = np.maximum(idx, 0)
+        hit = (idx >= 0) & (ends[at] >= a) if starts.size else np.zeros(a.size, dtype=bool)
         over = lat * 1000.0 > threshold
         total += a.size
         near += int(hit.sum())
         slow += int(over.sum())
         slow_near += int((hit & over).sum())
+        if starts.size:
+            phase = np.where(a < starts[at], 0, np.where(a <= ends[at] - margin_s, 1, 2))
+            for i, ph in enumerate(phases):
+                by_phase[f"all_{ph}"] += int((hit & (phase == i)).sum())
+                by_phase[f"slow_{ph}"] += int((hit & over & (phase == i)).sum())
+    durations = ordered[:, 1] - ordered[:, 0]
     return {
         "quiet_p99_ms": threshold,
         "slow": slow,
@@ -415,6 +422,8 @@ def tail_near_calls(
         "share_of_slow_near_calls": slow_near / max(slow, 1),
         "share_of_all_near_calls": near / max(total, 1),
         "calls": len(calls),
+        "call_ms_p50": 1000.0 * float(np.median(durations)) if durations.size else 0.0,
+        "near_by_phase": by_phase,
     }
 
 
@@ -563,6 +572,14 @@ def report(result: dict[str, Any]) -> str:
                 f" {a['share_of_all_near_calls']:.1%} of all their requests ({a['calls']} calls;"
                 f" by call: {each})"
             )
+            for path, n in near.items():
+                ph = n["near_by_phase"]
+                lines.append(
+                    f"  {path}: calls {n['call_ms_p50']:.2f} ms (p50, the client's); near requests"
+                    " that started before the call / during it / in the margin after:"
+                    f" slow {ph['slow_before']}/{ph['slow_during']}/{ph['slow_after']},"
+                    f" all {ph['all_before']}/{ph['all_during']}/{ph['all_after']}"
+                )
     if "hostile_load" in result:
         hl = result["hostile_load"]
         held = hl["held"]
@@ -700,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(PARTS),
         help="with --control-load: which of the control plane's work to run (comma-separated:"
         " metrics, console, verify; default all), to tell their shares apart; `none` runs the"
-        " +control rounds with no work (an A=A check of the rotation)",
+        " +control rounds with no work (an A=A check of the rotation); `floor` adds a"
+        " `/healthz` a second, a call with no work of its own",
     )
     parser.add_argument(
         "--verify-pace",
@@ -732,9 +750,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.duration <= 0 or args.rate <= 0:
         parser.error("--rounds, --duration and --rate must be positive")
     extra = parse_set(args.set)
-    unknown = set(args.control_parts.split(",")) - set(PARTS) - {"none"}
+    unknown = set(args.control_parts.split(",")) - {*PARTS, FLOOR_PART, "none"}
     if unknown:
-        parser.error(f"--control-parts takes {', '.join(PARTS)}, not {', '.join(sorted(unknown))}")
+        parser.error(
+            f"--control-parts takes {', '.join((*PARTS, FLOOR_PART))}, not {', '.join(sorted(unknown))}"
+        )
 
     cores = os.sched_getaffinity(0)
     try:

@@ -331,6 +331,19 @@ def test_slow_requests_are_lined_up_against_the_control_calls() -> None:
     assert near["slow"] == 2 and near["slow_near_calls"] == 1
     assert near["share_of_slow_near_calls"] == 0.5
     assert near["share_of_all_near_calls"] == 0.01
+    # Request 10 began in the margin after the call.
+    assert near["near_by_phase"] == {
+        "slow_before": 0,
+        "slow_during": 0,
+        "slow_after": 1,
+        "all_before": 0,
+        "all_during": 0,
+        "all_after": 1,
+    }
+    # One call from 100.2905 to 100.3005: request 29 was in flight when it began, 30 began
+    # during it.
+    ph = tail_near_calls([quiet], [working], [(100.2905, 100.3005)])["near_by_phase"]
+    assert (ph["all_before"], ph["all_during"], ph["all_after"]) == (1, 1, 0)
     # Two overlapping calls, the earlier one longer: a request after the later one's end
     # but within the earlier one's is near.
     near = tail_near_calls([quiet], [working], [(100.40, 100.52), (100.45, 100.46)])
