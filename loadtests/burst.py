@@ -7,13 +7,20 @@ SCHED_IDLE at niceness 19; it is killed when its block ends. Latencies are split
 (on / off, paired in time) and by distance to the command's start, so one run tells a
 neighbour's steady work from its start-up.
 
+The neighbour runs in the benchmark's session, as the sidecar does (one scheduling group
+under Linux's autogroup, as a container's processes are: `sidecar.priority`);
+`--own-session` starts it in a session of its own, as a command from another login on a
+host where both run in the root CPU cgroup, where its SCHED_IDLE orders it only within
+that session.
+
     python -m loadtests.burst --command "SIDECAR audit verify --db DB"
     python -m loadtests.burst --spin 3/100    # 3 ms of CPU every 100 ms, nothing else
 
 `SIDECAR` stands for the sidecar's command and `DB` for the review database the sidecar
 serves (`--items` review items, as `bench_proxy --control-load` fills it). `--spin W/P`
 runs a busy loop of W ms every P ms: the same share of a core in bursts of different
-lengths (3/100 against 0.3/10) shows what the length of a burst costs, whoever makes it.
+lengths (3/100 against 0.3/10) shows what the length of a burst costs a sidecar in another
+scheduling group (`--own-session`).
 """
 
 from __future__ import annotations
@@ -71,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=float, default=10.0, help="seconds per block")
     parser.add_argument("--rate", type=float, default=500.0, help="requests a second")
     parser.add_argument("--items", type=int, default=20000, help="review items in DB")
+    parser.add_argument(
+        "--own-session",
+        action="store_true",
+        help="start the neighbour in a session of its own (a scheduling group of its own"
+        " under autogroup) rather than in the sidecar's",
+    )
     args = parser.parse_args(argv)
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
@@ -118,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                     neighbour,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
-                    start_new_session=True,
+                    # Its own process group either way, so that the kill reaches all of it.
+                    start_new_session=args.own_session,
+                    process_group=None if args.own_session else 0,
                     cwd=Path(__file__).resolve().parent.parent,
                 )
             stop.wait(args.block)
@@ -166,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     off_blocks, on_blocks = by_block(False), by_block(True)
-    print(f"neighbour, on cpu {cores[1]} under SCHED_IDLE at nice 19: {label}")
+    session = "a session of its own" if args.own_session else "the sidecar's session"
+    print(f"neighbour, on cpu {cores[1]} under SCHED_IDLE at nice 19, in {session}: {label}")
     print(f"{args.rate:.0f} requests/s for {args.duration:.0f} s, blocks of {args.block:.0f} s")
     print(f"  neighbour on:  {_pct(lat[on_mask])}")
     print(f"  neighbour off: {_pct(lat[~on_mask])}")

@@ -8,6 +8,22 @@ the proxy's p99 while `audit verify` ran beside it. The SCHED_IDLE policy has no
 such slice: the kernel preempts an idle-policy thread as soon as a normal one wakes
 on its core, and runs it only when nothing else wants the core.
 
+Both only order threads *within one scheduling group*. With autogroup on
+(`/proc/sys/kernel/sched_autogroup_enabled`, the default of most distributions' kernels)
+every session (`setsid`) of a process in the root CPU cgroup is a group of its own,
+and two groups share a core as equals whatever their threads' policies: a
+SCHED_IDLE thread in another session is not preempted when a data-plane thread
+wakes, but runs on until it blocks or the next tick (up to 4 ms at HZ=250). So the
+processes the service starts (the control process, its fork server, the workers)
+stay in its session, each in a process group of its own (off the terminal's Ctrl-C).
+Until 2026-12-02 the control process had a session of its own: a wake-up of the
+data plane's loop that found it running waited 0.1-2 ms in about half the cases
+(`sched_waking` to `sched_switch`, traced with bpftrace), and the proxy's p99 read 1.26x with the
+control plane's calls on its core (`loadtests/RESULTS.md`). A container's own cgroup
+(Kubernetes, Docker) is not the root cgroup and has no autogroups, so a `kubectl exec`
+shares the sidecar's group; a command started from another login session on a host
+where both run in the root cgroup does not, and only its pace (`paced`) bounds it.
+
 No priority reaches what the two cores of a VM share underneath (the host's caches
 and memory bandwidth, SMT siblings): batch work run flat out on the *other* core
 still made each proxied request dearer by about a third here. Only doing less of
@@ -53,12 +69,13 @@ def is_idle(tid: int) -> bool:
 
 
 # How often `paced` sleeps, in seconds of items at the given rate. The work between two
-# sleeps is one burst on its core, and on a VM the length of a burst reaches a neighbour's
-# tail below the guest's scheduler, SCHED_IDLE or not: on the project's VM, 3 ms of work
-# every 100 ms on the sidecar's core took its p99 from 0.68 to 2.67 ms, 0.3 ms every 10 ms
-# (the same share) from 0.57 to 0.72 (`python -m loadtests.burst --spin 3/100`). So the
-# steps are short; each wake-up costs a little (cold caches: `audit verify` at 2,000
-# records a second used 0.54 s of CPU for 20,000 records in 10 ms steps, 0.45 in 100 ms).
+# sleeps is one burst on its core. From another session (the module's doc) a burst
+# holds the core against the data plane for its length: on the project's VM, 3 ms of
+# work every 100 ms in a session of its own took the sidecar's p99 from 0.68 to 2.67
+# ms, 0.3 ms every 10 ms (the same share) from 0.57 to 0.72 (`python -m
+# loadtests.burst --spin 3/100 --own-session`). So the steps are short; each wake-up
+# costs a little (cold caches: `audit verify` at 2,000 records a second used 0.54 s of
+# CPU for 20,000 records in 10 ms steps, 0.45 in 100 ms).
 _PACE_STEP_S = 0.01
 
 

@@ -14,8 +14,10 @@ program that calls `main` in-process keeps its priority. Run as the `sidecar`
 program, the whole process is lowered from its first line (`sidecar.cli`), so its
 start-up does not run at the caller's priority either.
 
-Priority does not reach what the VM's cores share underneath, so the local check is
-also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about 1.5% of a
+Priority does not reach what the VM's cores share underneath, nor a sidecar in another
+scheduling group (run from a login session of its own on a host where both are in the
+root CPU cgroup, autogroup makes each session one: `sidecar.priority`), so the local
+check is also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about 1.5% of a
 core here; `--max-records-per-s`, 0 for no limit). A hub's chain is checked off the
 pods, against PostgreSQL, so `--hub` is not paced unless asked.
 """

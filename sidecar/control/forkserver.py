@@ -138,8 +138,11 @@ class ForkServer:
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 env=env,
-                # Its own session: a terminal's Ctrl-C reaches the service, which stops it.
-                start_new_session=True,
+                # Its own process group: a terminal's Ctrl-C reaches the service, which stops it.
+                # Not its own session: under Linux's autogroup (`sidecar.priority`) a session
+                # is a scheduling group of its own, and the control process it forks would
+                # compete with the data plane as an equal, SCHED_IDLE or not.
+                process_group=0,
             )
         finally:
             theirs.close()
@@ -334,7 +337,8 @@ def _child(passed: list[int], others: list[int]) -> None:
         for fd in others:  # the server's: its channel, selector, other children's pidfds
             os.close(fd)
         control, bridge, stdin, stdout, stderr = passed
-        os.setsid()
+        # A process group of its own, in the data plane's session (`ForkServer`'s comment).
+        os.setpgid(0, 0)
         for fd, std in ((stdin, 0), (stdout, 1), (stderr, 2)):
             os.dup2(fd, std)
             os.close(fd)

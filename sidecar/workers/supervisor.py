@@ -111,8 +111,10 @@ class WorkerSet:
                     pass_fds=fds,
                     # Out of the terminal's process group: a Ctrl-C reaches the service's
                     # process, which stops the workers; they would otherwise exit first,
-                    # and be started again.
-                    start_new_session=True,
+                    # and be started again. A process group, not a session: a session of
+                    # its own is a scheduling group of its own (`sidecar.priority`), which
+                    # the control process's SCHED_IDLE would not yield to.
+                    process_group=0,
                 )
             finally:
                 theirs.close()

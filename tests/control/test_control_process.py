@@ -106,6 +106,15 @@ def test_the_control_plane_is_its_own_niced_process(upstream: RecordingUpstream)
         assert len(tids) > 1
         assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {7}
         assert all(is_idle(tid) for tid in tids)
+        # In this process's session: one scheduling group under Linux's autogroup, so its
+        # SCHED_IDLE yields to the data plane (`sidecar.priority`). In a process group of its
+        # own (as the fork server is), so a terminal's Ctrl-C reaches the service, not it.
+        assert os.getsid(pid) == os.getsid(0)
+        assert os.getpgid(pid) == pid != os.getpgid(0)
+        assert os.getpgid(int(stat[1])) == int(stat[1])
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text() == Path("/proc/self/autogroup").read_text()
         # This process keeps its own priority; the switch interval is still set for its threads.
         assert os.getpriority(os.PRIO_PROCESS, 0) != 7
         assert sys.getswitchinterval() == 0.00025

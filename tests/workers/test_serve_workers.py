@@ -376,6 +376,20 @@ def test_a_restarted_control_process_reaches_every_worker_again(
         wait_until(lambda c=c: _get(f"{served.control}/decisions/{c}/1")[0] == 200, 20, what=c)
 
 
+def test_workers_and_the_control_process_share_the_services_session(served: Served) -> None:
+    """One session, so one scheduling group under Linux's autogroup: the control process's
+    SCHED_IDLE yields to every data plane (in a session of its own, it competed with them as
+    an equal, `sidecar.priority`). Each in a process group of its own, off the terminal's."""
+    pid = served.proc.pid
+    workers = set(_workers(pid))
+    (server,) = set(_children(pid)) - workers
+    (control,) = _children(server)
+    assert workers
+    for child in (*workers, server, control):
+        assert os.getsid(child) == os.getsid(pid)
+        assert os.getpgid(child) == child != os.getpgid(pid)
+
+
 def test_ctrl_c_stops_every_worker_without_starting_another(served: Served) -> None:
     workers = _workers(served.proc.pid)
     assert len(workers) == 1
