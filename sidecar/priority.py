@@ -9,20 +9,21 @@ such slice: the kernel preempts an idle-policy thread as soon as a normal one wa
 on its core, and runs it only when nothing else wants the core.
 
 Both only order threads *within one scheduling group*. With autogroup on
-(`/proc/sys/kernel/sched_autogroup_enabled`, the default of most distributions' kernels)
-every session (`setsid`) of a process in the root CPU cgroup is a group of its own,
-and two groups share a core as equals whatever their threads' policies: a
+(`/proc/sys/kernel/sched_autogroup_enabled`, the default of most distributions'
+kernels) every session (`setsid`) of a process in the root CPU cgroup is a group of
+its own, and two groups share a core as equals whatever their threads' policies: a
 SCHED_IDLE thread in another session is not preempted when a data-plane thread
 wakes, but runs on until it blocks or the next tick (up to 4 ms at HZ=250). So the
 processes the service starts (the control process, its fork server, the workers)
 stay in its session, each in a process group of its own (off the terminal's Ctrl-C).
 Until 2026-12-02 the control process had a session of its own: a wake-up of the
 data plane's loop that found it running waited 0.1-2 ms in about half the cases
-(`sched_waking` to `sched_switch`, traced with bpftrace), and the proxy's p99 read 1.26x with the
-control plane's calls on its core (`loadtests/RESULTS.md`). A container's own cgroup
-(Kubernetes, Docker) is not the root cgroup and has no autogroups, so a `kubectl exec`
-shares the sidecar's group; a command started from another login session on a host
-where both run in the root cgroup does not, and only its pace (`paced`) bounds it.
+(`sched_waking` to `sched_switch`, traced with bpftrace), and the proxy's p99 read
+1.26-1.33x with the control plane's calls on its core (`loadtests/RESULTS.md`). A
+container's own cgroup (Kubernetes, Docker) is not the root cgroup and has no
+autogroups, so a `kubectl exec` shares the sidecar's group; a command started from
+another login session on a host where both run in the root cgroup does not, and only
+its pace (`paced`) bounds it.
 
 No priority reaches what the two cores of a VM share underneath (the host's caches
 and memory bandwidth, SMT siblings): batch work run flat out on the *other* core

@@ -17,9 +17,9 @@ start-up does not run at the caller's priority either.
 Priority does not reach what the VM's cores share underneath, nor a sidecar in another
 scheduling group (run from a login session of its own on a host where both are in the
 root CPU cgroup, autogroup makes each session one: `sidecar.priority`), so the local
-check is also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about 1.5% of a
-core here; `--max-records-per-s`, 0 for no limit). A hub's chain is checked off the
-pods, against PostgreSQL, so `--hub` is not paced unless asked.
+check is also paced: at most `LOCAL_RECORDS_PER_S` records a second by default (about
+1.5% of a core here; `--max-records-per-s`, 0 for no limit). A hub's chain is checked
+off the pods, against PostgreSQL, so `--hub` is not paced unless asked.
 """
 
 from __future__ import annotations

@@ -393,9 +393,8 @@ class SqliteReviewStore(ReviewStore):
         after: int = 0,
         limit: int = 50,
     ) -> list[ReviewItem]:
-        sql, args = self._page(_ITEM_COLUMNS, status, reason, model, claimed_by, after, limit)
-        with self._lock:
-            return [_item(r) for r in self._conn.execute(sql, args).fetchall()]
+        rows = self._page(_ITEM_COLUMNS, status, reason, model, claimed_by, after, limit)
+        return [_item(r) for r in rows]
 
     def list_summaries(
         self,
@@ -407,9 +406,7 @@ class SqliteReviewStore(ReviewStore):
         after: int = 0,
         limit: int = 50,
     ) -> list[ItemSummary]:
-        sql, args = self._page(_SUMMARY_COLUMNS, status, reason, model, claimed_by, after, limit)
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
+        rows = self._page(_SUMMARY_COLUMNS, status, reason, model, claimed_by, after, limit)
         return [_summary(r) for r in rows]
 
     def _page(
@@ -421,8 +418,8 @@ class SqliteReviewStore(ReviewStore):
         claimed_by: str | None,
         after: int,
         limit: int,
-    ) -> tuple[str, list[Any]]:
-        """A queue page's query (expired leases returned to the queue first)."""
+    ) -> list[tuple[Any, ...]]:
+        """A queue page's rows of `columns` (expired leases returned to the queue first)."""
         self.expire_leases()
         where, args = page_filter(
             "seq",
@@ -436,7 +433,10 @@ class SqliteReviewStore(ReviewStore):
             "?",
         )
         args.append(limit)
-        return f"SELECT {columns} FROM items WHERE {where} ORDER BY seq LIMIT ?", args
+        sql = f"SELECT {columns} FROM items WHERE {where} ORDER BY seq LIMIT ?"
+        with self._lock:
+            rows: list[tuple[Any, ...]] = self._conn.execute(sql, args).fetchall()
+        return rows
 
     def _current(
         self, conn: sqlite3.Connection, appended: list[audit.AuditRecord], item_id: str, now: float
